@@ -1,0 +1,182 @@
+"""The ``tangentlab`` command: start, resume and inspect campaigns; import and export data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+DEFAULT_DB = "sqlite:///tangentlab.db"
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    return args.db or os.environ.get("TANGENTLAB_DATABASE_URL") or DEFAULT_DB
+
+
+def _quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def _print_result(result: dict) -> None:
+    models = result["models"]
+    print(f"\ncampaign {result['name']!r}: {result['status']}")
+    print(f"  {result['reason']}")
+    print(f"  {'model':>5} {'round':>5} {'energy MAE (meV/atom)':>22} {'force MAE (meV/Å)':>18}")
+    for m in models:
+        test = m["test"] or {}
+        rnd = "start" if m["round"] is None else m["round"]
+        e, f = test.get("energy_mae_mev_per_atom"), test.get("force_mae_mev_per_a")
+        print(f"  {m['id']:>5} {rnd!s:>5} {'' if e is None else f'{e:.1f}':>22} {'' if f is None else f'{f:.1f}':>18}")
+    print(f"  labels: {result['labels']}")
+
+
+def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | None) -> int:
+    _quiet_prefect()
+    from flows.campaign import campaign
+
+    result = campaign(config=config, name=name, database_url=_database_url(args))
+    _print_result(result)
+    return 0 if result["status"] == "targets_met" else 3
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from tangentlab.config import config_json, make_config
+
+    config = config_json(make_config({"work_dir": args.work_dir}))
+    return _run_campaign(args, config, None)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from tangentlab.config import config_json, load_config
+
+    return _run_campaign(args, config_json(load_config(args.config)), None)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _run_campaign(args, None, args.name)
+
+
+def cmd_init_config(args: argparse.Namespace) -> int:
+    from tangentlab.config import config_json, make_config
+
+    path = Path(args.path)
+    if path.exists():
+        print(f"error: {path} exists; not overwriting it", file=sys.stderr)
+        return 2
+    path.write_text(yaml.safe_dump(config_json(make_config({"name": args.name})), sort_keys=False))
+    print(f"wrote the default configuration to {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from db import make_engine, repository, session_scope
+
+    with session_scope(make_engine(_database_url(args))) as session:
+        campaigns = [repository.get_campaign(session, args.name)] if args.name else repository.campaigns(session)
+        report = [repository.campaign_report(session, c) for c in campaigns]
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    for camp in report:
+        print(f"campaign {camp['name']!r} (id {camp['id']}): {camp['status']}"
+              + (f" — {camp['stop_reason']}" if camp["stop_reason"] else ""))
+        print(f"  structures: {camp['structures']}   labels: {camp['labels']}")
+        print(f"  current model: {camp['current_model']}")
+        print(f"  {'round':>5} {'status':>10} {'method':>15} {'selected':>8} {'E MAE':>8} {'F MAE':>8}")
+        for r in camp["rounds"]:
+            e = r["energy_mae_mev_per_atom"]
+            f = r["force_mae_mev_per_a"]
+            print(f"  {r['number']:>5} {r['status']:>10} {r['method']:>15} {r['selected']:>8} "
+                  f"{'' if e is None else f'{e:.1f}':>8} {'' if f is None else f'{f:.1f}':>8}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from db import init_db, make_engine, repository, session_scope
+    from tangentlab.mace_model import load_model, model_elements
+
+    engine = make_engine(_database_url(args))
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaign = repository.get_campaign(session, args.name)
+        elements = model_elements(load_model(campaign.config["model"]))
+        report = repository.import_file(session, campaign, args.file, split=args.split, allowed_elements=elements)
+    print(f"imported {report.added} structures into {args.name!r} ({report.duplicates} already there)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from db import make_engine, repository, session_scope
+
+    with session_scope(make_engine(_database_url(args))) as session:
+        campaign = repository.get_campaign(session, args.name)
+        n = repository.export_extxyz(session, campaign, args.file, split=args.split)
+    print(f"wrote {n} labelled structures to {args.file}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tangentlab",
+        description="Active learning of MACE potentials: acquisition from the pretrained model, "
+        "QM labels through quacc, fine-tuning until error targets are met.",
+    )
+    parser.add_argument("--db", help=f"database URL (default: $TANGENTLAB_DATABASE_URL or {DEFAULT_DB})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="run (or resume) the built-in quick-start campaign")
+    p.add_argument("--work-dir", default="runs", help="folder for models and QM runs (default: runs)")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("start", help="start a campaign from a YAML/JSON configuration file")
+    p.add_argument("config", help="configuration file (see `tangentlab init-config`)")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("resume", help="resume a campaign where it stopped")
+    p.add_argument("name", help="campaign name")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("init-config", help="write the default configuration to a file")
+    p.add_argument("path", help="file to write (YAML)")
+    p.add_argument("--name", default="my-campaign", help="campaign name")
+    p.set_defaults(func=cmd_init_config)
+
+    p = sub.add_parser("status", help="rounds, labels, errors and the current model of campaigns")
+    p.add_argument("name", nargs="?", help="campaign name (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("import", help="import structures (any ASE-readable file) into a campaign")
+    p.add_argument("name", help="campaign name")
+    p.add_argument("file", help="structure file")
+    p.add_argument("--split", default="pool", choices=["pool", "test"], help="where they go (default: pool)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export labelled structures as extxyz (for mace_run_train)")
+    p.add_argument("name", help="campaign name")
+    p.add_argument("file", help="extxyz file to write")
+    p.add_argument("--split", default=None, choices=["train", "valid", "test"], help="only this split")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tangentlab`` command."""
+    args = build_parser().parse_args(argv)
+    from tangentlab.config import ConfigError
+    from tangentlab.structures import InvalidStructureError
+
+    try:
+        return args.func(args)
+    except (ConfigError, InvalidStructureError, LookupError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

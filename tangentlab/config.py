@@ -1,0 +1,163 @@
+"""Campaign configuration: one validated settings object, stored with the campaign as JSON.
+
+Every section forbids unknown keys, so a typo (``batchsize``) is an error that names the key
+instead of a silently ignored setting. Defaults are the quick-start campaign (see README).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+def shipped_file(name: str) -> str:
+    """Path of a file that ships inside the package (``tangentlab/data/``)."""
+    return str(resources.files("tangentlab") / "data" / name)
+
+
+SHIPPED_MODEL = "tangentlab-hcno-xtb.model"
+QUICKSTART_POOL = "quickstart_pool.extxyz"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Targets(_Section):
+    """Stop when the test-set errors are at or below both targets."""
+
+    energy_mae_mev_per_atom: float = Field(30.0, gt=0, description="Energy MAE target (meV/atom).")
+    force_mae_mev_per_a: float = Field(150.0, gt=0, description="Force MAE target (meV/Å).")
+
+
+class Budgets(_Section):
+    """Stop when any budget is used up (whichever comes first)."""
+
+    max_labels: int = Field(80, gt=0, description="Training+validation labels (test labels not counted).")
+    max_rounds: int = Field(6, gt=0, description="Acquisition rounds after the initial set.")
+    max_wall_time_s: float = Field(3600.0, gt=0, description="Campaign wall time over all runs (s).")
+
+
+class Oracle(_Section):
+    """The QM oracle: ``name`` picks the built-in job, the other keys are its settings."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("pyscf", description="Built-in oracle: 'pyscf', 'xtb', or 'replay'.")
+
+
+class Acquisition(_Section):
+    """How each round chooses the structures to label."""
+
+    method: Literal["activation", "random"] = Field("activation", description="Acquisition signal.")
+    batch_size: int = Field(10, gt=0, description="Structures labelled per round.")
+    regularization: float = Field(1e-2, gt=0, description="λ of the feature-space posterior A = ΦᵀΦ + λI.")
+    feature_batch_size: int = Field(64, gt=0, description="Structures per MACE forward pass.")
+
+
+class QMSettings(_Section):
+    """Running QM jobs."""
+
+    max_attempts: int = Field(2, gt=0, description="Tries per label before it is marked failed.")
+    timeout_s: float = Field(600.0, gt=0, description="Wall-time limit of one QM job (s).")
+    max_parallel: int = Field(1, gt=0, description="QM jobs run at the same time.")
+    num_threads: int | None = Field(None, gt=0, description="Threads per QM job (None: library default).")
+
+
+class FineTune(_Section):
+    """Fine-tuning settings (see tangentlab.finetune.FineTuneHyperparameters)."""
+
+    max_epochs: int = Field(40, gt=0)
+    patience: int = Field(8, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(8, gt=0)
+    energy_weight: float = Field(10.0, ge=0)
+    forces_weight: float = Field(1.0, ge=0)
+    ema_decay: float = Field(0.95, ge=0, lt=1)
+    e0_refit_interval: int = Field(5, gt=0)
+
+
+class CampaignConfig(_Section):
+    """Everything a campaign needs; stored verbatim (as JSON) with the campaign."""
+
+    name: str = Field("quickstart", min_length=1, description="Campaign name (unique in the database).")
+    pool: list[str] = Field(default_factory=lambda: [shipped_file(QUICKSTART_POOL)],
+                            description="Candidate structure files (any ASE-readable format).")
+    test_file: str | None = Field(None, description="Labelled-at-start test set; drawn from the pool when None.")
+    test_size: int = Field(30, gt=0, description="Test structures drawn from the pool when test_file is None.")
+    initial_size: int = Field(10, gt=0, description="Random structures labelled before the first acquisition.")
+    valid_fraction: float = Field(0.15, ge=0, lt=1, description="Share of labelled structures held out for early stopping.")
+    model: str = Field(shipped_file(SHIPPED_MODEL), description="Starting MACE .model path.")
+    work_dir: str = Field("runs", description="Folder for model versions and QM run directories.")
+    seed: int = Field(0, description="Seed for the test/initial draws and training.")
+    device: str = Field("cpu", description="Torch device for acquisition and fine-tuning.")
+    targets: Targets = Field(default_factory=Targets)
+    budgets: Budgets = Field(default_factory=Budgets)
+    oracle: Oracle = Field(default_factory=lambda: Oracle(name="pyscf", xc="wb97x", basis="6-31g*"))
+    acquisition: Acquisition = Field(default_factory=Acquisition)
+    qm: QMSettings = Field(default_factory=QMSettings)
+    finetune: FineTune = Field(default_factory=FineTune)
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("pool needs at least one structure file")
+        return value
+
+
+class ConfigError(ValueError):
+    """A campaign configuration that cannot be used; the message names each problem."""
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{where}'")
+        else:
+            problems.append(f"{where}: {err['msg']}")
+    return ConfigError(f"invalid campaign configuration {source}: " + "; ".join(problems))
+
+
+def make_config(data: dict[str, Any] | None = None, *, source: str = "") -> CampaignConfig:
+    """Validate a configuration mapping; raise :class:`ConfigError` naming every problem."""
+    try:
+        return CampaignConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read a YAML or JSON campaign configuration file.
+
+    Relative structure and model paths are taken relative to the file's folder.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {path} is not valid YAML/JSON: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path} must hold a mapping, got {type(data).__name__}")
+    base = path.parent
+    for key in ("model", "test_file", "work_dir"):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str(base / data[key])
+    if isinstance(data.get("pool"), list):
+        data["pool"] = [p if Path(str(p)).is_absolute() else str(base / str(p)) for p in data["pool"]]
+    return make_config(data, source=f"in {path}")
+
+
+def config_json(config: CampaignConfig) -> dict[str, Any]:
+    """The configuration as plain JSON-ready data (what the database stores)."""
+    return json.loads(config.model_dump_json())

@@ -1,0 +1,282 @@
+"""Warm-start fine-tuning of a MACE model on a campaign's labels.
+
+One round of a campaign fine-tunes the previous model version (the pretrained model at round
+zero) on every done training label:
+
+1. refit the atomic reference energies (E0s) per element by least squares on the labelled set,
+   because a pretrained model's E0s rarely match the oracle's convention (xTB totals versus DFT
+   totals or atomisation energies differ by eV per atom);
+2. minimise a weighted loss of per-atom energy and force errors with Adam, keeping an
+   exponential moving average (EMA) of the weights;
+3. evaluate the EMA weights on the validation split after every epoch, refit the E0s every few
+   epochs, stop early when the validation loss stops improving, and keep the best weights;
+4. write a standard MACE ``.model`` file (a pickled module that ``MACECalculator`` loads).
+
+Training runs in float64 inside :func:`tangentlab.mace_model.default_dtype`, so MACE's global
+dtype change does not leak into the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from mace import data as mace_data
+from mace.tools import torch_geometric
+from mace.tools.utils import AtomicNumberTable
+
+from tangentlab.mace_model import (
+    _heads,
+    default_dtype,
+    load_model,
+    model_cutoff,
+    model_elements,
+)
+
+_LABEL_KEYS = mace_data.KeySpecification(info_keys={"energy": "energy"}, arrays_keys={"forces": "forces"})
+
+
+def labelled_batches(model, atoms_list, batch_size, device, *, shuffle=False, generator=None):
+    """A MACE DataLoader whose batches carry the reference ``energy`` and ``forces``."""
+    z_table = AtomicNumberTable(model_elements(model))
+    heads, head = _heads(model)
+    graphs = [
+        mace_data.AtomicData.from_config(
+            mace_data.config_from_atoms(atoms, key_specification=_LABEL_KEYS, head_name=head),
+            z_table=z_table,
+            cutoff=model_cutoff(model),
+            heads=heads,
+        ).to(device)
+        for atoms in atoms_list
+    ]
+    return torch_geometric.dataloader.DataLoader(
+        graphs, batch_size=batch_size, shuffle=shuffle, drop_last=False, generator=generator
+    )
+
+
+@dataclass
+class FineTuneHyperparameters:
+    """Optimiser and stopping settings for one fine-tuning run."""
+
+    max_epochs: int = 60
+    patience: int = 12
+    lr: float = 2e-3
+    batch_size: int = 8
+    energy_weight: float = 10.0
+    forces_weight: float = 1.0
+    ema_decay: float = 0.95
+    e0_refit_interval: int = 5
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class FineTuneResult:
+    """What a fine-tuning run produced."""
+
+    path: Path
+    epochs: int
+    best_epoch: int
+    best_valid_loss: float
+    e0s: dict[int, float]
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    hyperparameters: dict = field(default_factory=dict)
+
+
+def _atomic_energies(model: torch.nn.Module) -> torch.Tensor:
+    return model.atomic_energies_fn.atomic_energies
+
+
+def _composition(model: torch.nn.Module, atoms_list: list[Atoms]) -> np.ndarray:
+    """Element counts per structure, columns in the model's element order."""
+    zs = model_elements(model)
+    index = {z: i for i, z in enumerate(zs)}
+    counts = np.zeros((len(atoms_list), len(zs)))
+    for row, atoms in enumerate(atoms_list):
+        for z in atoms.numbers:
+            counts[row, index[int(z)]] += 1
+    return counts
+
+
+def refit_e0s(
+    counts: np.ndarray,
+    residual_energies: np.ndarray,
+    prior: np.ndarray,
+    ridge: float = 1e-6,
+) -> np.ndarray:
+    """Least-squares E0s per element: ``counts @ e0 ≈ residual_energies``.
+
+    A small ridge pulls elements that the labelled set cannot separate (always present in the
+    same ratio, or absent) towards ``prior`` shifted by the mean per-atom offset, so the fit
+    is always defined.
+
+    Parameters
+    ----------
+    counts
+        (n_structures, n_elements) element counts.
+    residual_energies
+        Reference energy minus the model's interaction energy, per structure (eV).
+    prior
+        Current E0s (eV), used where the data say nothing.
+    ridge
+        Strength of the pull towards the shifted prior, relative to the data term.
+    """
+    natoms = counts.sum(1)
+    shift = float(np.mean((residual_energies - counts @ prior) / natoms))
+    target = prior + shift
+    alpha = ridge * max(len(counts), 1)
+    lhs = counts.T @ counts + alpha * np.eye(len(prior))
+    rhs = counts.T @ residual_energies + alpha * target
+    return np.linalg.solve(lhs, rhs)
+
+
+def _interaction_energies(model, batches) -> np.ndarray:
+    out = []
+    for batch in batches:
+        result = model(batch.to_dict(), training=False, compute_force=False)
+        out.append(result["interaction_energy"].detach().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _set_e0s(model: torch.nn.Module, e0s: np.ndarray) -> None:
+    buffer = _atomic_energies(model)
+    buffer.copy_(torch.as_tensor(e0s, dtype=buffer.dtype).reshape(buffer.shape))
+
+
+def _refit(model, atoms_list, batches) -> np.ndarray:
+    energies = np.array([a.info["energy"] for a in atoms_list])
+    counts = _composition(model, atoms_list)
+    prior = _atomic_energies(model).detach().cpu().numpy().reshape(-1)
+    e0s = refit_e0s(counts, energies - _interaction_energies(model, batches), prior)
+    _set_e0s(model, e0s)
+    return e0s
+
+
+def _loss(model, batch, hyper: FineTuneHyperparameters, training: bool) -> torch.Tensor:
+    out = model(batch.to_dict(), training=training, compute_force=True)
+    natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
+    energy_term = torch.mean(((out["energy"] - batch.energy) / natoms) ** 2)
+    force_term = torch.mean((out["forces"] - batch.forces) ** 2)
+    return hyper.energy_weight * energy_term + hyper.forces_weight * force_term
+
+
+def _mean_loss(model, batches, hyper) -> float:
+    total, count = 0.0, 0
+    for batch in batches:
+        total += float(_loss(model, batch, hyper, training=False).detach()) * batch.num_graphs
+        count += batch.num_graphs
+    return total / max(count, 1)
+
+
+def finetune(
+    parent_model: str | Path,
+    train: list[Atoms],
+    valid: list[Atoms],
+    out_path: str | Path,
+    *,
+    hyper: FineTuneHyperparameters | None = None,
+    device: str = "cpu",
+    progress=None,
+) -> FineTuneResult:
+    """Fine-tune ``parent_model`` on labelled structures and write the best model to ``out_path``.
+
+    Parameters
+    ----------
+    parent_model
+        The MACE ``.model`` to start from (warm start).
+    train, valid
+        Labelled structures: ``info["energy"]`` (eV) and ``arrays["forces"]`` (eV/Å). ``valid``
+        may be empty; the training loss then drives early stopping.
+    out_path
+        Where the fine-tuned ``.model`` is written (atomically: written to a temporary name,
+        then renamed).
+    hyper
+        Optimiser and stopping settings.
+    device
+        ``cpu`` or ``cuda``.
+    progress
+        Optional callable ``progress(epoch, max_epochs, record)`` called after every epoch.
+    """
+    hyper = hyper or FineTuneHyperparameters()
+    if not train:
+        raise ValueError("fine-tuning needs at least one labelled training structure")
+    out_path = Path(out_path)
+    start = time.perf_counter()
+    with default_dtype(torch.float64):
+        torch.manual_seed(hyper.seed)
+        generator = torch.Generator().manual_seed(hyper.seed)
+        model = load_model(parent_model, device=device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        train_batches = labelled_batches(model, train, hyper.batch_size, device, shuffle=True, generator=generator)
+        train_eval = labelled_batches(model, train, 64, device)
+        valid_eval = labelled_batches(model, valid, 64, device) if valid else train_eval
+
+        model.eval()
+        e0s = _refit(model, train, train_eval)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=hyper.lr, amsgrad=True, weight_decay=hyper.weight_decay
+        )
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best_loss = _mean_loss(model, valid_eval, hyper)
+        best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
+        history = [{"epoch": 0, "valid_loss": best_loss}]
+        epoch = 0
+        for epoch in range(1, hyper.max_epochs + 1):
+            model.train()
+            for batch in train_batches:
+                optimizer.zero_grad()
+                loss = _loss(model, batch, hyper, training=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                optimizer.step()
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        if v.dtype.is_floating_point:
+                            ema[k].mul_(hyper.ema_decay).add_(v, alpha=1 - hyper.ema_decay)
+            model.eval()
+            live = copy.deepcopy(model.state_dict())
+            model.load_state_dict(ema)
+            if epoch % hyper.e0_refit_interval == 0:
+                e0s = _refit(model, train, train_eval)
+                ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                live["atomic_energies_fn.atomic_energies"] = ema["atomic_energies_fn.atomic_energies"].clone()
+            valid_loss = _mean_loss(model, valid_eval, hyper)
+            record = {"epoch": epoch, "valid_loss": valid_loss}
+            history.append(record)
+            if valid_loss < best_loss:
+                best_loss, best_epoch = valid_loss, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            model.load_state_dict(live)
+            if progress is not None:
+                progress(epoch, hyper.max_epochs, record)
+            if epoch - best_epoch >= hyper.patience:
+                break
+
+        model.load_state_dict(best_state)
+        model.eval()
+        e0s = _refit(model, train, train_eval)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_suffix(out_path.suffix + ".partial")
+        torch.save(model.cpu(), tmp)
+        tmp.replace(out_path)
+    zs = model_elements(model)
+    return FineTuneResult(
+        path=out_path,
+        epochs=epoch,
+        best_epoch=best_epoch,
+        best_valid_loss=best_loss,
+        e0s={int(z): float(e) for z, e in zip(zs, e0s)},
+        seconds=time.perf_counter() - start,
+        history=history,
+        hyperparameters=asdict(hyper),
+    )

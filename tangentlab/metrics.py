@@ -1,0 +1,139 @@
+"""Error metrics of energy and force predictions (meV/atom and meV/Å)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _energy_errors_per_atom(
+    pred_energies: Sequence[float], ref_energies: Sequence[float], natoms: Sequence[int]
+) -> np.ndarray:
+    pred = np.asarray(pred_energies, dtype=np.float64)
+    ref = np.asarray(ref_energies, dtype=np.float64)
+    counts = np.asarray(natoms, dtype=np.float64)
+    if not pred.shape == ref.shape == counts.shape or pred.ndim != 1:
+        raise ValueError(
+            f"need equally long 1-D energies and atom counts, got shapes "
+            f"{pred.shape}, {ref.shape}, {counts.shape}"
+        )
+    if np.any(counts < 1):
+        raise ValueError("every structure needs at least one atom")
+    return (pred - ref) / counts
+
+
+def _force_errors(
+    pred_forces: Sequence[np.ndarray], ref_forces: Sequence[np.ndarray]
+) -> np.ndarray:
+    if len(pred_forces) != len(ref_forces):
+        raise ValueError(
+            f"{len(pred_forces)} predicted and {len(ref_forces)} reference force arrays"
+        )
+    errors = []
+    for index, (pred, ref) in enumerate(zip(pred_forces, ref_forces)):
+        pred = np.asarray(pred, dtype=np.float64)
+        ref = np.asarray(ref, dtype=np.float64)
+        if pred.shape != ref.shape or pred.ndim != 2 or pred.shape[1] != 3:
+            raise ValueError(
+                f"structure {index}: forces must both be (natoms, 3), got {pred.shape} "
+                f"and {ref.shape}"
+            )
+        errors.append((pred - ref).ravel())
+    return np.concatenate(errors) if errors else np.zeros(0)
+
+
+def energy_mae_per_atom(
+    pred_energies: Sequence[float], ref_energies: Sequence[float], natoms: Sequence[int]
+) -> float:
+    """
+    Mean absolute energy error per atom.
+
+    Parameters
+    ----------
+    pred_energies
+        Predicted total energies (eV).
+    ref_energies
+        Reference total energies (eV).
+    natoms
+        Atom count of each structure.
+
+    Returns
+    -------
+    float
+        ``mean_s |E_pred - E_ref| / N_s`` in meV/atom.
+    """
+    errors = _energy_errors_per_atom(pred_energies, ref_energies, natoms)
+    if errors.size == 0:
+        raise ValueError("no structures to evaluate")
+    return float(np.mean(np.abs(errors))) * 1e3
+
+
+def force_mae(pred_forces: Sequence[np.ndarray], ref_forces: Sequence[np.ndarray]) -> float:
+    """
+    Mean absolute force error over all force components of all structures.
+
+    Parameters
+    ----------
+    pred_forces
+        Predicted forces, one (natoms, 3) array per structure (eV/Å).
+    ref_forces
+        Reference forces, same shapes (eV/Å).
+
+    Returns
+    -------
+    float
+        The MAE in meV/Å.
+    """
+    errors = _force_errors(pred_forces, ref_forces)
+    if errors.size == 0:
+        raise ValueError("no force components to evaluate")
+    return float(np.mean(np.abs(errors))) * 1e3
+
+
+def error_metrics(
+    preds: Sequence[tuple[float, np.ndarray]],
+    refs: Sequence[tuple[float, np.ndarray | None]],
+    natoms: Sequence[int],
+) -> dict[str, float | int | None]:
+    """
+    Energy and force MAE and RMSE of predictions against references.
+
+    Parameters
+    ----------
+    preds
+        ``(energy, forces)`` per structure (eV, eV/Å), as `tangentlab.mace_model.predict`
+        returns them.
+    refs
+        Reference ``(energy, forces)`` per structure; forces may be None for structures
+        labelled with energies only (they are left out of the force metrics).
+    natoms
+        Atom count of each structure.
+
+    Returns
+    -------
+    dict
+        ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``, ``force_mae_mev_per_a``,
+        ``force_rmse_mev_per_a`` (None when no reference has forces) and ``n_structures``.
+    """
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
+    if len(preds) == 0:
+        raise ValueError("no structures to evaluate")
+    energy_errors = _energy_errors_per_atom(
+        [energy for energy, _ in preds], [energy for energy, _ in refs], natoms
+    )
+    with_forces = [i for i, (_, forces) in enumerate(refs) if forces is not None]
+    force_errors = _force_errors(
+        [preds[i][1] for i in with_forces], [refs[i][1] for i in with_forces]
+    )
+    has_forces = force_errors.size > 0
+    return {
+        "energy_mae_mev_per_atom": float(np.mean(np.abs(energy_errors))) * 1e3,
+        "energy_rmse_mev_per_atom": float(np.sqrt(np.mean(energy_errors**2))) * 1e3,
+        "force_mae_mev_per_a": float(np.mean(np.abs(force_errors))) * 1e3 if has_forces else None,
+        "force_rmse_mev_per_a": (
+            float(np.sqrt(np.mean(force_errors**2))) * 1e3 if has_forces else None
+        ),
+        "n_structures": len(preds),
+    }

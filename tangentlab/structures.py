@@ -1,0 +1,187 @@
+"""Structure validation, charge/multiplicity conventions and content hashes.
+
+A structure is an :class:`ase.Atoms`. Its total charge is ``atoms.info["charge"]`` (default 0)
+and its spin multiplicity ``atoms.info["multiplicity"]`` (or ``atoms.info["spin"]``, read as a
+multiplicity); without one the lowest multiplicity consistent with the electron count is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers, chemical_symbols
+from ase.neighborlist import neighbor_list
+
+_HASH_DECIMALS = 6  # positions and cell are hashed on a 1e-6 Å grid
+
+
+class InvalidStructureError(ValueError):
+    """A structure that must not enter the database; the message names the problem and where."""
+
+
+def _prefix(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
+
+
+def _as_integer(value: object, name: str) -> int:
+    number = float(value)  # type: ignore[arg-type]
+    if not np.isfinite(number) or number != round(number):
+        raise InvalidStructureError(f"{name} must be an integer, got {value!r}")
+    return round(number)
+
+
+def charge_and_multiplicity(atoms: Atoms) -> tuple[int, int]:
+    """
+    Total charge and spin multiplicity of a structure.
+
+    Parameters
+    ----------
+    atoms
+        The structure; ``info["charge"]`` and ``info["multiplicity"]`` (or ``info["spin"]``,
+        taken as a multiplicity) are read when present.
+
+    Returns
+    -------
+    tuple
+        ``(charge, multiplicity)``; the default charge is 0 and the default multiplicity is 1
+        for an even and 2 for an odd number of electrons.
+
+    Raises
+    ------
+    InvalidStructureError
+        If the charge or multiplicity is not an integer.
+    """
+    charge = _as_integer(atoms.info.get("charge", 0), "charge")
+    multiplicity = atoms.info.get("multiplicity", atoms.info.get("spin"))
+    if multiplicity is None:
+        electrons = int(atoms.numbers.sum()) - charge
+        return charge, 1 if electrons % 2 == 0 else 2
+    return charge, _as_integer(multiplicity, "multiplicity")
+
+
+def _allowed_numbers(allowed_elements: Iterable[str | int]) -> set[int]:
+    return {
+        int(element) if not isinstance(element, str) else atomic_numbers[element]
+        for element in allowed_elements
+    }
+
+
+def _closest_pair(atoms: Atoms, min_distance: float) -> tuple[int, int, float] | None:
+    """The closest pair of atoms (or an atom and its periodic image) under ``min_distance``."""
+    i, j, d = neighbor_list("ijd", atoms, min_distance)
+    if len(d) == 0:
+        return None
+    k = int(np.argmin(d))
+    first, second = sorted((int(i[k]), int(j[k])))
+    return first, second, float(d[k])
+
+
+def validate_atoms(
+    atoms: Atoms,
+    *,
+    allowed_elements: Iterable[str | int] | None = None,
+    min_distance: float = 0.4,
+    where: str = "",
+) -> None:
+    """
+    Check that a structure can be labelled and learned from.
+
+    Parameters
+    ----------
+    atoms
+        The structure.
+    allowed_elements
+        Symbols or atomic numbers the model knows; ``None`` accepts any real element.
+    min_distance
+        Two atoms (or an atom and a periodic image) closer than this (Å) are rejected.
+    where
+        Prefix for error messages, e.g. ``"pool.xyz, structure 3"``.
+
+    Raises
+    ------
+    InvalidStructureError
+        Naming the first problem found: no atoms, non-finite positions or cell, an unknown
+        or disallowed element, overlapping atoms, or a charge/multiplicity impossible for the
+        electron count.
+    """
+    if len(atoms) == 0:
+        raise InvalidStructureError(_prefix(where, "no atoms"))
+    bad_rows = np.flatnonzero(~np.isfinite(atoms.positions).all(axis=1))
+    if bad_rows.size:
+        raise InvalidStructureError(
+            _prefix(where, f"non-finite (NaN or inf) positions for atom {int(bad_rows[0])}")
+        )
+    if not np.isfinite(atoms.cell.array).all():
+        raise InvalidStructureError(_prefix(where, "non-finite cell"))
+
+    numbers = atoms.numbers
+    unknown = [int(z) for z in numbers if not 0 < z < len(chemical_symbols)]
+    if unknown:
+        raise InvalidStructureError(_prefix(where, f"unknown atomic number {unknown[0]}"))
+    if allowed_elements is not None:
+        allowed = _allowed_numbers(allowed_elements)
+        disallowed = sorted({chemical_symbols[z] for z in numbers if z not in allowed})
+        if disallowed:
+            names = ", ".join(chemical_symbols[z] for z in sorted(allowed))
+            raise InvalidStructureError(
+                _prefix(where, f"element {', '.join(disallowed)} not in allowed elements ({names})")
+            )
+
+    pair = _closest_pair(atoms, min_distance)
+    if pair is not None:
+        first, second, distance = pair
+        pair_name = (
+            f"atom {first} and its periodic image"
+            if first == second
+            else f"atoms {first} and {second}"
+        )
+        raise InvalidStructureError(
+            _prefix(where, f"{pair_name} are {distance:.3f} Å apart (closer than {min_distance} Å)")
+        )
+
+    try:
+        charge, multiplicity = charge_and_multiplicity(atoms)
+    except InvalidStructureError as error:
+        raise InvalidStructureError(_prefix(where, str(error))) from None
+    electrons = int(numbers.sum()) - charge
+    unpaired = multiplicity - 1
+    if electrons < 0 or multiplicity < 1 or unpaired > electrons or (electrons - unpaired) % 2:
+        raise InvalidStructureError(
+            _prefix(
+                where,
+                f"charge {charge} and multiplicity {multiplicity} are impossible "
+                f"with {electrons} electrons",
+            )
+        )
+
+
+def _grid(values: np.ndarray) -> bytes:
+    return np.rint(np.asarray(values, dtype=float) * 10**_HASH_DECIMALS).astype("<i8").tobytes()
+
+
+def content_hash(atoms: Atoms) -> str:
+    """
+    Hex sha256 identifying a structure's content.
+
+    Parameters
+    ----------
+    atoms
+        The structure.
+
+    Returns
+    -------
+    str
+        Hash of atomic numbers, positions and cell on a 1e-6 Å grid, pbc, charge and
+        multiplicity; equal for structures that differ by less than the grid.
+    """
+    charge, multiplicity = charge_and_multiplicity(atoms)
+    digest = hashlib.sha256()
+    digest.update(np.asarray(atoms.numbers, dtype="<i8").tobytes())
+    digest.update(_grid(atoms.positions))
+    digest.update(_grid(atoms.cell.array))
+    digest.update(np.asarray(atoms.pbc, dtype=np.uint8).tobytes())
+    digest.update(f"{charge},{multiplicity}".encode())
+    return digest.hexdigest()

@@ -1,0 +1,29 @@
+"""Test-set errors of a model version, stored with it."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from db import ModelVersion, repository, session_scope
+from tangentlab.mace_model import load_model, predict
+from tangentlab.metrics import error_metrics
+from tasks._db import engine_for
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_model(url: str, campaign_id: int, model_version_id: int, device: str = "cpu") -> dict:
+    """Energy and force errors of a model on the campaign's labelled test set (stored)."""
+    engine = engine_for(url)
+    with session_scope(engine) as session:
+        test = repository.labelled_atoms(session, campaign_id, ["test"])
+        path = session.get_one(ModelVersion, model_version_id).path
+    if not test:
+        raise RuntimeError("the campaign has no labelled test structures to evaluate on")
+    preds = predict(load_model(path, device=device), test)
+    refs = [(a.info["energy"], a.arrays["forces"]) for a in test]
+    metrics = error_metrics(preds, refs, [len(a) for a in test])
+    with session_scope(engine) as session:
+        version = session.get_one(ModelVersion, model_version_id)
+        version.metrics = {**(version.metrics or {}), "test": metrics}
+    return metrics

@@ -1,0 +1,78 @@
+"""Label structures with the campaign's QM oracle; every job claims its label atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from db import repository, session_scope
+from tangentlab.config import CampaignConfig
+from tangentlab.qm import Oracle, QMFailure, make_oracle
+from tasks._db import engine_for
+
+
+def oracle_for(config: CampaignConfig) -> Oracle:
+    """The campaign's oracle (checked before any job starts)."""
+    spec = config.oracle.model_dump()
+    if config.qm.num_threads is not None and spec.get("name") == "pyscf":
+        spec.setdefault("num_threads", config.qm.num_threads)
+    return make_oracle(spec)
+
+
+@task(name="queue labels", cache_policy=NO_CACHE)
+def queue_labels(url: str, config: CampaignConfig, structure_ids: list[int]) -> int:
+    """Create pending labels for structures that have none at the campaign's level."""
+    with session_scope(engine_for(url)) as session:
+        return len(repository.ensure_labels(session, structure_ids, oracle_for(config).level))
+
+
+@task(name="label worker", cache_policy=NO_CACHE)
+def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int = 0) -> dict:
+    """Claim pending labels one at a time and run them until none is left.
+
+    A failed job is recorded with its reason and run directory and retried (with the
+    oracle's changed strategy) up to ``qm.max_attempts`` times; it never stops the worker.
+    Each finished job appends one line to ``<work_dir>/<campaign>/qm_jobs.jsonl``.
+    """
+    logger = get_run_logger()
+    oracle = oracle_for(config)
+    key = repository.level_key(oracle.level)
+    engine = engine_for(url)
+    name = f"{socket.gethostname()}:{os.getpid()}:{worker}"
+    qm_dir = Path(config.work_dir) / config.name / "qm"
+    qm_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"done": 0, "failed": 0}
+    while True:
+        with session_scope(engine) as session:
+            claimed = repository.claim_labels(session, campaign_id, key, 1, name)
+            if not claimed:
+                return counts
+            (label, atoms), = repository.labels_with_atoms(session, claimed)
+            label_id, attempt = label.id, label.attempts + 1
+        results_dir = qm_dir / f"label-{label_id}-attempt-{attempt}"
+        results_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            result = oracle(atoms, results_dir=results_dir, timeout_s=config.qm.timeout_s, attempt=attempt)
+        except QMFailure as failure:
+            with session_scope(engine) as session:
+                label = repository.fail_label(
+                    session, label_id, failure.reason, str(failure.run_dir or results_dir),
+                    max_attempts=config.qm.max_attempts,
+                )
+                final = label.status == "failed"
+            counts["failed"] += final
+            logger.warning("label %d (%s) attempt %d failed: %s%s", label_id, atoms.get_chemical_formula(),
+                           attempt, failure.reason, "; giving up" if final else "; will retry")
+            continue
+        with session_scope(engine) as session:
+            repository.complete_label(session, label_id, result.energy, result.forces,
+                                      wall_time=result.wall_time, run_dir=result.run_dir)
+        with open(qm_dir.parent / "qm_jobs.jsonl", "a") as log:
+            log.write(json.dumps({"label_id": label_id, "attempt": attempt, "wall_time": result.wall_time}) + "\n")
+        counts["done"] += 1
+        logger.info("label %d (%s) done in %.1f s", label_id, atoms.get_chemical_formula(), result.wall_time)

@@ -1,0 +1,75 @@
+"""Create or reopen a campaign: import the pool, draw the test set and the initial set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from db import init_db, repository, session_scope
+from tangentlab.campaign_rules import draw, split_labelled
+from tangentlab.config import CampaignConfig, config_json, make_config
+from tangentlab.mace_model import load_model, model_elements
+from tasks._db import engine_for
+
+INITIAL_METHOD = "initial-random"
+
+
+def stored_config(url: str, name: str) -> CampaignConfig:
+    """The configuration a campaign was created with."""
+    with session_scope(engine_for(url)) as session:
+        return make_config(repository.get_campaign(session, name).config, source=f"of campaign {name!r}")
+
+
+@task(name="set up campaign", cache_policy=NO_CACHE)
+def setup_campaign(url: str, config: CampaignConfig) -> int:
+    """Create the campaign (or reopen it) and return its id.
+
+    Everything happens in one transaction: the pool import, the test set and the initial
+    round are stored together or not at all, and a campaign that exists already is left as
+    it is (its stored configuration wins).
+    """
+    logger = get_run_logger()
+    engine = engine_for(url)
+    init_db(engine)
+    elements = model_elements(load_model(config.model))
+    with session_scope(engine) as session:
+        try:
+            campaign = repository.get_campaign(session, config.name)
+            logger.info("resuming campaign %r (id %d)", config.name, campaign.id)
+            return campaign.id
+        except LookupError:
+            pass
+        campaign = repository.create_campaign(session, config.name, config_json(config))
+        for path in config.pool:
+            report = repository.import_file(
+                session, campaign, path, origin=f"pool:{Path(path).name}", allowed_elements=elements
+            )
+            logger.info("imported %s: %d structures (%d duplicates)", path, report.added, report.duplicates)
+        pool_ids = [s.id for s in repository.structures(session, campaign, split="pool")]
+        if config.test_file:
+            repository.import_file(
+                session, campaign, config.test_file, origin="test", split="test", allowed_elements=elements
+            )
+        else:
+            test_ids = draw(pool_ids, config.test_size, config.seed, salt=1)
+            repository.set_split(session, test_ids, "test")
+            pool_ids = sorted(set(pool_ids) - set(test_ids))
+        initial = draw(pool_ids, config.initial_size, config.seed, salt=2)
+        assign_splits(session, initial, config.valid_fraction)
+        repository.create_round(
+            session, campaign, 0, method=INITIAL_METHOD, parameters={"seed": config.seed},
+            pool_size=len(pool_ids), selected=[(i, None, None) for i in initial],
+        )
+        logger.info("campaign %r created (id %d): %d pool, %d initial", config.name, campaign.id,
+                    len(pool_ids), len(initial))
+        return campaign.id
+
+
+def assign_splits(session, structure_ids: list[int], valid_fraction: float) -> None:
+    """Move newly selected pool structures to the train or valid split."""
+    structures = repository.structures_by_id(session, structure_ids)
+    splits = split_labelled([s.content_hash for s in structures], valid_fraction)
+    for split in ("train", "valid"):
+        repository.set_split(session, [s.id for s, sp in zip(structures, splits) if sp == split], split)

@@ -1,0 +1,56 @@
+"""Fine-tune the latest model version on every done label and register the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from db import ModelVersion, RoundStatus, repository, session_scope
+from tangentlab.config import CampaignConfig
+from tangentlab.finetune import FineTuneHyperparameters, finetune
+from tasks._db import engine_for
+
+
+@task(name="fine-tune", cache_policy=NO_CACHE)
+def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_number: int) -> int:
+    """Fine-tune for ``round_number`` and return the new model version's id.
+
+    The model file is written under a temporary name and renamed when complete; the model
+    version and the round's new status are committed together, so a run killed during
+    training leaves no registered half-model and simply trains again on resume.
+    """
+    logger = get_run_logger()
+    engine = engine_for(url)
+    with session_scope(engine) as session:
+        parent = repository.latest_model(session, campaign_id)
+        train = repository.labelled_atoms(session, campaign_id, ["train"])
+        valid = repository.labelled_atoms(session, campaign_id, ["valid"])
+        parent_id, parent_path = parent.id, parent.path
+    hyper = FineTuneHyperparameters(**config.finetune.model_dump(), seed=config.seed)
+    out = Path(config.work_dir).resolve() / config.name / "models" / f"round-{round_number:03d}.model"
+    logger.info("round %d: fine-tuning model %d on %d train / %d valid labels", round_number,
+                parent_id, len(train), len(valid))
+    result = finetune(parent_path, train, valid, out, hyper=hyper, device=config.device,
+                      progress=lambda epoch, total, record: logger.debug("epoch %d/%d %s", epoch, total, record))
+    with session_scope(engine) as session:
+        version = repository.register_model(
+            session, campaign_id, out, parent_id=parent_id,
+            label_ids=[a.info["label_id"] for a in train + valid],
+            hyperparameters=result.hyperparameters,
+            metrics={"best_valid_loss": result.best_valid_loss, "epochs": result.epochs,
+                     "best_epoch": result.best_epoch, "e0s": result.e0s, "seconds": result.seconds},
+            round_number=round_number,
+        )
+        round_ = repository.get_round(session, campaign_id, round_number)
+        repository.update_round(session, round_, status=RoundStatus.TRAINED, trained_model_id=version.id,
+                                timings={**(round_.timings or {}), "finetune_s": result.seconds})
+        logger.info("round %d: model %d trained in %.0f s (%d epochs, best %d)", round_number, version.id,
+                    result.seconds, result.epochs, result.best_epoch)
+        return version.id
+
+
+def model_path(url: str, model_version_id: int) -> str:
+    with session_scope(engine_for(url)) as session:
+        return session.get_one(ModelVersion, model_version_id).path

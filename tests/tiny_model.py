@@ -1,0 +1,68 @@
+"""A tiny, real, randomly initialised ScaleShiftMACE for fast tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import mace  # noqa: F401  (mace must be imported before e3nn)
+import numpy as np
+import torch
+from e3nn import o3
+from mace import modules
+
+from tangentlab.mace_model import default_dtype
+
+
+def make_tiny_model(
+    path: str | Path, elements: Sequence[int] = (1, 6, 7, 8), seed: int = 0
+) -> Path:
+    """
+    Build and save a tiny ScaleShiftMACE (float64) that `MACECalculator` loads.
+
+    Built with the constructor arguments mace's own tests use, shrunk: r_max 4 Å,
+    two interactions, hidden irreps 8x0e+8x1o, max_ell 2, correlation 2, 6 radial
+    basis functions.
+
+    Parameters
+    ----------
+    path
+        Where to write the model (``torch.save`` of the module).
+    elements
+        Atomic numbers the model knows.
+    seed
+        Seed of the random initialisation.
+
+    Returns
+    -------
+    Path
+        The path written.
+    """
+    path = Path(path)
+    zs = sorted(int(z) for z in elements)
+    with default_dtype(torch.float64):
+        torch.manual_seed(seed)
+        interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+        model = modules.ScaleShiftMACE(
+            r_max=4.0,
+            num_bessel=6,
+            num_polynomial_cutoff=5,
+            max_ell=2,
+            interaction_cls=interaction,
+            interaction_cls_first=interaction,
+            num_interactions=2,
+            num_elements=len(zs),
+            hidden_irreps=o3.Irreps("8x0e+8x1o"),
+            MLP_irreps=o3.Irreps("8x0e"),
+            gate=torch.nn.functional.silu,
+            atomic_energies=-np.linspace(1.0, 4.0, len(zs)),
+            avg_num_neighbors=4.0,
+            atomic_numbers=zs,
+            correlation=2,
+            radial_type="bessel",
+            radial_MLP=[16, 16],
+            atomic_inter_scale=0.5,
+            atomic_inter_shift=0.1,
+        )
+    torch.save(model, path)
+    return path
