@@ -120,6 +120,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    _quiet_prefect()
+    from flows.pretrain import pretrain
+
+    record = pretrain(out_dir=args.out, n_structures=args.structures, epochs=args.epochs, seed=args.seed,
+                      work_dir=args.work_dir, device=args.device)
+    print(json.dumps(record["metrics"], indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tangentlab",
@@ -162,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="extxyz file to write")
     p.add_argument("--split", default=None, choices=["train", "valid", "test"], help="only this split")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("pretrain", help="build the GFN2-xTB data set and train the starting MACE model")
+    p.add_argument("--out", default="tangentlab/data", help="folder for the .model and provenance .json")
+    p.add_argument("--structures", type=int, default=4000, help="structures to generate and label")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the structure recipe")
+    p.add_argument("--work-dir", default="pretrain", help="folder for QM runs, data and MACE logs")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 

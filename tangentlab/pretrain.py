@@ -6,7 +6,6 @@ loop, and the subprocess keeps its global settings (torch default dtype, logging
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -64,6 +63,7 @@ def train_from_scratch(
     name: str = "tangentlab-hcno-xtb",
     hyper: PretrainHyperparameters | None = None,
     device: str = "cpu",
+    restart: bool = False,
 ) -> Path:
     """Train a ScaleShiftMACE from scratch with ``mace_run_train`` and return the ``.model`` path.
 
@@ -82,6 +82,8 @@ def train_from_scratch(
         Architecture and optimiser settings.
     device
         ``cpu`` or ``cuda``.
+    restart
+        Continue from the latest checkpoint in ``work_dir`` (e.g. with more epochs).
     """
     hyper = hyper or PretrainHyperparameters()
     work_dir = Path(work_dir).resolve()
@@ -119,6 +121,7 @@ def train_from_scratch(
         "--forces_key=REF_forces",
         "--error_table=PerAtomMAE",
         "--save_cpu",
+        *(["--restart_latest"] if restart else []),
     ]
     subprocess.run(cmd, check=True, cwd=work_dir)
     model = work_dir / f"{name}.model"
@@ -131,7 +134,7 @@ def provenance(
     *,
     recipe: dict,
     n_structures: int,
-    e0s: dict[int, float],
+    e0s: dict[int, float] | str,
     hyper: PretrainHyperparameters,
     metrics: dict,
     model_sha256: str,
@@ -142,7 +145,7 @@ def provenance(
         "data_recipe": recipe,
         "n_structures": n_structures,
         "level_of_theory": {"method": "GFN2-xTB", "code": "tblite", "via": "quacc tblite static_job"},
-        "e0s_eV": {str(z): e for z, e in e0s.items()},
+        "e0s_eV": e0s if isinstance(e0s, str) else {str(z): e for z, e in e0s.items()},
         "hyperparameters": asdict(hyper),
         "metrics": metrics,
         "model_sha256": model_sha256,

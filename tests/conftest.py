@@ -1,0 +1,44 @@
+"""Shared test set-up: offline Prefect, one session-scoped test server, small real inputs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tangentlab-prefect-home-")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import ase.io  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TUTORIAL_MODEL = SHARED / "models" / "mace-tutorial-hco-swa.model"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for the whole session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """A tiny real (randomly initialised) H/C/N/O MACE model file."""
+    from tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.model")
+
+
+def write_pool(path: Path, n: int, seed: int = 0, max_atoms: int = 4) -> Path:
+    """A small pool of distorted H/C/N/O molecules (no labels)."""
+    from tangentlab.pretrain_data import generate_structures
+
+    structures = generate_structures(n, seed=seed, max_atoms=max_atoms, kinds=("rattled", "radical", "stretched"))
+    ase.io.write(path, structures, format="extxyz")
+    return path

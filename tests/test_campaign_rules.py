@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from tangentlab.campaign_rules import draw, split_labelled, stop_decision
+from tangentlab.config import Budgets, Targets
+
+
+def test_draw_is_reproducible_and_order_free():
+    ids = list(range(100))
+    assert draw(ids, 10, seed=1, salt=2) == draw(list(reversed(ids)), 10, seed=1, salt=2)
+    assert draw(ids, 10, seed=1, salt=2) != draw(ids, 10, seed=2, salt=2)
+    assert len(draw(ids[:5], 10, seed=0, salt=0)) == 5
+
+
+def test_split_keeps_training_data():
+    splits = split_labelled(["0000aaaa", "0000bbbb"], valid_fraction=0.99)
+    assert splits == ["train", "valid"]
+    assert split_labelled(["ffffffff"] * 3, valid_fraction=0.0) == ["train"] * 3
+
+
+def test_stop_targets_before_budgets():
+    targets, budgets = Targets(energy_mae_mev_per_atom=10, force_mae_mev_per_a=100), Budgets(max_labels=5)
+    met = stop_decision(energy_mae=9, force_mae=99, targets=targets, labels_used=50, rounds_done=1,
+                        wall_time_s=0, budgets=budgets)
+    assert met.status == "targets_met"
+    spent = stop_decision(energy_mae=11, force_mae=99, targets=targets, labels_used=5, rounds_done=1,
+                          wall_time_s=0, budgets=budgets)
+    assert spent.status == "budget_exhausted" and "label budget" in spent.reason
+    assert stop_decision(energy_mae=11, force_mae=99, targets=targets, labels_used=4, rounds_done=1,
+                         wall_time_s=0, budgets=budgets) is None
