@@ -162,10 +162,12 @@ def _decide(url: str, campaign_id: int, cfg: CampaignConfig, wall_time_s: float)
         last = rounds[-1]
         labels_used = len(repository.labelled(session, campaign_id, split=["train", "valid"]))
         metrics = (last.metrics or {})["test"]
+        failed = repository.failed_structure_ids(session, campaign_id)
+        pool_remaining = sum(1 for s in repository.structures(session, campaign_id, split="pool") if s.id not in failed)
     return stop_decision(
         energy_mae=metrics["energy_mae_mev_per_atom"], force_mae=metrics["force_mae_mev_per_a"],
         targets=cfg.targets, labels_used=labels_used, rounds_done=last.number,
-        wall_time_s=wall_time_s, budgets=cfg.budgets,
+        wall_time_s=wall_time_s, budgets=cfg.budgets, pool_remaining=pool_remaining,
     )
 
 

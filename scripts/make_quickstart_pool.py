@@ -11,9 +11,18 @@ import ase.io
 
 from tangentlab.pretrain_data import generate_structures
 
+# One reactive system, as a user's pool would be: small C/H/N/O combustion species and
+# radicals (ASE G2 names), distorted, with bonds stretched, hydrogens removed and fragments
+# colliding. A pool spread over all of G2 needs far more labels to generalise (docs/notes.md).
+SPECIES = ("H2", "O2", "H2O", "OH", "H2O2", "CO", "CO2", "H2CO", "HCO", "CH3OH", "CH3O", "CH4", "CH3",
+           "NH3", "NH2", "NO", "HCN", "N2")
+
 if __name__ == "__main__":
-    # Single atoms carry no information beyond their reference energy: leave them out.
-    structures = [a for a in generate_structures(420, seed=7, max_atoms=6) if len(a) >= 2][:400]
+    structures = [
+        a for a in generate_structures(330, seed=7, max_atoms=6, kinds=("rattled", "radical", "stretched", "encounter"),
+                                       seed_names=SPECIES)
+        if len(a) >= 2
+    ][:300]
     for atoms in structures:
         atoms.info = {"config_type": atoms.info["config_type"], "seed": atoms.info["seed"]}
     ase.io.write(sys.argv[1], structures, format="extxyz")

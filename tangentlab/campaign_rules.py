@@ -54,6 +54,7 @@ def stop_decision(
     rounds_done: int,
     wall_time_s: float,
     budgets,
+    pool_remaining: int | None = None,
 ) -> StopDecision | None:
     """Decide whether to stop after an evaluated round (targets first, then budgets).
 
@@ -68,6 +69,8 @@ def stop_decision(
         initial set, and wall time over all runs.
     budgets
         :class:`tangentlab.config.Budgets`.
+    pool_remaining
+        Candidates still unlabelled and not failed; zero stops the campaign.
     """
     if energy_mae <= targets.energy_mae_mev_per_atom and force_mae <= targets.force_mae_mev_per_a:
         return StopDecision(
@@ -83,6 +86,8 @@ def stop_decision(
         return StopDecision("budget_exhausted", f"label budget used ({labels_used}/{budgets.max_labels}); {missed}")
     if rounds_done >= budgets.max_rounds:
         return StopDecision("budget_exhausted", f"round budget used ({rounds_done}/{budgets.max_rounds}); {missed}")
+    if pool_remaining == 0:
+        return StopDecision("budget_exhausted", f"candidate pool exhausted; {missed}")
     if wall_time_s >= budgets.max_wall_time_s:
         return StopDecision(
             "budget_exhausted", f"wall-time budget used ({wall_time_s:.0f}/{budgets.max_wall_time_s:.0f} s); {missed}"

@@ -79,6 +79,7 @@ class FineTune(_Section):
     forces_weight: float = Field(1.0, ge=0)
     ema_decay: float = Field(0.95, ge=0, lt=1)
     e0_refit_interval: int = Field(5, gt=0)
+    min_steps_per_epoch: int = Field(10, gt=0, description="Optimiser steps per epoch at least (small sets are cycled).")
 
 
 class CampaignConfig(_Section):

@@ -72,6 +72,7 @@ class FineTuneHyperparameters:
     forces_weight: float = 1.0
     ema_decay: float = 0.95
     e0_refit_interval: int = 5
+    min_steps_per_epoch: int = 10
     weight_decay: float = 0.0
     seed: int = 0
 
@@ -167,6 +168,21 @@ def _loss(model, batch, hyper: FineTuneHyperparameters, training: bool) -> torch
     return hyper.energy_weight * energy_term + hyper.forces_weight * force_term
 
 
+def _cycle(loader, min_steps: int):
+    """One pass over ``loader``, repeated until at least ``min_steps`` batches were given.
+
+    Early rounds train on a handful of structures: without this, an epoch would be one or
+    two optimiser steps and fine-tuning would stop before it started.
+    """
+    steps = 0
+    while True:
+        for batch in loader:
+            yield batch
+            steps += 1
+        if steps >= min_steps:
+            return
+
+
 def _mean_loss(model, batches, hyper) -> float:
     total, count = 0.0, 0
     for batch in batches:
@@ -231,7 +247,7 @@ def finetune(
         epoch = 0
         for epoch in range(1, hyper.max_epochs + 1):
             model.train()
-            for batch in train_batches:
+            for batch in _cycle(train_batches, hyper.min_steps_per_epoch):
                 optimizer.zero_grad()
                 loss = _loss(model, batch, hyper, training=True)
                 loss.backward()

@@ -25,10 +25,16 @@ KINDS = ("rattled", "hot", "radical", "stretched", "encounter")
 MIN_DISTANCE = 0.6
 
 
-def seed_molecules(max_atoms: int = 12) -> list[Atoms]:
-    """G2 molecules made only of H, C, N and O with at most ``max_atoms`` atoms."""
+def seed_molecules(max_atoms: int = 12, names: tuple[str, ...] | None = None) -> list[Atoms]:
+    """G2 molecules made only of H, C, N and O with at most ``max_atoms`` atoms.
+
+    ``names`` restricts the seeds to these G2 names (e.g. the species of one reaction network).
+    """
+    unknown = set(names or ()) - set(g2.names)
+    if unknown:
+        raise ValueError(f"not in ASE's G2 collection: {sorted(unknown)}")
     seeds = []
-    for name in g2.names:
+    for name in names or g2.names:
         atoms = molecule(name)
         if len(atoms) <= max_atoms and set(atoms.get_chemical_symbols()) <= set(ELEMENTS):
             atoms.info["seed"] = name
@@ -114,6 +120,7 @@ def generate_structures(
     max_atoms: int = 12,
     kinds: tuple[str, ...] = KINDS,
     weights: tuple[float, ...] | None = None,
+    seed_names: tuple[str, ...] | None = None,
 ) -> list[Atoms]:
     """Draw ``n_structures`` distorted H/C/N/O structures (see the module docstring).
 
@@ -129,6 +136,8 @@ def generate_structures(
         Which kinds of distortion to draw from.
     weights
         Relative frequency of each kind (default: uniform).
+    seed_names
+        Only these G2 molecules as seeds and encounter partners (default: all H/C/N/O ones).
 
     Returns
     -------
@@ -139,8 +148,8 @@ def generate_structures(
     if unknown:
         raise ValueError(f"unknown structure kinds {sorted(unknown)}; known: {KINDS}")
     rng = np.random.default_rng(seed)
-    seeds = [m for m in seed_molecules(max_atoms) if len(m) >= 2]
-    small = [m for m in seed_molecules(4)]
+    seeds = [m for m in seed_molecules(max_atoms, seed_names) if len(m) >= 2]
+    small = seed_molecules(4, seed_names)
     p = np.full(len(kinds), 1.0 / len(kinds)) if weights is None else np.asarray(weights) / np.sum(weights)
     out: list[Atoms] = []
     while len(out) < n_structures:

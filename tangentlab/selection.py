@@ -11,6 +11,7 @@ One feature row per structure (energy / activation kernel). Everything is float6
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import numpy as np
@@ -230,3 +231,242 @@ def random_selection(
     rng = np.random.default_rng(seed)
     size = min(batch_size, available.size)
     return rng.choice(available, size=size, replace=False).astype(np.int64)
+
+
+# --- structures with several feature rows (force and energy-force NTK) -------------------
+#
+# A structure x owns k_x consecutive rows Φ_x (k_x x d) of a row array; ``counts`` holds
+# k_x per structure, in order. Its posterior variance is the reduced trace
+# ``σ²(x) = λ · r(diag(Φ_x A⁻¹ Φ_xᵀ))`` with r = mean (default) or sum over its rows.
+
+REDUCTIONS = ("mean", "sum")
+
+
+def _check_groups(rows: np.ndarray, counts: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = _as_rows(rows, "rows", d)
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 1 or (counts.size and counts.min() < 1):
+        raise ValueError("counts must be a 1-D array of positive row counts per structure")
+    if int(counts.sum()) != rows.shape[0]:
+        raise ValueError(f"counts add up to {int(counts.sum())} rows, got {rows.shape[0]} rows")
+    return rows, counts
+
+
+def _check_reduce(reduce: str) -> str:
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    return reduce
+
+
+def _reduce_rows(row_values: np.ndarray, counts: np.ndarray, reduce: str) -> np.ndarray:
+    if counts.size == 0:
+        return np.zeros(0)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sums = np.add.reduceat(row_values, starts)
+    return sums / counts if reduce == "mean" else sums
+
+
+def grouped_variance_from_cholesky(
+    chol: np.ndarray, rows: np.ndarray, counts: np.ndarray, lam: float, reduce: str = "mean"
+) -> np.ndarray:
+    """
+    Posterior variance of structures that own several feature rows each.
+
+    ``σ²(x) = λ · r(diag(Φ_x A⁻¹ Φ_xᵀ))``, r the mean (or sum) over the structure's rows;
+    with one row per structure this is `variance_from_cholesky`.
+
+    Parameters
+    ----------
+    chol
+        Lower Cholesky factor of A (see `precision_cholesky`).
+    rows
+        Feature rows of all structures, structure after structure (R, d).
+    counts
+        Rows per structure (n,), each at least 1, summing to R.
+    lam
+        Noise variance λ (the same as in A).
+    reduce
+        ``"mean"`` or ``"sum"`` over a structure's rows.
+
+    Returns
+    -------
+    np.ndarray
+        σ² per structure (n,).
+    """
+    lam = _check_lam(lam)
+    reduce = _check_reduce(reduce)
+    rows, counts = _check_groups(rows, counts, chol.shape[0])
+    z = _whitened(chol, rows)
+    return _reduce_rows(lam * np.einsum("ij,ij->j", z, z), counts, reduce)
+
+
+def greedy_grouped_posterior_variance(
+    chol: np.ndarray,
+    rows: np.ndarray,
+    counts: np.ndarray,
+    batch_size: int,
+    lam: float,
+    reduce: str = "mean",
+    exclude: Iterable[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Greedy batch selection by posterior variance for structures with several rows.
+
+    Picks the structure with the highest σ², adds all its k rows to A as if they were
+    labelled (a rank-k update), rescores, and repeats. With whitened rows
+    ``z_r = L⁻¹ φ_rᵀ`` and the row kernel ``C(r, r') = z_r·z_r'`` (the posterior
+    covariance over λ), adding the rows ``s`` of a pick gives (Woodbury)
+    ``C' = C - C[:, s] (I + C[s, s])⁻¹ C[s, :] = C - c cᵀ`` with
+    ``c = C[:, s] R⁻ᵀ``, ``R Rᵀ = I + C[s, s]``; ``C[:, s]`` is recovered from the
+    whitened rows and the stored corrections c of the earlier picks. A pick costs
+    O(R k (d + K)) for R candidate rows and K rows picked so far; A is never inverted.
+    With one row per structure this is `greedy_posterior_variance` (given L).
+
+    Parameters
+    ----------
+    chol
+        Lower Cholesky factor of A built from the labelled rows (`precision_cholesky`).
+    rows
+        Candidate feature rows, structure after structure (R, d).
+    counts
+        Rows per candidate structure (n,).
+    batch_size
+        Number of picks; fewer when fewer candidates are available.
+    lam
+        Noise variance λ > 0 (the same as in A).
+    reduce
+        ``"mean"`` or ``"sum"`` over a structure's rows.
+    exclude
+        Candidate (structure) indices never to pick.
+
+    Returns
+    -------
+    indices
+        Picked structure indices in the order picked (int64).
+    scores
+        σ² of each pick at the moment it was picked (given the labelled rows and the
+        earlier picks).
+    """
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be non-negative, got {batch_size}")
+    lam = _check_lam(lam)
+    reduce = _check_reduce(reduce)
+    rows, counts = _check_groups(rows, counts, chol.shape[0])
+    available = _available_mask(counts.size, exclude)
+    n_picks = min(batch_size, int(available.sum()))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    z = _whitened(chol, rows).T
+    row_variance = np.einsum("ij,ij->i", z, z)
+    picked_rows = int(np.sort(counts[available])[::-1][:n_picks].sum()) if n_picks else 0
+    corrections = np.empty((rows.shape[0], picked_rows), order="F")
+    used = 0
+    indices = np.empty(n_picks, dtype=np.int64)
+    scores = np.empty(n_picks, dtype=np.float64)
+    for step in range(n_picks):
+        variances = lam * _reduce_rows(row_variance, counts, reduce)
+        pick = _argmax_lowest_index(variances, available)
+        indices[step], scores[step] = pick, variances[pick]
+        available[pick] = False
+        block = slice(starts[pick], starts[pick + 1])
+        k = block.stop - block.start
+        covariance = z @ z[block].T - corrections[:, :used] @ corrections[block, :used].T
+        inner = covariance[block] + np.eye(k)
+        factor = cholesky(0.5 * (inner + inner.T), lower=True)
+        new = solve_triangular(factor, covariance.T, lower=True, check_finite=False).T
+        corrections[:, used : used + k] = new
+        used += k
+        row_variance = np.maximum(row_variance - np.einsum("ij,ij->i", new, new), 0.0)
+    return indices, scores
+
+
+def kmeans_pp_selection(
+    chol: np.ndarray,
+    rows: np.ndarray,
+    counts: np.ndarray,
+    batch_size: int,
+    seed: int,
+    embedding: str = "linear",
+    exclude: Iterable[int] | None = None,
+) -> np.ndarray:
+    """
+    Distance-based diverse batch: k-means++ seeding in the whitened feature space.
+
+    Distances are taken between whitened rows ``z = L⁻¹ φᵀ`` (the metric ``A⁻¹``), so
+    directions the labelled rows already cover count little. The first pick is the
+    structure of highest posterior variance (the farthest from the labelled set in this
+    metric); each further pick is drawn with probability proportional to its squared
+    distance to the nearest pick so far (D² sampling, ``numpy.random.default_rng(seed)``).
+
+    Embeddings of a structure x with whitened rows ``Z_x`` (k_x x d):
+
+    - ``"linear"`` (one row per structure): ``ψ(x) = z_x``, the plain feature space.
+    - ``"outer"`` (any number of rows): ``ψ(x) = (1/k_x) Σ_r z_r z_rᵀ``, the mean outer
+      product, which does not depend on the order of the rows (atoms) and whose trace is
+      the mean-reduced σ²/λ. Inner products ``⟨ψ(x), ψ(y)⟩ = ||Z_x Z_yᵀ||²_F/(k_x k_y)``
+      are computed without forming the d x d matrices.
+
+    Parameters
+    ----------
+    chol
+        Lower Cholesky factor of A built from the labelled rows.
+    rows
+        Candidate feature rows, structure after structure (R, d).
+    counts
+        Rows per candidate structure (n,).
+    batch_size
+        Number of picks; fewer when fewer candidates are available.
+    seed
+        Seed of the D² sampling.
+    embedding
+        ``"linear"`` or ``"outer"``.
+    exclude
+        Candidate indices never to pick.
+
+    Returns
+    -------
+    np.ndarray
+        Picked structure indices in the order picked (int64).
+    """
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be non-negative, got {batch_size}")
+    if embedding not in ("linear", "outer"):
+        raise ValueError(f"embedding must be 'linear' or 'outer', got {embedding!r}")
+    rows, counts = _check_groups(rows, counts, chol.shape[0])
+    if embedding == "linear" and np.any(counts != 1):
+        raise ValueError("the 'linear' embedding needs one row per structure; use 'outer'")
+    available = _available_mask(counts.size, exclude)
+    n_picks = min(batch_size, int(available.sum()))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    z = _whitened(chol, rows).T
+    if embedding == "linear":
+        self_kernel = np.einsum("ij,ij->i", z, z)
+    else:
+        self_kernel = np.array(
+            [np.sum((z[a:b] @ z[a:b].T) ** 2) / (b - a) ** 2 for a, b in itertools.pairwise(starts)]
+        )
+
+    def kernel_to(center: int) -> np.ndarray:
+        block = z[starts[center] : starts[center + 1]]
+        if embedding == "linear":
+            return z @ block[0]
+        return _reduce_rows(np.sum((z @ block.T) ** 2, axis=1), counts, "mean") / len(block)
+
+    rng = np.random.default_rng(seed)
+    indices = np.empty(n_picks, dtype=np.int64)
+    nearest = np.full(counts.size, np.inf)
+    for step in range(n_picks):
+        if step == 0:
+            prior = _reduce_rows(np.einsum("ij,ij->i", z, z), counts, "mean")
+            pick = _argmax_lowest_index(prior, available)
+        else:
+            weights = np.where(available, nearest, 0.0)
+            total = weights.sum()
+            if total > 0:
+                pick = int(rng.choice(counts.size, p=weights / total))
+            else:  # every remaining candidate coincides with a pick: take the lowest index
+                pick = int(np.flatnonzero(available)[0])
+        indices[step] = pick
+        available[pick] = False
+        distance = self_kernel + self_kernel[pick] - 2.0 * kernel_to(pick)
+        nearest = np.minimum(nearest, np.maximum(distance, 0.0))
+    return indices

@@ -37,6 +37,9 @@ def setup_campaign(url: str, config: CampaignConfig) -> int:
     with session_scope(engine) as session:
         try:
             campaign = repository.get_campaign(session, config.name)
+            if campaign.config != config_json(config):
+                logger.warning("campaign %r exists with another configuration: resuming it with its "
+                               "stored configuration (start a new campaign under a new name)", config.name)
             logger.info("resuming campaign %r (id %d)", config.name, campaign.id)
             return campaign.id
         except LookupError:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from tqdm import tqdm
 
 from db import ModelVersion, RoundStatus, repository, session_scope
 from tangentlab.config import CampaignConfig
@@ -32,8 +33,15 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
     out = Path(config.work_dir).resolve() / config.name / "models" / f"round-{round_number:03d}.model"
     logger.info("round %d: fine-tuning model %d on %d train / %d valid labels", round_number,
                 parent_id, len(train), len(valid))
-    result = finetune(parent_path, train, valid, out, hyper=hyper, device=config.device,
-                      progress=lambda epoch, total, record: logger.debug("epoch %d/%d %s", epoch, total, record))
+    # A progress bar on a terminal (disable=None turns it off when stderr is not a TTY).
+    with tqdm(total=hyper.max_epochs, desc=f"round {round_number} fine-tune", unit="epoch", disable=None) as bar:
+
+        def progress(epoch: int, total: int, record: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(valid_loss=f"{record['valid_loss']:.4g}")
+            logger.debug("epoch %d/%d %s", epoch, total, record)
+
+        result = finetune(parent_path, train, valid, out, hyper=hyper, device=config.device, progress=progress)
     with session_scope(engine) as session:
         version = repository.register_model(
             session, campaign_id, out, parent_id=parent_id,

@@ -27,3 +27,9 @@ def test_stop_targets_before_budgets():
     assert spent.status == "budget_exhausted" and "label budget" in spent.reason
     assert stop_decision(energy_mae=11, force_mae=99, targets=targets, labels_used=4, rounds_done=1,
                          wall_time_s=0, budgets=budgets) is None
+
+
+def test_exhausted_pool_stops():
+    decision = stop_decision(energy_mae=11, force_mae=99, targets=Targets(), labels_used=1, rounds_done=1,
+                             wall_time_s=0, budgets=Budgets(), pool_remaining=0)
+    assert decision.status == "budget_exhausted" and "pool exhausted" in decision.reason

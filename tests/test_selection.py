@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from tangentlab.selection import (
     TIE_TOLERANCE,
+    greedy_grouped_posterior_variance,
     greedy_posterior_variance,
+    grouped_variance_from_cholesky,
+    kmeans_pp_selection,
     posterior_variance,
     precision_cholesky,
     random_selection,
@@ -139,3 +144,110 @@ def test_random_selection_reproducible_and_excludes():
     assert len(set(first)) == 10
     assert first.min() >= 50
     assert sorted(random_selection(5, 10, seed=0, exclude=[2])) == [0, 1, 3, 4]
+
+
+def _grouped(rng, counts, d, scale=1.0):
+    counts = np.asarray(counts)
+    return rng.normal(size=(int(counts.sum()), d)) * scale, counts
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_grouped_variance_equals_gp_kernel_formula(reduce):
+    """λ r(diag Φ_x A⁻¹ Φ_xᵀ) is the GP posterior variance of each row, reduced."""
+    rng = np.random.default_rng(11)
+    phi_train = rng.normal(size=(9, 5))
+    rows, counts = _grouped(rng, [1, 3, 6, 2], 5)
+    lam = 0.3
+    chol = precision_cholesky(phi_train, lam, 5)
+    per_row = _gp_variance(phi_train, rows, lam)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    expected = [per_row[a:b].sum() for a, b in itertools.pairwise(starts)]
+    if reduce == "mean":
+        expected = np.array(expected) / counts
+    np.testing.assert_allclose(
+        grouped_variance_from_cholesky(chol, rows, counts, lam, reduce), expected, rtol=1e-9
+    )
+
+
+def test_grouped_functions_reduce_to_single_row_versions():
+    rng = np.random.default_rng(12)
+    phi_train, phi_cand = rng.normal(size=(6, 4)), rng.normal(size=(30, 4))
+    chol = precision_cholesky(phi_train, 0.2, 4)
+    ones = np.ones(30, dtype=int)
+    np.testing.assert_allclose(
+        grouped_variance_from_cholesky(chol, phi_cand, ones, 0.2),
+        variance_from_cholesky(chol, phi_cand, 0.2),
+    )
+    grouped = greedy_grouped_posterior_variance(chol, phi_cand, ones, 8, 0.2, exclude=[2])
+    single = greedy_posterior_variance(phi_train, phi_cand, 8, 0.2, exclude=[2])
+    np.testing.assert_array_equal(grouped[0], single[0])
+    np.testing.assert_allclose(grouped[1], single[1], rtol=1e-9)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_grouped_greedy_equals_naive_rank_k_recomputation(reduce):
+    rng = np.random.default_rng(13)
+    d, lam = 6, 0.1
+    phi_train = rng.normal(size=(4, d))
+    counts = rng.integers(1, 5, size=25)
+    n_rows = int(counts.sum())
+    rows = rng.normal(size=(n_rows, d)) * rng.uniform(0.3, 2.0, size=(n_rows, 1))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    indices, scores = greedy_grouped_posterior_variance(
+        precision_cholesky(phi_train, lam, d), rows, counts, 7, lam, reduce, exclude=[0]
+    )
+    picked: list[int] = []
+    for index, score in zip(indices, scores, strict=True):
+        labelled = np.vstack([phi_train, *[rows[starts[p] : starts[p + 1]] for p in picked]])
+        variance = grouped_variance_from_cholesky(
+            precision_cholesky(labelled, lam, d), rows, counts, lam, reduce
+        )
+        variance[[0, *picked]] = -np.inf
+        assert index == int(np.argmax(variance))
+        assert score == pytest.approx(variance[index], rel=1e-9)
+        picked.append(int(index))
+    assert len(set(indices)) == 7
+
+
+def test_grouped_input_validation():
+    chol = precision_cholesky(None, 1.0, 3)
+    with pytest.raises(ValueError, match="add up"):
+        grouped_variance_from_cholesky(chol, np.ones((4, 3)), [1, 2], 1.0)
+    with pytest.raises(ValueError, match="positive row counts"):
+        grouped_variance_from_cholesky(chol, np.ones((4, 3)), [4, 0], 1.0)
+    with pytest.raises(ValueError, match="reduce"):
+        grouped_variance_from_cholesky(chol, np.ones((4, 3)), [4], 1.0, "max")
+    with pytest.raises(ValueError, match="one row per structure"):
+        kmeans_pp_selection(chol, np.ones((4, 3)), [2, 2], 1, seed=0)
+
+
+@pytest.mark.parametrize(("embedding", "counts"), [("linear", [1] * 40), ("outer", [2, 3] * 20)])
+def test_kmeans_pp_is_seeded_diverse_and_starts_at_max_variance(embedding, counts):
+    rng = np.random.default_rng(14)
+    rows, counts = _grouped(rng, counts, 5)
+    chol = precision_cholesky(rng.normal(size=(3, 5)), 0.5, 5)
+    first = kmeans_pp_selection(chol, rows, counts, 6, seed=1, embedding=embedding, exclude=[7])
+    again = kmeans_pp_selection(chol, rows, counts, 6, seed=1, embedding=embedding, exclude=[7])
+    np.testing.assert_array_equal(first, again)
+    assert len(set(first)) == 6 and 7 not in first
+    variance = grouped_variance_from_cholesky(chol, rows, counts, 0.5)
+    variance[7] = -np.inf
+    assert first[0] == np.argmax(variance)
+    seeds = {
+        tuple(kmeans_pp_selection(chol, rows, counts, 6, seed=s, embedding=embedding))
+        for s in range(5)
+    }
+    assert len(seeds) > 1
+
+
+def test_kmeans_pp_never_picks_a_duplicate_of_a_pick_while_others_remain():
+    rng = np.random.default_rng(15)
+    rows = rng.normal(size=(6, 3))
+    rows = np.vstack([rows, rows[[0, 0, 0]]])  # 6, 7, 8 duplicate 0
+    rows[0] *= 5.0  # the first pick
+    rows[6:] = rows[0]
+    chol = precision_cholesky(None, 1.0, 3)
+    for seed in range(10):
+        picks = kmeans_pp_selection(chol, rows, np.ones(9, dtype=int), 7, seed=seed)
+        assert picks[0] == 0
+        assert not {6, 7, 8} & set(picks[:6])

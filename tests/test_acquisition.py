@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from tiny_model import make_tiny_model
+
+from tangentlab.acquisition import (
+    SIGNALS,
+    calibrate_uncertainty,
+    fit_scorer,
+    iter_pool_chunks,
+    random_mace_copy,
+    select_batch,
+    uncertainty_quality,
+)
+from tangentlab.features import activation_features
+from tangentlab.mace_model import load_model
+from tangentlab.selection import random_selection
+
+NAMES = ["H2O", "CH4", "CO2", "CH3OH", "C2H6", "HCOOH", "CH3CHO", "H2CO", "NH3", "HCN"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.model"))
+
+
+def _pool(n: int, seed: int = 0) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    pool = []
+    for i in range(n):
+        atoms = molecule(NAMES[i % len(NAMES)])
+        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+        pool.append(atoms)
+    return pool
+
+
+LABELLED = _pool(4, seed=1)
+FAST = {
+    "ntk": {"sketch_dim": 16},
+    "energy_force_ntk": {"sketch_dim": 6},
+    "force_ntk": {"sketch_dim": 6},
+}
+
+
+@pytest.mark.parametrize("signal", ["activation", "ntk", "energy_force_ntk"])
+def test_chunked_equals_unchunked_and_any_source(model, signal):
+    pool = _pool(14)
+    options = {"signal": signal, "batch_size": 4, "reference_size": 5, **FAST.get(signal, {})}
+    whole, whole_scores, info = select_batch(model, LABELLED, pool, chunk_size=100, **options)
+    chunked, chunked_scores, _ = select_batch(model, LABELLED, pool, chunk_size=3, **options)
+    streamed, _, streamed_info = select_batch(
+        model, LABELLED, (atoms for atoms in pool), chunk_size=5, **options
+    )
+    factory, _, _ = select_batch(
+        model, LABELLED, lambda: [pool[:6], pool[6:]], chunk_size=4, **options
+    )
+    for other in (chunked, streamed, factory):
+        np.testing.assert_array_equal(whole, other)
+    np.testing.assert_allclose(whole_scores, chunked_scores, rtol=1e-8)
+    assert info["pool_size"] == streamed_info["pool_size"] == 14
+    assert len(set(whole)) == 4
+    assert set(info["timings"]) >= {"features_s", "scoring_s", "selection_s"}
+    json.dumps(info)
+
+
+@pytest.mark.parametrize("signal", ["activation", "force_ntk"])
+def test_scores_are_posterior_variance_given_the_labelled_set(model, signal):
+    pool = _pool(10)
+    options = FAST.get(signal, {})
+    indices, scores, info = select_batch(
+        model, LABELLED, pool, signal=signal, batch_size=3, reference_size=5, **options
+    )
+    scorer = fit_scorer(model, LABELLED, signal=signal, reference_atoms=pool[:5], **options)
+    variance = scorer.variance(pool)
+    np.testing.assert_allclose(scores, variance[indices], rtol=1e-8)
+    assert indices[0] == int(np.argmax(variance))
+    assert info["conditional_scores"][0] == pytest.approx(scores[0])
+    assert np.all(np.diff(info["conditional_scores"]) <= 1e-12)
+
+
+def test_shortlist_and_exclude(model):
+    pool = _pool(12)
+    top, _, _ = select_batch(model, LABELLED, pool, rule="top", batch_size=3, shortlist_size=3)
+    scorer = fit_scorer(model, LABELLED, reference_atoms=pool[:256])
+    expected = np.argsort(-scorer.variance(pool), kind="stable")[:3]
+    np.testing.assert_array_equal(top, expected)
+    greedy, _, info = select_batch(
+        model, LABELLED, pool, batch_size=3, shortlist_size=5, exclude=[int(expected[0])]
+    )
+    assert info["shortlist_size"] == 5
+    assert int(expected[0]) not in greedy
+
+
+def test_kmeans_rule_is_reproducible(model):
+    pool = _pool(12)
+    first, _, _ = select_batch(model, LABELLED, pool, rule="kmeans++", batch_size=4, seed=3)
+    again, _, _ = select_batch(model, LABELLED, pool, rule="kmeans++", batch_size=4, seed=3)
+    np.testing.assert_array_equal(first, again)
+    assert len(set(first)) == 4
+    multi, _, _ = select_batch(
+        model, LABELLED, pool, signal="force_ntk", rule="kmeans++", batch_size=4, sketch_dim=4
+    )
+    assert len(set(multi)) == 4
+
+
+def test_random_and_descriptor_baselines(model):
+    pool = _pool(12)
+    picks, scores, info = select_batch(model, LABELLED, pool, signal="random", batch_size=5, seed=7)
+    np.testing.assert_array_equal(picks, random_selection(12, 5, 7))
+    assert np.isnan(scores).all() and info["pool_size"] == 12
+    clone = random_mace_copy(model, seed=0)
+    assert not torch.equal(next(clone.parameters()), next(model.parameters()))
+    again = random_mace_copy(model, seed=0)
+    for a, b in zip(clone.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not np.allclose(
+        activation_features(clone, pool[:3]), activation_features(model, pool[:3])
+    )
+    indices, _, info = select_batch(model, LABELLED, pool, signal="descriptor", batch_size=3)
+    assert len(set(indices)) == 3 and info["signal"] == "descriptor"
+
+
+def test_iter_pool_chunks_regroups():
+    pool = _pool(7)
+    sizes = [len(c) for c in iter_pool_chunks(lambda: [pool[:2], pool[2:3], pool[3:]], 3)]
+    assert sizes == [3, 3, 1]
+    assert [len(c) for c in iter_pool_chunks(pool, 10)] == [7]
+    with pytest.raises(ValueError, match="chunk_size"):
+        next(iter_pool_chunks(pool, 0))
+
+
+def test_input_validation(model):
+    pool = _pool(3)
+    with pytest.raises(ValueError, match="signal"):
+        select_batch(model, LABELLED, pool, signal="soap")
+    with pytest.raises(ValueError, match="rule"):
+        select_batch(model, LABELLED, pool, rule="best")
+    with pytest.raises(ValueError, match="normalise"):
+        fit_scorer(model, [])
+    assert "random" in SIGNALS
+
+
+def test_calibration_recovers_the_scale():
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.1, 1.0, size=20000)
+    errors = 3.0 * sigma * rng.normal(size=sigma.size)
+    scale = calibrate_uncertainty(sigma, errors)
+    assert scale == pytest.approx(3.0, rel=0.02)
+    quality = uncertainty_quality(sigma, errors, scale)
+    assert quality["coverage_1sigma"] == pytest.approx(0.683, abs=0.02)
+    assert quality["rms_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert quality["spearman"] > 0.3
+    with pytest.raises(ValueError, match="positive"):
+        calibrate_uncertainty(np.zeros(3), np.ones(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_same_batch_on_cuda(model):
+    pool = _pool(10)
+    options = {"signal": "energy_force_ntk", "batch_size": 3, "sketch_dim": 6}
+    cpu, cpu_scores, _ = select_batch(model, LABELLED, pool, device="cpu", **options)
+    gpu, gpu_scores, _ = select_batch(model, LABELLED, pool, device="cuda", **options)
+    np.testing.assert_array_equal(cpu, gpu)
+    np.testing.assert_allclose(cpu_scores, gpu_scores, rtol=1e-6)

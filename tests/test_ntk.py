@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from tiny_model import make_tiny_model
+
+from tangentlab.mace_model import load_model
+from tangentlab.ntk import (
+    NTKFeaturizer,
+    ParameterSketch,
+    energy_force_ntk_features,
+    energy_ntk_features,
+    force_ntk_features,
+    per_structure_force_jacobians,
+    per_structure_gradients,
+    select_parameters,
+)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.model"))
+
+
+def _structures(names=("H2O", "CH4", "CO2", "CH3OH"), seed=0) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    structures = []
+    for name in names:
+        atoms = molecule(name)
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        structures.append(atoms)
+    return structures
+
+
+def _periodic() -> Atoms:
+    """Two atoms in a small periodic box: most edges cross the cell boundary."""
+    return Atoms("CO", positions=[[0.1, 0.2, 0.3], [1.3, 0.9, 0.8]], cell=[3.5, 3.6, 3.7], pbc=True)
+
+
+def test_select_parameters(model):
+    everything = select_parameters(model, "all")
+    assert everything == [name for name, _ in model.named_parameters()]
+    assert all(name.startswith("readouts.") for name in select_parameters(model, "readouts"))
+    last = select_parameters(model, "last_layer")
+    assert any(name.startswith("interactions.1.") for name in last)
+    assert not any(name.startswith("interactions.0.") for name in last)
+    assert select_parameters(model, ["products.0.linear"]) == ["products.0.linear.weight"]
+    with pytest.raises(ValueError, match="no parameter"):
+        select_parameters(model, ["nonexistent."])
+    with pytest.raises(ValueError, match="parameters must be"):
+        select_parameters(model, "everything")
+
+
+def test_sketch_is_seeded_blockwise():
+    sketch = ParameterSketch(["a", "b"], [5, 7000], 6, seed=3)
+    again = ParameterSketch(["b"], [7000], 6, seed=3, cache_bytes=0)
+    np.testing.assert_array_equal(sketch.block(1).numpy(), again.block(0).numpy())
+    other = ParameterSketch(["a", "b"], [5, 7000], 6, seed=4)
+    assert not np.allclose(sketch.dense(), other.dense())
+    signs = ParameterSketch(["a"], [50], 4, kind="rademacher").dense()
+    np.testing.assert_allclose(np.abs(signs), 0.5)
+    exact = ParameterSketch(["a", "b"], [2, 3], None)
+    np.testing.assert_array_equal(exact.dense(), np.eye(5))
+    with pytest.raises(ValueError, match="sketch_dim"):
+        ParameterSketch(["a"], [10**6], None)
+
+
+def test_per_sample_equals_per_structure_loop_exactly(model):
+    """Exact rows over all parameters, several batches, a periodic structure included."""
+    structures = [*_structures(), _periodic()]
+    reference = per_structure_gradients(model, structures)
+    rows = energy_ntk_features(model, structures, sketch_dim=None, batch_size=3)
+    assert rows.shape == reference.shape == (5, sum(p.numel() for p in model.parameters()))
+    np.testing.assert_allclose(rows, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["per_sample", "double_backward", "loop"])
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_sketched_energy_rows_equal_sketch_times_jacobian(model, method, kind):
+    structures = _structures()
+    featurizer = NTKFeaturizer(model, sketch_dim=8, sketch=kind, seed=1, method=method)
+    expected = per_structure_gradients(model, structures) @ featurizer.sketch.dense().T
+    np.testing.assert_allclose(featurizer.energy_rows(structures), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_exact_subset_equals_restricted_gradient(model):
+    structures = _structures()
+    names = [name for name, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    subset = select_parameters(model, "last_layer")
+    columns = np.concatenate(
+        [np.arange(offsets[names.index(n)], offsets[names.index(n) + 1]) for n in subset]
+    )
+    full = per_structure_gradients(model, structures)
+    for method in ("per_sample", "double_backward"):
+        rows = energy_ntk_features(
+            model, structures, parameters="last_layer", sketch_dim=None, method=method
+        )
+        np.testing.assert_allclose(rows, full[:, columns], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("direction_chunk", [1, 4])
+def test_force_rows_equal_sketch_times_force_jacobian(model, direction_chunk):
+    structures = [*_structures(("H2O", "CH4")), _periodic()]
+    featurizer = NTKFeaturizer(model, sketch_dim=6, seed=2, direction_chunk=direction_chunk)
+    rows, counts = featurizer.force_rows(structures)
+    np.testing.assert_array_equal(counts, [9, 15, 6])
+    expected = np.concatenate(
+        [
+            jacobian @ featurizer.sketch.dense().T
+            for jacobian in per_structure_force_jacobians(model, structures)
+        ]
+    )
+    np.testing.assert_allclose(rows, expected, rtol=1e-9, atol=1e-11)
+    loop_rows, _ = NTKFeaturizer(model, sketch_dim=6, seed=2, method="loop").force_rows(structures)
+    np.testing.assert_allclose(loop_rows, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_force_rows_are_minus_coordinate_derivative_of_energy_rows(model):
+    """F = -∂E/∂r, so the force rows are minus central differences of the energy rows."""
+    atoms = _structures(("H2O",))[0]
+    featurizer = NTKFeaturizer(model, sketch_dim=5, seed=4)
+    force_rows, _ = featurizer.force_rows([atoms])
+    step = 1e-4
+    displaced = []
+    for coordinate in range(3 * len(atoms)):
+        for sign in (1.0, -1.0):
+            shifted = atoms.copy()
+            shifted.positions.reshape(-1)[coordinate] += sign * step
+            displaced.append(shifted)
+    energy_rows = featurizer.energy_rows(displaced)
+    central = (energy_rows[0::2] - energy_rows[1::2]) / (2 * step)
+    np.testing.assert_allclose(force_rows, -central, rtol=1e-6, atol=1e-8)
+
+
+def test_energy_force_rows_layout_and_weights(model):
+    structures = _structures(("H2O", "CH4"))
+    options = {"sketch_dim": 4, "seed": 5}
+    energy = energy_ntk_features(model, structures, **options)
+    forces, force_counts = force_ntk_features(model, structures, **options)
+    rows, counts = energy_force_ntk_features(
+        model, structures, energy_weight=2.0, force_weight=0.5, **options
+    )
+    np.testing.assert_array_equal(counts, force_counts + 1)
+    np.testing.assert_allclose(rows[0], energy[0] * 2.0 / 3, rtol=1e-9)
+    np.testing.assert_allclose(rows[1:10], forces[:9] * 0.5, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(rows[10], energy[1] * 2.0 / 5, rtol=1e-9)
+    np.testing.assert_allclose(rows[11:], forces[9:] * 0.5, rtol=1e-9, atol=1e-12)
+
+
+def test_batching_flags_and_dtype_are_left_alone(model):
+    structures = _structures()
+    before = torch.get_default_dtype()
+    one = energy_ntk_features(model, structures, sketch_dim=7, batch_size=1)
+    four = energy_ntk_features(model, structures, sketch_dim=7, batch_size=4)
+    np.testing.assert_allclose(one, four, rtol=1e-10, atol=1e-12)
+    assert torch.get_default_dtype() == before
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_same_rows_on_cuda(tmp_path):
+    path = make_tiny_model(tmp_path / "tiny.model")
+    structures = _structures(("H2O", "CH4"))
+    cpu = NTKFeaturizer(load_model(path), sketch_dim=6, seed=1)
+    gpu = NTKFeaturizer(load_model(path, device="cuda"), sketch_dim=6, seed=1)
+    np.testing.assert_allclose(
+        gpu.energy_rows(structures), cpu.energy_rows(structures), rtol=1e-8, atol=1e-10
+    )
+    cpu_rows, _ = cpu.energy_force_rows(structures)
+    gpu_rows, _ = gpu.energy_force_rows(structures)
+    np.testing.assert_allclose(gpu_rows, cpu_rows, rtol=1e-8, atol=1e-10)
