@@ -26,6 +26,8 @@ def split_labelled(content_hashes: list[str], valid_fraction: float) -> list[str
     splits = ["valid" if is_validation(h, valid_fraction) else "train" for h in content_hashes]
     if len(splits) >= 2 and all(s == "valid" for s in splits):
         splits[0] = "train"
+    if len(splits) >= 2 and valid_fraction > 0 and "valid" not in splits:
+        splits[-1] = "valid"
     return splits
 
 

@@ -15,6 +15,8 @@ def test_split_keeps_training_data():
     splits = split_labelled(["0000aaaa", "0000bbbb"], valid_fraction=0.99)
     assert splits == ["train", "valid"]
     assert split_labelled(["ffffffff"] * 3, valid_fraction=0.0) == ["train"] * 3
+    assert split_labelled(["ffffffff"] * 3, valid_fraction=0.1) == ["train", "train", "valid"]
+    assert split_labelled(["ffffffff"], valid_fraction=0.1) == ["train"]
 
 
 def test_stop_targets_before_budgets():
@@ -30,6 +32,6 @@ def test_stop_targets_before_budgets():
 
 
 def test_exhausted_pool_stops():
-    decision = stop_decision(energy_mae=11, force_mae=99, targets=Targets(), labels_used=1, rounds_done=1,
+    decision = stop_decision(energy_mae=50, force_mae=500, targets=Targets(), labels_used=1, rounds_done=1,
                              wall_time_s=0, budgets=Budgets(), pool_remaining=0)
     assert decision.status == "budget_exhausted" and "pool exhausted" in decision.reason
