@@ -80,6 +80,7 @@ class FineTune(_Section):
     ema_decay: float = Field(0.95, ge=0, lt=1)
     e0_refit_interval: int = Field(5, gt=0)
     min_steps_per_epoch: int = Field(10, gt=0, description="Optimiser steps per epoch at least (small sets are cycled).")
+    min_valid: int = Field(5, gt=0, description="Validation structures needed to early-stop on them (else the train loss).")
 
 
 class CampaignConfig(_Section):

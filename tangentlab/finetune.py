@@ -73,6 +73,7 @@ class FineTuneHyperparameters:
     ema_decay: float = 0.95
     e0_refit_interval: int = 5
     min_steps_per_epoch: int = 10
+    min_valid: int = 5
     weight_decay: float = 0.0
     seed: int = 0
 
@@ -110,7 +111,7 @@ def refit_e0s(
     counts: np.ndarray,
     residual_energies: np.ndarray,
     prior: np.ndarray,
-    ridge: float = 1e-6,
+    ridge: float = 1e-8,
 ) -> np.ndarray:
     """Least-squares E0s per element: ``counts @ e0 ≈ residual_energies``.
 
@@ -233,7 +234,9 @@ def finetune(
             p.requires_grad_(True)
         train_batches = labelled_batches(model, train, hyper.batch_size, device, shuffle=True, generator=generator)
         train_eval = labelled_batches(model, train, 64, device)
-        valid_eval = labelled_batches(model, valid, 64, device) if valid else train_eval
+        # A handful of validation structures makes early stopping follow noise (measured: a
+        # round with 2 kept its untrained parent), so below `min_valid` the training loss decides.
+        valid_eval = labelled_batches(model, valid, 64, device) if len(valid) >= hyper.min_valid else train_eval
 
         model.eval()
         e0s = _refit(model, train, train_eval)
@@ -241,9 +244,9 @@ def finetune(
             model.parameters(), lr=hyper.lr, amsgrad=True, weight_decay=hyper.weight_decay
         )
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        best_loss = _mean_loss(model, valid_eval, hyper)
-        best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
-        history = [{"epoch": 0, "valid_loss": best_loss}]
+        # The parent is never kept: new labels always get trained on, the best epoch >= 1 wins.
+        best_loss, best_state, best_epoch = float("inf"), None, 0
+        history = [{"epoch": 0, "valid_loss": _mean_loss(model, valid_eval, hyper)}]
         epoch = 0
         for epoch in range(1, hyper.max_epochs + 1):
             model.train()
@@ -276,6 +279,8 @@ def finetune(
             if epoch - best_epoch >= hyper.patience:
                 break
 
+        if best_state is None:
+            raise RuntimeError(f"fine-tuning of {parent_model} diverged: the loss was never finite")
         model.load_state_dict(best_state)
         model.eval()
         e0s = _refit(model, train, train_eval)

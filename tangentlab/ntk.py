@@ -665,6 +665,14 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
     return np.concatenate(rows, axis=0) if rows else np.zeros((0, dim))
 
 
+def _names(model: torch.nn.Module, parameters: str | Sequence[str]) -> list[str]:
+    """Exact parameter names when every entry is one, else `select_parameters`."""
+    known = {name for name, _ in model.named_parameters()}
+    if not isinstance(parameters, str) and all(name in known for name in parameters):
+        return list(parameters)
+    return select_parameters(model, parameters)
+
+
 def _as_batch(model: torch.nn.Module, structures, device: torch.device):
     if hasattr(structures, "to_dict"):
         return structures
@@ -690,18 +698,17 @@ def per_structure_gradients(
     structures
         A list of structures or a MACE batch.
     parameters
-        Which parameters (see `select_parameters`).
+        Exact parameter names (in the order wanted), or what `select_parameters` takes.
     batch_size
         Structures per forward pass (for a list).
 
     Returns
     -------
     np.ndarray
-        (n, P_selected) float64, parameters in the model's order, each flattened.
+        (n, P_selected) float64, parameters in order, each flattened.
     """
-    names = parameters if isinstance(parameters, list) else select_parameters(model, parameters)
     named = dict(model.named_parameters())
-    chosen = [named[name] for name in names]
+    chosen = [named[name] for name in _names(model, parameters)]
     device = next(model.parameters()).device
     if hasattr(structures, "to_dict"):
         batches = [structures]
@@ -743,16 +750,15 @@ def per_structure_force_jacobians(
     structures
         A list of structures or a MACE batch.
     parameters
-        Which parameters (see `select_parameters`).
+        Exact parameter names (in the order wanted), or what `select_parameters` takes.
 
     Returns
     -------
     list[np.ndarray]
         Per structure a (3N, P_selected) array, row ``3a + c``.
     """
-    names = parameters if isinstance(parameters, list) else select_parameters(model, parameters)
     named = dict(model.named_parameters())
-    chosen = [named[name] for name in names]
+    chosen = [named[name] for name in _names(model, parameters)]
     device = next(model.parameters()).device
     batch = _as_batch(model, structures, device)
     jacobians = []

@@ -89,16 +89,18 @@ def test_sketched_energy_rows_equal_sketch_times_jacobian(model, method, kind):
 def test_exact_subset_equals_restricted_gradient(model):
     structures = _structures()
     names = [name for name, _ in model.named_parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    subset = select_parameters(model, "last_layer")
-    columns = np.concatenate(
-        [np.arange(offsets[names.index(n)], offsets[names.index(n) + 1]) for n in subset]
-    )
+    offsets = np.concatenate([[0], np.cumsum([p.numel() for p in model.parameters()])])
     full = per_structure_gradients(model, structures)
-    for method in ("per_sample", "double_backward"):
+    # double backward takes one pass per parameter: check it on the small readout subset
+    for subset, method in (("last_layer", "per_sample"), ("readouts", "double_backward")):
+        columns = np.concatenate(
+            [
+                np.arange(offsets[names.index(n)], offsets[names.index(n) + 1])
+                for n in select_parameters(model, subset)
+            ]
+        )
         rows = energy_ntk_features(
-            model, structures, parameters="last_layer", sketch_dim=None, method=method
+            model, structures, parameters=subset, sketch_dim=None, method=method
         )
         np.testing.assert_allclose(rows, full[:, columns], rtol=1e-9, atol=1e-12)
 
@@ -150,6 +152,10 @@ def test_energy_force_rows_layout_and_weights(model):
     np.testing.assert_allclose(rows[1:10], forces[:9] * 0.5, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(rows[10], energy[1] * 2.0 / 5, rtol=1e-9)
     np.testing.assert_allclose(rows[11:], forces[9:] * 0.5, rtol=1e-9, atol=1e-12)
+    loop, _ = energy_force_ntk_features(
+        model, structures, energy_weight=2.0, force_weight=0.5, method="loop", **options
+    )
+    np.testing.assert_allclose(loop, rows, rtol=1e-9, atol=1e-12)
 
 
 def test_batching_flags_and_dtype_are_left_alone(model):

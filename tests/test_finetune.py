@@ -1,0 +1,71 @@
+"""Fine-tuning a tiny real MACE on real GFN2-xTB labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_pool
+
+import ase.io
+from tangentlab.finetune import FineTuneHyperparameters, finetune, refit_e0s
+from tangentlab.mace_model import load_model, predict
+from tangentlab.metrics import error_metrics
+from tangentlab.qm import xtb_static
+
+
+def test_refit_e0s_recovers_reference_energies():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 4, size=(20, 3)).astype(float)
+    counts[:, 0] += 1
+    e0 = np.array([-13.6, -1029.0, -2040.5])
+    fitted = refit_e0s(counts, counts @ e0, prior=np.zeros(3))
+    np.testing.assert_allclose(fitted, e0, atol=1e-4)
+
+
+def test_refit_e0s_is_defined_for_an_absent_element():
+    counts = np.array([[2.0, 0.0], [4.0, 0.0]])
+    fitted = refit_e0s(counts, counts @ np.array([-5.0, 0.0]), prior=np.array([-1.0, -7.0]))
+    assert fitted[0] == pytest.approx(-5.0, abs=1e-3)
+    assert fitted[1] == pytest.approx(-7.0 - 4.0, abs=1e-2)  # prior moved by the mean per-atom shift
+
+
+@pytest.fixture(scope="module")
+def xtb_data(tmp_path_factory):
+    path = write_pool(tmp_path_factory.mktemp("ft") / "pool.extxyz", 16, seed=5, max_atoms=4)
+    out = []
+    for atoms in ase.io.read(path, ":"):
+        result = xtb_static(atoms)
+        atoms.info["energy"], atoms.arrays["forces"] = result.energy, result.forces
+        out.append(atoms)
+    return out
+
+
+def _errors(model_path, data):
+    preds = predict(load_model(model_path), data)
+    return error_metrics(preds, [(a.info["energy"], a.arrays["forces"]) for a in data], [len(a) for a in data])
+
+
+def test_finetune_learns_and_writes_a_standard_model(tiny_model_file, xtb_data, tmp_path):
+    train, valid = xtb_data[:12], xtb_data[12:]
+    before = _errors(tiny_model_file, train)
+    dtype = torch.get_default_dtype()
+    result = finetune(tiny_model_file, train, valid, tmp_path / "ft.model",
+                      hyper=FineTuneHyperparameters(max_epochs=15, patience=15, lr=5e-3))
+    assert torch.get_default_dtype() == dtype
+    assert result.best_epoch >= 1 and result.path.exists()
+    after = _errors(result.path, train)
+    # The E0 refit removes the convention mismatch; training then lowers the force error.
+    assert after["energy_mae_mev_per_atom"] < 0.05 * before["energy_mae_mev_per_atom"]
+    assert after["force_mae_mev_per_a"] < before["force_mae_mev_per_a"]
+    from mace.calculators import MACECalculator
+
+    atoms = train[0].copy()
+    atoms.calc = MACECalculator(model_paths=str(result.path), device="cpu", default_dtype="float64")
+    assert np.isfinite(atoms.get_potential_energy())
+    torch.set_default_dtype(dtype)
+
+
+def test_finetune_needs_training_data(tiny_model_file, tmp_path):
+    with pytest.raises(ValueError, match="at least one labelled training structure"):
+        finetune(tiny_model_file, [], [], tmp_path / "x.model")
