@@ -130,6 +130,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from tangentlab.benchmark_acquisition import main as benchmark_main
+
+    benchmark_main(args.options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tangentlab",
@@ -181,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="pretrain", help="folder for QM runs, data and MACE logs")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("benchmark", help="benchmarks: `tangentlab benchmark acquisition --json --help`")
+    p.add_argument("which", choices=["acquisition"], help="which benchmark")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

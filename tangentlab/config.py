@@ -31,8 +31,8 @@ class _Section(BaseModel):
 class Targets(_Section):
     """Stop when the test-set errors are at or below both targets."""
 
-    energy_mae_mev_per_atom: float = Field(30.0, gt=0, description="Energy MAE target (meV/atom).")
-    force_mae_mev_per_a: float = Field(150.0, gt=0, description="Force MAE target (meV/Å).")
+    energy_mae_mev_per_atom: float = Field(160.0, gt=0, description="Energy MAE target (meV/atom).")
+    force_mae_mev_per_a: float = Field(450.0, gt=0, description="Force MAE target (meV/Å).")
 
 
 class Budgets(_Section):
@@ -53,7 +53,11 @@ class Oracle(_Section):
 class Acquisition(_Section):
     """How each round chooses the structures to label."""
 
-    method: Literal["activation", "random"] = Field("activation", description="Acquisition signal.")
+    method: Literal["activation", "ntk", "force_ntk", "energy_force_ntk", "descriptor", "committee", "random"] = Field(
+        "activation", description="Acquisition signal (docs/acquisition.md)."
+    )
+    rule: Literal["greedy", "kmeans++", "top"] = Field("greedy", description="Batch rule on the shortlist.")
+    committee_size: int = Field(3, ge=2, description="Members fine-tuned per round for method 'committee'.")
     batch_size: int = Field(10, gt=0, description="Structures labelled per round.")
     regularization: float = Field(1e-2, gt=0, description="λ of the feature-space posterior A = ΦᵀΦ + λI.")
     feature_batch_size: int = Field(64, gt=0, description="Structures per MACE forward pass.")
@@ -75,8 +79,8 @@ class FineTune(_Section):
     patience: int = Field(8, gt=0)
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(8, gt=0)
-    energy_weight: float = Field(10.0, ge=0)
-    forces_weight: float = Field(1.0, ge=0)
+    energy_weight: float = Field(1.0, ge=0, description="Weight of the per-atom energy MSE (eV²).")
+    forces_weight: float = Field(10.0, ge=0, description="Weight of the force MSE (eV²/Å²).")
     ema_decay: float = Field(0.95, ge=0, lt=1)
     e0_refit_interval: int = Field(5, gt=0)
     min_steps_per_epoch: int = Field(10, gt=0, description="Optimiser steps per epoch at least (small sets are cycled).")

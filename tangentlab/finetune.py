@@ -68,8 +68,8 @@ class FineTuneHyperparameters:
     patience: int = 12
     lr: float = 2e-3
     batch_size: int = 8
-    energy_weight: float = 10.0
-    forces_weight: float = 1.0
+    energy_weight: float = 1.0
+    forces_weight: float = 10.0
     ema_decay: float = 0.95
     e0_refit_interval: int = 5
     min_steps_per_epoch: int = 10

@@ -70,14 +70,14 @@ def _rattle(atoms: Atoms, sigma: float, rng: np.random.Generator) -> Atoms:
     return out
 
 
-def _stretch(atoms: Atoms, rng: np.random.Generator) -> Atoms | None:
+def _stretch(atoms: Atoms, rng: np.random.Generator, factors: tuple[float, float]) -> Atoms | None:
     bonds = _bonds(atoms)
     if not bonds:
         return None
     i, j = bonds[rng.integers(len(bonds))]
     out = atoms.copy()
     vec = out.positions[j] - out.positions[i]
-    factor = rng.uniform(1.2, 2.6)
+    factor = rng.uniform(*factors)
     out.positions[j] = out.positions[i] + vec * factor
     return _rattle(out, 0.05, rng)
 
@@ -91,14 +91,14 @@ def _remove_hydrogen(atoms: Atoms, rng: np.random.Generator) -> Atoms | None:
     return _rattle(out, 0.05, rng)
 
 
-def _encounter(small: list[Atoms], rng: np.random.Generator) -> Atoms:
+def _encounter(small: list[Atoms], rng: np.random.Generator, gaps: tuple[float, float]) -> Atoms:
     a = small[rng.integers(len(small))].copy()
     b = small[rng.integers(len(small))].copy()
     for frag in (a, b):
         frag.positions = (frag.positions - frag.positions.mean(0)) @ _random_rotation(rng).T
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction)
-    target = rng.uniform(1.1, 3.0)
+    target = rng.uniform(*gaps)
     # Move b out along `direction` until its closest contact with a is `target` Å.
     shift = 0.0
     b0 = b.positions.copy()
@@ -121,6 +121,8 @@ def generate_structures(
     kinds: tuple[str, ...] = KINDS,
     weights: tuple[float, ...] | None = None,
     seed_names: tuple[str, ...] | None = None,
+    stretch_factors: tuple[float, float] = (1.2, 2.6),
+    encounter_gaps: tuple[float, float] = (1.1, 3.0),
 ) -> list[Atoms]:
     """Draw ``n_structures`` distorted H/C/N/O structures (see the module docstring).
 
@@ -138,6 +140,10 @@ def generate_structures(
         Relative frequency of each kind (default: uniform).
     seed_names
         Only these G2 molecules as seeds and encounter partners (default: all H/C/N/O ones).
+    stretch_factors
+        Range of the factor a ``stretched`` bond is pulled to (times its length).
+    encounter_gaps
+        Range of the closest contact (Å) between the two fragments of an ``encounter``.
 
     Returns
     -------
@@ -162,9 +168,9 @@ def generate_structures(
         elif kind == "radical":
             atoms = _remove_hydrogen(base, rng)
         elif kind == "stretched":
-            atoms = _stretch(base, rng)
+            atoms = _stretch(base, rng, stretch_factors)
         else:
-            atoms = _encounter(small, rng)
+            atoms = _encounter(small, rng, encounter_gaps)
         if atoms is None or len(atoms) > max_atoms or _min_distance(atoms) < MIN_DISTANCE:
             continue
         atoms.center()

@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import ModelVersion, repository, session_scope
+from tangentlab.acquisition import calibrate_uncertainty, fit_scorer, select_batch
+from tangentlab.committee import committee_disagreement, committee_selection, train_committee
 from tangentlab.config import CampaignConfig
-from tangentlab.features import Standardizer, activation_features
-from tangentlab.mace_model import load_model
-from tangentlab.selection import greedy_posterior_variance, random_selection
+from tangentlab.finetune import FineTuneHyperparameters
+from tangentlab.mace_model import load_model, predict
 from tasks._db import engine_for
 from tasks.setup import assign_splits
+
+REFERENCE_SIZE = 256  # pool structures that join the labelled set in normalising feature rows
+
+
+def _force_errors(model, atoms_list) -> np.ndarray:
+    """Per-structure force MAE (meV/Å) of the model on labelled structures."""
+    preds = predict(model, atoms_list)
+    return np.array([1e3 * np.abs(f - a.arrays["forces"]).mean() for (_, f), a in zip(preds, atoms_list)])
 
 
 @task(name="acquire", cache_policy=NO_CACHE)
 def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: int, model_version_id: int) -> int:
     """Score the pool with the current model, select a batch, store the round; return its size.
 
-    Failed structures are never candidates. The round, the selected structures with their
-    scores and the structures' new splits are written in one transaction.
+    Failed structures are never candidates. Each selected structure is stored with its
+    posterior variance σ² (given the training labels) and a predicted error: the per-structure
+    force MAE (meV/Å) that ``scale·σ`` predicts, with ``scale`` fitted on the validation split
+    against the current model's real errors. The round, the selection and the structures' new
+    splits are written in one transaction.
     """
     logger = get_run_logger()
     settings = config.acquisition
@@ -30,35 +43,71 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
     with session_scope(engine) as session:
         failed = repository.failed_structure_ids(session, campaign_id)
         pool = [s for s in repository.structures(session, campaign_id, split="pool") if s.id not in failed]
-        labelled = repository.structures(session, campaign_id, split=["train", "valid"])
         pool_atoms = [repository.structure_atoms(s) for s in pool]
-        labelled_atoms = [repository.structure_atoms(s) for s in labelled]
+        train = repository.labelled_atoms(session, campaign_id, ["train"])
+        valid = repository.labelled_atoms(session, campaign_id, ["valid"])
         model_path = session.get_one(ModelVersion, model_version_id).path
         pool_ids = [s.id for s in pool]
-    timings: dict[str, float] = {}
     start = time.perf_counter()
-    if settings.method == "random":
-        picked = random_selection(len(pool_ids), settings.batch_size, seed=config.seed * 1000 + round_number)
-        scores = [None] * len(picked)
+    if settings.method == "committee":
+        picked, scores, info, scale = _committee(config, round_number, model_path, train, valid, pool_atoms)
     else:
-        model = load_model(model_path, device=config.device)
-        phi = activation_features(model, labelled_atoms + pool_atoms, batch_size=settings.feature_batch_size)
-        timings["features_s"] = time.perf_counter() - start
-        phi = Standardizer.fit(phi).transform(phi) / np.sqrt(phi.shape[1])
-        picked, scores = greedy_posterior_variance(
-            phi[: len(labelled_atoms)], phi[len(labelled_atoms):], settings.batch_size, settings.regularization
-        )
-        scores = [float(s) for s in scores]
-    timings["acquire_s"] = time.perf_counter() - start
-    selected = [pool_ids[int(i)] for i in picked]
+        picked, scores, info, scale = _kernel_or_random(config, round_number, model_path, train, valid, pool_atoms)
+    timings = {"acquire_s": time.perf_counter() - start, **info.get("timings", {})}
+    selected = []
+    for index, score in zip(picked, scores):
+        score = None if not np.isfinite(score) else float(score)
+        predicted = None if score is None or scale is None else scale * float(np.sqrt(score))
+        selected.append((pool_ids[int(index)], score, predicted))
     with session_scope(engine) as session:
-        assign_splits(session, selected, config.valid_fraction)
+        assign_splits(session, [s for s, _, _ in selected], config.valid_fraction)
         repository.create_round(
             session, campaign_id, round_number, method=settings.method,
-            parameters=settings.model_dump(), model_version_id=model_version_id,
-            pool_size=len(pool_ids), selected=[(i, s, None) for i, s in zip(selected, scores)],
-            timings=timings,
+            parameters={**settings.model_dump(), "uncertainty_scale": scale,
+                        "feature_dim": info.get("feature_dim")},
+            model_version_id=model_version_id, pool_size=len(pool_ids), selected=selected, timings=timings,
         )
     logger.info("round %d: %s selected %d of %d pool structures in %.1f s", round_number,
                 settings.method, len(selected), len(pool_ids), timings["acquire_s"])
     return len(selected)
+
+
+def _kernel_or_random(config, round_number, model_path, train, valid, pool_atoms):
+    settings = config.acquisition
+    model = load_model(model_path, device=config.device)
+    scorer, scale = None, None
+    if settings.method != "random":
+        scorer = fit_scorer(model, train, signal=settings.method, reference_atoms=pool_atoms[:REFERENCE_SIZE],
+                            regularization=settings.regularization, device=config.device)
+        if len(valid) >= 2:
+            sigma = np.sqrt(scorer.variance(valid))
+            scale = calibrate_uncertainty(sigma, _force_errors(model, valid))
+    picked, scores, info = select_batch(
+        model, train, pool_atoms, signal=settings.method, batch_size=settings.batch_size,
+        regularization=settings.regularization, rule=settings.rule, seed=config.seed * 1000 + round_number,
+        device=config.device, scorer=scorer,
+    )
+    return picked, scores, info, scale
+
+
+def _committee(config, round_number, model_path, train, valid, pool_atoms):
+    """Fine-tune the committee, then pick the largest force disagreements.
+
+    The stored score is the squared force std (so that ``scale·√score`` is comparable with
+    the kernel signals' ``scale·σ``).
+    """
+    settings = config.acquisition
+    tick = time.perf_counter()
+    out = Path(config.work_dir).resolve() / config.name / "committee" / f"round-{round_number:03d}"
+    hyper = FineTuneHyperparameters(**config.finetune.model_dump(), seed=config.seed)
+    members = train_committee(model_path, train, valid, out, size=settings.committee_size, hyper=hyper,
+                              seed=config.seed * 1000 + round_number, device=config.device)
+    train_s = time.perf_counter() - tick
+    _, force_std = committee_disagreement(members, pool_atoms, device=config.device)
+    picked = committee_selection(force_std, settings.batch_size)
+    scale = None
+    if len(valid) >= 2:
+        _, valid_std = committee_disagreement(members, valid, device=config.device)
+        scale = calibrate_uncertainty(valid_std, _force_errors(load_model(model_path, device=config.device), valid))
+    info = {"timings": {"committee_training_s": train_s, "scoring_s": time.perf_counter() - tick - train_s}}
+    return picked, force_std[picked] ** 2, info, scale

@@ -69,3 +69,19 @@ def test_finetune_learns_and_writes_a_standard_model(tiny_model_file, xtb_data, 
 def test_finetune_needs_training_data(tiny_model_file, tmp_path):
     with pytest.raises(ValueError, match="at least one labelled training structure"):
         finetune(tiny_model_file, [], [], tmp_path / "x.model")
+
+
+def test_committee_disagrees_where_members_differ(tiny_model_file, xtb_data, tmp_path):
+    from tangentlab.committee import committee_disagreement, committee_selection, train_committee
+
+    energy_std, force_std = committee_disagreement([tiny_model_file, tiny_model_file], xtb_data[:4])
+    np.testing.assert_allclose(energy_std, 0.0, atol=1e-12)
+    np.testing.assert_allclose(force_std, 0.0, atol=1e-12)
+    members = train_committee(tiny_model_file, xtb_data[:10], xtb_data[10:12], tmp_path, size=2,
+                              hyper=FineTuneHyperparameters(max_epochs=2, patience=2))
+    energy_std, force_std = committee_disagreement(members, xtb_data[12:])
+    assert (force_std > 0).all() and (energy_std > 0).all()
+    picked = committee_selection(force_std, 2)
+    assert list(picked) == list(np.argsort(-force_std)[:2])
+    with pytest.raises(ValueError, match="at least 2 members"):
+        train_committee(tiny_model_file, xtb_data, [], tmp_path, size=1)

@@ -1,0 +1,74 @@
+"""Committee disagreement: the ensemble baseline of active learning for MLIPs.
+
+K models are fine-tuned from the same parent on bootstrap resamples of the training labels
+with different seeds; a candidate's score is the committee's disagreement on it. This costs K
+fine-tunes per round (the kernel signals cost one forward or backward pass per candidate),
+which is the point of comparing against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from tangentlab.finetune import FineTuneHyperparameters, finetune
+from tangentlab.mace_model import load_model, predict
+
+
+def train_committee(
+    parent_model: str | Path,
+    train: Sequence[Atoms],
+    valid: Sequence[Atoms],
+    out_dir: str | Path,
+    *,
+    size: int = 3,
+    hyper: FineTuneHyperparameters | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[Path]:
+    """Fine-tune ``size`` members on bootstrap resamples of ``train``; return their paths."""
+    if size < 2:
+        raise ValueError(f"a committee needs at least 2 members, got {size}")
+    hyper = hyper or FineTuneHyperparameters()
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for member in range(size):
+        sample = [train[i] for i in rng.integers(0, len(train), size=len(train))]
+        member_hyper = FineTuneHyperparameters(**{**hyper.__dict__, "seed": seed * 100 + member})
+        result = finetune(parent_model, sample, list(valid), out_dir / f"member-{member}.model",
+                          hyper=member_hyper, device=device)
+        paths.append(result.path)
+    return paths
+
+
+def committee_disagreement(model_paths: Sequence[str | Path], atoms_list: Sequence[Atoms],
+                           device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Energy std per atom (eV/atom) and the largest per-atom force std (eV/Å) per structure.
+
+    The force std of an atom is the root of the summed variances of its three components
+    across the committee.
+    """
+    energies, forces = [], []
+    for path in model_paths:
+        preds = predict(load_model(path, device=device), list(atoms_list))
+        energies.append([e for e, _ in preds])
+        forces.append([f for _, f in preds])
+    energies = np.asarray(energies)  # (K, n)
+    natoms = np.array([len(a) for a in atoms_list])
+    energy_std = energies.std(axis=0) / natoms
+    force_std = np.array([
+        np.sqrt(np.stack([f[i] for f in forces]).var(axis=0).sum(axis=1)).max() for i in range(len(atoms_list))
+    ])
+    return energy_std, force_std
+
+
+def committee_selection(force_std: np.ndarray, batch_size: int, exclude: Sequence[int] = ()) -> np.ndarray:
+    """The ``batch_size`` structures with the largest force disagreement (ties: lowest index)."""
+    scores = np.asarray(force_std, dtype=float).copy()
+    scores[list(exclude)] = -np.inf
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return order[: min(batch_size, int(np.isfinite(scores).sum()))]
