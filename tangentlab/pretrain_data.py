@@ -22,6 +22,13 @@ from ase.data import covalent_radii
 
 ELEMENTS = ("H", "C", "N", "O")
 KINDS = ("rattled", "hot", "radical", "stretched", "encounter")
+
+# One reactive system: small C/H/N/O combustion species and radicals (ASE G2 names). The
+# quick-start pool draws from these, with bonds stretched towards transition-state lengths.
+REACTIVE_SPECIES = ("H2", "O2", "H2O", "OH", "H2O2", "CO", "CO2", "H2CO", "HCO", "CH3OH", "CH3O", "CH4",
+                    "CH3", "NH3", "NH2", "NO", "HCN", "N2")
+REACTIVE_RECIPE = {"kinds": ("rattled", "radical", "stretched", "encounter"), "seed_names": REACTIVE_SPECIES,
+                   "stretch_factors": (1.15, 1.6), "encounter_gaps": (1.5, 3.0)}
 MIN_DISTANCE = 0.6
 
 

@@ -36,9 +36,9 @@ def tiny_model_file(tmp_path_factory) -> Path:
 
 
 def write_pool(path: Path, n: int, seed: int = 0, max_atoms: int = 4) -> Path:
-    """A small pool of distorted H/C/N/O molecules (no labels)."""
-    from tangentlab.pretrain_data import generate_structures
+    """A small pool of distorted H/C/N/O molecules of one reaction network (no labels)."""
+    from tangentlab.pretrain_data import REACTIVE_RECIPE, generate_structures
 
-    structures = generate_structures(n, seed=seed, max_atoms=max_atoms, kinds=("rattled", "radical", "stretched"))
+    structures = generate_structures(n, seed=seed, max_atoms=max_atoms, **REACTIVE_RECIPE)
     ase.io.write(path, structures, format="extxyz")
     return path
