@@ -25,11 +25,16 @@ def campaign_db(tmp_path, tiny_model_file):
 
 
 def test_import_twice_adds_nothing_the_second_time(campaign_db, tmp_path, capsys):
+    from tangentlab.structures import content_hash
+
     pool = write_pool(tmp_path / "pool.extxyz", 12, seed=3)
+    unique = len({content_hash(a) for a in ase.io.read(pool, ":")})
     assert main(["--db", campaign_db, "import", "demo", str(pool)]) == 0
-    assert "imported 12 structures" in capsys.readouterr().out
+    assert f"imported {unique} structures" in capsys.readouterr().out
     assert main(["--db", campaign_db, "import", "demo", str(pool)]) == 0
     assert "imported 0 structures into 'demo' (12 already there)" in capsys.readouterr().out
+    with session_scope(make_engine(campaign_db)) as session:
+        assert len(repository.structures(session, repository.get_campaign(session, "demo"))) == unique
 
 
 @pytest.mark.parametrize(
