@@ -616,6 +616,29 @@ def register_model(
     return model
 
 
+def verified_model_path(session: Session, model_version_id: int) -> str:
+    """The path of a registered model, after checking the file still has its recorded sha256.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is gone.
+    ValueError
+        If the file changed since it was registered (it is never loaded then).
+    """
+    version = session.get_one(ModelVersion, model_version_id)
+    path = Path(version.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model version {version.id}: file {path} is missing")
+    digest = _sha256(path)
+    if digest != version.sha256:
+        raise ValueError(
+            f"model version {version.id}: {path} changed since it was registered "
+            f"(sha256 {digest[:12]}..., registered {version.sha256[:12]}...); refusing to load it"
+        )
+    return str(path)
+
+
 def latest_model(session: Session, campaign: Campaign | int) -> ModelVersion | None:
     """The most recently registered model version of a campaign, or ``None``."""
     return session.scalar(

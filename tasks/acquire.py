@@ -9,7 +9,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import ModelVersion, repository, session_scope
+from db import repository, session_scope
 from tangentlab.acquisition import calibrate_uncertainty, fit_scorer, select_batch
 from tangentlab.committee import committee_disagreement, committee_selection, train_committee
 from tangentlab.config import CampaignConfig
@@ -46,7 +46,7 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
         pool_atoms = [repository.structure_atoms(s) for s in pool]
         train = repository.labelled_atoms(session, campaign_id, ["train"])
         valid = repository.labelled_atoms(session, campaign_id, ["valid"])
-        model_path = session.get_one(ModelVersion, model_version_id).path
+        model_path = repository.verified_model_path(session, model_version_id)
         pool_ids = [s.id for s in pool]
     start = time.perf_counter()
     if settings.method == "committee":

@@ -17,7 +17,7 @@ def evaluate_model(url: str, campaign_id: int, model_version_id: int, device: st
     engine = engine_for(url)
     with session_scope(engine) as session:
         test = repository.labelled_atoms(session, campaign_id, ["test"])
-        path = session.get_one(ModelVersion, model_version_id).path
+        path = repository.verified_model_path(session, model_version_id)
     if not test:
         raise RuntimeError("the campaign has no labelled test structures to evaluate on")
     preds = predict(load_model(path, device=device), test)

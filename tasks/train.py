@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from db import ModelVersion, RoundStatus, repository, session_scope
+from db import RoundStatus, repository, session_scope
 from tangentlab.config import CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 from tasks._db import engine_for
@@ -28,7 +28,7 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
         parent = repository.latest_model(session, campaign_id)
         train = repository.labelled_atoms(session, campaign_id, ["train"])
         valid = repository.labelled_atoms(session, campaign_id, ["valid"])
-        parent_id, parent_path = parent.id, parent.path
+        parent_id, parent_path = parent.id, repository.verified_model_path(session, parent.id)
     hyper = FineTuneHyperparameters(**config.finetune.model_dump(), seed=config.seed)
     out = Path(config.work_dir).resolve() / config.name / "models" / f"round-{round_number:03d}.model"
     logger.info("round %d: fine-tuning model %d on %d train / %d valid labels", round_number,
@@ -58,7 +58,3 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
                     result.seconds, result.epochs, result.best_epoch)
         return version.id
 
-
-def model_path(url: str, model_version_id: int) -> str:
-    with session_scope(engine_for(url)) as session:
-        return session.get_one(ModelVersion, model_version_id).path

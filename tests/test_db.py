@@ -271,6 +271,20 @@ def test_register_model_hashes_file(engine, campaign_id, tmp_path):
     assert latest.metrics == {"energy_mae": 1.0}
 
 
+def test_changed_model_file_is_refused(engine, campaign_id, tmp_path):
+    path = tmp_path / "model.model"
+    path.write_bytes(b"weights" * 100)
+    with session_scope(engine) as session:
+        version = repo.register_model(session, campaign_id, path)
+        assert repo.verified_model_path(session, version.id) == str(path)
+    path.write_bytes(b"tampered" * 100)
+    with session_scope(engine) as session, pytest.raises(ValueError, match="changed since it was registered"):
+        repo.verified_model_path(session, version.id)
+    path.unlink()
+    with session_scope(engine) as session, pytest.raises(FileNotFoundError, match="is missing"):
+        repo.verified_model_path(session, version.id)
+
+
 def test_rounds_record_selection_and_updates(engine, campaign_id):
     with session_scope(engine) as session:
         repo.create_round(
