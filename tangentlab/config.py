@@ -38,8 +38,8 @@ class Targets(_Section):
 class Budgets(_Section):
     """Stop when any budget is used up (whichever comes first)."""
 
-    max_labels: int = Field(80, gt=0, description="Training+validation labels (test labels not counted).")
-    max_rounds: int = Field(6, gt=0, description="Acquisition rounds after the initial set.")
+    max_labels: int = Field(90, gt=0, description="Training+validation labels (test labels not counted).")
+    max_rounds: int = Field(8, gt=0, description="Acquisition rounds after the initial set.")
     max_wall_time_s: float = Field(3600.0, gt=0, description="Campaign wall time over all runs (s).")
 
 
