@@ -86,7 +86,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"campaign {camp['name']!r} (id {camp['id']}): {camp['status']}"
               + (f" — {camp['stop_reason']}" if camp["stop_reason"] else ""))
         print(f"  structures: {camp['structures']}   labels: {camp['labels']}")
-        print(f"  current model: {camp['current_model']}")
+        model = camp["current_model"]
+        if model is None:
+            print("  current model: none registered yet")
+        else:
+            test = model["test"] or {}
+            errors = (f", test {test['energy_mae_mev_per_atom']:.1f} meV/atom, {test['force_mae_mev_per_a']:.1f} meV/Å"
+                      if test else "")
+            print(f"  current model: version {model['id']} {model['path']} (sha256 {model['sha256'][:12]}){errors}")
         print(f"  {'round':>5} {'status':>10} {'method':>15} {'selected':>8} {'E MAE':>8} {'F MAE':>8}")
         for r in camp["rounds"]:
             e = r["energy_mae_mev_per_atom"]
