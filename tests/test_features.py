@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import molecule
 from mace.calculators import MACECalculator
 from scipy.spatial.transform import Rotation
-from tiny_model import make_tiny_model
+from tiny_model import make_tiny_model, rattled_molecules
 
 from tangentlab.features import Standardizer, activation_features, invariant_columns
 from tangentlab.mace_model import load_model
@@ -33,13 +32,7 @@ def model_path(request, tiny_path) -> Path:
 
 
 def _rattled(names: list[str], seed: int = 0) -> list[Atoms]:
-    rng = np.random.default_rng(seed)
-    structures = []
-    for name in names:
-        atoms = molecule(name)
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        structures.append(atoms)
-    return structures
+    return rattled_molecules(names, seed)
 
 
 def test_shape_pooling_and_dtype_isolation(tiny_path):

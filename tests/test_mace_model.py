@@ -8,7 +8,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from mace.calculators import MACECalculator
-from tiny_model import make_tiny_model
+from tiny_model import make_tiny_model, rattled_molecules
 
 from tangentlab.mace_model import (
     atoms_to_batch,
@@ -33,13 +33,7 @@ def tiny_path(tmp_path_factory) -> Path:
 
 
 def _rattled(names: list[str], seed: int = 0) -> list[Atoms]:
-    rng = np.random.default_rng(seed)
-    structures = []
-    for name in names:
-        atoms = molecule(name)
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        structures.append(atoms)
-    return structures
+    return rattled_molecules(names, seed)
 
 
 def test_default_dtype_restores_on_exit_and_error():

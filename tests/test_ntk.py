@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import molecule
-from tiny_model import make_tiny_model
+from tiny_model import make_tiny_model, rattled_molecules
 
 from tangentlab.mace_model import load_model
 from tangentlab.ntk import (
@@ -26,13 +25,7 @@ def model(tmp_path_factory):
 
 
 def _structures(names=("H2O", "CH4", "CO2", "CH3OH"), seed=0) -> list[Atoms]:
-    rng = np.random.default_rng(seed)
-    structures = []
-    for name in names:
-        atoms = molecule(name)
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        structures.append(atoms)
-    return structures
+    return rattled_molecules(names, seed)
 
 
 def _periodic() -> Atoms:

@@ -66,3 +66,17 @@ def make_tiny_model(
         )
     torch.save(model, path)
     return path
+
+
+def rattled_molecules(names, seed: int = 0, scale: float = 0.05):
+    """G2 molecules by name with Gaussian displacements of ``scale`` Å (reproducible for ``seed``)."""
+    import numpy as np
+    from ase.build import molecule
+
+    rng = np.random.default_rng(seed)
+    structures = []
+    for name in names:
+        atoms = molecule(name)
+        atoms.positions += rng.normal(scale=scale, size=atoms.positions.shape)
+        structures.append(atoms)
+    return structures
