@@ -680,6 +680,16 @@ def _as_batch(model: torch.nn.Module, structures, device: torch.device):
         return atoms_to_batch(model, structures, device)
 
 
+def _flat_gradient(grads, params) -> np.ndarray:
+    """One row: the gradients of every parameter flattened and joined (zeros where unused)."""
+    return (
+        torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)])
+        .detach()
+        .cpu()
+        .numpy()
+    )
+
+
 def per_structure_gradients(
     model: torch.nn.Module,
     structures,
@@ -721,17 +731,7 @@ def per_structure_gradients(
             energy = model(batch.to_dict(), training=False, compute_force=False)["energy"]
             for b in range(batch.num_graphs):
                 grads = torch.autograd.grad(energy[b], chosen, retain_graph=True, allow_unused=True)
-                rows.append(
-                    torch.cat(
-                        [
-                            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                            for g, p in zip(grads, chosen, strict=True)
-                        ]
-                    )
-                    .detach()
-                    .cpu()
-                    .numpy()
-                )
+                rows.append(_flat_gradient(grads, chosen))
     return np.stack(rows) if rows else np.zeros((0, sum(p.numel() for p in chosen)))
 
 
@@ -772,17 +772,7 @@ def per_structure_force_jacobians(
                     grads = torch.autograd.grad(
                         forces[atom, component], chosen, retain_graph=True, allow_unused=True
                     )
-                    rows.append(
-                        torch.cat(
-                            [
-                                (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                for g, p in zip(grads, chosen, strict=True)
-                            ]
-                        )
-                        .detach()
-                        .cpu()
-                        .numpy()
-                    )
+                    rows.append(_flat_gradient(grads, chosen))
             jacobians.append(np.stack(rows))
     return jacobians
 
