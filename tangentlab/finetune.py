@@ -29,32 +29,15 @@ from ase import Atoms
 
 from mace import data as mace_data
 from mace.tools import torch_geometric
-from mace.tools.utils import AtomicNumberTable
 
-from tangentlab.mace_model import (
-    _heads,
-    default_dtype,
-    load_model,
-    model_cutoff,
-    model_elements,
-)
+from tangentlab.mace_model import atoms_to_graphs, default_dtype, load_model, model_elements
 
 _LABEL_KEYS = mace_data.KeySpecification(info_keys={"energy": "energy"}, arrays_keys={"forces": "forces"})
 
 
 def labelled_batches(model, atoms_list, batch_size, device, *, shuffle=False, generator=None):
     """A MACE DataLoader whose batches carry the reference ``energy`` and ``forces``."""
-    z_table = AtomicNumberTable(model_elements(model))
-    heads, head = _heads(model)
-    graphs = [
-        mace_data.AtomicData.from_config(
-            mace_data.config_from_atoms(atoms, key_specification=_LABEL_KEYS, head_name=head),
-            z_table=z_table,
-            cutoff=model_cutoff(model),
-            heads=heads,
-        ).to(device)
-        for atoms in atoms_list
-    ]
+    graphs = [graph.to(device) for graph in atoms_to_graphs(model, atoms_list, _LABEL_KEYS)]
     return torch_geometric.dataloader.DataLoader(
         graphs, batch_size=batch_size, shuffle=shuffle, drop_last=False, generator=generator
     )

@@ -160,6 +160,45 @@ def _check_elements(model: torch.nn.Module, atoms_list: Sequence[Atoms]) -> None
             )
 
 
+def atoms_to_graphs(
+    model: torch.nn.Module,
+    atoms_list: Sequence[Atoms],
+    key_specification: mace_data.KeySpecification | None = None,
+) -> list[mace_data.AtomicData]:
+    """
+    One MACE graph per structure, built with mace's own data code.
+
+    Parameters
+    ----------
+    model
+        The MACE model the graphs are for (its elements, cutoff, heads and dtype are used).
+    atoms_list
+        Structures; periodic cells are honoured.
+    key_specification
+        Which ``atoms.info``/``atoms.arrays`` keys become targets (e.g. reference energy and
+        forces for training); None: no targets.
+
+    Raises
+    ------
+    ValueError
+        If a structure contains an element the model does not know.
+    """
+    _check_elements(model, atoms_list)
+    z_table = AtomicNumberTable(model_elements(model))
+    heads, head = _heads(model)
+    key_specification = key_specification or mace_data.KeySpecification()
+    with default_dtype(model_dtype(model)):
+        return [
+            mace_data.AtomicData.from_config(
+                mace_data.config_from_atoms(atoms, key_specification=key_specification, head_name=head),
+                z_table=z_table,
+                cutoff=model_cutoff(model),
+                heads=heads,
+            )
+            for atoms in atoms_list
+        ]
+
+
 def atoms_to_batch(
     model: torch.nn.Module, atoms_list: Sequence[Atoms], device: str | torch.device = "cpu"
 ) -> torch_geometric.Batch:
@@ -188,23 +227,7 @@ def atoms_to_batch(
     """
     if len(atoms_list) == 0:
         raise ValueError("cannot build a MACE batch from an empty list of structures")
-    _check_elements(model, atoms_list)
-    z_table = AtomicNumberTable(model_elements(model))
-    heads, head = _heads(model)
-    key_specification = mace_data.KeySpecification()
-    with default_dtype(model_dtype(model)):
-        graphs = [
-            mace_data.AtomicData.from_config(
-                mace_data.config_from_atoms(
-                    atoms, key_specification=key_specification, head_name=head
-                ),
-                z_table=z_table,
-                cutoff=model_cutoff(model),
-                heads=heads,
-            )
-            for atoms in atoms_list
-        ]
-    return torch_geometric.Batch.from_data_list(graphs).to(device)
+    return torch_geometric.Batch.from_data_list(atoms_to_graphs(model, atoms_list)).to(device)
 
 
 def iter_batches(
