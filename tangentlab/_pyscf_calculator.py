@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
     from ase.atoms import Atoms
 
+# Stability-analysis restarts before an open-shell SCF that stays unstable counts as failed.
+MAX_STABILITY_RESTARTS = 3
+
 # Dispersion corrections PySCF applies through the pyscf-dispersion package (pyscf.scf.dispersion).
 DISPERSION_CORRECTIONS = ("d3bj", "d3zero", "d3bjm", "d3zerom", "d3op", "d4")
 
@@ -84,6 +87,12 @@ class PySCFCalculator(Calculator):
         Dispersion correction applied by PySCF (e.g. "d3bj"); needs pyscf-dispersion.
     num_threads
         OpenMP threads for PySCF during the calculation; None keeps the current setting.
+    stability
+        For unrestricted (open-shell) runs: after the SCF converges, run PySCF's internal
+        stability analysis and, while it finds a lower solution, restart the SCF from it
+        (at most `MAX_STABILITY_RESTARTS` times). Without it an open-shell SCF can settle in
+        an excited state without any warning (see docs/qm_validation.md). The number of
+        restarts is kept in `stability_restarts`.
     verbose
         PySCF verbosity of the log file.
     """
@@ -101,6 +110,7 @@ class PySCFCalculator(Calculator):
         "soscf": False,
         "dispersion": None,
         "num_threads": None,
+        "stability": True,
         "verbose": 4,
     }
 
@@ -145,9 +155,10 @@ class PySCFCalculator(Calculator):
                     lib.num_threads(self.parameters.num_threads)
                 mf = self._scf(self._molecule(log))
                 mf.kernel()
-                if not mf.converged:
-                    msg = f"SCF not converged after {self.parameters.max_cycle} cycles"
-                    raise CalculationFailed(msg)
+                self._check_converged(mf)
+                self.stability_restarts = 0
+                if self.parameters.stability and int(self.parameters.multiplicity) != 1:
+                    self.stability_restarts = self._follow_instabilities(mf, log)
                 self.results["energy"] = float(mf.e_tot) * Hartree
                 self.results["free_energy"] = self.results["energy"]
                 if "forces" in properties:
@@ -155,6 +166,28 @@ class PySCFCalculator(Calculator):
                     self.results["forces"] = -gradient * Hartree / Bohr
             finally:
                 lib.num_threads(threads_before)
+
+    def _check_converged(self, mf: Any) -> None:
+        if not mf.converged:
+            msg = f"SCF not converged after {self.parameters.max_cycle} cycles"
+            raise CalculationFailed(msg)
+
+    def _follow_instabilities(self, mf: Any, log: IO[str]) -> int:
+        """Restart the SCF from the lower solution internal stability analysis finds."""
+        for restart in range(MAX_STABILITY_RESTARTS + 1):
+            mo, _, stable, _ = mf.stability(return_status=True)
+            if stable:
+                log.write(f"tangentlab: SCF internally stable after {restart} restart(s)\n")
+                return restart
+            if restart == MAX_STABILITY_RESTARTS:
+                break
+            energy_before = mf.e_tot
+            mf.kernel(mf.make_rdm1(mo, mf.mo_occ))
+            self._check_converged(mf)
+            log.write(f"tangentlab: stability restart {restart + 1}: "
+                      f"E {energy_before:.10f} -> {mf.e_tot:.10f} Eh\n")
+        msg = f"SCF still internally unstable after {MAX_STABILITY_RESTARTS} stability restarts"
+        raise CalculationFailed(msg)
 
     def _molecule(self, log: IO[str]) -> Any:
         from pyscf import gto

@@ -39,6 +39,15 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
     _quiet_prefect()
     from flows.campaign import campaign
 
+    if config is not None:
+        from tangentlab.config import ConfigError, make_config
+        from tasks.label import oracle_for
+
+        try:
+            oracle_for(make_config(config))
+        except (ValueError, ImportError) as exc:
+            raise ConfigError(f"invalid oracle: {exc}") from None
+
     result = campaign(config=config, name=name, database_url=_database_url(args))
     _print_result(result)
     return 0 if result["status"] == "targets_met" else 3

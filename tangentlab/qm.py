@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tangentlab._pyscf_calculator import PySCFCalculator, check_dispersion
-from tangentlab.structures import charge_and_multiplicity
+from tangentlab.structures import content_hash, spin_state
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -79,20 +79,6 @@ class QMFailure(RuntimeError):
         super().__init__(reason)
         self.reason = reason
         self.run_dir = run_dir
-
-
-def _spin_state(atoms: Atoms) -> tuple[int, int]:
-    """Charge and multiplicity of a molecule, checked against its electron count."""
-    charge, multiplicity = charge_and_multiplicity(atoms)
-    electrons = int(atoms.numbers.sum()) - charge
-    unpaired = multiplicity - 1
-    if electrons < 0 or unpaired < 0 or unpaired > electrons or (electrons - unpaired) % 2:
-        msg = (
-            f"multiplicity {multiplicity} is impossible for {electrons} electrons "
-            f"({atoms.get_chemical_formula()}, charge {charge})"
-        )
-        raise ValueError(msg)
-    return charge, multiplicity
 
 
 def xtb_level(method: str = "GFN2-xTB") -> dict[str, Any]:
@@ -164,7 +150,7 @@ def xtb_static(
     from quacc import strip_decorator
     from quacc.recipes.tblite.core import static_job
 
-    charge, multiplicity = _spin_state(atoms)
+    charge, multiplicity = spin_state(atoms)
     start = perf_counter()
     with _quacc_results_dir(results_dir), _job_failure_as_qm_failure():
         result = strip_decorator(static_job)(
@@ -185,6 +171,7 @@ def pyscf_static(
     soscf: bool = False,
     dispersion: str | None = None,
     num_threads: int | None = None,
+    stability: bool = True,
     results_dir: str | Path | None = None,
 ) -> QMResult:
     """
@@ -213,6 +200,9 @@ def pyscf_static(
         Dispersion correction (e.g. "d3bj"); needs the pyscf-dispersion package.
     num_threads
         OpenMP threads for PySCF; None keeps the current setting.
+    stability
+        Open-shell runs only: follow internal SCF instabilities to the lower solution
+        (`PySCFCalculator`); an SCF that stays unstable is a failure.
     results_dir
         Where quacc puts the job directory; None keeps quacc's RESULTS_DIR.
 
@@ -230,7 +220,7 @@ def pyscf_static(
     from quacc.schemas.ase import Summarize
 
     check_dispersion(dispersion)
-    charge, multiplicity = _spin_state(atoms)
+    charge, multiplicity = spin_state(atoms)
     calc = PySCFCalculator(
         xc=xc,
         basis=basis,
@@ -243,12 +233,286 @@ def pyscf_static(
         soscf=soscf,
         dispersion=dispersion,
         num_threads=num_threads,
+        stability=stability,
     )
     start = perf_counter()
     with _quacc_results_dir(results_dir), _job_failure_as_qm_failure():
         final_atoms = Runner(atoms, calc).run_calc()
         result = Summarize(additional_fields={"name": "PySCF Static"}).run(final_atoms, atoms)
     return _qm_result(result, perf_counter() - start, pyscf_level(xc, basis, dispersion))
+
+
+# Keywords through which quacc recipes that pass **calc_kwargs to their calculator take the
+# charge and multiplicity (recipes with named `charge`/`spin_multiplicity` need no entry).
+RECIPE_SPIN_KEYWORDS: dict[str, tuple[str, str]] = {
+    "quacc.recipes.tblite.core.static_job": ("charge", "multiplicity"),
+}
+_SPIN_KEYWORD_NAMES = (("charge",), ("spin_multiplicity", "multiplicity"))
+
+
+def import_recipe(path: str) -> Callable[..., Any]:
+    """
+    The quacc recipe (or any job function) at a dotted import path, without its decorator.
+
+    Parameters
+    ----------
+    path
+        "package.module.function", e.g. "quacc.recipes.orca.core.static_job".
+
+    Returns
+    -------
+    Callable
+        The undecorated function (`quacc.strip_decorator`), so that it runs here, inside
+        our own child process, whatever quacc's workflow engine is.
+
+    Raises
+    ------
+    ValueError
+        If the path has no module part, the module cannot be imported, or it has no
+        callable of that name.
+    """
+    from importlib import import_module
+
+    from quacc import strip_decorator
+
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name:
+        msg = f"recipe {path!r} is not a dotted import path like 'quacc.recipes.tblite.core.static_job'"
+        raise ValueError(msg)
+    try:
+        module = import_module(module_name)
+    except ImportError as err:
+        msg = f"recipe {path!r}: cannot import module {module_name!r} ({err})"
+        raise ValueError(msg) from err
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        msg = f"recipe {path!r}: module {module_name!r} has no job function {attribute!r}"
+        raise ValueError(msg)
+    return strip_decorator(function)
+
+
+def recipe_spin_keywords(path: str) -> tuple[str | None, str | None]:
+    """
+    The keywords through which a recipe takes the charge and the spin multiplicity.
+
+    Named parameters `charge` and `spin_multiplicity` (or `multiplicity`) are used when the
+    recipe has them, else `RECIPE_SPIN_KEYWORDS`; None where the recipe takes neither.
+
+    Parameters
+    ----------
+    path
+        Import path of the recipe.
+
+    Returns
+    -------
+    tuple
+        (charge keyword or None, multiplicity keyword or None).
+    """
+    if path in RECIPE_SPIN_KEYWORDS:
+        return RECIPE_SPIN_KEYWORDS[path]
+    parameters = inspect.signature(import_recipe(path)).parameters
+    found = [next((n for n in names if n in parameters), None) for names in _SPIN_KEYWORD_NAMES]
+    return found[0], found[1]
+
+
+def recipe_level(
+    recipe: str, recipe_kwargs: dict[str, Any] | None = None, level: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """
+    Level-of-theory dict of a quacc-recipe oracle.
+
+    Parameters
+    ----------
+    recipe
+        Import path of the recipe.
+    recipe_kwargs
+        Its keywords (recorded: they are part of the level, e.g. functional and basis).
+    level
+        What the user declares: method, basis (recorded as given).
+
+    Returns
+    -------
+    dict
+        method, basis, code (the recipe's quacc code module, e.g. "orca"), recipe, kwargs.
+    """
+    level = level or {}
+    parts = recipe.split(".")
+    code = parts[2] if len(parts) > 3 and parts[:2] == ["quacc", "recipes"] else parts[0]
+    return {
+        "method": level.get("method"),
+        "basis": level.get("basis"),
+        "code": code,
+        "recipe": recipe,
+        "kwargs": dict(sorted((recipe_kwargs or {}).items())),
+    }
+
+
+def recipe_static(
+    atoms: Atoms,
+    *,
+    recipe: str,
+    kwargs: dict[str, Any] | None = None,
+    level: dict[str, Any] | None = None,
+    results_dir: str | Path | None = None,
+) -> QMResult:
+    """
+    Single point with any quacc recipe (or job function with a quacc-style result).
+
+    Parameters
+    ----------
+    atoms
+        The molecule; its charge and multiplicity are passed through the recipe's own
+        keywords (`recipe_spin_keywords`).
+    recipe
+        Import path, e.g. "quacc.recipes.orca.core.static_job".
+    kwargs
+        Keywords for the recipe.
+    level
+        Declared level of theory (method, basis), recorded with the result.
+    results_dir
+        Where quacc puts the job directory; None keeps quacc's RESULTS_DIR.
+
+    Returns
+    -------
+    QMResult
+        Energy and forces from the recipe's `results`, and its `dir_name`.
+
+    Raises
+    ------
+    QMFailure
+        If the recipe fails, returns no energy or forces, or cannot take a charged or
+        open-shell structure.
+    """
+    function = import_recipe(recipe)
+    recipe_kwargs = dict(kwargs or {})
+    charge, multiplicity = spin_state(atoms)
+    charge_key, multiplicity_key = recipe_spin_keywords(recipe)
+    default_multiplicity = 1 if (int(atoms.numbers.sum()) - charge) % 2 == 0 else 2
+    for key, value, default in ((charge_key, charge, 0), (multiplicity_key, multiplicity, default_multiplicity)):
+        if key is not None:
+            recipe_kwargs[key] = value
+        elif value != default:
+            msg = (f"recipe {recipe} takes no charge/multiplicity keyword, so it cannot label "
+                   f"{atoms.get_chemical_formula()} with charge {charge}, multiplicity {multiplicity}")
+            raise QMFailure(msg)
+    start = perf_counter()
+    with _quacc_results_dir(results_dir), _job_failure_as_qm_failure():
+        result = function(atoms, **recipe_kwargs)
+    results = result.get("results", {}) if isinstance(result, dict) else {}
+    missing = [key for key in ("energy", "forces") if results.get(key) is None]
+    if missing:
+        msg = f"recipe {recipe} returned no {' or '.join(missing)} in its results"
+        raise QMFailure(msg, str(result.get("dir_name")) if isinstance(result, dict) else None)
+    return _qm_result(result, perf_counter() - start, recipe_level(recipe, kwargs, level))
+
+
+def replay_level(files: list[str], reference_level: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    Level-of-theory dict of a replay oracle.
+
+    Parameters
+    ----------
+    files
+        Structure files whose stored labels are revealed.
+    reference_level
+        The level the stored labels were computed at (method, basis, code), as declared.
+
+    Returns
+    -------
+    dict
+        method and basis of the reference (None when not declared), code "replay", files.
+    """
+    reference_level = reference_level or {}
+    return {
+        "method": reference_level.get("method"),
+        "basis": reference_level.get("basis"),
+        "code": "replay",
+        "reference_code": reference_level.get("code"),
+        "files": sorted(str(Path(f).resolve()) for f in files),
+    }
+
+
+def replay_static(
+    atoms: Atoms,
+    *,
+    files: list[str],
+    reference_level: dict[str, Any] | None = None,
+    results_dir: str | Path | None = None,
+) -> QMResult:
+    """
+    Reveal the label stored with a structure in its source files (no QM is run).
+
+    Benchmarks replay a labelled data set as the candidate pool: the campaign imports the
+    structures without their labels, and a label becomes visible only when acquisition
+    picks the structure and this oracle "computes" it.
+
+    Parameters
+    ----------
+    atoms
+        The structure; matched on `structures.content_hash` (positions to 1e-6 Å, cell,
+        pbc, charge, multiplicity).
+    files
+        ASE-readable files with energies and forces (extxyz `energy`, `forces`).
+    reference_level
+        Declared level of the stored labels, recorded with the result.
+    results_dir
+        Unused (no job directory); accepted for the common oracle interface.
+
+    Returns
+    -------
+    QMResult
+        The stored energy (eV) and forces (eV/Å); wall time of the lookup.
+
+    Raises
+    ------
+    QMFailure
+        If no file holds this structure with an energy and forces.
+    """
+    start = perf_counter()
+    labels = stored_labels(tuple(sorted(str(Path(f).resolve()) for f in files)))
+    found = labels.get(content_hash(atoms))
+    if found is None:
+        msg = f"no stored label for {atoms.get_chemical_formula()} in {[Path(f).name for f in files]}"
+        raise QMFailure(msg)
+    energy, forces = found
+    return QMResult(energy=energy, forces=forces.copy(), wall_time=perf_counter() - start,
+                    run_dir="", level=replay_level(files, reference_level))
+
+
+@cache
+def stored_labels(files: tuple[str, ...]) -> dict[str, tuple[float, np.ndarray]]:
+    """
+    Energies and forces stored in structure files, by content hash (read once per process).
+
+    Parameters
+    ----------
+    files
+        Resolved file paths.
+
+    Returns
+    -------
+    dict
+        content hash -> (energy in eV, forces (natoms, 3) in eV/Å); structures without both
+        are left out.
+    """
+    from ase.io import read
+
+    labels: dict[str, tuple[float, np.ndarray]] = {}
+    for path in files:
+        for atoms in read(path, ":"):
+            energy, forces = _stored_energy_forces(atoms)
+            if energy is not None and forces is not None:
+                labels[content_hash(atoms)] = (energy, forces)
+    return labels
+
+
+def _stored_energy_forces(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
+    results = atoms.calc.results if atoms.calc is not None else {}
+    energy = results.get("energy", atoms.info.get("energy"))
+    forces = results.get("forces", atoms.arrays.get("forces"))
+    if energy is None or forces is None:
+        return None, None
+    return float(energy), np.asarray(forces, dtype=np.float64).reshape(-1, 3)
 
 
 def run_with_timeout(
@@ -329,9 +593,11 @@ class Oracle:
     Attributes
     ----------
     name
-        "xtb" or "pyscf".
+        "xtb", "pyscf", "quacc" (any quacc recipe by import path) or "replay" (labels
+        stored with the pool files).
     settings
-        Keywords for the job function (`xtb_static` or `pyscf_static`).
+        Keywords for the job function (`xtb_static`, `pyscf_static`, `recipe_static`,
+        `replay_static`).
     """
 
     name: str
@@ -339,14 +605,15 @@ class Oracle:
 
     @property
     def level(self) -> dict[str, Any]:
-        """Level-of-theory dict: method, basis, code, code_version."""
+        """Level-of-theory dict recorded with every label (it keys idempotency)."""
+        s = self.settings
         if self.name == "xtb":
-            return xtb_level(self.settings.get("method", "GFN2-xTB"))
-        return pyscf_level(
-            self.settings.get("xc", "wb97x"),
-            self.settings.get("basis", "6-31g*"),
-            self.settings.get("dispersion"),
-        )
+            return xtb_level(s.get("method", "GFN2-xTB"))
+        if self.name == "quacc":
+            return recipe_level(s["recipe"], s.get("kwargs"), s.get("level"))
+        if self.name == "replay":
+            return replay_level(s["files"], s.get("reference_level"))
+        return pyscf_level(s.get("xc", "wb97x"), s.get("basis", "6-31g*"), s.get("dispersion"))
 
     def retry_kwargs(self, attempt: int) -> dict[str, Any]:
         """
@@ -362,7 +629,8 @@ class Oracle:
         dict
             Keywords that override `settings`: for PySCF, attempt 2 adds a level shift
             and the atomic initial guess with twice the cycles, attempt 3 and later use
-            second-order SCF. xTB has none.
+            second-order SCF. The other oracles have none (a recipe's own settings are
+            the user's to choose).
         """
         if self.name != "pyscf" or attempt < 2:
             return {}
@@ -389,7 +657,8 @@ class Oracle:
             Where the job directory goes; None keeps quacc's RESULTS_DIR.
         timeout_s
             Wall-clock limit; with a limit the job runs in a child process
-            (`run_with_timeout`), without one in this process.
+            (`run_with_timeout`), without one in this process. The replay oracle, a
+            lookup, always runs in this process.
         attempt
             Attempt number; from 2 on, `retry_kwargs(attempt)` changes the settings.
 
@@ -405,7 +674,7 @@ class Oracle:
         """
         fn = _JOBS[self.name]
         kwargs = self.settings | self.retry_kwargs(attempt)
-        if timeout_s is not None:
+        if timeout_s is not None and self.name != "replay":
             if results_dir is None:
                 from quacc import get_settings
 
@@ -428,9 +697,15 @@ def make_oracle(spec: dict[str, Any]) -> Oracle:
     Parameters
     ----------
     spec
-        `{"name": "xtb", "method": "GFN2-xTB"}` or `{"name": "pyscf", "xc": "wb97x",
-        "basis": "6-31g*", ...}`: the name plus keywords of `xtb_static` or `pyscf_static`
-        (all but `results_dir`).
+        The name plus the keywords of its job function (all but `results_dir`):
+
+        - `{"name": "xtb", "method": "GFN2-xTB"}` (`xtb_static`)
+        - `{"name": "pyscf", "xc": "wb97x", "basis": "6-31g*", ...}` (`pyscf_static`)
+        - `{"name": "quacc", "recipe": "quacc.recipes.orca.core.static_job",
+          "kwargs": {"xc": "wb97x-d3bj", "basis": "def2-tzvp"},
+          "level": {"method": "wB97X-D3BJ", "basis": "def2-TZVP"}}` (`recipe_static`)
+        - `{"name": "replay", "files": ["pool.extxyz"], "reference_level": {...}}`
+          (`replay_static`)
 
     Returns
     -------
@@ -441,7 +716,9 @@ def make_oracle(spec: dict[str, Any]) -> Oracle:
     ------
     ValueError
         For a missing or unknown name, an unknown keyword, an unknown xTB method, basis
-        set, functional or dispersion correction.
+        set, functional or dispersion correction, a recipe path that does not import, a
+        keyword the recipe does not take, a charge or multiplicity among the recipe's
+        keywords (they come from each structure), or replay files that do not exist.
     ImportError
         If the dispersion correction needs a library that is not installed.
     """
@@ -459,14 +736,16 @@ def make_oracle(spec: dict[str, Any]) -> Oracle:
     if unknown:
         msg = f"unknown keyword(s) {unknown} for oracle {name!r}; allowed: {allowed}"
         raise ValueError(msg)
-    if name == "xtb":
-        _check_xtb_settings(settings)
-    else:
-        _check_pyscf_settings(settings)
+    _CHECKS[name](settings)
     return Oracle(name=name, settings=settings)
 
 
-_JOBS: dict[str, Callable[..., QMResult]] = {"xtb": xtb_static, "pyscf": pyscf_static}
+_JOBS: dict[str, Callable[..., QMResult]] = {
+    "xtb": xtb_static,
+    "pyscf": pyscf_static,
+    "quacc": recipe_static,
+    "replay": replay_static,
+}
 
 # Imported once by the fork server, so that children start with them loaded.
 _PRELOAD = [
@@ -505,6 +784,55 @@ def _check_pyscf_settings(settings: dict[str, Any]) -> None:
             msg = f"unknown exchange-correlation functional {xc!r} for PySCF"
             raise ValueError(msg) from err
     check_dispersion(settings.get("dispersion"))
+
+
+def _check_recipe_settings(settings: dict[str, Any]) -> None:
+    recipe = settings.get("recipe")
+    if not isinstance(recipe, str):
+        msg = "oracle 'quacc' needs 'recipe', the import path of a quacc job, e.g. 'quacc.recipes.tblite.core.static_job'"
+        raise ValueError(msg)
+    function = import_recipe(recipe)
+    kwargs = settings.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        msg = f"oracle 'quacc': 'kwargs' must be a mapping of keywords for {recipe}, got {type(kwargs).__name__}"
+        raise ValueError(msg)
+    spin_keys = {k for k in recipe_spin_keywords(recipe) if k is not None}
+    reserved = sorted(set(kwargs) & (spin_keys | {"atoms", "charge", "multiplicity", "spin_multiplicity"}))
+    if reserved:
+        msg = (f"oracle 'quacc': {reserved} must not be set in kwargs: the atoms, charge and "
+               "multiplicity come from each structure")
+        raise ValueError(msg)
+    parameters = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown and not takes_any:
+        allowed = [n for n in parameters if n != "atoms"]
+        msg = f"unknown keyword(s) {unknown} for recipe {recipe}; allowed: {allowed}"
+        raise ValueError(msg)
+    level = settings.get("level") or {}
+    if not isinstance(level, dict) or set(level) - {"method", "basis"}:
+        msg = "oracle 'quacc': 'level' must be a mapping with 'method' and/or 'basis'"
+        raise ValueError(msg)
+
+
+def _check_replay_settings(settings: dict[str, Any]) -> None:
+    files = settings.get("files")
+    if not files or not isinstance(files, list | tuple):
+        msg = "oracle 'replay' needs 'files', the structure files that hold the stored labels"
+        raise ValueError(msg)
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        msg = f"oracle 'replay': label file(s) not found: {missing}"
+        raise ValueError(msg)
+    settings["files"] = [str(Path(f).resolve()) for f in files]
+
+
+_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "xtb": _check_xtb_settings,
+    "pyscf": _check_pyscf_settings,
+    "quacc": _check_recipe_settings,
+    "replay": _check_replay_settings,
+}
 
 
 def _quacc_results_dir(results_dir: str | Path | None) -> Any:

@@ -143,19 +143,42 @@ def validate_atoms(
         )
 
     try:
-        charge, multiplicity = charge_and_multiplicity(atoms)
+        spin_state(atoms)
     except InvalidStructureError as error:
         raise InvalidStructureError(_prefix(where, str(error))) from None
-    electrons = int(numbers.sum()) - charge
+
+
+def spin_state(atoms: Atoms) -> tuple[int, int]:
+    """
+    Charge and multiplicity of a structure, checked against its electron count.
+
+    Parameters
+    ----------
+    atoms
+        The structure (see :func:`charge_and_multiplicity` for the conventions).
+
+    Returns
+    -------
+    tuple
+        ``(charge, multiplicity)``.
+
+    Raises
+    ------
+    InvalidStructureError
+        If either is not an integer, or the multiplicity is impossible for the number of
+        electrons (negative electron count, multiplicity < 1, more unpaired electrons than
+        electrons, or the wrong parity).
+    """
+    charge, multiplicity = charge_and_multiplicity(atoms)
+    electrons = int(atoms.numbers.sum()) - charge
     unpaired = multiplicity - 1
     if electrons < 0 or multiplicity < 1 or unpaired > electrons or (electrons - unpaired) % 2:
-        raise InvalidStructureError(
-            _prefix(
-                where,
-                f"charge {charge} and multiplicity {multiplicity} are impossible "
-                f"with {electrons} electrons",
-            )
+        msg = (
+            f"charge {charge} and multiplicity {multiplicity} are impossible "
+            f"with {electrons} electrons ({atoms.get_chemical_formula()})"
         )
+        raise InvalidStructureError(msg)
+    return charge, multiplicity
 
 
 def _grid(values: np.ndarray) -> bytes:

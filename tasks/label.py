@@ -17,10 +17,16 @@ from tasks._db import engine_for
 
 
 def oracle_for(config: CampaignConfig) -> Oracle:
-    """The campaign's oracle (checked before any job starts)."""
+    """The campaign's oracle, checked (`make_oracle` raises ValueError naming the problem).
+
+    A replay oracle without ``files`` reveals the labels stored in the campaign's own pool
+    and test files.
+    """
     spec = config.oracle.model_dump()
     if config.qm.num_threads is not None and spec.get("name") == "pyscf":
         spec.setdefault("num_threads", config.qm.num_threads)
+    if spec.get("name") == "replay" and not spec.get("files"):
+        spec["files"] = [*config.pool, *([config.test_file] if config.test_file else [])]
     return make_oracle(spec)
 
 

@@ -12,6 +12,7 @@ from tangentlab.campaign_rules import draw, split_labelled
 from tangentlab.config import CampaignConfig, config_json, make_config
 from tangentlab.mace_model import load_model, model_elements
 from tasks._db import engine_for
+from tasks.label import oracle_for
 
 INITIAL_METHOD = "initial-random"
 
@@ -33,6 +34,7 @@ def setup_campaign(url: str, config: CampaignConfig) -> int:
     logger = get_run_logger()
     engine = engine_for(url)
     init_db(engine)
+    oracle_for(config)  # an unusable oracle stops the campaign here, before anything is stored
     elements = model_elements(load_model(config.model))
     with session_scope(engine) as session:
         try:
