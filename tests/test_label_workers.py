@@ -1,0 +1,117 @@
+"""Concurrent label workers: real processes, real xTB jobs through quacc, real databases.
+
+Several processes run the campaign's `label_worker` task on the same pending labels at the
+same moment (they wait for a start signal after importing everything). Every label must be
+computed exactly once: one finished QM job per label in `qm_jobs.jsonl`, no label claimed by
+two workers. On PostgreSQL (when `.ci/start-postgres` gave a server) four processes compete
+through `SELECT ... FOR UPDATE SKIP LOCKED`; on SQLite through the compare-and-swap claim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from alembic import command
+from conftest import write_pool
+from sqlalchemy import select
+
+from db import Label, LabelStatus, alembic_config, init_db, make_engine, repository, session_scope
+from tangentlab.config import config_json, make_config, shipped_file
+from tasks.label import oracle_for
+
+pytestmark = pytest.mark.slow
+
+POSTGRES_URL = os.environ.get("TANGENTLAB_TEST_POSTGRES_URL")
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from tangentlab.config import make_config
+from tasks.label import label_worker
+
+url, campaign_id, config_file, worker, go = sys.argv[1:]
+config = make_config(json.loads(Path(config_file).read_text()))
+Path(go + f".ready-{worker}").touch()
+while not Path(go).exists():
+    time.sleep(0.005)
+print(json.dumps(label_worker(url, int(campaign_id), config, worker=int(worker))))
+"""
+
+
+@pytest.fixture(params=["sqlite", *(["postgresql"] if POSTGRES_URL else [])])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'lab.db'}"
+        return
+    yield POSTGRES_URL
+    engine = make_engine(POSTGRES_URL)  # leave the shared server's database empty
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "base")
+        connection.exec_driver_sql("DROP TABLE alembic_version")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("workers", [4])
+def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tmp_path, database_url, workers):
+    name = f"workers-{uuid.uuid4().hex[:8]}"
+    config = make_config({
+        "name": name,
+        "pool": [str(write_pool(tmp_path / "pool.extxyz", 40, seed=3, max_atoms=4))],
+        "model": shipped_file("tangentlab-hcno-xtb.model"),
+        "work_dir": str(tmp_path / "runs"),
+        "oracle": {"name": "xtb"},
+        "qm": {"timeout_s": 60, "max_attempts": 1},
+    })
+    engine = make_engine(database_url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaign = repository.create_campaign(session, name, config_json(config))
+        report = repository.import_file(session, campaign, config.pool[0])
+        label_ids = sorted(set(repository.ensure_labels(session, report.structure_ids, oracle_for(config).level)))
+        campaign_id = campaign.id
+    assert len(label_ids) >= 30
+
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config_json(config)))
+    go = tmp_path / "go"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, database_url, str(campaign_id), str(config_file),
+                          str(w), str(go)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for w in range(workers)
+    ]
+    deadline = time.monotonic() + 240
+    while sum(1 for w in range(workers) if Path(f"{go}.ready-{w}").exists()) < workers:
+        assert all(p.poll() is None for p in processes), [p.communicate()[1][-2000:] for p in processes]
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.05)
+    go.touch()  # all workers start claiming at the same moment
+    outputs = []
+    for p in processes:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-3000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+
+    jobs = [json.loads(line)["label_id"] for line in (tmp_path / "runs" / name / "qm_jobs.jsonl").read_text().splitlines()]
+    with session_scope(engine) as session:
+        labels = session.scalars(select(Label).where(Label.id.in_(label_ids))).all()
+        assert all(label.status == LabelStatus.DONE for label in labels)
+        assert all(label.attempts == 0 for label in labels)  # no failed attempt either
+        claimed_by = Counter(label.worker for label in labels)
+    engine.dispose()
+    assert Counter(jobs) == Counter(label_ids)  # one finished QM job per label, none repeated
+    assert sum(o["done"] for o in outputs) == len(label_ids)
+    assert sum(o["failed"] for o in outputs) == 0
+    assert len(claimed_by) >= 2, f"only one worker got labels: {claimed_by}"
+    print(f"{database_url.split(':')[0]}: {workers} workers, {len(label_ids)} labels, per worker {sorted(claimed_by.values())}")
