@@ -115,3 +115,54 @@ def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tm
     assert sum(o["failed"] for o in outputs) == 0
     assert len(claimed_by) >= 2, f"only one worker got labels: {claimed_by}"
     print(f"{database_url.split(':')[0]}: {workers} workers, {len(label_ids)} labels, per worker {sorted(claimed_by.values())}")
+
+
+def test_failing_hanging_and_killed_jobs_fail_alone(prefect_server, tmp_path):
+    """Injected faults through a recipe oracle: each ends as a failed label with its reason and
+    run directory after its retries, and every other label of the batch is done."""
+    from ase.build import molecule
+
+    from tasks.label import label_worker
+
+    good = [molecule(n) for n in ("H2O", "NH3", "CH4", "CO", "HCN")]
+    for i, atoms in enumerate(good):
+        atoms.rattle(0.02, seed=i)
+    bad = [molecule("H2"), molecule("O2"), molecule("N2")]
+    bad[1].info["multiplicity"] = 3
+    pool = tmp_path / "pool.extxyz"
+    import ase.io
+
+    ase.io.write(pool, [bad[0], *good[:2], bad[1], *good[2:4], bad[2], good[4]], format="extxyz")
+    config = make_config({
+        "name": "faults",
+        "pool": [str(pool)],
+        "model": shipped_file("tangentlab-hcno-xtb.model"),
+        "work_dir": str(tmp_path / "runs"),
+        "oracle": {"name": "quacc", "recipe": "faulty_jobs.static_job"},
+        "qm": {"timeout_s": 5, "max_attempts": 2},
+    })
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    engine = make_engine(url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaign = repository.create_campaign(session, "faults", config_json(config))
+        report = repository.import_file(session, campaign, pool)
+        repository.ensure_labels(session, report.structure_ids, oracle_for(config).level)
+        campaign_id = campaign.id
+
+    counts = label_worker(url, campaign_id, config)
+
+    assert counts == {"done": 5, "failed": 3}
+    with session_scope(engine) as session:
+        labels = {label.structure.formula: label for label in session.scalars(select(Label)).all()}
+        reasons = {formula: (label.status, label.attempts, label.failure_reason) for formula, label in labels.items()}
+        run_dirs = {formula: label.run_dir for formula, label in labels.items()}
+        failed = repository.failed_structure_ids(session, campaign_id)
+    assert reasons["H2"] == (LabelStatus.FAILED, 2, "RuntimeError: injected failure")
+    assert reasons["O2"] == (LabelStatus.FAILED, 2, "timeout after 5 s")
+    assert reasons["N2"] == (LabelStatus.FAILED, 2, "QM process killed by signal 9 (SIGKILL)")
+    assert all(reasons[a.get_chemical_formula()][0] == LabelStatus.DONE for a in good)
+    assert all(Path(run_dirs[f]).is_dir() for f in ("H2", "O2", "N2"))  # kept for inspection
+    assert len(failed) == 3  # never offered to acquisition again
+    jobs = (tmp_path / "runs" / "faults" / "qm_jobs.jsonl").read_text().splitlines()
+    assert len(jobs) == 5
