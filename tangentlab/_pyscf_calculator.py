@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 # Stability-analysis restarts before an open-shell SCF that stays unstable counts as failed.
 MAX_STABILITY_RESTARTS = 3
+# A stability restart that lowers the energy by less than this (Hartree) found the same state.
+STABILITY_TOLERANCE_EH = 1e-5
 
 # Dispersion corrections PySCF applies through the pyscf-dispersion package (pyscf.scf.dispersion).
 DISPERSION_CORRECTIONS = ("d3bj", "d3zero", "d3bjm", "d3zerom", "d3op", "d4")
@@ -173,7 +175,13 @@ class PySCFCalculator(Calculator):
             raise CalculationFailed(msg)
 
     def _follow_instabilities(self, mf: Any, log: IO[str]) -> int:
-        """Restart the SCF from the lower solution internal stability analysis finds."""
+        """Restart the SCF from the lower solution internal stability analysis finds.
+
+        Stops when the analysis finds the solution stable, or when a restart lowers the
+        energy by less than `STABILITY_TOLERANCE_EH` (the "instability" was a rotation among
+        degenerate orbitals, as for a free O atom's 2p shell: the same state). Returns the
+        number of restarts.
+        """
         for restart in range(MAX_STABILITY_RESTARTS + 1):
             mo, _, stable, _ = mf.stability(return_status=True)
             if stable:
@@ -186,7 +194,11 @@ class PySCFCalculator(Calculator):
             self._check_converged(mf)
             log.write(f"tangentlab: stability restart {restart + 1}: "
                       f"E {energy_before:.10f} -> {mf.e_tot:.10f} Eh\n")
-        msg = f"SCF still internally unstable after {MAX_STABILITY_RESTARTS} stability restarts"
+            if mf.e_tot > energy_before - STABILITY_TOLERANCE_EH:
+                log.write("tangentlab: restart did not lower the energy; same state\n")
+                return restart + 1
+        msg = (f"SCF still internally unstable after {MAX_STABILITY_RESTARTS} stability restarts "
+               "that each lowered the energy")
         raise CalculationFailed(msg)
 
     def _molecule(self, log: IO[str]) -> Any:
