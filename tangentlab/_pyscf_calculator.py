@@ -159,7 +159,7 @@ class PySCFCalculator(Calculator):
                 mf.kernel()
                 self._check_converged(mf)
                 self.stability_restarts = 0
-                if self.parameters.stability and int(self.parameters.multiplicity) != 1:
+                if self.parameters.stability and int(self.parameters.multiplicity) != 1 and _has_rotations(mf):
                     self.stability_restarts = self._follow_instabilities(mf, log)
                 self.results["energy"] = float(mf.e_tot) * Hartree
                 self.results["free_energy"] = self.results["energy"]
@@ -237,3 +237,10 @@ class PySCFCalculator(Calculator):
         if params.soscf:
             mf = mf.newton()
         return mf
+
+
+def _has_rotations(mf: Any) -> bool:
+    """Whether any occupied-virtual orbital rotation exists (none for H in a minimal basis)."""
+    nalpha, nbeta = mf.mol.nelec
+    nao = mf.mol.nao
+    return nalpha * (nao - nalpha) + nbeta * (nao - nbeta) > 0

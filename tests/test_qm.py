@@ -395,3 +395,9 @@ def test_stability_analysis_leaves_an_excited_open_shell_solution(tmp_path):
     assert checked.energy < unchecked.energy - 1.0
     assert "stability restart 1" in _pyscf_log(checked.run_dir)
     assert "internally stable after 1 restart" in _pyscf_log(checked.run_dir)
+
+
+def test_stability_step_skips_molecules_without_orbital_rotations(tmp_path):
+    """A lone H atom in a minimal basis has no virtual orbital: nothing to analyse."""
+    result = pyscf_static(Atoms("H", [[0, 0, 0]]), xc="hf", basis="sto-3g", results_dir=tmp_path)
+    assert result.energy == pytest.approx(-0.46658185 * Hartree, abs=1e-4)
