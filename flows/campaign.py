@@ -11,31 +11,34 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 
 from db import Campaign, CampaignStatus, RoundStatus, repository, session_scope
-from db.models import AcquisitionRound
+from flows.label import dispatch_labels
+from flows.monitoring import publish_rounds, publish_selection
 from tangentlab.campaign_rules import stop_decision
 from tangentlab.config import CampaignConfig, make_config
-from tasks._db import engine_for
+from tasks._db import database_url, engine_for, has_password, redact_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model
-from tasks.label import label_worker, queue_labels
 from tasks.setup import setup_campaign, stored_config
 from tasks.train import finetune_round
 
+NEXT_STEP = {
+    RoundStatus.SELECTED: "labelling",
+    RoundStatus.LABELLED: "fine-tuning",
+    RoundStatus.TRAINED: "evaluation",
+    RoundStatus.EVALUATED: "the stop decision, then the next round's acquisition",
+}
+
 
 def default_database_url() -> str:
-    import os
+    """``TANGENTLAB_DATABASE_URL``, else the Prefect Secret block named by
+    ``TANGENTLAB_DATABASE_SECRET``, else ``sqlite:///tangentlab.db``."""
+    return database_url()
 
-    return os.environ.get("TANGENTLAB_DATABASE_URL", "sqlite:///tangentlab.db")
 
-
-def _label_all(url: str, campaign_id: int, config: CampaignConfig, structure_ids: list[int]) -> None:
-    queue_labels(url, config, structure_ids)
-    workers = [label_worker.submit(url, campaign_id, config, worker=w) for w in range(config.qm.max_parallel)]
-    for future in workers:
-        future.result()
+def _label_all(url: str, name: str, config: CampaignConfig, structure_ids: list[int]) -> None:
+    dispatch_labels(url, name, config, structure_ids)
 
 
 def _starting_model(url: str, campaign_id: int, config: CampaignConfig) -> tuple[int, dict | None]:
@@ -48,30 +51,33 @@ def _starting_model(url: str, campaign_id: int, config: CampaignConfig) -> tuple
         return versions[0].id, (versions[0].metrics or {}).get("test")
 
 
-def _round_row(r: AcquisitionRound, metrics: dict | None, labels: int) -> dict:
-    return {
-        "round": r.number,
-        "method": r.method,
-        "selected": len(r.selected or []),
-        "labels": labels,
-        "energy_mae_meV_atom": None if not metrics else round(metrics["energy_mae_mev_per_atom"], 1),
-        "force_mae_meV_A": None if not metrics else round(metrics["force_mae_mev_per_a"], 1),
-        "model_version": r.trained_model_id,
-        "acquire_s": round((r.timings or {}).get("acquire_s", 0.0), 2),
-    }
-
-
-def _report(url: str, campaign_id: int, name: str) -> None:
+def _publish(url: str, campaign_id: int, cfg: CampaignConfig) -> None:
     with session_scope(engine_for(url)) as session:
-        rows, labels = [], 0
-        for r in repository.rounds(session, campaign_id):
-            labels += len(r.selected or [])
-            rows.append(_round_row(r, (r.metrics or {}).get("test"), labels))
-    create_table_artifact(rows, key=f"campaign-{name}".lower().replace("_", "-"),
-                          description=f"Rounds of campaign {name}: test errors after each fine-tune")
+        publish_rounds(session, campaign_id, cfg.name, cfg.targets, cfg.work_dir)
 
 
-@flow(name="campaign", log_prints=True)
+def _publish_selection(url: str, campaign_id: int, cfg: CampaignConfig, number: int) -> None:
+    with session_scope(engine_for(url)) as session:
+        rows = publish_selection(session, campaign_id, cfg.name, number)
+    scored = [r for r in rows if r["score"] is not None]
+    if scored:
+        get_run_logger().info(
+            "round %d selected %s", number,
+            ", ".join(f"{r['formula']} (structure {r['structure_id']}, score {r['score']:.3g}"
+                      + ("" if r["predicted_force_error_meV_A"] is None
+                         else f", predicted force error {r['predicted_force_error_meV_A']:.0f} meV/Å") + ")"
+                      for r in scored))
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    name = parameters.get("name") or (parameters.get("config") or {}).get("name") or "quickstart"
+    return f"campaign {name}"
+
+
+@flow(name="campaign", flow_run_name=_run_name, log_prints=True)
 def campaign(config: dict | None = None, name: str | None = None, database_url: str | None = None) -> dict:
     """Run (or resume) an active-learning campaign until its targets or a budget stop it.
 
@@ -83,7 +89,8 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     name
         Name of a campaign to resume.
     database_url
-        SQLAlchemy URL; default ``TANGENTLAB_DATABASE_URL`` or ``sqlite:///tangentlab.db``.
+        SQLAlchemy URL without a password (flow parameters are stored by the Prefect server);
+        default :func:`default_database_url` (environment or Prefect Secret block).
 
     Returns
     -------
@@ -91,11 +98,16 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
         ``status``, ``reason``, and the test errors of every model version.
     """
     logger = get_run_logger()
+    if database_url is not None and has_password(database_url):
+        raise ValueError(f"database_url {redact_url(database_url)} carries a password: flow parameters are "
+                         "stored in the clear, so pass it as TANGENTLAB_DATABASE_URL or a Prefect Secret block "
+                         "named by TANGENTLAB_DATABASE_SECRET")
     url = database_url or default_database_url()
     if config is None and name is None:
         raise ValueError("give a campaign configuration or the name of a campaign to resume")
+    logger.info("database: %s", redact_url(url))
     cfg = stored_config(url, name) if config is None else make_config(config)
-    campaign_id = setup_campaign(url, cfg)
+    campaign_id = setup_campaign.with_options(task_run_name=f"set up {cfg.name}")(url, cfg)
     cfg = stored_config(url, cfg.name)
     engine = engine_for(url)
     run_start = time.perf_counter()
@@ -103,16 +115,24 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
         stale = repository.reset_stale_running(session, campaign_id)
         repository.set_campaign_status(session, campaign_id, CampaignStatus.RUNNING)
         test_ids = [s.id for s in repository.structures(session, campaign_id, split="test")]
-        previous_wall = sum((r.timings or {}).get("round_wall_s", 0.0) for r in repository.rounds(session, campaign_id))
+        rounds = repository.rounds(session, campaign_id)
+        previous_wall = sum((r.timings or {}).get("round_wall_s", 0.0) for r in rounds)
+        last = rounds[-1]
+        where = (last.number, last.status)
     if stale:
-        logger.info("reset %d labels left running by a killed run", stale)
+        logger.info("reset %d labels left running by a killed run to pending: they run again, "
+                    "finished labels are kept", stale)
+    if where != (0, RoundStatus.SELECTED):
+        logger.info("resuming campaign %r at round %d, which is %s: next step is %s", cfg.name, where[0],
+                    where[1].value, NEXT_STEP[where[1]])
 
-    _label_all(url, campaign_id, cfg, test_ids)
+    _label_all(url, cfg.name, cfg, test_ids)
     baseline_id, baseline_metrics = _starting_model(url, campaign_id, cfg)
     if baseline_metrics is None:
-        baseline_metrics = evaluate_model(url, campaign_id, baseline_id, cfg.device)
+        baseline_metrics = evaluate_model.with_options(task_run_name="evaluate starting model")(
+            url, campaign_id, baseline_id, cfg.device)
     logger.info("starting model: energy MAE %.1f meV/atom, force MAE %.1f meV/Å",
-                    baseline_metrics["energy_mae_mev_per_atom"], baseline_metrics["force_mae_mev_per_a"])
+                baseline_metrics["energy_mae_mev_per_atom"], baseline_metrics["force_mae_mev_per_a"])
 
     while True:
         round_start = time.perf_counter()
@@ -121,17 +141,20 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
             number, status = current.number, current.status
             selected = [e["structure_id"] for e in current.selected or []]
         if status == RoundStatus.SELECTED:
-            _label_all(url, campaign_id, cfg, selected)
+            if number == 0:
+                _publish_selection(url, campaign_id, cfg, 0)
+            _label_all(url, cfg.name, cfg, selected)
             _set_status(url, campaign_id, number, RoundStatus.LABELLED)
             status = RoundStatus.LABELLED
         if status == RoundStatus.LABELLED:
-            finetune_round(url, campaign_id, cfg, number)
+            finetune_round.with_options(task_run_name=f"fine-tune round {number}")(url, campaign_id, cfg, number)
             status = RoundStatus.TRAINED
         with session_scope(engine) as session:
             current = repository.get_round(session, campaign_id, number)
             trained_id = current.trained_model_id
         if status == RoundStatus.TRAINED:
-            metrics = evaluate_model(url, campaign_id, trained_id, cfg.device)
+            metrics = evaluate_model.with_options(task_run_name=f"evaluate round {number} (model {trained_id})")(
+                url, campaign_id, trained_id, cfg.device)
             with session_scope(engine) as session:
                 current = repository.get_round(session, campaign_id, number)
                 timings = {**(current.timings or {}),
@@ -141,14 +164,16 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
                                         metrics={"test": metrics}, timings=timings)
             logger.info("round %d: energy MAE %.1f meV/atom, force MAE %.1f meV/Å (model %d)", number,
                         metrics["energy_mae_mev_per_atom"], metrics["force_mae_mev_per_a"], trained_id)
-            _report(url, campaign_id, cfg.name)
+            _publish(url, campaign_id, cfg)
         decision = _decide(url, campaign_id, cfg, previous_wall + time.perf_counter() - run_start)
         if decision is not None:
             with session_scope(engine) as session:
                 repository.set_campaign_status(session, campaign_id, decision.status, decision.reason)
-            logger.info("campaign %r stopped: %s", cfg.name, decision.reason)
+            logger.info("campaign %r stopped (%s): %s", cfg.name, decision.status, decision.reason)
             return summary(url, campaign_id)
-        acquire(url, campaign_id, cfg, number + 1, trained_id)
+        acquire.with_options(task_run_name=f"acquire round {number + 1} ({cfg.acquisition.method})")(
+            url, campaign_id, cfg, number + 1, trained_id)
+        _publish_selection(url, campaign_id, cfg, number + 1)
 
 
 def _set_status(url: str, campaign_id: int, number: int, status: RoundStatus) -> None:
@@ -164,11 +189,20 @@ def _decide(url: str, campaign_id: int, cfg: CampaignConfig, wall_time_s: float)
         metrics = (last.metrics or {})["test"]
         failed = repository.failed_structure_ids(session, campaign_id)
         pool_remaining = sum(1 for s in repository.structures(session, campaign_id, split="pool") if s.id not in failed)
-    return stop_decision(
+    decision = stop_decision(
         energy_mae=metrics["energy_mae_mev_per_atom"], force_mae=metrics["force_mae_mev_per_a"],
         targets=cfg.targets, labels_used=labels_used, rounds_done=last.number,
         wall_time_s=wall_time_s, budgets=cfg.budgets, pool_remaining=pool_remaining,
     )
+    if decision is None:
+        targets, budgets = cfg.targets, cfg.budgets
+        get_run_logger().info(
+            "round %d: continuing: targets not met (energy MAE %.1f vs %g meV/atom, force MAE %.1f vs %g meV/Å); "
+            "budgets left: %d labels, %d rounds, %.0f s wall time, %d candidates",
+            last.number, metrics["energy_mae_mev_per_atom"], targets.energy_mae_mev_per_atom,
+            metrics["force_mae_mev_per_a"], targets.force_mae_mev_per_a, budgets.max_labels - labels_used,
+            budgets.max_rounds - last.number, budgets.max_wall_time_s - wall_time_s, pool_remaining)
+    return decision
 
 
 def summary(url: str, campaign_id: int) -> dict:

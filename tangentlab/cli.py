@@ -14,7 +14,11 @@ DEFAULT_DB = "sqlite:///tangentlab.db"
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    return args.db or os.environ.get("TANGENTLAB_DATABASE_URL") or DEFAULT_DB
+    if args.db:
+        return args.db
+    from tasks._db import database_url  # environment, then a Prefect Secret block
+
+    return database_url()
 
 
 def _quiet_prefect() -> None:
@@ -48,7 +52,10 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
         except (ValueError, ImportError) as exc:
             raise ConfigError(f"invalid oracle: {exc}") from None
 
-    result = campaign(config=config, name=name, database_url=_database_url(args))
+    # The flow reads the URL from the environment, so that a password in it never becomes a
+    # flow parameter (which the Prefect server stores in the clear).
+    os.environ["TANGENTLAB_DATABASE_URL"] = _database_url(args)
+    result = campaign(config=config, name=name)
     _print_result(result)
     return 0 if result["status"] == "targets_met" else 3
 
@@ -82,33 +89,74 @@ def cmd_init_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _status_report(session, campaign, round_number: int | None) -> dict:
+    from db import repository
+    from flows.monitoring import baseline_errors, failed_label_rows, round_rows, selected_rows
+
+    report = repository.campaign_report(session, campaign)
+    report["round_table"] = round_rows(session, campaign.id)
+    report["starting_model_test"] = baseline_errors(session, campaign.id)
+    report["failed_labels"] = failed_label_rows(session, campaign.id)
+    numbers = [r["round"] for r in report["round_table"]]
+    number = numbers[-1] if round_number is None and numbers else round_number
+    if number is not None and number not in numbers:
+        raise LookupError(f"campaign {campaign.name!r} has no round {number} (rounds: {numbers})")
+    report["selected_structures"] = None if number is None else {
+        "round": number, "structures": selected_rows(session, campaign.id, number)}
+    return report
+
+
+def _print_status(camp: dict) -> None:
+    print(f"campaign {camp['name']!r} (id {camp['id']}): {camp['status']}"
+          + (f" — {camp['stop_reason']}" if camp["stop_reason"] else ""))
+    print(f"  structures: {camp['structures']}   labels: {camp['labels']}")
+    model = camp["current_model"]
+    if model is None:
+        print("  current model: none registered yet")
+    else:
+        test = model["test"] or {}
+        errors = (f", test {test['energy_mae_mev_per_atom']:.1f} meV/atom, {test['force_mae_mev_per_a']:.1f} meV/Å"
+                  if test else "")
+        print(f"  current model: version {model['id']} {model['path']} (sha256 {model['sha256'][:12]}){errors}")
+    start = camp["starting_model_test"]
+    if start:
+        print(f"  starting model: test {start['energy_mae_mev_per_atom']:.1f} meV/atom, "
+              f"{start['force_mae_mev_per_a']:.1f} meV/Å")
+    print(f"  {'round':>5} {'status':>10} {'method':>15} {'selected':>8} {'labels':>6} {'E MAE':>8} {'F MAE':>8} "
+          f"{'model':>5} {'acquire s':>9}")
+    for r in camp["round_table"]:
+        print(f"  {r['round']:>5} {r['status']:>10} {r['method']:>15} {r['selected']:>8} "
+              f"{_fmt(r['labels'], 'd'):>6} {_fmt(r['energy_mae_meV_atom']):>8} {_fmt(r['force_mae_meV_A']):>8} "
+              f"{_fmt(r['model_version'], 'd'):>5} {_fmt(r['acquire_s'], '.2f'):>9}")
+    selection = camp["selected_structures"]
+    if selection:
+        print(f"  round {selection['round']} selected (score; predicted force error in meV/Å; label):")
+        for s in selection["structures"]:
+            score = _fmt(s["score"], ".3g") or "n/a"
+            predicted = _fmt(s["predicted_force_error_meV_A"]) or "n/a"
+            print(f"    {s['rank']:>3}. structure {s['structure_id']:>5} {s['formula']:>10} {s['split']:>5} "
+                  f"score {score:>9} predicted {predicted:>7} {s['label']}"
+                  + (f" ({s['failure']})" if s["failure"] else ""))
+    for f in camp["failed_labels"]:
+        print(f"  failed label {f['label_id']} ({f['formula']}, structure {f['structure_id']}, "
+              f"{f['attempts']} attempts): {f['reason']} [{f['run_dir']}]")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from db import make_engine, repository, session_scope
 
     with session_scope(make_engine(_database_url(args))) as session:
         campaigns = [repository.get_campaign(session, args.name)] if args.name else repository.campaigns(session)
-        report = [repository.campaign_report(session, c) for c in campaigns]
+        report = [_status_report(session, c, args.round) for c in campaigns]
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
     for camp in report:
-        print(f"campaign {camp['name']!r} (id {camp['id']}): {camp['status']}"
-              + (f" — {camp['stop_reason']}" if camp["stop_reason"] else ""))
-        print(f"  structures: {camp['structures']}   labels: {camp['labels']}")
-        model = camp["current_model"]
-        if model is None:
-            print("  current model: none registered yet")
-        else:
-            test = model["test"] or {}
-            errors = (f", test {test['energy_mae_mev_per_atom']:.1f} meV/atom, {test['force_mae_mev_per_a']:.1f} meV/Å"
-                      if test else "")
-            print(f"  current model: version {model['id']} {model['path']} (sha256 {model['sha256'][:12]}){errors}")
-        print(f"  {'round':>5} {'status':>10} {'method':>15} {'selected':>8} {'E MAE':>8} {'F MAE':>8}")
-        for r in camp["rounds"]:
-            e = r["energy_mae_mev_per_atom"]
-            f = r["force_mae_mev_per_a"]
-            print(f"  {r['number']:>5} {r['status']:>10} {r['method']:>15} {r['selected']:>8} "
-                  f"{'' if e is None else f'{e:.1f}':>8} {'' if f is None else f'{f:.1f}':>8}")
+        _print_status(camp)
     return 0
 
 
@@ -147,6 +195,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.which == "replay":
+        _quiet_prefect()
+        from tangentlab.benchmark_replay import BenchmarkError
+        from tangentlab.benchmark_replay import main as replay_main
+
+        try:
+            replay_main(args.options)
+        except BenchmarkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     from tangentlab.benchmark_acquisition import main as benchmark_main
 
     benchmark_main(args.options)
@@ -159,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Active learning of MACE potentials: acquisition from the pretrained model, "
         "QM labels through quacc, fine-tuning until error targets are met.",
     )
-    parser.add_argument("--db", help=f"database URL (default: $TANGENTLAB_DATABASE_URL or {DEFAULT_DB})")
+    parser.add_argument("--db", help="database URL (default: $TANGENTLAB_DATABASE_URL, else the Prefect Secret "
+                        f"block named by $TANGENTLAB_DATABASE_SECRET, else {DEFAULT_DB})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("quickstart", help="run (or resume) the built-in quick-start campaign")
@@ -182,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="rounds, labels, errors and the current model of campaigns")
     p.add_argument("name", nargs="?", help="campaign name (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--round", type=int, default=None,
+                   help="show the structures this round selected (default: the latest round)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("import", help="import structures (any ASE-readable file) into a campaign")
@@ -205,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("benchmark", help="benchmarks: `tangentlab benchmark acquisition --json --help`")
-    p.add_argument("which", choices=["acquisition"], help="which benchmark")
+    p = sub.add_parser("benchmark", help="benchmarks: `tangentlab benchmark acquisition|replay --help`")
+    p.add_argument("which", choices=["acquisition", "replay"],
+                   help="acquisition: throughput; replay: acquisition methods on a replayed labelled data set")
     p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
     p.set_defaults(func=cmd_benchmark)
     return parser

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 def shipped_file(name: str) -> str:
@@ -47,13 +47,14 @@ class Oracle(_Section):
     """The QM oracle: ``name`` picks the built-in job, the other keys are its settings."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field("pyscf", description="Built-in oracle: 'pyscf', 'xtb', or 'replay'.")
+    name: str = Field("pyscf", description="Oracle: 'pyscf', 'xtb', 'quacc' (any recipe by import path) or 'replay' (docs/oracles.md).")
 
 
 class Acquisition(_Section):
     """How each round chooses the structures to label."""
 
-    method: Literal["activation", "ntk", "force_ntk", "energy_force_ntk", "descriptor", "committee", "random"] = Field(
+    method: Literal["activation", "ntk", "force_ntk", "energy_force_ntk", "descriptor", "fixed_descriptor", "committee",
+                    "random"] = Field(
         "activation", description="Acquisition signal (docs/acquisition.md)."
     )
     rule: Literal["greedy", "kmeans++", "top"] = Field("greedy", description="Batch rule on the shortlist.")
@@ -70,6 +71,32 @@ class QMSettings(_Section):
     timeout_s: float = Field(600.0, gt=0, description="Wall-time limit of one QM job (s).")
     max_parallel: int = Field(1, gt=0, description="QM jobs run at the same time.")
     num_threads: int | None = Field(None, gt=0, description="Threads per QM job (None: library default).")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="Where the `max_parallel` label workers run: threads of the flow's process, "
+        "or Dask workers (a LocalCluster, `dask_address`, or `dask_cluster_class`, e.g. Slurm).")
+    dask_address: str | None = Field(
+        None, description="Scheduler of a running Dask cluster (tcp://host:8786); None: start a cluster.")
+    dask_cluster_class: str | None = Field(
+        None, description="Cluster to start, e.g. 'dask_jobqueue.SLURMCluster'; None: distributed.LocalCluster.")
+    dask_cluster_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keywords for the cluster class (LocalCluster default: one "
+        "single-threaded worker process per label worker).")
+    dask_adapt_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keywords for cluster.adapt(), e.g. {minimum: 0, maximum: 20}.")
+    deployment: str | None = Field(
+        None, description="Prefect deployment ('label/label-cpu') that labels on a CPU work pool; "
+        "None: label inside the campaign's own flow run.")
+
+    @model_validator(mode="after")
+    def _dask_settings_consistent(self) -> QMSettings:
+        dask_keys = [k for k in ("dask_address", "dask_cluster_class", "dask_cluster_kwargs", "dask_adapt_kwargs")
+                     if getattr(self, k)]
+        if dask_keys and self.task_runner != "dask":
+            raise ValueError(f"{', '.join(dask_keys)} set but task_runner is {self.task_runner!r} (use 'dask')")
+        if self.dask_address and len(dask_keys) > 1:
+            raise ValueError("dask_address connects to a running cluster: leave out dask_cluster_class, "
+                             "dask_cluster_kwargs and dask_adapt_kwargs")
+        return self
 
 
 class FineTune(_Section):

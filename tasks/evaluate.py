@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import ModelVersion, repository, session_scope
@@ -26,4 +26,7 @@ def evaluate_model(url: str, campaign_id: int, model_version_id: int, device: st
     with session_scope(engine) as session:
         version = session.get_one(ModelVersion, model_version_id)
         version.metrics = {**(version.metrics or {}), "test": metrics}
+    get_run_logger().info("model %d on %d test structures: energy MAE %.1f meV/atom, force MAE %.1f meV/Å",
+                          model_version_id, len(test), metrics["energy_mae_mev_per_atom"],
+                          metrics["force_mae_mev_per_a"])
     return metrics

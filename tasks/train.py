@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from db import RoundStatus, repository, session_scope
+from flows.monitoring import Progress, artifact_key
 from tangentlab.config import CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 from tasks._db import engine_for
@@ -33,15 +34,24 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
     out = Path(config.work_dir).resolve() / config.name / "models" / f"round-{round_number:03d}.model"
     logger.info("round %d: fine-tuning model %d on %d train / %d valid labels", round_number,
                 parent_id, len(train), len(valid))
-    # A progress bar on a terminal (disable=None turns it off when stderr is not a TTY).
+    # A progress bar on a terminal (disable=None turns it off when stderr is not a TTY) and a
+    # progress artifact in the Prefect UI (early stopping may end it before 100 %).
+    artifact = Progress(artifact_key("campaign", config.name, "fine-tune"),
+                        f"Round {round_number} of campaign {config.name}: fine-tuning model {parent_id} "
+                        f"(up to {hyper.max_epochs} epochs, patience {hyper.patience})")
     with tqdm(total=hyper.max_epochs, desc=f"round {round_number} fine-tune", unit="epoch", disable=None) as bar:
 
         def progress(epoch: int, total: int, record: dict) -> None:
             bar.update(1)
             bar.set_postfix(valid_loss=f"{record['valid_loss']:.4g}")
+            artifact.update(100.0 * epoch / total, f"Round {round_number}: epoch {epoch}/{total}, "
+                            f"validation loss {record['valid_loss']:.4g}")
             logger.debug("epoch %d/%d %s", epoch, total, record)
 
         result = finetune(parent_path, train, valid, out, hyper=hyper, device=config.device, progress=progress)
+    stopped = "early stop" if result.epochs < hyper.max_epochs else "epoch limit"
+    artifact.update(100.0, f"Round {round_number}: finished after {result.epochs} epochs ({stopped}); "
+                    f"kept epoch {result.best_epoch}, validation loss {result.best_valid_loss:.4g}")
     with session_scope(engine) as session:
         version = repository.register_model(
             session, campaign_id, out, parent_id=parent_id,
@@ -54,7 +64,8 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
         round_ = repository.get_round(session, campaign_id, round_number)
         repository.update_round(session, round_, status=RoundStatus.TRAINED, trained_model_id=version.id,
                                 timings={**(round_.timings or {}), "finetune_s": result.seconds})
-        logger.info("round %d: model %d trained in %.0f s (%d epochs, best %d)", round_number, version.id,
-                    result.seconds, result.epochs, result.best_epoch)
+        logger.info("round %d: model %d trained in %.0f s (%d epochs, %s; kept epoch %d, validation loss "
+                    "%.4g); saved %s", round_number, version.id, result.seconds, result.epochs, stopped,
+                    result.best_epoch, result.best_valid_loss, out)
         return version.id
 

@@ -39,9 +39,10 @@ def campaign_config(tmp_path: Path, name: str, **overrides) -> dict:
         "oracle": ORACLE,
         "acquisition": {"method": "activation", "batch_size": 4},
         "budgets": {"max_rounds": 3, "max_labels": 30},
-        # Measured with these settings: forces 2077 (start), 1210, 1114, 1005 meV/Å after rounds
-        # 0-2, energies ~1e6 (start: xTB vs HF references), then 250-400 meV/atom.
-        "targets": {"energy_mae_mev_per_atom": 500.0, "force_mae_mev_per_a": 1060.0},
+        # Measured with these settings (UHF with the stability step for radicals): forces 2186
+        # (start), 1622, 1414, 1278, 1256 meV/Å after rounds 0-3; energies ~1e6 (start: xTB vs HF
+        # references), then 430-480 meV/atom. Targets are met after two acquisition rounds.
+        "targets": {"energy_mae_mev_per_atom": 500.0, "force_mae_mev_per_a": 1300.0},
         "finetune": {"max_epochs": 8, "patience": 4},
         "qm": {"timeout_s": 120},
     }
@@ -63,10 +64,10 @@ def test_campaign_reaches_its_targets(prefect_server, tmp_path):
     assert result["status"] == "targets_met", result["reason"]
     start, *trained = result["models"]
     assert start["round"] is None and trained
-    assert start["test"]["force_mae_mev_per_a"] > 1060.0  # the starting model misses the targets
+    assert start["test"]["force_mae_mev_per_a"] > 1300.0  # the starting model misses the targets
     assert len(trained) >= 2  # at least one acquisition round after the initial set
     final = trained[-1]["test"]
-    assert final["energy_mae_mev_per_atom"] <= 500.0 and final["force_mae_mev_per_a"] <= 1060.0
+    assert final["energy_mae_mev_per_atom"] <= 500.0 and final["force_mae_mev_per_a"] <= 1300.0
     assert final["force_mae_mev_per_a"] < start["test"]["force_mae_mev_per_a"]
     with session_scope(make_engine(url)) as session:
         report = repository.campaign_report(session, repository.get_campaign(session, "reach"))

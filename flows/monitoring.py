@@ -1,0 +1,222 @@
+"""What a campaign shows about itself: round tables, selections, failures, the learning curve.
+
+The ``*_rows`` functions read the database only (``tangentlab status`` prints them); the
+``publish_*`` functions turn the same rows into Prefect artifacts for the UI (a table per
+round, a learning-curve image, the selected structures with their scores and predicted
+errors, progress bars for long steps).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import Label, LabelStatus, ModelVersion, Structure, repository
+
+# Artifact data is stored by the Prefect server; beyond this the image is only linked.
+MAX_INLINE_PNG_BYTES = 400_000
+
+
+def artifact_key(*parts: object) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from ``parts``."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower())).strip("-")
+
+
+def _value(enum_or_str: Any) -> str:
+    return str(getattr(enum_or_str, "value", enum_or_str))
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def round_rows(session: Session, campaign_id: int) -> list[dict[str, Any]]:
+    """One row per round: labels trained on, test errors, model version, acquisition method and time."""
+    rows = []
+    for r in repository.rounds(session, campaign_id):
+        test = (r.metrics or {}).get("test") or {}
+        trained = session.get(ModelVersion, r.trained_model_id) if r.trained_model_id else None
+        timings = r.timings or {}
+        rows.append({
+            "round": r.number,
+            "status": _value(r.status),
+            "method": r.method,
+            "selected": len(r.selected or []),
+            "labels": None if trained is None else len(trained.training_label_ids or []),
+            "energy_mae_meV_atom": _rounded(test.get("energy_mae_mev_per_atom")),
+            "force_mae_meV_A": _rounded(test.get("force_mae_mev_per_a")),
+            "model_version": r.trained_model_id,
+            "acquired_with_model": r.model_version_id,
+            "acquire_s": _rounded(timings.get("acquire_s"), 2),
+            "finetune_s": _rounded(timings.get("finetune_s"), 1),
+        })
+    return rows
+
+
+def baseline_errors(session: Session, campaign_id: int) -> dict[str, float] | None:
+    """Test errors of the starting model (the campaign's first model version), if evaluated."""
+    versions = repository.model_versions(session, campaign_id)
+    return (versions[0].metrics or {}).get("test") if versions else None
+
+
+def selected_rows(session: Session, campaign_id: int, number: int) -> list[dict[str, Any]]:
+    """The structures round ``number`` selected, with score, predicted error and label outcome.
+
+    Raises
+    ------
+    LookupError
+        If the campaign has no round ``number``.
+    """
+    round_ = repository.get_round(session, campaign_id, number)
+    if round_ is None:
+        raise LookupError(f"campaign {campaign_id} has no round {number}")
+    entries = round_.selected or []
+    structures = {s.id: s for s in repository.structures_by_id(session, [e["structure_id"] for e in entries])}
+    labels = {lab.structure_id: lab for lab in session.scalars(
+        select(Label).where(Label.structure_id.in_(list(structures))).order_by(Label.id))}
+    rows = []
+    for rank, entry in enumerate(entries, start=1):
+        structure = structures[entry["structure_id"]]
+        label = labels.get(structure.id)
+        rows.append({
+            "rank": rank,
+            "structure_id": structure.id,
+            "formula": structure.formula,
+            "split": _value(structure.split),
+            "score": None if entry["score"] is None else float(f"{entry['score']:.4g}"),
+            "predicted_force_error_meV_A": _rounded(entry["predicted_error"]),
+            "label": "none" if label is None else _value(label.status),
+            "energy_eV": None if label is None or label.energy is None else round(label.energy, 4),
+            "failure": None if label is None else label.failure_reason,
+        })
+    return rows
+
+
+def failed_label_rows(session: Session, campaign_id: int) -> list[dict[str, Any]]:
+    """Labels that failed for good, with the reason and where the job ran."""
+    query = (select(Label, Structure).join(Structure, Structure.id == Label.structure_id)
+             .where(Structure.campaign_id == campaign_id, Label.status == LabelStatus.FAILED)
+             .order_by(Label.id))
+    return [{"label_id": lab.id, "structure_id": s.id, "formula": s.formula, "attempts": lab.attempts,
+             "reason": lab.failure_reason, "run_dir": lab.run_dir}
+            for lab, s in session.execute(query)]
+
+
+def learning_curve_png(rows: list[dict[str, Any]], baseline: dict[str, float] | None, targets: Any) -> bytes:
+    """Test energy and force MAE against training labels (PNG bytes), with the targets dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    points = [(r["labels"], r["energy_mae_meV_atom"], r["force_mae_meV_A"]) for r in rows
+              if r["labels"] is not None and r["force_mae_meV_A"] is not None]
+    if baseline:
+        points.insert(0, (0, baseline["energy_mae_mev_per_atom"], baseline["force_mae_mev_per_a"]))
+    fig = Figure(figsize=(8, 3.2), dpi=90)
+    panels = [("energy MAE (meV/atom)", 1, targets.energy_mae_mev_per_atom),
+              ("force MAE (meV/Å)", 2, targets.force_mae_mev_per_a)]
+    for i, (title, column, target) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, 2, i)
+        if points:
+            ax.plot([p[0] for p in points], [p[column] for p in points], "o-", color="C0", label="test set")
+        ax.axhline(target, ls="--", color="C3", label=f"target {target:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("training labels")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_none_"
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join("" if r[k] is None else str(r[k]) for k in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def publish_rounds(session: Session, campaign_id: int, name: str, targets: Any, work_dir: str | Path) -> Path:
+    """Round table and learning-curve artifacts of a campaign; returns the saved PNG's path.
+
+    The PNG is saved under ``<work_dir>/<name>/learning_curve.png`` and embedded in a markdown
+    artifact as a data URI, which the Prefect UI renders without any file server.
+    """
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    rows = round_rows(session, campaign_id)
+    create_table_artifact(rows, key=artifact_key("campaign", name, "rounds"),
+                          description=f"Rounds of campaign {name}: labels, test errors after each "
+                          "fine-tune, model version, acquisition method and time")
+    png = learning_curve_png(rows, baseline_errors(session, campaign_id), targets)
+    path = Path(work_dir).resolve() / name / "learning_curve.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    image = (f"![learning curve](data:image/png;base64,{base64.b64encode(png).decode()})"
+             if len(png) <= MAX_INLINE_PNG_BYTES else "_(image too large to embed)_")
+    create_markdown_artifact(
+        f"## Learning curve of campaign {name}\n\n{image}\n\nSaved as `{path}`.\n\n"
+        f"Targets: energy ≤ {targets.energy_mae_mev_per_atom:g} meV/atom, "
+        f"force ≤ {targets.force_mae_mev_per_a:g} meV/Å.\n\n" + _markdown_table(rows),
+        key=artifact_key("campaign", name, "learning-curve"),
+        description=f"Test errors of campaign {name} against training labels",
+    )
+    return path
+
+
+def publish_selection(session: Session, campaign_id: int, name: str, number: int) -> list[dict[str, Any]]:
+    """Table artifact of the structures round ``number`` selected (score, predicted error, label)."""
+    from prefect.artifacts import create_table_artifact
+
+    rows = selected_rows(session, campaign_id, number)
+    round_ = repository.get_round(session, campaign_id, number)
+    create_table_artifact(
+        rows, key=artifact_key("campaign", name, "selected"),
+        description=f"Round {number} of campaign {name}: {len(rows)} structures selected by {round_.method} "
+        "(score: posterior variance σ² or committee force variance; predicted error: calibrated "
+        "per-structure force MAE in meV/Å)",
+    )
+    return rows
+
+
+class Progress:
+    """A Prefect progress artifact (0-100 %) with a description, updated in place.
+
+    Monitoring never stops the work it watches: if the Prefect API cannot store the artifact,
+    a warning is logged and the updates are skipped.
+    """
+
+    def __init__(self, key: str, description: str) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.key = key
+        self.last = 0.0
+        try:
+            self.id = create_progress_artifact(0.0, key=key, description=description)
+        except Exception as exc:
+            self.id = None
+            logging.getLogger(__name__).warning("progress artifact %s not created: %s", key, exc)
+
+    def update(self, percent: float, description: str | None = None) -> None:
+        """Set the progress (clipped to 0-100) and, optionally, a new description."""
+        from prefect.artifacts import update_progress_artifact
+
+        self.last = min(100.0, max(0.0, float(percent)))
+        if self.id is None:
+            return
+        try:
+            update_progress_artifact(self.id, self.last, description=description)
+        except Exception as exc:
+            logging.getLogger(__name__).warning("progress artifact %s not updated: %s", self.key, exc)

@@ -1,0 +1,67 @@
+"""One machine, no work pools: serve tangentlab's flows from this process.
+
+``python -m flows.serve`` registers the deployments below with the Prefect server
+(``PREFECT_API_URL``) and runs every flow run they get in a subprocess of this one, until
+stopped (Ctrl-C pauses the schedules). Start runs from the UI, with
+``prefect deployment run 'campaign/campaign' --param name=my-campaign``, or from Python with
+:func:`prefect.deployments.run_deployment`. For several machines use work pools and workers
+instead (``deployments/prefect.yaml``, docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+
+from flows.campaign import campaign
+from flows.label import label
+from flows.pretrain import pretrain
+
+NIGHTLY_CRON = "0 1 * * *"
+
+
+def _benchmark_flow():
+    try:
+        from flows.benchmark import benchmark_replay
+    except ModuleNotFoundError as exc:
+        if exc.name != "flows.benchmark":
+            raise
+        return None
+    return benchmark_replay
+
+
+def deployments(nightly: str | None = "quickstart", cron: str = NIGHTLY_CRON) -> list[RunnerDeployment]:
+    """The served deployments: ``campaign``, ``label``, ``pretrain``, ``benchmark-replay`` and,
+    unless ``nightly`` is None, ``<nightly>-nightly`` (resume that campaign on ``cron``, UTC)."""
+    served = [
+        campaign.to_deployment(name="campaign", description="Start or resume any campaign."),
+        label.to_deployment(name="label", description="QM labelling of a campaign's structures."),
+        pretrain.to_deployment(name="pretrain", description="Build the starting MACE model."),
+    ]
+    benchmark = _benchmark_flow()
+    if benchmark is not None:
+        served.append(benchmark.to_deployment(name="benchmark-replay"))
+    if nightly is not None:
+        served.append(campaign.to_deployment(
+            name=f"{nightly}-nightly", parameters={"name": nightly}, cron=cron, concurrency_limit=1,
+            description=f"Resume campaign {nightly!r} every night until its targets are met."))
+    return served
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the deployments until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--nightly", default="quickstart", help="campaign resumed every night (default: quickstart)")
+    parser.add_argument("--no-schedule", action="store_true", help="serve without the nightly schedule")
+    parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"schedule of the nightly resume (default: {NIGHTLY_CRON!r})")
+    parser.add_argument("--limit", type=int, default=None, help="flow runs at the same time (default: no limit)")
+    args = parser.parse_args(argv)
+    serve(*deployments(None if args.no_schedule else args.nightly, args.cron), limit=args.limit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Deployments through a real local Prefect server: `prefect deploy` of deployments/prefect.yaml,
+a process worker on the CPU pool running the campaign's labelling, the served deployments, and
+database credentials (Secret block, redaction, refused password parameters)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import write_pool
+
+from db import make_engine, repository, session_scope
+from tangentlab.config import make_config, shipped_file
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def _campaign(tmp_path: Path, name: str) -> tuple[str, list[int], list[int]]:
+    """A campaign in a fresh SQLite file; its URL, test and initial structure ids (unlabelled)."""
+    from tasks.setup import setup_campaign
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    config = make_config({
+        "name": name,
+        "pool": [str(write_pool(tmp_path / "pool.extxyz", 12, seed=5, max_atoms=3))],
+        "model": shipped_file("tangentlab-hcno-xtb.model"),
+        "work_dir": str(tmp_path / "runs"),
+        "test_size": 3,
+        "initial_size": 3,
+        "oracle": {"name": "xtb", "method": "GFN2-xTB"},
+        "qm": {"timeout_s": 120},
+    })
+    campaign_id = setup_campaign(url, config)
+    with session_scope(make_engine(url)) as session:
+        test = [s.id for s in repository.structures(session, campaign_id, split="test")]
+        initial = [s.id for s in repository.structures(session, campaign_id, split=["train", "valid"])]
+    return url, test, initial
+
+
+def _finished_jobs(tmp_path: Path, name: str) -> list[int]:
+    log = tmp_path / "runs" / name / "qm_jobs.jsonl"
+    return [json.loads(line)["label_id"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _flow_run_logs(api_url: str, flow_run_id) -> str:
+    response = httpx.post(f"{api_url}/logs/filter", timeout=30,
+                          json={"logs": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 200})
+    response.raise_for_status()
+    return "\n".join(entry["message"] for entry in response.json())
+
+
+def _deployment_runs(api_url: str, deployment: str) -> list[dict]:
+    response = httpx.post(f"{api_url}/flow_runs/filter", timeout=30,
+                          json={"deployments": {"name": {"any_": [deployment]}}, "limit": 10})
+    response.raise_for_status()
+    return response.json()
+
+
+def test_campaign_labels_on_a_cpu_pool_worker_through_the_yaml_deployment(prefect_server, tmp_path):
+    """`prefect deploy` of label-cpu from prefect.yaml, a process worker on cpu-pool, and the
+    campaign's `qm.deployment` path sending a labelling step there."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    from flows.label import dispatch_labels
+    from tasks.setup import stored_config
+
+    url, test, initial = _campaign(tmp_path, "deployed")
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(
+            name="cpu-pool", type="process",
+            base_job_template=ProcessWorker.get_default_base_job_template()))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "TANGENTLAB_HOME": str(REPO),
+           "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
+    env.pop("TANGENTLAB_DATABASE_URL", None)
+    deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--name", "label-cpu",
+                             "--prefect-file", "deployments/prefect.yaml"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+
+    worker_log = tmp_path / "worker.log"
+    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    with open(worker_log, "w") as out:
+        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "cpu-pool", "--limit", "1"],
+                                  cwd=tmp_path, env=worker_env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    config = stored_config(url, "deployed")
+    config.qm.deployment = "label/label-cpu"
+
+    @flow
+    def campaign_step() -> None:  # what the campaign flow does with `qm.deployment` set
+        dispatch_labels(url, "deployed", config, test + initial)
+
+    try:
+        step = campaign_step(return_state=True)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert step.is_completed(), f"{step}\n{worker_log.read_text()[-5000:]}"
+    (run,) = _deployment_runs(prefect_server, "label-cpu")
+    assert run["state_type"] == "COMPLETED" and run["parent_task_run_id"] is not None  # a subflow of the step
+
+    ids = test + initial
+    jobs = _finished_jobs(tmp_path, "deployed")
+    with session_scope(make_engine(url)) as session:
+        counts = repository.label_counts(session, repository.get_campaign(session, "deployed").id)
+    assert counts["done"] == len(jobs) == len(set(jobs)) and counts["done"] + counts["failed"] == len(ids)
+    expected = f"labelling finished: {counts['done']} done"
+    for _ in range(50):  # the flow run's last logs may reach the API just after its final state
+        logs = _flow_run_logs(prefect_server, run["id"])
+        if expected in logs:
+            break
+        time.sleep(0.2)
+    assert expected in logs
+
+
+def test_served_deployments_and_prefect_yaml_entrypoints(prefect_server):
+    """The served deployments match prefect.yaml's; every entrypoint in prefect.yaml loads."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.serve import deployments
+
+    served = {d.name: d for d in deployments(nightly="quickstart")}
+    assert {"campaign", "label", "pretrain", "quickstart-nightly"} <= set(served)
+    assert served["quickstart-nightly"].parameters == {"name": "quickstart"}
+    assert served["quickstart-nightly"].schedules and served["quickstart-nightly"].concurrency_limit == 1
+    assert "quickstart-nightly" not in {d.name for d in deployments(nightly=None)}
+
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    pools = set()
+    for entry in spec["deployments"]:
+        path, function = entry["entrypoint"].split(":")
+        pools.add(entry["work_pool"]["name"])
+        if not (REPO / path).exists():  # flows/benchmark.py comes with the benchmark
+            continue
+        loaded = load_flow_from_entrypoint(str(REPO / entry["entrypoint"]))
+        assert loaded.fn.__name__ == function
+        assert set(entry.get("parameters", {})) <= set(loaded.parameters.properties)
+    assert pools == {"gpu-pool", "cpu-pool"}
+
+
+def test_database_credentials_stay_out_of_parameters_and_logs(prefect_server, tmp_path, monkeypatch):
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.campaign import campaign, default_database_url
+    from tasks._db import has_password, redact_url
+
+    secret_url = "postgresql+psycopg://lab:s3cr3t-pw@db.example.org:5432/tangentlab"
+    assert redact_url(secret_url) == "postgresql+psycopg://lab:***@db.example.org:5432/tangentlab"
+    assert has_password(secret_url) and not has_password(f"sqlite:///{tmp_path / 'x.db'}")
+
+    state = campaign(name="anything", database_url=secret_url, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValueError, match=r"lab:\*\*\*@db.example.org.*TANGENTLAB_DATABASE_URL"):
+        state.result()
+    APILogWorker.drain_all(timeout=10)
+    logs = _flow_run_logs(prefect_server, state.state_details.flow_run_id)
+    assert "carries a password" in logs and "s3cr3t" not in logs
+
+    # A Secret block on the Prefect server holds the URL; the environment only names the block.
+    from prefect.blocks.system import Secret
+
+    stored = f"sqlite:///{tmp_path / 'from-secret.db'}"
+    Secret(value=stored).save("tangentlab-test-database", overwrite=True)
+    monkeypatch.delenv("TANGENTLAB_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TANGENTLAB_DATABASE_SECRET", "tangentlab-test-database")
+    assert default_database_url() == stored
+    monkeypatch.setenv("TANGENTLAB_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    assert default_database_url().endswith("env.db")  # the environment wins
+    monkeypatch.delenv("TANGENTLAB_DATABASE_URL")
+    monkeypatch.setenv("TANGENTLAB_DATABASE_SECRET", "no-such-block")
+    with pytest.raises(LookupError, match="no-such-block"):
+        default_database_url()

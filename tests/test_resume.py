@@ -1,0 +1,207 @@
+"""SIGKILL a real campaign process during acquisition and during fine-tuning, then resume it.
+
+The kill points are observed, not provoked: the test watches the Prefect API (the task run
+``acquire round 1`` running with the first committee member already on disk; the task run
+``fine-tune round 1`` running with its progress artifact past the first epoch) and the database,
+then kills the process group. (A kill during labelling is in tests/test_campaign.py.) After
+every kill it checks that no finished QM job ran again (``qm_jobs.jsonl`` has each label once),
+that no stored label was lost, and that every registered model is still there with its sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_pool
+from sqlalchemy import select
+
+from db import Label, ModelVersion, make_engine, repository, session_scope
+from tangentlab.config import shipped_file
+
+pytestmark = pytest.mark.slow
+
+NAME = "resumed"
+
+
+def _config(tmp_path: Path) -> dict:
+    return {
+        "name": NAME,
+        "pool": [str(write_pool(tmp_path / "pool.extxyz", 30, seed=2, max_atoms=4))],
+        "model": shipped_file("tangentlab-hcno-xtb.model"),
+        "work_dir": str(tmp_path / "runs"),
+        "test_size": 6,
+        "initial_size": 6,
+        "oracle": {"name": "xtb", "method": "GFN2-xTB"},
+        "acquisition": {"method": "committee", "committee_size": 2, "batch_size": 4},
+        "budgets": {"max_rounds": 1, "max_labels": 30},
+        "targets": {"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        "finetune": {"max_epochs": 6, "patience": 6, "min_steps_per_epoch": 6},
+        "qm": {"timeout_s": 120},
+    }
+
+
+def _cli(args: list[str], api_url: str, cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
+    out = open(log, "w")  # noqa: SIM115  (the child writes to it until it dies)
+    return subprocess.Popen([sys.executable, "-m", "tangentlab.cli", *args], cwd=cwd, env=env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_when(process: subprocess.Popen, ready: Callable[[], bool], log: Path, what: str) -> None:
+    """Poll ``ready()`` and SIGKILL the process group as soon as it holds."""
+    deadline = time.time() + 300
+    error = None
+    while time.time() < deadline and process.poll() is None:
+        try:
+            hit = ready()
+        except Exception as exc:  # database or API not there yet
+            hit, error = False, exc
+        if hit:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+            assert process.returncode == -signal.SIGKILL
+            return
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"never caught the campaign {what} (last error: {error!r}); log:\n{log.read_text()[-5000:]}")
+
+
+def _running_task(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"campaign {NAME}"])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[name]),
+                                          state=TaskRunFilterState(type=TaskRunFilterStateType(
+                                              any_=[StateType.RUNNING]))),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=5)
+    return bool(runs)
+
+
+def _latest_artifact(key: str) -> dict | None:
+    """The newest artifact with ``key`` from the Prefect REST API (``type``, ``data``, ``description``)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", timeout=30,
+                          json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1})
+    response.raise_for_status()
+    found = response.json()
+    return found[0] if found else None
+
+
+def _jobs(tmp_path: Path) -> list[int]:
+    log = tmp_path / "runs" / NAME / "qm_jobs.jsonl"
+    return [json.loads(line)["label_id"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _state(url: str) -> dict:
+    """Done labels, registered models (id -> sha256, all verified on disk) and round statuses."""
+    with session_scope(make_engine(url)) as session:
+        campaign = repository.get_campaign(session, NAME)
+        done = {lab.id for lab in session.scalars(select(Label).where(Label.status == "done"))}
+        models = {}
+        for version in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
+            repository.verified_model_path(session, version.id)  # file there, sha256 unchanged
+            models[version.id] = (version.round_number, version.sha256)
+        rounds = {r.number: r.status.value for r in repository.rounds(session, campaign)}
+    return {"done": done, "models": models, "rounds": rounds}
+
+
+def _round_exists(url: str, number: int) -> bool:
+    with session_scope(make_engine(url)) as session:
+        return repository.get_round(session, repository.get_campaign(session, NAME), number) is not None
+
+
+def _check_no_loss(tmp_path: Path, before: dict, after: dict) -> None:
+    jobs = _jobs(tmp_path)
+    assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
+    assert set(jobs) == after["done"], "labels and finished QM jobs disagree"
+    assert before["done"] <= after["done"], "a stored label was lost"
+    for version, record in before["models"].items():
+        assert after["models"][version] == record, f"model version {version} was lost or changed"
+
+
+def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefect_server, tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
+    empty = {"done": set(), "models": {}, "rounds": {}}
+    committee_member = tmp_path / "runs" / NAME / "committee" / "round-001" / "member-0.model"
+
+    # 1. Killed while the committee acquisition of round 1 runs (member 0 trained, member 1 training).
+    first = _cli(["--db", url, "start", "c.yaml"], prefect_server, tmp_path, tmp_path / "first.log")
+    _kill_when(first, lambda: committee_member.exists() and _running_task("acquire round 1 (committee)")
+               and not _round_exists(url, 1), tmp_path / "first.log", "during acquisition")
+    after_acquire = _state(url)
+    _check_no_loss(tmp_path, empty, after_acquire)
+    assert after_acquire["rounds"] == {0: "evaluated"}
+    assert [r for r, _ in after_acquire["models"].values()] == [None, 0]  # starting model + round 0
+    assert len(after_acquire["done"]) == 12  # 6 test + 6 initial
+
+    # 2. Resumed, then killed while fine-tuning round 1, after its first epoch.
+    def fine_tuning_round_1() -> bool:
+        progress = _latest_artifact(f"campaign-{NAME}-fine-tune")
+        return (progress is not None and progress["description"].startswith("Round 1: epoch")
+                and 0 < progress["data"] < 100 and _running_task("fine-tune round 1"))
+
+    second = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "second.log")
+    _kill_when(second, fine_tuning_round_1, tmp_path / "second.log", "during fine-tuning")
+    after_finetune = _state(url)
+    _check_no_loss(tmp_path, after_acquire, after_finetune)
+    assert after_finetune["rounds"] == {0: "evaluated", 1: "labelled"}
+    assert after_finetune["models"] == after_acquire["models"]  # no half-trained model registered
+    assert len(after_finetune["done"]) == 12 + 4
+
+    # 3. Resumed to the end: the round budget stops it.
+    third = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "third.log")
+    assert third.wait(timeout=600) == 3, (tmp_path / "third.log").read_text()[-5000:]
+    final = _state(url)
+    _check_no_loss(tmp_path, after_finetune, final)
+    assert final["rounds"] == {0: "evaluated", 1: "evaluated"}
+    assert [r for r, _ in final["models"].values()] == [None, 0, 1]  # one model per round, none twice
+    assert final["done"] == after_finetune["done"]  # the last run needed no new QM job
+    log = (tmp_path / "third.log").read_text()
+    assert "resuming campaign 'resumed' at round 1, which is labelled: next step is fine-tuning" in log
+
+    # `tangentlab status` shows the same rounds from the database.
+    status = subprocess.run([sys.executable, "-m", "tangentlab.cli", "--db", url, "status", NAME, "--json"],
+                            capture_output=True, text=True, check=True)
+    (report,) = json.loads(status.stdout)
+    assert [(r["round"], r["labels"], r["model_version"]) for r in report["round_table"]] == [
+        (0, 6, list(final["models"])[1]), (1, 10, list(final["models"])[2])]
+    assert report["round_table"][1]["method"] == "committee" and report["round_table"][1]["acquire_s"] > 0
+    chosen = report["selected_structures"]
+    assert chosen["round"] == 1 and len(chosen["structures"]) == 4
+    assert all(s["score"] is not None and s["label"] == "done" for s in chosen["structures"])
+
+    # The Prefect UI shows the same: round table, learning curve, selection, progress.
+    table = json.loads(_latest_artifact(f"campaign-{NAME}-rounds")["data"])
+    assert [(r["round"], r["labels"], r["force_mae_meV_A"]) for r in table] == [
+        (r["round"], r["labels"], r["force_mae_meV_A"]) for r in report["round_table"]]
+    curve = _latest_artifact(f"campaign-{NAME}-learning-curve")
+    assert curve["type"] == "markdown" and "](data:image/png;base64,iVBORw0KGgo" in curve["data"]
+    assert (tmp_path / "runs" / NAME / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    selection = json.loads(_latest_artifact(f"campaign-{NAME}-selected")["data"])
+    assert [s["structure_id"] for s in selection] == [s["structure_id"] for s in chosen["structures"]]
+    finetune = _latest_artifact(f"campaign-{NAME}-fine-tune")
+    assert finetune["type"] == "progress" and finetune["data"] == 100.0
