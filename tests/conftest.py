@@ -42,3 +42,25 @@ def write_pool(path: Path, n: int, seed: int = 0, max_atoms: int = 4) -> Path:
     structures = generate_structures(n, seed=seed, max_atoms=max_atoms, **REACTIVE_RECIPE)
     ase.io.write(path, structures, format="extxyz")
     return path
+
+
+def xtb_campaign_config(tmp_path: Path, name: str, pool_size: int, *, seed: int, max_atoms: int = 4,
+                        **overrides) -> dict:
+    """A small campaign on a generated pool, labelled with GFN2-xTB (fast real QM jobs).
+
+    ``overrides`` replace top-level keys (e.g. ``qm``, ``acquisition``, ``test_size``).
+    """
+    from tangentlab.config import shipped_file
+
+    config = {
+        "name": name,
+        "pool": [str(write_pool(tmp_path / "pool.extxyz", pool_size, seed=seed, max_atoms=max_atoms))],
+        "model": shipped_file("tangentlab-hcno-xtb.model"),
+        "work_dir": str(tmp_path / "runs"),
+        "test_size": 6,
+        "initial_size": 6,
+        "oracle": {"name": "xtb", "method": "GFN2-xTB"},
+        "qm": {"timeout_s": 120},
+    }
+    config.update(overrides)
+    return config

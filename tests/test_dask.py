@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import write_pool
+from conftest import xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, make_engine, repository, session_scope
-from tangentlab.config import make_config, shipped_file
+from tangentlab.config import make_config
 
 pytestmark = pytest.mark.slow
 
@@ -21,16 +21,7 @@ def test_labels_fan_out_over_a_dask_cluster_each_exactly_once(prefect_server, tm
     from tasks.setup import setup_campaign
 
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    config = make_config({
-        "name": "dask",
-        "pool": [str(write_pool(tmp_path / "pool.extxyz", 20, seed=4, max_atoms=4))],
-        "model": shipped_file("tangentlab-hcno-xtb.model"),
-        "work_dir": str(tmp_path / "runs"),
-        "test_size": 6,
-        "initial_size": 6,
-        "oracle": {"name": "xtb", "method": "GFN2-xTB"},
-        "qm": {"task_runner": "dask", "max_parallel": 2, "timeout_s": 120},
-    })
+    config = make_config(xtb_campaign_config(tmp_path, "dask", 20, seed=4, qm={"task_runner": "dask", "max_parallel": 2, "timeout_s": 120}))
     campaign_id = setup_campaign(url, config)
     with session_scope(make_engine(url)) as session:
         ids = [s.id for s in repository.structures(session, campaign_id, split=["test", "train", "valid"])]

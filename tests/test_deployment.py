@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import write_pool
+from conftest import xtb_campaign_config
 
 from db import make_engine, repository, session_scope
-from tangentlab.config import make_config, shipped_file
+from tangentlab.config import make_config
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +32,7 @@ def _campaign(tmp_path: Path, name: str) -> tuple[str, list[int], list[int]]:
     from tasks.setup import setup_campaign
 
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    config = make_config({
-        "name": name,
-        "pool": [str(write_pool(tmp_path / "pool.extxyz", 12, seed=5, max_atoms=3))],
-        "model": shipped_file("tangentlab-hcno-xtb.model"),
-        "work_dir": str(tmp_path / "runs"),
-        "test_size": 3,
-        "initial_size": 3,
-        "oracle": {"name": "xtb", "method": "GFN2-xTB"},
-        "qm": {"timeout_s": 120},
-    })
+    config = make_config(xtb_campaign_config(tmp_path, name, 12, seed=5, max_atoms=3, test_size=3, initial_size=3))
     campaign_id = setup_campaign(url, config)
     with session_scope(make_engine(url)) as session:
         test = [s.id for s in repository.structures(session, campaign_id, split="test")]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import ase.io
 import numpy as np
 import pytest
 import torch
 from conftest import write_pool
 
-import ase.io
 from tangentlab.finetune import FineTuneHyperparameters, finetune, refit_e0s
 from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics

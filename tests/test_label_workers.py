@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from conftest import write_pool
+from conftest import xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, LabelStatus, alembic_config, init_db, make_engine, repository, session_scope
@@ -63,14 +63,7 @@ def database_url(request, tmp_path):
 @pytest.mark.parametrize("workers", [4])
 def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tmp_path, database_url, workers):
     name = f"workers-{uuid.uuid4().hex[:8]}"
-    config = make_config({
-        "name": name,
-        "pool": [str(write_pool(tmp_path / "pool.extxyz", 40, seed=3, max_atoms=4))],
-        "model": shipped_file("tangentlab-hcno-xtb.model"),
-        "work_dir": str(tmp_path / "runs"),
-        "oracle": {"name": "xtb"},
-        "qm": {"timeout_s": 60, "max_attempts": 1},
-    })
+    config = make_config(xtb_campaign_config(tmp_path, name, 40, seed=3, qm={"timeout_s": 60, "max_attempts": 1}))
     engine = make_engine(database_url)
     init_db(engine)
     with session_scope(engine) as session:

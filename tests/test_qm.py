@@ -7,9 +7,9 @@ import time
 from importlib.util import find_spec
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
-import ase.io
 from ase import Atoms
 from ase.build import molecule
 from ase.units import Hartree

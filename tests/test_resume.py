@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_pool
+from conftest import xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, make_engine, repository, session_scope
-from tangentlab.config import shipped_file
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +32,13 @@ NAME = "resumed"
 
 
 def _config(tmp_path: Path) -> dict:
-    return {
-        "name": NAME,
-        "pool": [str(write_pool(tmp_path / "pool.extxyz", 30, seed=2, max_atoms=4))],
-        "model": shipped_file("tangentlab-hcno-xtb.model"),
-        "work_dir": str(tmp_path / "runs"),
-        "test_size": 6,
-        "initial_size": 6,
-        "oracle": {"name": "xtb", "method": "GFN2-xTB"},
-        "acquisition": {"method": "committee", "committee_size": 2, "batch_size": 4},
-        "budgets": {"max_rounds": 1, "max_labels": 30},
-        "targets": {"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        "finetune": {"max_epochs": 6, "patience": 6, "min_steps_per_epoch": 6},
-        "qm": {"timeout_s": 120},
-    }
+    return xtb_campaign_config(
+        tmp_path, NAME, 30, seed=2,
+        acquisition={"method": "committee", "committee_size": 2, "batch_size": 4},
+        budgets={"max_rounds": 1, "max_labels": 30},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        finetune={"max_epochs": 6, "patience": 6, "min_steps_per_epoch": 6},
+    )
 
 
 def _cli(args: list[str], api_url: str, cwd: Path, log: Path) -> subprocess.Popen:
