@@ -10,6 +10,7 @@ signal                 rows per structure                                    mod
 ``force_ntk``          ``S ∂F/∂θ`` (3N)                                      ntk
 ``energy_force_ntk``   ``(w_E/N) S ∂E/∂θ`` and ``w_F S ∂F/∂θ`` (1 + 3N)      ntk
 ``descriptor``         activations of a randomly re-initialised copy (1)     features
+``fixed_descriptor``   pooled atom-centred symmetry functions (1)            descriptors
 ``random``             none (`selection.random_selection`)                   selection
 =====================  ====================================================  ==========
 
@@ -53,7 +54,9 @@ from tangentlab.selection import (
     random_selection,
 )
 
-SIGNALS = ("activation", "ntk", "force_ntk", "energy_force_ntk", "descriptor", "random")
+SIGNALS = (
+    "activation", "ntk", "force_ntk", "energy_force_ntk", "descriptor", "fixed_descriptor", "random"
+)
 RULES = ("greedy", "kmeans++", "top")
 #: Signals with several rows per structure.
 MULTI_ROW_SIGNALS = ("force_ntk", "energy_force_ntk")
@@ -121,7 +124,8 @@ def make_featurizer(
         A MACE model on the device the features are computed on.
     signal
         One of ``activation``, ``ntk``, ``force_ntk``, ``energy_force_ntk``,
-        ``descriptor``.
+        ``descriptor``, ``fixed_descriptor`` (symmetry functions of
+        `tangentlab.descriptors`, cutoff = the model's r_max; no model weights used).
     forward_batch_size
         Structures per forward pass.
     pooling
@@ -159,6 +163,17 @@ def make_featurizer(
             return rows, np.ones(len(rows), dtype=np.int64)
 
         return activation
+    if signal == "fixed_descriptor":
+        from tangentlab.descriptors import SymmetryFunctions
+        from tangentlab.mace_model import model_elements
+
+        functions = SymmetryFunctions(tuple(model_elements(model)), r_cut=float(model.r_max))
+
+        def fixed(atoms_list: Sequence[Atoms]) -> Rows:
+            rows = functions(atoms_list)
+            return rows, np.ones(len(rows), dtype=np.int64)
+
+        return fixed
     if signal in DEFAULT_SKETCH_DIM:
         featurizer = NTKFeaturizer(
             model,
@@ -441,7 +456,7 @@ def _fit_rows(
     if labelled_rows.size + reference_rows.size == 0:
         raise ValueError("need labelled or reference structures to normalise the feature rows")
     reference = np.concatenate([r for r in (labelled_rows, reference_rows) if r.size])
-    scaling = RowScaling.fit(reference, standardize=signal in ("activation", "descriptor"))
+    scaling = RowScaling.fit(reference, standardize=signal in ("activation", "descriptor", "fixed_descriptor"))
     d = reference.shape[1]
     normalised = scaling.apply(labelled_rows) if labelled_rows.size else np.zeros((0, d))
     precision = normalised.T @ normalised

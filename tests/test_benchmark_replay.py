@@ -1,0 +1,325 @@
+"""Replay benchmark: data preparation, analysis, the fixed descriptor, and a tiny real run.
+
+The end-to-end test replays a few dozen small molecules labelled with GFN2-xTB (real quacc
+jobs, well under a second each) through two methods and one acquisition round, with the
+tiny MACE model, a real SQLite database and the session's Prefect server.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import molecule
+from conftest import write_pool
+
+from db import make_engine, repository, session_scope
+from tangentlab.benchmark_replay import (
+    BenchmarkError,
+    comparison_table,
+    even_draw,
+    labels_to_reach,
+    make_spec,
+    path_errors,
+    prepare_data,
+    spearman,
+    write_outputs,
+)
+from tangentlab.config import make_config
+from tangentlab.descriptors import SymmetryFunctions
+
+# ---------------------------------------------------------------- fixed descriptor
+
+
+def test_symmetry_functions_are_invariant_and_sensitive():
+    functions = SymmetryFunctions((1, 6, 7, 8))
+    atoms = molecule("CH3CH2OH")
+    moved = atoms.copy()
+    moved.rotate(37, "x")
+    moved.rotate(-71, "z")
+    moved.translate([1.0, -2.0, 3.0])
+    permuted = atoms[[3, 1, 2, 0, 8, 5, 6, 7, 4]]
+    rows = functions([atoms, moved, permuted])
+    assert rows.shape == (3, functions.dim)
+    np.testing.assert_allclose(rows[1], rows[0], atol=1e-10)
+    np.testing.assert_allclose(rows[2], rows[0], atol=1e-10)
+    stretched = atoms.copy()
+    stretched.positions[0] += [0.1, 0.0, 0.0]
+    assert np.abs(functions([stretched])[0] - rows[0]).max() > 1e-3
+    # only N-free blocks are filled for ethanol; the N centre blocks stay zero
+    assert functions.atom_dim == 4 * 8 + 10 * 4
+
+
+def test_symmetry_functions_reject_unknown_elements():
+    with pytest.raises(ValueError, match="Z=16"):
+        SymmetryFunctions((1, 8))([molecule("SH2")])
+
+
+def test_fixed_descriptor_is_an_acquisition_method(tmp_path):
+    from tiny_model import make_tiny_model
+
+    from tangentlab.acquisition import SIGNALS, fit_scorer, select_batch
+    from tangentlab.mace_model import load_model
+
+    assert "fixed_descriptor" in SIGNALS
+    assert (
+        make_config({"acquisition": {"method": "fixed_descriptor"}}).acquisition.method
+        == "fixed_descriptor"
+    )
+    model = load_model(make_tiny_model(tmp_path / "tiny.model"))
+    pool = [molecule(n) for n in ("H2O", "CH4", "NH3", "CO2", "HCN", "CH3OH", "H2CO", "C2H6")]
+    labelled = [molecule("H2O"), molecule("CH4")]
+    picks, _, info = select_batch(
+        model, labelled, pool, signal="fixed_descriptor", batch_size=3
+    )
+    assert info["feature_dim"] == SymmetryFunctions((1, 6, 7, 8)).dim
+    # the labelled molecules (identical geometry in the pool) are the least uncertain
+    scorer = fit_scorer(model, labelled, signal="fixed_descriptor", reference_atoms=pool)
+    variance = scorer.variance(pool)
+    assert variance[0] < variance[3] and variance[1] < variance[3]
+    assert 0 not in picks and 1 not in picks and len(set(picks.tolist())) == 3
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def test_labels_to_reach_interpolates_first_crossing():
+    assert labels_to_reach([10, 20, 30], [5.0, 3.0, 1.0], 4.0) == pytest.approx(15.0)
+    assert labels_to_reach([10, 20, 30], [5.0, 3.0, 1.0], 5.0) == 10.0
+    assert labels_to_reach([10, 20, 30], [5.0, 3.0, 2.0], 1.0) is None
+    # a dip below the target counts at its first crossing
+    assert labels_to_reach([10, 20, 30], [5.0, 1.0, 3.0], 3.0) == pytest.approx(15.0)
+    with pytest.raises(ValueError):
+        labels_to_reach([10, 20], [1.0], 1.0)
+
+
+def _curve(labels, energy, force):
+    return {
+        "labels": labels,
+        "energy": energy,
+        "force": force,
+        "acquire_s": [0.1] * (len(labels) - 1),
+    }
+
+
+def test_comparison_table_uses_random_final_error_as_target():
+    curves = {
+        "random": [
+            _curve([10, 20, 30], [9.0, 7.0, 5.0], [90, 70, 50]),
+            _curve([10, 20, 30], [9.0, 7.0, 5.0], [90, 70, 50]),
+        ],
+        "ntk": [
+            _curve([10, 20, 30], [9.0, 5.0, 4.0], [90, 80, 60]),
+            _curve([10, 20, 30], [9.0, 5.0, 4.0], [90, 80, 60]),
+        ],
+    }
+    table = comparison_table(curves)
+    assert table["random"]["energy"]["labels_to_reach"] == pytest.approx(30.0)
+    assert table["ntk"]["energy"]["labels_to_reach"] == pytest.approx(20.0)
+    assert table["ntk"]["energy"]["reduction_vs_random"] == pytest.approx(1 / 3)
+    assert table["ntk"]["force"]["labels_to_reach"] is None
+    assert table["ntk"]["force"]["reduction_vs_random"] is None
+    assert table["ntk"]["seeds"] == 2
+    with pytest.raises(ValueError, match="random"):
+        comparison_table({"ntk": curves["ntk"]})
+
+
+def test_paired_reduction_compares_seeds_with_their_own_random_run():
+    # seed 1 starts badly: random's mean final error is decided by it
+    random = [
+        {**_curve([10, 20, 30], [5.0, 4.0, 3.0], [50, 40, 30]), "seed": 0},
+        {**_curve([10, 20, 30], [50.0, 40.0, 30.0], [500, 400, 300]), "seed": 1},
+    ]
+    kernel = [
+        {**_curve([10, 20, 30], [5.0, 3.0, 2.0], [50, 45, 40]), "seed": 0},
+        {**_curve([10, 20, 30], [50.0, 30.0, 20.0], [500, 450, 400]), "seed": 1},
+    ]
+    table = comparison_table({"random": random, "ntk": kernel})
+    energy = table["ntk"]["energy"]
+    assert energy["paired_labels"] == {"0": pytest.approx(20.0), "1": pytest.approx(20.0)}
+    assert energy["paired_reduction_mean"] == pytest.approx(1 / 3)
+    assert table["ntk"]["force"]["paired_not_reached"] == 2
+    assert table["random"]["energy"]["paired_reduction"] == {"0": 0.0, "1": 0.0}
+
+
+def test_spearman_and_path_errors():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    errors = path_errors([5.0, 5.5, 5.2], [1.0, 1.4, 1.1], natoms=2)
+    assert errors["barrier_ref_mev"] == pytest.approx(400.0)
+    assert errors["barrier_error_mev"] == pytest.approx(100.0)
+    assert errors["relative_mae_mev"] == pytest.approx(200.0 / 3)
+
+
+def test_even_draw_spreads_over_groups():
+    rng = np.random.default_rng(0)
+    picks = even_draw([range(100), range(3), range(50)], 30, rng)
+    assert [len(p) for p in picks] == [14, 3, 13]
+    assert all(len(set(p)) == len(p) for p in picks)
+
+
+def test_spec_rejects_bad_input():
+    with pytest.raises(BenchmarkError, match="random"):
+        make_spec(
+            {"name": "x", "data": {"pool_files": ["a"], "test_files": ["b"]}, "methods": ["ntk"]}
+        )
+    with pytest.raises(BenchmarkError, match="unknown methods"):
+        make_spec(
+            {
+                "name": "x",
+                "data": {"pool_files": ["a"], "test_files": ["b"]},
+                "methods": ["random", "soap"],
+            }
+        )
+    with pytest.raises(BenchmarkError, match="pool_size"):
+        make_spec({"name": "x", "data": {"pool_files": ["a"], "test_files": ["b"], "pool_size": 0}})
+
+
+# ---------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def labelled_files(tmp_path_factory) -> tuple[Path, Path]:
+    """Two pool files and one test file of small molecules with GFN2-xTB labels."""
+    from tangentlab.qm import xtb_static
+
+    folder = tmp_path_factory.mktemp("replay-data")
+    structures = ase.io.read(write_pool(folder / "raw.extxyz", 44, seed=3, max_atoms=3), ":")
+    for atoms in structures:
+        result = xtb_static(atoms, results_dir=folder / "xtb")
+        atoms.info["energy"] = result.energy
+        atoms.arrays["forces"] = result.forces
+    paths = (folder / "pool_a.extxyz", folder / "pool_b.extxyz", folder / "test.extxyz")
+    ase.io.write(paths[0], structures[:17], format="extxyz")
+    ase.io.write(paths[1], structures[17:34], format="extxyz")
+    ase.io.write(paths[2], structures[34:], format="extxyz")
+    return paths
+
+
+def _spec(files, work_dir: Path, **overrides) -> dict:
+    spec = {
+        "name": "tiny",
+        "data": {
+            "pool_files": [str(files[0]), str(files[1])],
+            "test_files": [str(files[2])],
+            "pool_size": 30,
+            "test_size": 8,
+        },
+        "methods": ["random", "fixed_descriptor"],
+        "seeds": [0],
+        "initial_size": 6,
+        "batch_size": 4,
+        "rounds": 1,
+        "work_dir": str(work_dir),
+        "finetune": {"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 2},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.mark.slow
+def test_prepare_data_is_reproducible_and_checked(labelled_files, tmp_path):
+    spec = make_spec(_spec(labelled_files, tmp_path))
+    manifest = prepare_data(spec)
+    assert manifest["pool_size"] == 30 and manifest["test_size"] == 8
+    assert manifest["pool_per_file"] == {"pool_a.extxyz": 15, "pool_b.extxyz": 15}
+    pool = ase.io.read(manifest["pool_file"], ":")
+    assert all(
+        np.isfinite(a.get_potential_energy()) and a.get_forces().shape == (len(a), 3) for a in pool
+    )
+    other = make_spec(_spec(labelled_files, tmp_path / "other"))
+    assert (
+        ase.io.read(prepare_data(other)["pool_file"], ":")[5].positions.tolist()
+        == pool[5].positions.tolist()
+    )
+    assert prepare_data(spec) == manifest  # reused
+    with pytest.raises(BenchmarkError, match="other data settings"):
+        prepare_data(
+            make_spec(
+                _spec(labelled_files, tmp_path, data={**spec.data.model_dump(), "pool_size": 20})
+            )
+        )
+    unlabelled = tmp_path / "unlabelled.extxyz"
+    ase.io.write(unlabelled, [molecule("H2O")], format="extxyz")
+    bad = _spec(labelled_files, tmp_path / "bad")
+    bad["data"]["test_files"] = [str(unlabelled)]
+    with pytest.raises(BenchmarkError, match="no stored energy"):
+        prepare_data(make_spec(bad))
+    assert not (tmp_path / "bad" / "tiny" / "data" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_file, tmp_path):
+    from flows.benchmark import benchmark_replay
+
+    spec = _spec(labelled_files, tmp_path, model=str(tiny_model_file), seeds=[0, 1])
+    results = benchmark_replay(spec=spec)
+    url = results["database_url"]
+
+    assert sorted(results["campaigns"]) == [
+        "tiny-fixed_descriptor-s0",
+        "tiny-fixed_descriptor-s1",
+        "tiny-random-s0",
+        "tiny-random-s1",
+    ]
+    assert results["initial_sets_identical"] == {"0": True, "1": True}
+    for campaign in results["campaigns"].values():
+        assert campaign["status"] == "budget_exhausted"
+        assert campaign["curve"]["labels"] == [6, 10]
+        assert all(np.isfinite(campaign["curve"]["force"]))
+    # same seed, same initial set and training: round 0 errors are identical across methods
+    s0 = [results["campaigns"][f"tiny-{m}-s0"]["curve"] for m in ("random", "fixed_descriptor")]
+    assert s0[0]["force"][0] == pytest.approx(s0[1]["force"][0])
+    assert set(results["table"]) == {"random", "fixed_descriptor"}
+    assert results["calibration"]["random"] == {}
+    assert -1.0 <= results["calibration"]["fixed_descriptor"]["force_spearman_mean"] <= 1.0
+
+    with session_scope(make_engine(url)) as session:
+        for name in results["campaigns"]:
+            camp = repository.get_campaign(session, name)
+            # labels stay hidden until acquired: only test, initial and one batch were revealed
+            n_test = len(repository.structures(session, camp.id, split="test"))
+            assert repository.label_counts(session, camp.id)["done"] == n_test + 6 + 4
+            assert not repository.labelled(session, camp.id, "pool")
+            rounds = repository.rounds(session, camp.id)
+            assert [r.metrics["test"]["force_mae_mev_per_a"] > 0 for r in rounds] == [True, True]
+            final = repository.latest_model(session, camp)
+            assert final.metrics["benchmark"]["n_test"] == n_test
+        versions = len(
+            repository.model_versions(session, repository.get_campaign(session, "tiny-random-s0"))
+        )
+
+    again = benchmark_replay(spec=spec)  # finished campaigns are skipped, not rerun
+    assert again["table"] == results["table"]
+    with session_scope(make_engine(url)) as session:
+        assert (
+            len(
+                repository.model_versions(
+                    session, repository.get_campaign(session, "tiny-random-s0")
+                )
+            )
+            == versions
+        )
+
+    written = write_outputs(
+        results, tmp_path / "out", "tangentlab benchmark replay --config tiny.yaml"
+    )
+    assert {p.suffix for p in written} == {".json", ".png", ".md"}
+    stored = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert stored["command"].startswith("tangentlab benchmark replay")
+    assert "| fixed descriptor (ACSF) | 2 |" in (tmp_path / "out" / "tiny.md").read_text()
+
+
+def test_cli_rejects_unknown_preset_and_bad_config(tmp_path, capsys):
+    from tangentlab.cli import main
+
+    assert main(["benchmark", "replay", "no-such-preset"]) == 2
+    assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
+    bad = tmp_path / "bench.yaml"
+    bad.write_text("name: x\ndata: {pool_files: [a], test_files: [b]}\nmethods: [ntk]\n")
+    assert main(["benchmark", "replay", "--config", str(bad)]) == 2
+    assert "must include 'random'" in capsys.readouterr().err
