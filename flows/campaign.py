@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from db import Campaign, CampaignStatus, RoundStatus, repository, session_scope
 from flows.label import dispatch_labels
-from flows.monitoring import publish_rounds, publish_selection
+from flows.monitoring import close_killed_runs, publish_rounds, publish_selection
 from tangentlab.campaign_rules import stop_decision
 from tangentlab.config import CampaignConfig, make_config
 from tasks._db import database_url, engine_for, has_password, redact_url
@@ -125,6 +125,10 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     if where != (0, RoundStatus.SELECTED):
         logger.info("resuming campaign %r at round %d, which is %s: next step is %s", cfg.name, where[0],
                     where[1].value, NEXT_STEP[where[1]])
+    closed = close_killed_runs(cfg.name, in_process_labelling=cfg.qm.deployment is None)
+    if closed:
+        logger.info("marked %d flow runs left Running by a killed process as Crashed: %s", len(closed),
+                    ", ".join(closed))
 
     _label_all(url, cfg.name, cfg, test_ids)
     baseline_id, baseline_metrics = _starting_model(url, campaign_id, cfg)

@@ -220,3 +220,60 @@ class Progress:
             update_progress_artifact(self.id, self.last, description=description)
         except Exception as exc:
             logging.getLogger(__name__).warning("progress artifact %s not updated: %s", self.key, exc)
+
+
+def close_killed_runs(campaign_name: str, *, in_process_labelling: bool = True) -> list[str]:
+    """Mark the campaign's flow runs that a killed process left ``Running`` as ``Crashed``.
+
+    A process killed by SIGKILL (or a lost machine) cannot report its end, so its flow run
+    (and its running task runs) would stay ``Running`` in the Prefect UI for ever. When a
+    campaign starts or resumes, every other ``campaign NAME`` flow run still ``Running`` is
+    such a run — one campaign process per campaign is the rule that
+    :func:`db.repository.reset_stale_running` relies on too — so it is set to ``Crashed``,
+    with its running task runs and, when labelling ran in the campaign's own process (no
+    ``qm.deployment``), its running ``label`` subflow runs. Labelling runs on a work pool are
+    left alone: their workers may still be alive.
+
+    Returns the names of the runs it closed. Never raises: monitoring must not stop a campaign.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.runtime import flow_run
+    from prefect.states import Crashed
+
+    log = logging.getLogger(__name__)
+    running = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+    message = (f"the process of this run was killed before it could report its end; campaign "
+               f"{campaign_name!r} was resumed by flow run {flow_run.name or '?'} ({flow_run.id or 'no id'})")
+    closed: list[str] = []
+    try:
+        with get_client(sync_client=True) as client:
+            stale = [run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"campaign {campaign_name}"]), state=running))
+                if str(run.id) != str(flow_run.id)]
+            if stale and in_process_labelling:
+                stale += client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id for run in stale]),
+                    state=running))
+            for run in stale:
+                for task_run in client.read_task_runs(
+                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                        task_run_filter=TaskRunFilter(state=TaskRunFilterState(
+                            type=TaskRunFilterStateType(any_=[StateType.RUNNING])))):
+                    client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+                client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+                closed.append(run.name)
+    except Exception as exc:
+        log.warning("could not close the flow runs of killed campaign processes: %s", exc)
+    return closed

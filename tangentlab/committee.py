@@ -8,7 +8,8 @@ which is the point of comparing against it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,12 @@ def train_committee(
     hyper: FineTuneHyperparameters | None = None,
     seed: int = 0,
     device: str = "cpu",
+    progress: Callable[[int, int, int, dict], None] | None = None,
 ) -> list[Path]:
-    """Fine-tune ``size`` members on bootstrap resamples of ``train``; return their paths."""
+    """Fine-tune ``size`` members on bootstrap resamples of ``train``; return their paths.
+
+    ``progress(member, epoch, max_epochs, record)`` is called after every epoch of every member.
+    """
     if size < 2:
         raise ValueError(f"a committee needs at least 2 members, got {size}")
     hyper = hyper or FineTuneHyperparameters()
@@ -40,7 +45,8 @@ def train_committee(
         sample = [train[i] for i in rng.integers(0, len(train), size=len(train))]
         member_hyper = FineTuneHyperparameters(**{**hyper.__dict__, "seed": seed * 100 + member})
         result = finetune(parent_model, sample, list(valid), out_dir / f"member-{member}.model",
-                          hyper=member_hyper, device=device)
+                          hyper=member_hyper, device=device,
+                          progress=None if progress is None else partial(progress, member))
         paths.append(result.path)
     return paths
 

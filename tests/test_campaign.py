@@ -139,6 +139,25 @@ def test_killed_campaign_resumes_without_repeating_or_losing_qm_jobs(prefect_ser
     expected = 8 + 6 + 6 + 6  # test + initial + two rounds of 6
     assert len(done) + report["labels"]["failed"] == expected
 
+    # In the Prefect UI the killed run and its labelling subflow show Crashed (the resumed run
+    # marked them), not Running for ever.
+    runs = _flow_runs_named_like("killed")
+    assert [state for name, state in runs if name == "campaign killed"] == ["CRASHED", "COMPLETED"], runs
+    assert "CRASHED" in [state for name, state in runs if name.startswith("label killed")], runs
+    assert "RUNNING" not in [state for _, state in runs], runs
+
+
+def _flow_runs_named_like(text: str) -> list[tuple[str, str]]:
+    """(name, state type) of the flow runs whose name contains ``text``, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=text)),
+                                     sort=FlowRunSort.START_TIME_ASC)
+    return [(r.name, r.state.type.value) for r in runs]
+
 
 def test_start_with_unknown_element_stores_nothing(prefect_server, tmp_path):
     import ase.io

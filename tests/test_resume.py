@@ -90,6 +90,21 @@ def _running_task(name: str) -> bool:
     return bool(runs)
 
 
+def _flow_run_states() -> list[str]:
+    """States of the ``campaign NAME`` flow runs (oldest first) and of every task run in them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"campaign {NAME}"])),
+                                     sort=FlowRunSort.START_TIME_ASC)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in runs]}))
+    running = [t.name for t in tasks if t.state.type.value == "RUNNING"]
+    assert not running, f"task runs of killed processes still Running: {running}"
+    return [r.state.type.value for r in runs]
+
+
 def _latest_artifact(key: str) -> dict | None:
     """The newest artifact with ``key`` from the Prefect REST API (``type``, ``data``, ``description``)."""
     import httpx
@@ -149,6 +164,9 @@ def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefec
     assert after_acquire["rounds"] == {0: "evaluated"}
     assert [r for r, _ in after_acquire["models"].values()] == [None, 0]  # starting model + round 0
     assert len(after_acquire["done"]) == 12  # 6 test + 6 initial
+    acquiring = _latest_artifact(f"campaign-{NAME}-acquisition")  # the UI showed where it was
+    assert acquiring["type"] == "progress" and 0 < acquiring["data"] < 90, acquiring
+    assert acquiring["description"].startswith("Round 1: committee member"), acquiring
 
     # 2. Resumed, then killed while fine-tuning round 1, after its first epoch.
     def fine_tuning_round_1() -> bool:
@@ -174,6 +192,10 @@ def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefec
     assert final["done"] == after_finetune["done"]  # the last run needed no new QM job
     log = (tmp_path / "third.log").read_text()
     assert "resuming campaign 'resumed' at round 1, which is labelled: next step is fine-tuning" in log
+
+    # The killed runs no longer show as Running in the UI: the resumed runs marked them Crashed.
+    assert _flow_run_states() == ["CRASHED", "CRASHED", "COMPLETED"]
+    assert "marked 1 flow runs left Running by a killed process as Crashed" in log
 
     # `tangentlab status` shows the same rounds from the database.
     status = subprocess.run([sys.executable, "-m", "tangentlab.cli", "--db", url, "status", NAME, "--json"],
