@@ -2,7 +2,8 @@
 
 ``python -m flows.serve`` registers the deployments below with the Prefect server
 (``PREFECT_API_URL``) and runs every flow run they get in a subprocess of this one, until
-stopped (Ctrl-C pauses the schedules). Start runs from the UI, with
+stopped (Ctrl-C pauses the schedules). On start it also creates (once per server) the
+automation that marks flow runs whose process died ``Crashed`` (:mod:`flows.automations`). Start runs from the UI, with
 ``prefect deployment run 'campaign/campaign' --param name=my-campaign``, or from Python with
 :func:`prefect.deployments.run_deployment`. For several machines use work pools and workers
 instead (``deployments/prefect.yaml``, docs/operations.md).
@@ -58,7 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-schedule", action="store_true", help="serve without the nightly schedule")
     parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"schedule of the nightly resume (default: {NIGHTLY_CRON!r})")
     parser.add_argument("--limit", type=int, default=None, help="flow runs at the same time (default: no limit)")
+    parser.add_argument("--no-zombie-automation", action="store_true",
+                        help="do not create the automation that marks runs without heartbeats Crashed "
+                             "(flows/automations.py)")
     args = parser.parse_args(argv)
+    if not args.no_zombie_automation:
+        from flows.automations import ensure_zombie_automation
+
+        automation = ensure_zombie_automation()
+        print(f"automation {automation.name!r}: runs without a heartbeat for "
+              f"{automation.trigger.within.total_seconds():.0f} s are marked Crashed")
     serve(*deployments(None if args.no_schedule else args.nightly, args.cron), limit=args.limit)
     return 0
 
