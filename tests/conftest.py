@@ -9,6 +9,9 @@ from pathlib import Path
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tangentlab-prefect-home-")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# quacc's default RESULTS_DIR is the working directory: a job run without an explicit
+# results_dir would leave a quacc-* folder in the checkout.
+os.environ["QUACC_RESULTS_DIR"] = tempfile.mkdtemp(prefix="tangentlab-quacc-results-")
 
 import ase.io  # noqa: E402
 import pytest  # noqa: E402
