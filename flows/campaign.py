@@ -15,8 +15,8 @@ from prefect import flow, get_run_logger
 from db import Campaign, CampaignStatus, RoundStatus, repository, session_scope
 from flows.label import dispatch_labels
 from flows.monitoring import close_killed_runs, publish_rounds, publish_selection
-from tangentlab.campaign_rules import stop_decision
 from tangentlab.config import CampaignConfig, make_config
+from tangentlab.stopping import stop_decision
 from tasks._db import database_url, engine_for, has_password, redact_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model

@@ -8,9 +8,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import init_db, repository, session_scope
-from tangentlab.campaign_rules import draw, split_labelled
 from tangentlab.config import CampaignConfig, config_json, make_config
 from tangentlab.mace_model import load_model, model_elements
+from tangentlab.splits import draw, split_labelled
 from tasks._db import engine_for
 from tasks.label import oracle_for
 
