@@ -19,11 +19,12 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from sqlalchemy import func, select
 
 from db import Label, LabelStatus, Structure, repository, session_scope
-from flows.monitoring import Progress, artifact_key, failed_label_rows
+from flows.monitoring import failed_label_rows
 from tangentlab.config import CampaignConfig, QMSettings, make_config
 from tasks._db import database_url as environment_database_url
 from tasks._db import engine_for, has_password, redact_url
 from tasks.label import label_worker, oracle_for, queue_labels
+from tasks.progress import Progress, artifact_key
 
 POLL_S = 0.2  # how often the flow checks whether its workers finished
 PROGRESS_S = 2.0  # how often it updates the progress artifact

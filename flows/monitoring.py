@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import Label, LabelStatus, ModelVersion, Structure, repository
+from tasks.progress import artifact_key
 
 # Artifact data is stored by the Prefect server; beyond this the image is only linked.
 MAX_INLINE_PNG_BYTES = 400_000
-
-
-def artifact_key(*parts: object) -> str:
-    """A Prefect artifact key (lowercase letters, digits and dashes) from ``parts``."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower())).strip("-")
 
 
 def _value(enum_or_str: Any) -> str:
@@ -189,37 +184,6 @@ def publish_selection(session: Session, campaign_id: int, name: str, number: int
         "per-structure force MAE in meV/Å)",
     )
     return rows
-
-
-class Progress:
-    """A Prefect progress artifact (0-100 %) with a description, updated in place.
-
-    Monitoring never stops the work it watches: if the Prefect API cannot store the artifact,
-    a warning is logged and the updates are skipped.
-    """
-
-    def __init__(self, key: str, description: str) -> None:
-        from prefect.artifacts import create_progress_artifact
-
-        self.key = key
-        self.last = 0.0
-        try:
-            self.id = create_progress_artifact(0.0, key=key, description=description)
-        except Exception as exc:
-            self.id = None
-            logging.getLogger(__name__).warning("progress artifact %s not created: %s", key, exc)
-
-    def update(self, percent: float, description: str | None = None) -> None:
-        """Set the progress (clipped to 0-100) and, optionally, a new description."""
-        from prefect.artifacts import update_progress_artifact
-
-        self.last = min(100.0, max(0.0, float(percent)))
-        if self.id is None:
-            return
-        try:
-            update_progress_artifact(self.id, self.last, description=description)
-        except Exception as exc:
-            logging.getLogger(__name__).warning("progress artifact %s not updated: %s", self.key, exc)
 
 
 def close_killed_runs(campaign_name: str, *, in_process_labelling: bool = True) -> list[str]:

@@ -10,13 +10,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import repository, session_scope
-from flows.monitoring import Progress, artifact_key
 from tangentlab.acquisition import calibrate_uncertainty, fit_scorer, select_batch
 from tangentlab.committee import committee_disagreement, committee_selection, train_committee
 from tangentlab.config import CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters
 from tangentlab.mace_model import load_model, predict
 from tasks._db import engine_for
+from tasks.progress import Progress, artifact_key
 from tasks.setup import assign_splits
 
 REFERENCE_SIZE = 256  # pool structures that join the labelled set in normalising feature rows

@@ -9,10 +9,10 @@ from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from db import RoundStatus, repository, session_scope
-from flows.monitoring import Progress, artifact_key
 from tangentlab.config import CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 from tasks._db import engine_for
+from tasks.progress import Progress, artifact_key
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
