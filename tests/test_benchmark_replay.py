@@ -315,7 +315,7 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
 
 
 def test_cli_rejects_unknown_preset_and_bad_config(tmp_path, capsys):
-    from tangentlab.cli import main
+    from cli import main
 
     assert main(["benchmark", "replay", "no-such-preset"]) == 2
     assert "unknown preset 'no-such-preset'" in capsys.readouterr().err

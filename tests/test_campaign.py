@@ -79,7 +79,7 @@ def test_campaign_reaches_its_targets(prefect_server, tmp_path):
 
 def _cli(args: list[str], api_url: str, cwd: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url}
-    return subprocess.Popen([sys.executable, "-m", "tangentlab.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, env=env,
                             start_new_session=True, **popen)
 
 

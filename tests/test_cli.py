@@ -10,8 +10,8 @@ import pytest
 from ase import Atoms
 from conftest import write_pool
 
+from cli import main
 from db import init_db, make_engine, repository, session_scope
-from tangentlab.cli import main
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def _config(tmp_path: Path) -> dict:
 def _cli(args: list[str], api_url: str, cwd: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it dies)
-    return subprocess.Popen([sys.executable, "-m", "tangentlab.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -198,7 +198,7 @@ def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefec
     assert "marked 1 flow runs left Running by a killed process as Crashed" in log
 
     # `tangentlab status` shows the same rounds from the database.
-    status = subprocess.run([sys.executable, "-m", "tangentlab.cli", "--db", url, "status", NAME, "--json"],
+    status = subprocess.run([sys.executable, "-m", "cli", "--db", url, "status", NAME, "--json"],
                             capture_output=True, text=True, check=True)
     (report,) = json.loads(status.stdout)
     assert [(r["round"], r["labels"], r["model_version"]) for r in report["round_table"]] == [

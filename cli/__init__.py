@@ -1,0 +1,99 @@
+"""The ``tangentlab`` command: start, resume and inspect campaigns; import and export data.
+
+This is the top layer: it may import flows, tasks, db and the science core; nothing imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli.commands import (
+    DEFAULT_DB,
+    cmd_benchmark,
+    cmd_export,
+    cmd_import,
+    cmd_init_config,
+    cmd_pretrain,
+    cmd_quickstart,
+    cmd_resume,
+    cmd_start,
+)
+from cli.status import cmd_status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tangentlab`` command, one sub-command per action."""
+    parser = argparse.ArgumentParser(
+        prog="tangentlab",
+        description="Active learning of MACE potentials: acquisition from the pretrained model, "
+        "QM labels through quacc, fine-tuning until error targets are met.",
+    )
+    parser.add_argument("--db", help="database URL (default: $TANGENTLAB_DATABASE_URL, else the Prefect Secret "
+                        f"block named by $TANGENTLAB_DATABASE_SECRET, else {DEFAULT_DB})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="run (or resume) the built-in quick-start campaign")
+    p.add_argument("--work-dir", default="runs", help="folder for models and QM runs (default: runs)")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("start", help="start a campaign from a YAML/JSON configuration file")
+    p.add_argument("config", help="configuration file (see `tangentlab init-config`)")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("resume", help="resume a campaign where it stopped")
+    p.add_argument("name", help="campaign name")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("init-config", help="write the default configuration to a file")
+    p.add_argument("path", help="file to write (YAML)")
+    p.add_argument("--name", default="my-campaign", help="campaign name")
+    p.set_defaults(func=cmd_init_config)
+
+    p = sub.add_parser("status", help="rounds, labels, errors and the current model of campaigns")
+    p.add_argument("name", nargs="?", help="campaign name (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--round", type=int, default=None,
+                   help="show the structures this round selected (default: the latest round)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("import", help="import structures (any ASE-readable file) into a campaign")
+    p.add_argument("name", help="campaign name")
+    p.add_argument("file", help="structure file")
+    p.add_argument("--split", default="pool", choices=["pool", "test"], help="where they go (default: pool)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export labelled structures as extxyz (for mace_run_train)")
+    p.add_argument("name", help="campaign name")
+    p.add_argument("file", help="extxyz file to write")
+    p.add_argument("--split", default=None, choices=["train", "valid", "test"], help="only this split")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("pretrain", help="build the GFN2-xTB data set and train the starting MACE model")
+    p.add_argument("--out", default="tangentlab/data", help="folder for the .model and provenance .json")
+    p.add_argument("--structures", type=int, default=4000, help="structures to generate and label")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the structure recipe")
+    p.add_argument("--work-dir", default="pretrain", help="folder for QM runs, data and MACE logs")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("benchmark", help="benchmarks: `tangentlab benchmark acquisition|replay --help`")
+    p.add_argument("which", choices=["acquisition", "replay"],
+                   help="acquisition: throughput; replay: acquisition methods on a replayed labelled data set")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    p.set_defaults(func=cmd_benchmark)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tangentlab`` command; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    from tangentlab.config import ConfigError
+    from tangentlab.structures import InvalidStructureError
+
+    try:
+        return args.func(args)
+    except (ConfigError, InvalidStructureError, LookupError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,147 @@
+"""The ``tangentlab`` sub-commands that run or feed campaigns: start, resume, import, export, pretrain, benchmark.
+
+Each ``cmd_*`` takes the parsed arguments and returns the exit code. Heavy packages (flows,
+torch through the core) are imported inside the commands, so ``tangentlab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+DEFAULT_DB = "sqlite:///tangentlab.db"
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """The ``--db`` URL, else the environment, else the Prefect Secret block, else :data:`DEFAULT_DB`."""
+    if args.db:
+        return args.db
+    from tasks._db import database_url as configured_url  # environment, then a Prefect Secret block
+
+    return configured_url()
+
+
+def quiet_prefect() -> None:
+    """Turn off Prefect's analytics and keep its log at INFO, unless the user chose otherwise."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def _print_result(result: dict) -> None:
+    models = result["models"]
+    print(f"\ncampaign {result['name']!r}: {result['status']}")
+    print(f"  {result['reason']}")
+    print(f"  {'model':>5} {'round':>5} {'energy MAE (meV/atom)':>22} {'force MAE (meV/Å)':>18}")
+    for m in models:
+        test = m["test"] or {}
+        rnd = "start" if m["round"] is None else m["round"]
+        e, f = test.get("energy_mae_mev_per_atom"), test.get("force_mae_mev_per_a")
+        print(f"  {m['id']:>5} {rnd!s:>5} {'' if e is None else f'{e:.1f}':>22} {'' if f is None else f'{f:.1f}':>18}")
+    print(f"  labels: {result['labels']}")
+
+
+def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | None) -> int:
+    quiet_prefect()
+    from flows.campaign import campaign
+
+    if config is not None:
+        from tangentlab.config import ConfigError, make_config
+        from tasks.label import oracle_for
+
+        try:
+            oracle_for(make_config(config))
+        except (ValueError, ImportError) as exc:
+            raise ConfigError(f"invalid oracle: {exc}") from None
+
+    # The flow reads the URL from the environment, so that a password in it never becomes a
+    # flow parameter (which the Prefect server stores in the clear).
+    os.environ["TANGENTLAB_DATABASE_URL"] = database_url(args)
+    result = campaign(config=config, name=name)
+    _print_result(result)
+    return 0 if result["status"] == "targets_met" else 3
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from tangentlab.config import config_json, make_config
+
+    config = config_json(make_config({"work_dir": args.work_dir}))
+    return _run_campaign(args, config, None)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from tangentlab.config import config_json, load_config
+
+    return _run_campaign(args, config_json(load_config(args.config)), None)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _run_campaign(args, None, args.name)
+
+
+def cmd_init_config(args: argparse.Namespace) -> int:
+    from tangentlab.config import config_json, make_config
+
+    path = Path(args.path)
+    if path.exists():
+        print(f"error: {path} exists; not overwriting it", file=sys.stderr)
+        return 2
+    path.write_text(yaml.safe_dump(config_json(make_config({"name": args.name})), sort_keys=False))
+    print(f"wrote the default configuration to {path}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from db import init_db, make_engine, repository, session_scope
+    from tangentlab.mace_model import load_model, model_elements
+
+    engine = make_engine(database_url(args))
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaign = repository.get_campaign(session, args.name)
+        elements = model_elements(load_model(campaign.config["model"]))
+        report = repository.import_file(session, campaign, args.file, split=args.split, allowed_elements=elements)
+    print(f"imported {report.added} structures into {args.name!r} ({report.duplicates} already there)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from db import make_engine, repository, session_scope
+
+    with session_scope(make_engine(database_url(args))) as session:
+        campaign = repository.get_campaign(session, args.name)
+        n = repository.export_extxyz(session, campaign, args.file, split=args.split)
+    print(f"wrote {n} labelled structures to {args.file}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    quiet_prefect()
+    from flows.pretrain import pretrain
+
+    record = pretrain(out_dir=args.out, n_structures=args.structures, epochs=args.epochs, seed=args.seed,
+                      work_dir=args.work_dir, device=args.device)
+    print(json.dumps(record["metrics"], indent=2))
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.which == "replay":
+        quiet_prefect()
+        from tangentlab.benchmark_replay import BenchmarkError
+        from tangentlab.benchmark_replay import main as replay_main
+
+        try:
+            replay_main(args.options)
+        except BenchmarkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    from tangentlab.benchmark_acquisition import main as benchmark_main
+
+    benchmark_main(args.options)
+    return 0

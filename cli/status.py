@@ -1,0 +1,79 @@
+"""``tangentlab status``: rounds, labels, errors, the current model and a round's selection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cli.commands import database_url
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _status_report(session, campaign, round_number: int | None) -> dict:
+    from db import repository
+    from flows.monitoring import baseline_errors, failed_label_rows, round_rows, selected_rows
+
+    report = repository.campaign_report(session, campaign)
+    report["round_table"] = round_rows(session, campaign.id)
+    report["starting_model_test"] = baseline_errors(session, campaign.id)
+    report["failed_labels"] = failed_label_rows(session, campaign.id)
+    numbers = [r["round"] for r in report["round_table"]]
+    number = numbers[-1] if round_number is None and numbers else round_number
+    if number is not None and number not in numbers:
+        raise LookupError(f"campaign {campaign.name!r} has no round {number} (rounds: {numbers})")
+    report["selected_structures"] = None if number is None else {
+        "round": number, "structures": selected_rows(session, campaign.id, number)}
+    return report
+
+
+def _print_status(camp: dict) -> None:
+    print(f"campaign {camp['name']!r} (id {camp['id']}): {camp['status']}"
+          + (f" — {camp['stop_reason']}" if camp["stop_reason"] else ""))
+    print(f"  structures: {camp['structures']}   labels: {camp['labels']}")
+    model = camp["current_model"]
+    if model is None:
+        print("  current model: none registered yet")
+    else:
+        test = model["test"] or {}
+        errors = (f", test {test['energy_mae_mev_per_atom']:.1f} meV/atom, {test['force_mae_mev_per_a']:.1f} meV/Å"
+                  if test else "")
+        print(f"  current model: version {model['id']} {model['path']} (sha256 {model['sha256'][:12]}){errors}")
+    start = camp["starting_model_test"]
+    if start:
+        print(f"  starting model: test {start['energy_mae_mev_per_atom']:.1f} meV/atom, "
+              f"{start['force_mae_mev_per_a']:.1f} meV/Å")
+    print(f"  {'round':>5} {'status':>10} {'method':>15} {'selected':>8} {'labels':>6} {'E MAE':>8} {'F MAE':>8} "
+          f"{'model':>5} {'acquire s':>9}")
+    for r in camp["round_table"]:
+        print(f"  {r['round']:>5} {r['status']:>10} {r['method']:>15} {r['selected']:>8} "
+              f"{_fmt(r['labels'], 'd'):>6} {_fmt(r['energy_mae_meV_atom']):>8} {_fmt(r['force_mae_meV_A']):>8} "
+              f"{_fmt(r['model_version'], 'd'):>5} {_fmt(r['acquire_s'], '.2f'):>9}")
+    selection = camp["selected_structures"]
+    if selection:
+        print(f"  round {selection['round']} selected (score; predicted force error in meV/Å; label):")
+        for s in selection["structures"]:
+            score = _fmt(s["score"], ".3g") or "n/a"
+            predicted = _fmt(s["predicted_force_error_meV_A"]) or "n/a"
+            print(f"    {s['rank']:>3}. structure {s['structure_id']:>5} {s['formula']:>10} {s['split']:>5} "
+                  f"score {score:>9} predicted {predicted:>7} {s['label']}"
+                  + (f" ({s['failure']})" if s["failure"] else ""))
+    for f in camp["failed_labels"]:
+        print(f"  failed label {f['label_id']} ({f['formula']}, structure {f['structure_id']}, "
+              f"{f['attempts']} attempts): {f['reason']} [{f['run_dir']}]")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from db import make_engine, repository, session_scope
+
+    with session_scope(make_engine(database_url(args))) as session:
+        campaigns = [repository.get_campaign(session, args.name)] if args.name else repository.campaigns(session)
+        report = [_status_report(session, c, args.round) for c in campaigns]
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    for camp in report:
+        _print_status(camp)
+    return 0
