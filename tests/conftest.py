@@ -18,6 +18,8 @@ import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TUTORIAL_MODEL = SHARED / "models" / "mace-tutorial-hco-swa.model"
+# A PostgreSQL server for the database tests (`.ci/start-postgres` starts one); SQLite only without it.
+POSTGRES_URL = os.environ.get("TANGENTLAB_TEST_POSTGRES_URL")
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,36 @@ def tiny_model_file(tmp_path_factory) -> Path:
     from tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.model")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_file):
+    """The tiny MACE model, loaded (float64, eval mode, frozen); one instance per test module."""
+    from tangentlab.mace_model import load_model
+
+    return load_model(tiny_model_file)
+
+
+@pytest.fixture(params=["sqlite", *(["postgresql"] if POSTGRES_URL else [])])
+def database_url(request, tmp_path):
+    """A database URL for one test: a new SQLite file, then the PostgreSQL server if there is one.
+
+    The shared PostgreSQL database is left empty afterwards (its migrations downgraded), so
+    the next test starts from nothing as on SQLite.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'lab.db'}"
+        return
+    yield POSTGRES_URL
+    from alembic import command
+
+    from db import alembic_config, make_engine
+
+    engine = make_engine(POSTGRES_URL)
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "base")
+        connection.exec_driver_sql("DROP TABLE alembic_version")
+    engine.dispose()
 
 
 def write_pool(path: Path, n: int, seed: int = 0, max_atoms: int = 4) -> Path:

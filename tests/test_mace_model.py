@@ -8,7 +8,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from mace.calculators import MACECalculator
-from tiny_model import make_tiny_model, rattled_molecules
+from tiny_model import rattled_molecules
 
 from tangentlab.mace_model import (
     atoms_to_batch,
@@ -27,11 +27,6 @@ needs_pretrained = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.model")
-
-
 def _rattled(names: list[str], seed: int = 0) -> list[Atoms]:
     return rattled_molecules(names, seed)
 
@@ -46,17 +41,17 @@ def test_default_dtype_restores_on_exit_and_error():
     assert torch.get_default_dtype() == before
 
 
-def test_load_model_float64_eval_frozen(tiny_path):
+def test_load_model_float64_eval_frozen(tiny_model_file):
     before = torch.get_default_dtype()
-    model = load_model(tiny_path)
+    model = load_model(tiny_model_file)
     assert torch.get_default_dtype() == before
     assert not model.training
     assert all(p.dtype == torch.float64 and not p.requires_grad for p in model.parameters())
     assert model.r_max.dtype == torch.float64
 
 
-def test_load_model_float32(tiny_path):
-    model = load_model(tiny_path, dtype=torch.float32)
+def test_load_model_float32(tiny_model_file):
+    model = load_model(tiny_model_file, dtype=torch.float32)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     energy, forces = predict(model, [molecule("CH4")])[0]
     assert np.isfinite(energy)
@@ -77,8 +72,8 @@ def test_load_model_errors_name_the_path(tmp_path):
         load_model(not_mace)
 
 
-def test_elements_and_cutoff(tiny_path):
-    model = load_model(tiny_path)
+def test_elements_and_cutoff(tiny_model_file):
+    model = load_model(tiny_model_file)
     assert model_elements(model) == [1, 6, 7, 8]
     assert model_cutoff(model) == pytest.approx(4.0)
 
@@ -90,8 +85,8 @@ def test_pretrained_elements_and_cutoff():
     assert model_cutoff(model) == pytest.approx(3.0)
 
 
-def test_batches_keep_order_and_sizes(tiny_path):
-    model = load_model(tiny_path)
+def test_batches_keep_order_and_sizes(tiny_model_file):
+    model = load_model(tiny_model_file)
     structures = _rattled(["CH4", "H2O", "NH3", "CO2", "HCN"])
     batches = list(iter_batches(model, structures, batch_size=2))
     assert [b.num_graphs for b in batches] == [2, 2, 1]
@@ -104,8 +99,8 @@ def test_batches_keep_order_and_sizes(tiny_path):
     )
 
 
-def test_unknown_element_is_named(tiny_path):
-    model = load_model(tiny_path)
+def test_unknown_element_is_named(tiny_model_file):
+    model = load_model(tiny_model_file)
     with pytest.raises(ValueError, match=r"structure 1 .*Si"):
         predict(model, [molecule("CH4"), molecule("SiH4")])
 
@@ -123,11 +118,11 @@ def _assert_matches_calculator(path: Path, structures: list[Atoms], batch_size: 
         np.testing.assert_allclose(forces, atoms.get_forces(), rtol=1e-8, atol=1e-10)
 
 
-def test_predict_matches_calculator_tiny(tiny_path):
+def test_predict_matches_calculator_tiny(tiny_model_file):
     diamond = bulk("C", "diamond", a=3.57) * (2, 1, 1)
     diamond.rattle(0.05, seed=1)
     structures = [*_rattled(["CH4", "NH3", "CH3OH", "HCN", "C2H6"]), diamond]
-    _assert_matches_calculator(tiny_path, structures, batch_size=4)
+    _assert_matches_calculator(tiny_model_file, structures, batch_size=4)
 
 
 @needs_pretrained
@@ -136,8 +131,8 @@ def test_predict_matches_calculator_pretrained():
     _assert_matches_calculator(PRETRAINED, structures, batch_size=2)
 
 
-def test_predict_independent_of_batch_size_and_no_grad_context(tiny_path):
-    model = load_model(tiny_path)
+def test_predict_independent_of_batch_size_and_no_grad_context(tiny_model_file):
+    model = load_model(tiny_model_file)
     structures = _rattled(["CH4", "NH3", "H2O", "CO2"])
     one = predict(model, structures, batch_size=1)
     with torch.no_grad():
@@ -147,8 +142,8 @@ def test_predict_independent_of_batch_size_and_no_grad_context(tiny_path):
         np.testing.assert_allclose(f1, f2, atol=1e-10)
 
 
-def test_forces_are_minus_energy_gradient(tiny_path):
-    model = load_model(tiny_path)
+def test_forces_are_minus_energy_gradient(tiny_model_file):
+    model = load_model(tiny_model_file)
     atoms = _rattled(["CH3OH"])[0]
     _, forces = predict(model, [atoms])[0]
     step = 1e-5
@@ -160,15 +155,15 @@ def test_forces_are_minus_energy_gradient(tiny_path):
         assert forces[atom, axis] == pytest.approx(-(e_plus - e_minus) / (2 * step), abs=1e-6)
 
 
-def test_restores_float64_default_too(tiny_path):
+def test_restores_float64_default_too(tiny_model_file):
     with default_dtype(torch.float64):
-        model = load_model(tiny_path, dtype=torch.float32)
+        model = load_model(tiny_model_file, dtype=torch.float32)
         predict(model, [molecule("H2O")])
         assert torch.get_default_dtype() == torch.float64
 
 
-def test_error_metrics_of_predictions(tiny_path):
-    model = load_model(tiny_path)
+def test_error_metrics_of_predictions(tiny_model_file):
+    model = load_model(tiny_model_file)
     structures = _rattled(["CH4", "H2O"])
     preds = predict(model, structures)
     shifts = [0.05, -0.02]
