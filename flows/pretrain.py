@@ -21,9 +21,9 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tangentlab.oracles import QMFailure, make_oracle
 from tangentlab.pretrain import PretrainHyperparameters, provenance, train_from_scratch, write_training_file
 from tangentlab.pretrain_data import generate_structures
-from tangentlab.qm import QMFailure, make_oracle
 
 MAX_FORCE = 30.0  # eV/Å: structures beyond this are too violent to teach a starting model
 

@@ -3,7 +3,7 @@
 The reference (Das et al., Sci. Data 9, 215 (2022)) is ωB97X-V/cc-pVTZ from Q-Chem, with
 energies relative to the free atoms (isolated atoms = 0) and forces in eV/Å. This script
 recomputes a few odd-electron frames (doublets, so the spin state is unambiguous) with
-`tangentlab.qm.pyscf_static` at the same functional and basis, computes the free H (doublet)
+`tangentlab.oracles.pyscf.pyscf_static` at the same functional and basis, computes the free H (doublet)
 and O (triplet) atoms with the same unrestricted method, converts the molecular energies
 to atomisation energies and prints JSON with the per-frame deviations and wall times.
 
@@ -52,7 +52,7 @@ ATOM_MULTIPLICITY = {"H": 2, "O": 3}
 
 
 def _run(atoms: Atoms, xc: str, basis: str, workdir: Path) -> tuple[float, np.ndarray, float]:
-    from tangentlab.qm import pyscf_static
+    from tangentlab.oracles.pyscf import pyscf_static
 
     result = pyscf_static(atoms, xc=xc, basis=basis, num_threads=1, results_dir=workdir)
     return result.energy, np.asarray(result.forces), result.wall_time

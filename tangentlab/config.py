@@ -9,10 +9,24 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from tangentlab.oracles import ORACLES
+from tangentlab.oracles.pyscf import PySCFSettings
 
 
 def shipped_file(name: str) -> str:
@@ -43,11 +57,28 @@ class Budgets(_Section):
     max_wall_time_s: float = Field(3600.0, gt=0, description="Campaign wall time over all runs (s).")
 
 
-class Oracle(_Section):
-    """The QM oracle: ``name`` picks the built-in job, the other keys are its settings."""
+def _oracle_name(value: Any) -> str | None:
+    """The oracle a section is for: its ``name``, 'pyscf' (the default) when it has none."""
+    return value.get("name", "pyscf") if isinstance(value, dict) else getattr(value, "name", None)
 
-    model_config = ConfigDict(extra="allow")
-    name: str = Field("pyscf", description="Oracle: 'pyscf', 'xtb', 'quacc' (any recipe by import path) or 'replay' (docs/oracles.md).")
+
+def _known_oracle(value: Any) -> Any:
+    name = _oracle_name(value)
+    if isinstance(value, dict) and (not isinstance(name, str) or name not in ORACLES):
+        raise PydanticCustomError("unknown_oracle", "unknown oracle name {name}; known: {known}",
+                                  {"name": repr(name), "known": str(sorted(ORACLES))})
+    return value
+
+
+# The QM oracle: ``name`` picks one of `tangentlab.oracles.ORACLES`, the other keys are its
+# settings (docs/oracles.md). One settings class per oracle, so each forbids unknown keys;
+# they come from the registry, so that a new oracle needs no edit here.
+OracleSettings = Annotated[
+    Union[tuple(Annotated[oracle.settings_model, Tag(name)] for name, oracle in ORACLES.items())],  # noqa: UP007
+    Discriminator(_oracle_name, custom_error_type="oracle_type",
+                  custom_error_message="Input should be a mapping with the oracle's name and settings"),
+    BeforeValidator(_known_oracle),
+]
 
 
 class Acquisition(_Section):
@@ -130,7 +161,7 @@ class CampaignConfig(_Section):
     device: str = Field("cpu", description="Torch device for acquisition and fine-tuning.")
     targets: Targets = Field(default_factory=Targets)
     budgets: Budgets = Field(default_factory=Budgets)
-    oracle: Oracle = Field(default_factory=lambda: Oracle(name="pyscf", xc="wb97x", basis="6-31g*"))
+    oracle: OracleSettings = Field(default_factory=lambda: PySCFSettings(name="pyscf", xc="wb97x", basis="6-31g*"))
     acquisition: Acquisition = Field(default_factory=Acquisition)
     qm: QMSettings = Field(default_factory=QMSettings)
     finetune: FineTune = Field(default_factory=FineTune)

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from db import repository, session_scope
 from tangentlab.config import CampaignConfig
-from tangentlab.qm import Oracle, QMFailure, make_oracle
+from tangentlab.oracles import Oracle, QMFailure, make_oracle
 from tasks._db import engine_for
 
 

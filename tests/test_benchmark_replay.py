@@ -185,7 +185,7 @@ def test_spec_rejects_bad_input():
 @pytest.fixture(scope="module")
 def labelled_files(tmp_path_factory) -> tuple[Path, Path]:
     """Two pool files and one test file of small molecules with GFN2-xTB labels."""
-    from tangentlab.qm import xtb_static
+    from tangentlab.oracles.xtb import xtb_static
 
     folder = tmp_path_factory.mktemp("replay-data")
     structures = ase.io.read(write_pool(folder / "raw.extxyz", 44, seed=3, max_atoms=3), ":")

@@ -81,3 +81,21 @@ def test_status_and_init_config(campaign_db, tmp_path, capsys):
     assert main(["init-config", str(path), "--name", "fresh"]) == 0
     assert "name: fresh" in path.read_text()
     assert main(["init-config", str(path)]) == 2  # never overwrites
+
+
+@pytest.mark.parametrize(
+    ("oracle", "message"),
+    [
+        ("{name: orca}", "oracle: unknown oracle name 'orca'"),
+        ("{name: pyscf, functional: b3lyp}", "unknown key 'oracle.pyscf.functional'"),
+        ("{name: pyscf, basis: not-a-basis}", "invalid oracle: unknown basis set 'not-a-basis'"),
+        ("{name: quacc, recipe: quacc.recipes.nowhere.core.static_job}",
+         "invalid oracle: recipe 'quacc.recipes.nowhere.core.static_job': cannot import module"),
+    ],
+)
+def test_invalid_oracles_stop_start_naming_the_problem(tmp_path, capsys, oracle, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: x\noracle: {oracle}\n")
+    assert main(["--db", f"sqlite:///{tmp_path / 'c.db'}", "start", str(config)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c.db").exists()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tangentlab.config import ConfigError, load_config, make_config
+from tangentlab.config import ConfigError, config_json, load_config, make_config
 
 
 def test_defaults_are_the_quickstart():
@@ -46,3 +46,61 @@ def test_bad_config_files(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+# A configuration as the database stored it before the oracle section was a union per oracle.
+STORED_CONFIG = {
+    "name": "orca-run", "pool": ["/data/pool.extxyz"], "test_file": None, "test_size": 30,
+    "initial_size": 10, "valid_fraction": 0.15, "model": "/data/start.model", "work_dir": "runs",
+    "seed": 0, "device": "cpu",
+    "targets": {"energy_mae_mev_per_atom": 160.0, "force_mae_mev_per_a": 450.0},
+    "budgets": {"max_labels": 90, "max_rounds": 8, "max_wall_time_s": 3600.0},
+    "oracle": {"name": "quacc", "recipe": "quacc.recipes.orca.core.static_job",
+               "kwargs": {"xc": "wb97x-d3bj", "basis": "def2-tzvp", "nprocs": 8},
+               "level": {"method": "wB97X-D3BJ", "basis": "def2-TZVP"}},
+    "acquisition": {"method": "activation", "rule": "greedy", "committee_size": 3, "batch_size": 10,
+                    "regularization": 0.01, "feature_batch_size": 64},
+    "qm": {"max_attempts": 2, "timeout_s": 600.0, "max_parallel": 1, "num_threads": None,
+           "task_runner": "threads", "dask_address": None, "dask_cluster_class": None,
+           "dask_cluster_kwargs": {}, "dask_adapt_kwargs": {}, "deployment": None},
+    "finetune": {"max_epochs": 40, "patience": 8, "lr": 0.002, "batch_size": 8, "energy_weight": 1.0,
+                 "forces_weight": 10.0, "ema_decay": 0.95, "e0_refit_interval": 5,
+                 "min_steps_per_epoch": 10, "min_valid": 5},
+}
+
+
+@pytest.mark.parametrize(
+    "oracle",
+    [
+        STORED_CONFIG["oracle"],
+        {"name": "pyscf", "xc": "wb97x", "basis": "6-31g*"},
+        {"name": "pyscf", "xc": "hf", "basis": "sto-3g", "max_cycle": 50, "dispersion": None},
+        {"name": "xtb", "method": "GFN2-xTB"},
+        {"name": "replay"},
+        {"name": "replay", "files": ["/data/pool.extxyz"], "reference_level": {"method": "ωB97X-V"}},
+    ],
+)
+def test_stored_configs_still_load_and_store_the_oracle_as_given(oracle):
+    stored = STORED_CONFIG | {"oracle": oracle}
+    config = make_config(stored, source="of campaign 'orca-run'")
+    assert config_json(config)["oracle"] == oracle
+    assert config.oracle.model_dump() == oracle
+
+
+def test_oracle_section_is_checked_per_oracle():
+    assert make_config({"oracle": {"xc": "hf"}}).oracle.model_dump() == {"name": "pyscf", "xc": "hf"}
+    with pytest.raises(ConfigError, match=r"oracle: unknown oracle name 'orca'; known: \['pyscf'"):
+        make_config({"oracle": {"name": "orca"}})
+    with pytest.raises(ConfigError, match=r"unknown key 'oracle\.pyscf\.functional'"):
+        make_config({"oracle": {"name": "pyscf", "functional": "b3lyp"}})
+    with pytest.raises(ConfigError, match=r"unknown key 'oracle\.xtb\.basis'"):
+        make_config({"oracle": {"name": "xtb", "basis": "6-31g*"}})
+    with pytest.raises(ConfigError, match=r"oracle\.pyscf\.max_cycle: Input should be a valid integer"):
+        make_config({"oracle": {"name": "pyscf", "max_cycle": "many"}})
+    with pytest.raises(ConfigError, match=r"oracle\.quacc\.recipe: Field required"):
+        make_config({"oracle": {"name": "quacc"}})
+    with pytest.raises(ConfigError, match="oracle: Input should be a mapping"):
+        make_config({"oracle": "pyscf"})
+    # a recipe's own keywords are free-form: the recipe's signature checks them (make_oracle)
+    free = {"name": "quacc", "recipe": "quacc.recipes.emt.core.static_job", "kwargs": {"anything": 1}}
+    assert make_config({"oracle": free}).oracle.model_dump() == free

@@ -11,7 +11,7 @@ from conftest import write_pool
 from tangentlab.finetune import FineTuneHyperparameters, finetune, refit_e0s
 from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics
-from tangentlab.qm import xtb_static
+from tangentlab.oracles.xtb import xtb_static
 
 
 def test_refit_e0s_recovers_reference_energies():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 import signal
 import time
@@ -16,14 +17,11 @@ from ase.units import Hartree
 from pyscf import dft, gto, lib
 from tblite.ase import TBLite
 
-from tangentlab._pyscf_calculator import PySCFCalculator
-from tangentlab.qm import (
-    QMFailure,
-    make_oracle,
-    pyscf_static,
-    run_with_timeout,
-    xtb_static,
-)
+from tangentlab.oracles import ORACLES, QMFailure, make_oracle
+from tangentlab.oracles.isolation import run_with_timeout
+from tangentlab.oracles.pyscf import pyscf_static
+from tangentlab.oracles.pyscf_calculator import PySCFCalculator
+from tangentlab.oracles.xtb import xtb_static
 
 
 def _sleep(atoms, **kwargs):
@@ -218,6 +216,18 @@ def test_make_oracle_rejects_unknown_names_and_keywords():
         make_oracle({"name": "pyscf", "basis": "not-a-basis"})
     with pytest.raises(ValueError, match="wb98x"):
         make_oracle({"name": "pyscf", "xc": "wb98x"})
+
+
+@pytest.mark.parametrize("name", sorted(ORACLES))
+def test_oracle_settings_mirror_the_job_keywords_and_defaults(name):
+    """The configuration section of each oracle takes the keywords its job function takes,
+    with the same defaults (replay's required `files` may be left to the campaign's pool)."""
+    oracle = ORACLES[name]
+    fields = {k: f for k, f in oracle.settings_model.model_fields.items() if k != "name"}
+    assert list(fields) == oracle.keywords()
+    for key, parameter in inspect.signature(oracle.job).parameters.items():
+        if key in fields and parameter.default is not inspect.Parameter.empty:
+            assert fields[key].default == parameter.default, key
 
 
 def test_oracle_levels_and_retry_settings():

@@ -9,7 +9,7 @@ import pytest
 from ase import Atoms
 from ase.io import read
 
-from tangentlab.qm import pyscf_static
+from tangentlab.oracles.pyscf import pyscf_static
 
 H2COMBUSTION = Path(__file__).resolve().parents[2] / "shared" / "data" / "h2combustion"
 

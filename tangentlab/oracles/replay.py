@@ -1,0 +1,168 @@
+"""Replay: labels stored with the pool files, revealed only when a structure is acquired.
+
+Benchmarks replay a labelled data set as the candidate pool; no QM is run.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from tangentlab.oracles.base import BaseOracleSettings, Oracle, register
+from tangentlab.oracles.results import QMFailure, QMResult
+from tangentlab.structures import content_hash
+
+if TYPE_CHECKING:
+    from ase.atoms import Atoms
+
+
+class ReplaySettings(BaseOracleSettings):
+    """Labels stored with the pool files (`replay_static`, docs/oracles.md)."""
+
+    name: Literal["replay"] = Field(description="The replay oracle (benchmarks).")
+    files: list[str] | None = Field(
+        None, description="Files holding the stored labels; None: the campaign's pool and test_file.")
+    reference_level: dict[str, Any] | None = Field(
+        None, description="Declared level of the stored labels (method, basis, code).")
+
+
+def replay_level(files: list[str], reference_level: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    Level-of-theory dict of a replay oracle.
+
+    Parameters
+    ----------
+    files
+        Structure files whose stored labels are revealed.
+    reference_level
+        The level the stored labels were computed at (method, basis, code), as declared.
+
+    Returns
+    -------
+    dict
+        method and basis of the reference (None when not declared), code "replay", files.
+    """
+    reference_level = reference_level or {}
+    return {
+        "method": reference_level.get("method"),
+        "basis": reference_level.get("basis"),
+        "code": "replay",
+        "reference_code": reference_level.get("code"),
+        "files": sorted(str(Path(f).resolve()) for f in files),
+    }
+
+
+def replay_static(
+    atoms: Atoms,
+    *,
+    files: list[str],
+    reference_level: dict[str, Any] | None = None,
+    results_dir: str | Path | None = None,
+) -> QMResult:
+    """
+    Reveal the label stored with a structure in its source files (no QM is run).
+
+    Benchmarks replay a labelled data set as the candidate pool: the campaign imports the
+    structures without their labels, and a label becomes visible only when acquisition
+    picks the structure and this oracle "computes" it.
+
+    Parameters
+    ----------
+    atoms
+        The structure; matched on `structures.content_hash` (positions to 1e-6 Å, cell,
+        pbc, charge, multiplicity).
+    files
+        ASE-readable files with energies and forces (extxyz `energy`, `forces`).
+    reference_level
+        Declared level of the stored labels, recorded with the result.
+    results_dir
+        Unused (no job directory); accepted for the common oracle interface.
+
+    Returns
+    -------
+    QMResult
+        The stored energy (eV) and forces (eV/Å); wall time of the lookup.
+
+    Raises
+    ------
+    QMFailure
+        If no file holds this structure with an energy and forces.
+    """
+    start = perf_counter()
+    labels = stored_labels(tuple(sorted(str(Path(f).resolve()) for f in files)))
+    found = labels.get(content_hash(atoms))
+    if found is None:
+        msg = f"no stored label for {atoms.get_chemical_formula()} in {[Path(f).name for f in files]}"
+        raise QMFailure(msg)
+    energy, forces = found
+    return QMResult(energy=energy, forces=forces.copy(), wall_time=perf_counter() - start,
+                    run_dir="", level=replay_level(files, reference_level))
+
+
+@cache
+def stored_labels(files: tuple[str, ...]) -> dict[str, tuple[float, np.ndarray]]:
+    """
+    Energies and forces stored in structure files, by content hash (read once per process).
+
+    Parameters
+    ----------
+    files
+        Resolved file paths.
+
+    Returns
+    -------
+    dict
+        content hash -> (energy in eV, forces (natoms, 3) in eV/Å); structures without both
+        are left out.
+    """
+    from ase.io import read
+
+    labels: dict[str, tuple[float, np.ndarray]] = {}
+    for path in files:
+        for atoms in read(path, ":"):
+            energy, forces = _stored_energy_forces(atoms)
+            if energy is not None and forces is not None:
+                labels[content_hash(atoms)] = (energy, forces)
+    return labels
+
+
+def _stored_energy_forces(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
+    results = atoms.calc.results if atoms.calc is not None else {}
+    energy = results.get("energy", atoms.info.get("energy"))
+    forces = results.get("forces", atoms.arrays.get("forces"))
+    if energy is None or forces is None:
+        return None, None
+    return float(energy), np.asarray(forces, dtype=np.float64).reshape(-1, 3)
+
+
+@register
+class ReplayOracle(Oracle):
+    """Stored labels (`replay_static`): a lookup, run in the caller's process, never retried differently."""
+
+    name = "replay"
+    settings_model = ReplaySettings
+    job = staticmethod(replay_static)
+    isolated = False
+
+    @property
+    def level(self) -> dict[str, Any]:
+        """Level-of-theory dict recorded with every label (`replay_level`)."""
+        return replay_level(self.settings["files"], self.settings.get("reference_level"))
+
+    @classmethod
+    def check(cls, settings: dict[str, Any]) -> None:
+        """Reject missing label files (ValueError); resolve their paths in place."""
+        files = settings.get("files")
+        if not files or not isinstance(files, list | tuple):
+            msg = "oracle 'replay' needs 'files', the structure files that hold the stored labels"
+            raise ValueError(msg)
+        missing = [str(f) for f in files if not Path(f).is_file()]
+        if missing:
+            msg = f"oracle 'replay': label file(s) not found: {missing}"
+            raise ValueError(msg)
+        settings["files"] = [str(Path(f).resolve()) for f in files]

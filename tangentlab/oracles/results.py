@@ -1,0 +1,143 @@
+"""What every QM job returns (`QMResult`) or raises (`QMFailure`), and how quacc's results
+and errors become them."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@dataclass
+class QMResult:
+    """
+    Result of one QM single point.
+
+    Attributes
+    ----------
+    energy
+        Total energy (eV).
+    forces
+        Forces, shape (natoms, 3) (eV/Å).
+    wall_time
+        Wall time of the job (s).
+    run_dir
+        Directory holding the job's files.
+    level
+        Level of theory: method, basis, code, code_version.
+    """
+
+    energy: float
+    forces: np.ndarray
+    wall_time: float
+    run_dir: str
+    level: dict[str, Any] = field(default_factory=dict)
+
+
+class QMFailure(RuntimeError):
+    """
+    A QM job that gave no usable result.
+
+    Attributes
+    ----------
+    reason
+        Short human-readable cause ("SCF not converged after 100 cycles", "timeout after 60 s").
+    run_dir
+        Directory holding the failed job's files, if any.
+    """
+
+    def __init__(self, reason: str, run_dir: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.run_dir = run_dir
+
+
+def describe_error(err: BaseException) -> str:
+    """
+    Short reason for an exception.
+
+    Parameters
+    ----------
+    err
+        The exception a job raised.
+
+    Returns
+    -------
+    str
+        Its message, prefixed by its type unless it is a QM failure or a failed ASE
+        calculation (whose messages already say what went wrong).
+    """
+    from ase.calculators.calculator import CalculationFailed
+
+    if isinstance(err, QMFailure):
+        return err.reason
+    if isinstance(err, CalculationFailed) and str(err):
+        return str(err)
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def quacc_results_dir(results_dir: str | Path | None) -> Any:
+    """
+    Context in which quacc puts job directories under `results_dir`.
+
+    Parameters
+    ----------
+    results_dir
+        The folder (created if missing); None keeps quacc's RESULTS_DIR.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        quacc's `change_settings` context, or a context that changes nothing.
+    """
+    from quacc import change_settings
+
+    if results_dir is None:
+        return nullcontext()
+    path = Path(results_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return change_settings({"RESULTS_DIR": path})
+
+
+@contextmanager
+def job_failure_as_qm_failure() -> Iterator[None]:
+    """Turn quacc's JobFailure (raised by Runner when the calculator fails) into QMFailure."""
+    from quacc import JobFailure
+
+    try:
+        yield
+    except JobFailure as err:
+        raise QMFailure(describe_error(err.parent_error or err), str(err.directory)) from err
+
+
+def qm_result(result: dict[str, Any], wall_time: float, level: dict[str, Any]) -> QMResult:
+    """
+    The `QMResult` of a quacc result schema.
+
+    Parameters
+    ----------
+    result
+        quacc's summary (`results.energy`, `results.forces`, `dir_name`).
+    wall_time
+        Wall time of the job (s).
+    level
+        Level-of-theory dict recorded with the result.
+
+    Returns
+    -------
+    QMResult
+        Energy, forces and the job directory.
+    """
+    return QMResult(
+        energy=float(result["results"]["energy"]),
+        forces=np.asarray(result["results"]["forces"], dtype=np.float64).reshape(-1, 3),
+        wall_time=wall_time,
+        run_dir=str(result["dir_name"]),
+        level=level,
+    )
