@@ -1,4 +1,4 @@
-"""Which structures a campaign holds out: the validation split by content hash and reproducible draws."""
+"""Which structures a campaign holds out: validation by content hash, reproducible draws."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TUTORIAL_MODEL = SHARED / "models" / "mace-tutorial-hco-swa.model"
-# A PostgreSQL server for the database tests (`.ci/start-postgres` starts one); SQLite only without it.
+# A PostgreSQL server for the database tests (from `.ci/start-postgres`); else SQLite only.
 POSTGRES_URL = os.environ.get("TANGENTLAB_TEST_POSTGRES_URL")
 
 
