@@ -96,25 +96,26 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from db import init_db, make_engine, repository, session_scope
+    from db import campaigns, init_db, make_engine, session_scope
     from tangentlab.mace_model import load_model, model_elements
+    from tasks.setup import import_structures
 
     engine = make_engine(database_url(args))
     init_db(engine)
     with session_scope(engine) as session:
-        campaign = repository.get_campaign(session, args.name)
+        campaign = campaigns.get_campaign(session, args.name)
         elements = model_elements(load_model(campaign.config["model"]))
-        report = repository.import_file(session, campaign, args.file, split=args.split, allowed_elements=elements)
+        report = import_structures(session, campaign, args.file, split=args.split, allowed_elements=elements)
     print(f"imported {report.added} structures into {args.name!r} ({report.duplicates} already there)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from db import make_engine, repository, session_scope
+    from db import campaigns, make_engine, reports, session_scope
 
     with session_scope(make_engine(database_url(args))) as session:
-        campaign = repository.get_campaign(session, args.name)
-        n = repository.export_extxyz(session, campaign, args.file, split=args.split)
+        campaign = campaigns.get_campaign(session, args.name)
+        n = reports.export_extxyz(session, campaign, args.file, split=args.split)
     print(f"wrote {n} labelled structures to {args.file}")
     return 0
 

@@ -13,19 +13,18 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def _status_report(session, campaign, round_number: int | None) -> dict:
-    from db import repository
-    from flows.monitoring import baseline_errors, failed_label_rows, round_rows, selected_rows
+    from db import reports
 
-    report = repository.campaign_report(session, campaign)
-    report["round_table"] = round_rows(session, campaign.id)
-    report["starting_model_test"] = baseline_errors(session, campaign.id)
-    report["failed_labels"] = failed_label_rows(session, campaign.id)
+    report = reports.campaign_report(session, campaign)
+    report["round_table"] = reports.round_rows(session, campaign.id)
+    report["starting_model_test"] = reports.baseline_errors(session, campaign.id)
+    report["failed_labels"] = reports.failed_label_rows(session, campaign.id)
     numbers = [r["round"] for r in report["round_table"]]
     number = numbers[-1] if round_number is None and numbers else round_number
     if number is not None and number not in numbers:
         raise LookupError(f"campaign {campaign.name!r} has no round {number} (rounds: {numbers})")
     report["selected_structures"] = None if number is None else {
-        "round": number, "structures": selected_rows(session, campaign.id, number)}
+        "round": number, "structures": reports.selected_rows(session, campaign.id, number)}
     return report
 
 
@@ -66,11 +65,11 @@ def _print_status(camp: dict) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from db import make_engine, repository, session_scope
+    from db import campaigns, make_engine, session_scope
 
     with session_scope(make_engine(database_url(args))) as session:
-        campaigns = [repository.get_campaign(session, args.name)] if args.name else repository.campaigns(session)
-        report = [_status_report(session, c, args.round) for c in campaigns]
+        shown = [campaigns.get_campaign(session, args.name)] if args.name else campaigns.all_campaigns(session)
+        report = [_status_report(session, c, args.round) for c in shown]
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0

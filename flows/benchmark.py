@@ -16,7 +16,8 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import ModelVersion, init_db, repository, session_scope
+from db import ModelVersion, campaigns, init_db, labels, registry, rounds, session_scope, structures
+from db.reports import campaign_report
 from flows.campaign import campaign
 from tangentlab.benchmark_replay import (
     BenchmarkSpec,
@@ -38,7 +39,7 @@ REFERENCE_SIZE = 256  # pool structures in the feature normalisation, as in task
 def _status(url: str, name: str) -> str | None:
     with session_scope(engine_for(url)) as session:
         try:
-            camp = repository.get_campaign(session, name)
+            camp = campaigns.get_campaign(session, name)
         except LookupError:
             return None
         return str(getattr(camp.status, "value", camp.status))
@@ -95,21 +96,21 @@ def evaluate_final(url: str, config: dict, spec: BenchmarkSpec, manifest: dict) 
 
     engine = engine_for(url)
     with session_scope(engine) as session:
-        camp = repository.get_campaign(session, config["name"])
+        camp = campaigns.get_campaign(session, config["name"])
         if str(getattr(camp.status, "value", camp.status)) not in FINISHED:
             return None
-        final = repository.latest_model(session, camp)
+        final = registry.latest_model(session, camp)
         if "benchmark" in (final.metrics or {}):
             return final.metrics["benchmark"]
-        final_id, path = final.id, repository.verified_model_path(session, final.id)
-        train = repository.labelled_atoms(session, camp.id, ["train"])
-        valid = repository.labelled_atoms(session, camp.id, ["valid"])
-        test_pairs = repository.labelled(session, camp.id, "test")
-        test = repository.labelled_atoms(session, camp.id, ["test"])
+        final_id, path = final.id, registry.verified_model_path(session, final.id)
+        train = labels.labelled_atoms(session, camp.id, ["train"])
+        valid = labels.labelled_atoms(session, camp.id, ["valid"])
+        test_pairs = labels.labelled(session, camp.id, "test")
+        test = labels.labelled_atoms(session, camp.id, ["test"])
         test_hashes = [s.content_hash for s, _ in test_pairs]
         pool = [
-            repository.structure_atoms(s)
-            for s in repository.structures(session, camp.id, split="pool")
+            structures.structure_atoms(s)
+            for s in structures.campaign_structures(session, camp.id, split="pool")
         ]
     device = spec.device
     model = load_model(path, device=device)
@@ -160,15 +161,15 @@ def collect(url: str, spec: BenchmarkSpec) -> tuple[dict, dict, dict]:
             for method in spec.methods:
                 name = campaign_name(spec, method, seed)
                 try:
-                    camp = repository.get_campaign(session, name)
+                    camp = campaigns.get_campaign(session, name)
                 except LookupError:
                     continue
-                reports[name] = repository.campaign_report(session, camp)
-                final = repository.latest_model(session, camp)
+                reports[name] = campaign_report(session, camp)
+                final = registry.latest_model(session, camp)
                 evaluations[name] = (final.metrics or {}).get("benchmark") if final else None
-                first = repository.rounds(session, camp)[0]
+                first = rounds.campaign_rounds(session, camp)[0]
                 ids = [e["structure_id"] for e in first.selected or []]
-                hashes = sorted(s.content_hash for s in repository.structures_by_id(session, ids))
+                hashes = sorted(s.content_hash for s in structures.structures_by_id(session, ids))
                 initial.setdefault(seed, set()).add(tuple(hashes))
     check = {str(seed): len(sets) == 1 for seed, sets in initial.items()}
     return reports, evaluations, check

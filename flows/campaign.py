@@ -12,7 +12,17 @@ import time
 
 from prefect import flow, get_run_logger
 
-from db import Campaign, CampaignStatus, RoundStatus, repository, session_scope
+from db import (
+    CampaignStatus,
+    RoundStatus,
+    campaigns,
+    labels,
+    registry,
+    reports,
+    rounds,
+    session_scope,
+    structures,
+)
 from flows.label import dispatch_labels
 from flows.monitoring import close_killed_runs, publish_rounds, publish_selection
 from tangentlab.config import CampaignConfig, make_config
@@ -44,10 +54,10 @@ def _label_all(url: str, name: str, config: CampaignConfig, structure_ids: list[
 def _starting_model(url: str, campaign_id: int, config: CampaignConfig) -> tuple[int, dict | None]:
     """Register the starting model once; return its version id and stored test errors."""
     with session_scope(engine_for(url)) as session:
-        versions = repository.model_versions(session, campaign_id)
+        versions = registry.model_versions(session, campaign_id)
         if not versions:
-            versions = [repository.register_model(session, campaign_id, config.model,
-                                                  hyperparameters={"source": "starting model"})]
+            versions = [registry.register_model(session, campaign_id, config.model,
+                                                hyperparameters={"source": "starting model"})]
         return versions[0].id, (versions[0].metrics or {}).get("test")
 
 
@@ -112,12 +122,12 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     engine = engine_for(url)
     run_start = time.perf_counter()
     with session_scope(engine) as session:
-        stale = repository.reset_stale_running(session, campaign_id)
-        repository.set_campaign_status(session, campaign_id, CampaignStatus.RUNNING)
-        test_ids = [s.id for s in repository.structures(session, campaign_id, split="test")]
-        rounds = repository.rounds(session, campaign_id)
-        previous_wall = sum((r.timings or {}).get("round_wall_s", 0.0) for r in rounds)
-        last = rounds[-1]
+        stale = labels.reset_stale_running(session, campaign_id)
+        campaigns.set_campaign_status(session, campaign_id, CampaignStatus.RUNNING)
+        test_ids = [s.id for s in structures.campaign_structures(session, campaign_id, split="test")]
+        done = rounds.campaign_rounds(session, campaign_id)
+        previous_wall = sum((r.timings or {}).get("round_wall_s", 0.0) for r in done)
+        last = done[-1]
         where = (last.number, last.status)
     if stale:
         logger.info("reset %d labels left running by a killed run to pending: they run again, "
@@ -141,58 +151,57 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     while True:
         round_start = time.perf_counter()
         with session_scope(engine) as session:
-            current = repository.rounds(session, campaign_id)[-1]
+            current = rounds.campaign_rounds(session, campaign_id)[-1]
             number, status = current.number, current.status
             selected = [e["structure_id"] for e in current.selected or []]
         if status == RoundStatus.SELECTED:
             if number == 0:
                 _publish_selection(url, campaign_id, cfg, 0)
             _label_all(url, cfg.name, cfg, selected)
-            _set_status(url, campaign_id, number, RoundStatus.LABELLED)
+            _advance_round(url, campaign_id, number, RoundStatus.LABELLED)
             status = RoundStatus.LABELLED
         if status == RoundStatus.LABELLED:
             finetune_round.with_options(task_run_name=f"fine-tune round {number}")(url, campaign_id, cfg, number)
             status = RoundStatus.TRAINED
         with session_scope(engine) as session:
-            current = repository.get_round(session, campaign_id, number)
+            current = rounds.get_round(session, campaign_id, number)
             trained_id = current.trained_model_id
         if status == RoundStatus.TRAINED:
             metrics = evaluate_model.with_options(task_run_name=f"evaluate round {number} (model {trained_id})")(
                 url, campaign_id, trained_id, cfg.device)
             with session_scope(engine) as session:
-                current = repository.get_round(session, campaign_id, number)
+                current = rounds.get_round(session, campaign_id, number)
                 timings = {**(current.timings or {}),
                            "round_wall_s": (current.timings or {}).get("round_wall_s", 0.0)
                            + time.perf_counter() - round_start}
-                repository.update_round(session, current, status=RoundStatus.EVALUATED,
-                                        metrics={"test": metrics}, timings=timings)
+                rounds.advance_round(session, current, RoundStatus.EVALUATED,
+                                     metrics={"test": metrics}, timings=timings)
             logger.info("round %d: energy MAE %.1f meV/atom, force MAE %.1f meV/Å (model %d)", number,
                         metrics["energy_mae_mev_per_atom"], metrics["force_mae_mev_per_a"], trained_id)
             _publish(url, campaign_id, cfg)
         decision = _decide(url, campaign_id, cfg, previous_wall + time.perf_counter() - run_start)
         if decision is not None:
             with session_scope(engine) as session:
-                repository.set_campaign_status(session, campaign_id, decision.status, decision.reason)
+                campaigns.set_campaign_status(session, campaign_id, decision.status, decision.reason)
             logger.info("campaign %r stopped (%s): %s", cfg.name, decision.status, decision.reason)
             return summary(url, campaign_id)
-        acquire.with_options(task_run_name=f"acquire round {number + 1} ({cfg.acquisition.method})")(
+        acquire.with_options(task_run_name=f"acquire round {number + 1} ({cfg.acquisition.signal})")(
             url, campaign_id, cfg, number + 1, trained_id)
         _publish_selection(url, campaign_id, cfg, number + 1)
 
 
-def _set_status(url: str, campaign_id: int, number: int, status: RoundStatus) -> None:
+def _advance_round(url: str, campaign_id: int, number: int, status: RoundStatus) -> None:
     with session_scope(engine_for(url)) as session:
-        repository.update_round(session, repository.get_round(session, campaign_id, number), status=status)
+        rounds.advance_round(session, rounds.get_round(session, campaign_id, number), status)
 
 
 def _decide(url: str, campaign_id: int, cfg: CampaignConfig, wall_time_s: float):
     with session_scope(engine_for(url)) as session:
-        rounds = repository.rounds(session, campaign_id)
-        last = rounds[-1]
-        labels_used = len(repository.labelled(session, campaign_id, split=["train", "valid"]))
+        last = rounds.campaign_rounds(session, campaign_id)[-1]
+        labels_used = len(labels.labelled(session, campaign_id, split=["train", "valid"]))
         metrics = (last.metrics or {})["test"]
-        failed = repository.failed_structure_ids(session, campaign_id)
-        pool_remaining = sum(1 for s in repository.structures(session, campaign_id, split="pool") if s.id not in failed)
+        failed = labels.failed_structure_ids(session, campaign_id)
+        pool_remaining = sum(1 for s in structures.campaign_structures(session, campaign_id, split="pool") if s.id not in failed)
     decision = stop_decision(
         energy_mae=metrics["energy_mae_mev_per_atom"], force_mae=metrics["force_mae_mev_per_a"],
         targets=cfg.targets, labels_used=labels_used, rounds_done=last.number,
@@ -212,15 +221,15 @@ def _decide(url: str, campaign_id: int, cfg: CampaignConfig, wall_time_s: float)
 def summary(url: str, campaign_id: int) -> dict:
     """Status, stop reason, label counts and the test errors of every model version."""
     with session_scope(engine_for(url)) as session:
-        camp = session.get_one(Campaign, campaign_id)
+        camp = campaigns.campaign_by_id(session, campaign_id)
         versions = [
             {"id": v.id, "round": v.round_number, "path": v.path, "test": (v.metrics or {}).get("test")}
-            for v in repository.model_versions(session, campaign_id)
+            for v in registry.model_versions(session, campaign_id)
         ]
         return {
             "name": camp.name,
             "status": str(camp.status.value if hasattr(camp.status, "value") else camp.status),
             "reason": camp.stop_reason,
-            "labels": repository.label_counts(session, campaign_id),
+            "labels": reports.label_counts(session, campaign_id),
             "models": versions,
         }

@@ -16,10 +16,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from sqlalchemy import func, select
 
-from db import Label, LabelStatus, Structure, repository, session_scope
-from flows.monitoring import failed_label_rows
+from db import campaigns, labels, reports, session_scope
 from tangentlab.config import CampaignConfig, QMSettings, make_config
 from tasks._db import database_url as environment_database_url
 from tasks._db import engine_for, has_password, redact_url
@@ -61,28 +59,19 @@ def qm_task_runner(settings: QMSettings) -> TaskRunner:
 
 def _config(url: str, name: str) -> tuple[int, CampaignConfig]:
     with session_scope(engine_for(url)) as session:
-        campaign = repository.get_campaign(session, name)
+        campaign = campaigns.get_campaign(session, name)
         return campaign.id, make_config(campaign.config, source=f"of campaign {name!r}")
 
 
 def _label_counts(url: str, campaign_id: int, key: str, structure_ids: list[int] | None) -> dict[str, int]:
     """Labels per status at the campaign's level, for ``structure_ids`` (None: all of the campaign)."""
-    query = (select(Label.status, func.count()).join(Structure, Structure.id == Label.structure_id)
-             .where(Structure.campaign_id == campaign_id, Label.level_key == key).group_by(Label.status))
-    if structure_ids is not None:
-        query = query.where(Label.structure_id.in_(structure_ids))
-    counts = {s.value: 0 for s in LabelStatus}
     with session_scope(engine_for(url)) as session:
-        counts.update({LabelStatus(s).value: n for s, n in session.execute(query)})
-    return counts
+        return reports.label_counts(session, campaign_id, key, structure_ids)
 
 
 def _open_structure_ids(url: str, campaign_id: int, key: str) -> list[int]:
-    query = (select(Label.structure_id).join(Structure, Structure.id == Label.structure_id)
-             .where(Structure.campaign_id == campaign_id, Label.level_key == key,
-                    Label.status.in_([LabelStatus.PENDING, LabelStatus.RUNNING])))
     with session_scope(engine_for(url)) as session:
-        return sorted(session.scalars(query))
+        return labels.open_structure_ids(session, campaign_id, key)
 
 
 def _run_name() -> str:
@@ -117,7 +106,7 @@ def label(name: str, structure_ids: list[int] | None = None, database_url: str |
     logger = get_run_logger()
     url = database_url or environment_database_url()
     campaign_id, cfg = _config(url, name)
-    key = repository.level_key(oracle_for(cfg).level)
+    key = labels.level_key(oracle_for(cfg).level)
     if structure_ids is not None:
         created = queue_labels.with_options(task_run_name=f"queue {len(structure_ids)} labels")(
             url, cfg, list(structure_ids))
@@ -165,7 +154,7 @@ def label(name: str, structure_ids: list[int] | None = None, database_url: str |
 
 def _failed(url: str, campaign_id: int) -> list[dict[str, Any]]:
     with session_scope(engine_for(url)) as session:
-        return failed_label_rows(session, campaign_id)
+        return reports.failed_label_rows(session, campaign_id)
 
 
 def _show(progress: Progress, counts: dict[str, int], before: dict[str, int], todo: int) -> None:

@@ -1,9 +1,8 @@
-"""What a campaign shows about itself: round tables, selections, failures, the learning curve.
+"""What a campaign shows about itself in the Prefect UI: round tables, selections, the learning curve.
 
-The ``*_rows`` functions read the database only (``tangentlab status`` prints them); the
-``publish_*`` functions turn the same rows into Prefect artifacts for the UI (a table per
-round, a learning-curve image, the selected structures with their scores and predicted
-errors, progress bars for long steps).
+The rows come from :mod:`db.reports` (``tangentlab status`` prints the same); the
+``publish_*`` functions turn them into Prefect artifacts (a table per round, a learning-curve
+image, the selected structures with their scores and predicted errors).
 """
 
 from __future__ import annotations
@@ -14,94 +13,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import Label, LabelStatus, ModelVersion, Structure, repository
+from db import rounds
+from db.reports import baseline_errors, round_rows, selected_rows
 from tasks.progress import artifact_key
 
 # Artifact data is stored by the Prefect server; beyond this the image is only linked.
 MAX_INLINE_PNG_BYTES = 400_000
-
-
-def _value(enum_or_str: Any) -> str:
-    return str(getattr(enum_or_str, "value", enum_or_str))
-
-
-def _rounded(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(float(value), digits)
-
-
-def round_rows(session: Session, campaign_id: int) -> list[dict[str, Any]]:
-    """One row per round: labels trained on, test errors, model version, acquisition method and time."""
-    rows = []
-    for r in repository.rounds(session, campaign_id):
-        test = (r.metrics or {}).get("test") or {}
-        trained = session.get(ModelVersion, r.trained_model_id) if r.trained_model_id else None
-        timings = r.timings or {}
-        rows.append({
-            "round": r.number,
-            "status": _value(r.status),
-            "method": r.method,
-            "selected": len(r.selected or []),
-            "labels": None if trained is None else len(trained.training_label_ids or []),
-            "energy_mae_meV_atom": _rounded(test.get("energy_mae_mev_per_atom")),
-            "force_mae_meV_A": _rounded(test.get("force_mae_mev_per_a")),
-            "model_version": r.trained_model_id,
-            "acquired_with_model": r.model_version_id,
-            "acquire_s": _rounded(timings.get("acquire_s"), 2),
-            "finetune_s": _rounded(timings.get("finetune_s"), 1),
-        })
-    return rows
-
-
-def baseline_errors(session: Session, campaign_id: int) -> dict[str, float] | None:
-    """Test errors of the starting model (the campaign's first model version), if evaluated."""
-    versions = repository.model_versions(session, campaign_id)
-    return (versions[0].metrics or {}).get("test") if versions else None
-
-
-def selected_rows(session: Session, campaign_id: int, number: int) -> list[dict[str, Any]]:
-    """The structures round ``number`` selected, with score, predicted error and label outcome.
-
-    Raises
-    ------
-    LookupError
-        If the campaign has no round ``number``.
-    """
-    round_ = repository.get_round(session, campaign_id, number)
-    if round_ is None:
-        raise LookupError(f"campaign {campaign_id} has no round {number}")
-    entries = round_.selected or []
-    structures = {s.id: s for s in repository.structures_by_id(session, [e["structure_id"] for e in entries])}
-    labels = {lab.structure_id: lab for lab in session.scalars(
-        select(Label).where(Label.structure_id.in_(list(structures))).order_by(Label.id))}
-    rows = []
-    for rank, entry in enumerate(entries, start=1):
-        structure = structures[entry["structure_id"]]
-        label = labels.get(structure.id)
-        rows.append({
-            "rank": rank,
-            "structure_id": structure.id,
-            "formula": structure.formula,
-            "split": _value(structure.split),
-            "score": None if entry["score"] is None else float(f"{entry['score']:.4g}"),
-            "predicted_force_error_meV_A": _rounded(entry["predicted_error"]),
-            "label": "none" if label is None else _value(label.status),
-            "energy_eV": None if label is None or label.energy is None else round(label.energy, 4),
-            "failure": None if label is None else label.failure_reason,
-        })
-    return rows
-
-
-def failed_label_rows(session: Session, campaign_id: int) -> list[dict[str, Any]]:
-    """Labels that failed for good, with the reason and where the job ran."""
-    query = (select(Label, Structure).join(Structure, Structure.id == Label.structure_id)
-             .where(Structure.campaign_id == campaign_id, Label.status == LabelStatus.FAILED)
-             .order_by(Label.id))
-    return [{"label_id": lab.id, "structure_id": s.id, "formula": s.formula, "attempts": lab.attempts,
-             "reason": lab.failure_reason, "run_dir": lab.run_dir}
-            for lab, s in session.execute(query)]
 
 
 def learning_curve_png(rows: list[dict[str, Any]], baseline: dict[str, float] | None, targets: Any) -> bytes:
@@ -176,7 +95,7 @@ def publish_selection(session: Session, campaign_id: int, name: str, number: int
     from prefect.artifacts import create_table_artifact
 
     rows = selected_rows(session, campaign_id, number)
-    round_ = repository.get_round(session, campaign_id, number)
+    round_ = rounds.get_round(session, campaign_id, number)
     create_table_artifact(
         rows, key=artifact_key("campaign", name, "selected"),
         description=f"Round {number} of campaign {name}: {len(rows)} structures selected by {round_.method} "
@@ -193,7 +112,7 @@ def close_killed_runs(campaign_name: str, *, in_process_labelling: bool = True) 
     (and its running task runs) would stay ``Running`` in the Prefect UI for ever. When a
     campaign starts or resumes, every other ``campaign NAME`` flow run still ``Running`` is
     such a run — one campaign process per campaign is the rule that
-    :func:`db.repository.reset_stale_running` relies on too — so it is set to ``Crashed``,
+    :func:`db.labels.reset_stale_running` relies on too — so it is set to ``Crashed``,
     with its running task runs and, when labelling ran in the campaign's own process (no
     ``qm.deployment``), its running ``label`` subflow runs. Labelling runs on a work pool are
     left alone: their workers may still be alive.

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
+from ase.io import read
 from ase.neighborlist import neighbor_list
 
 _HASH_DECIMALS = 6  # positions and cell are hashed on a 1e-6 Å grid
@@ -179,6 +181,51 @@ def spin_state(atoms: Atoms) -> tuple[int, int]:
         )
         raise InvalidStructureError(msg)
     return charge, multiplicity
+
+
+def read_structures(
+    path: str | Path,
+    *,
+    allowed_elements: Iterable[str | int] | None = None,
+    min_distance: float = 0.4,
+) -> list[Atoms]:
+    """
+    Every structure of an ASE-readable file (``ase.io.read(path, ":")``), checked.
+
+    Parameters
+    ----------
+    path
+        The file.
+    allowed_elements
+        Elements the model knows (symbols or atomic numbers); ``None`` accepts any.
+    min_distance
+        Minimum interatomic distance (Å) passed to :func:`validate_atoms`.
+
+    Returns
+    -------
+    list
+        The structures, each with its checked integer ``info["charge"]`` and
+        ``info["multiplicity"]`` (as the database stores them).
+
+    Raises
+    ------
+    InvalidStructureError
+        Naming the file when it is missing, unreadable or empty, or naming the file and
+        structure index (``"<name>, structure <i>"``, i from 0) of the first invalid one.
+    """
+    path = Path(path)
+    try:
+        atoms_list = read(path, ":")
+    except Exception as error:
+        raise InvalidStructureError(f"{path}: cannot read structures ({error})") from error
+    if not atoms_list:
+        raise InvalidStructureError(f"{path}: no structures")
+    elements = None if allowed_elements is None else list(allowed_elements)
+    for index, atoms in enumerate(atoms_list):
+        where = f"{path.name}, structure {index}"
+        validate_atoms(atoms, allowed_elements=elements, min_distance=min_distance, where=where)
+        atoms.info["charge"], atoms.info["multiplicity"] = charge_and_multiplicity(atoms)
+    return atoms_list
 
 
 def _grid(values: np.ndarray) -> bytes:

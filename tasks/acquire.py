@@ -9,7 +9,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import repository, session_scope
+from db import labels, registry, rounds, session_scope, structures
 from tangentlab.acquisition import calibrate_uncertainty, fit_scorer, select_batch
 from tangentlab.committee import committee_disagreement, committee_selection, train_committee
 from tangentlab.config import CampaignConfig
@@ -42,12 +42,12 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
     settings = config.acquisition
     engine = engine_for(url)
     with session_scope(engine) as session:
-        failed = repository.failed_structure_ids(session, campaign_id)
-        pool = [s for s in repository.structures(session, campaign_id, split="pool") if s.id not in failed]
-        pool_atoms = [repository.structure_atoms(s) for s in pool]
-        train = repository.labelled_atoms(session, campaign_id, ["train"])
-        valid = repository.labelled_atoms(session, campaign_id, ["valid"])
-        model_path = repository.verified_model_path(session, model_version_id)
+        failed = labels.failed_structure_ids(session, campaign_id)
+        pool = [s for s in structures.campaign_structures(session, campaign_id, split="pool") if s.id not in failed]
+        pool_atoms = [structures.structure_atoms(s) for s in pool]
+        train = labels.labelled_atoms(session, campaign_id, ["train"])
+        valid = labels.labelled_atoms(session, campaign_id, ["valid"])
+        model_path = registry.verified_model_path(session, model_version_id)
         pool_ids = [s.id for s in pool]
     start = time.perf_counter()
     progress = Progress(artifact_key("campaign", config.name, "acquisition"),
@@ -67,7 +67,7 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
         selected.append((pool_ids[int(index)], score, predicted))
     with session_scope(engine) as session:
         assign_splits(session, [s for s, _, _ in selected], config.valid_fraction)
-        repository.create_round(
+        rounds.create_round(
             session, campaign_id, round_number, method=settings.method,
             parameters={**settings.model_dump(), "uncertainty_scale": scale,
                         "feature_dim": info.get("feature_dim")},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import ModelVersion, repository, session_scope
+from db import labels, registry, session_scope
 from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics
 from tasks._db import engine_for
@@ -16,16 +16,15 @@ def evaluate_model(url: str, campaign_id: int, model_version_id: int, device: st
     """Energy and force errors of a model on the campaign's labelled test set (stored)."""
     engine = engine_for(url)
     with session_scope(engine) as session:
-        test = repository.labelled_atoms(session, campaign_id, ["test"])
-        path = repository.verified_model_path(session, model_version_id)
+        test = labels.labelled_atoms(session, campaign_id, ["test"])
+        path = registry.verified_model_path(session, model_version_id)
     if not test:
         raise RuntimeError("the campaign has no labelled test structures to evaluate on")
     preds = predict(load_model(path, device=device), test)
     refs = [(a.info["energy"], a.arrays["forces"]) for a in test]
     metrics = error_metrics(preds, refs, [len(a) for a in test])
     with session_scope(engine) as session:
-        version = session.get_one(ModelVersion, model_version_id)
-        version.metrics = {**(version.metrics or {}), "test": metrics}
+        registry.set_model_metrics(session, model_version_id, "test", metrics)
     get_run_logger().info("model %d on %d test structures: energy MAE %.1f meV/atom, force MAE %.1f meV/Å",
                           model_version_id, len(test), metrics["energy_mae_mev_per_atom"],
                           metrics["force_mae_mev_per_a"])

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import repository, session_scope
+from db import labels, session_scope
 from tangentlab.config import CampaignConfig
 from tangentlab.oracles import Oracle, QMFailure, make_oracle
 from tasks._db import engine_for
@@ -34,7 +34,7 @@ def oracle_for(config: CampaignConfig) -> Oracle:
 def queue_labels(url: str, config: CampaignConfig, structure_ids: list[int]) -> int:
     """Create pending labels for structures that have none at the campaign's level."""
     with session_scope(engine_for(url)) as session:
-        return len(repository.ensure_labels(session, structure_ids, oracle_for(config).level))
+        return len(labels.ensure_labels(session, structure_ids, oracle_for(config).level))
 
 
 @task(name="label worker", cache_policy=NO_CACHE)
@@ -47,7 +47,7 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
     """
     logger = get_run_logger()
     oracle = oracle_for(config)
-    key = repository.level_key(oracle.level)
+    key = labels.level_key(oracle.level)
     engine = engine_for(url)
     name = f"{socket.gethostname()}:{os.getpid()}:{worker}"
     qm_dir = Path(config.work_dir) / config.name / "qm"
@@ -55,10 +55,10 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
     counts = {"done": 0, "failed": 0}
     while True:
         with session_scope(engine) as session:
-            claimed = repository.claim_labels(session, campaign_id, key, 1, name)
+            claimed = labels.claim_labels(session, campaign_id, key, 1, name)
             if not claimed:
                 return counts
-            (label, atoms), = repository.labels_with_atoms(session, claimed)
+            (label, atoms), = labels.labels_with_atoms(session, claimed)
             label_id, attempt = label.id, label.attempts + 1
         results_dir = qm_dir / f"label-{label_id}-attempt-{attempt}"
         results_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
             result = oracle(atoms, results_dir=results_dir, timeout_s=config.qm.timeout_s, attempt=attempt)
         except QMFailure as failure:
             with session_scope(engine) as session:
-                label = repository.fail_label(
+                label = labels.fail_label(
                     session, label_id, failure.reason, str(failure.run_dir or results_dir),
                     max_attempts=config.qm.max_attempts,
                 )
@@ -76,8 +76,8 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
                            attempt, failure.reason, "; giving up" if final else "; will retry")
             continue
         with session_scope(engine) as session:
-            repository.complete_label(session, label_id, result.energy, result.forces,
-                                      wall_time=result.wall_time, run_dir=result.run_dir)
+            labels.complete_label(session, label_id, result.energy, result.forces,
+                              wall_time=result.wall_time, run_dir=result.run_dir)
         with open(qm_dir.parent / "qm_jobs.jsonl", "a") as log:
             log.write(json.dumps({"label_id": label_id, "attempt": attempt, "wall_time": result.wall_time}) + "\n")
         counts["done"] += 1

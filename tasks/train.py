@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from db import RoundStatus, repository, session_scope
+from db import RoundStatus, labels, registry, rounds, session_scope
 from tangentlab.config import CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 from tasks._db import engine_for
@@ -26,10 +26,10 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
     logger = get_run_logger()
     engine = engine_for(url)
     with session_scope(engine) as session:
-        parent = repository.latest_model(session, campaign_id)
-        train = repository.labelled_atoms(session, campaign_id, ["train"])
-        valid = repository.labelled_atoms(session, campaign_id, ["valid"])
-        parent_id, parent_path = parent.id, repository.verified_model_path(session, parent.id)
+        parent = registry.latest_model(session, campaign_id)
+        train = labels.labelled_atoms(session, campaign_id, ["train"])
+        valid = labels.labelled_atoms(session, campaign_id, ["valid"])
+        parent_id, parent_path = parent.id, registry.verified_model_path(session, parent.id)
     hyper = FineTuneHyperparameters(**config.finetune.model_dump(), seed=config.seed)
     out = Path(config.work_dir).resolve() / config.name / "models" / f"round-{round_number:03d}.model"
     logger.info("round %d: fine-tuning model %d on %d train / %d valid labels", round_number,
@@ -53,7 +53,7 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
     artifact.update(100.0, f"Round {round_number}: finished after {result.epochs} epochs ({stopped}); "
                     f"kept epoch {result.best_epoch}, validation loss {result.best_valid_loss:.4g}")
     with session_scope(engine) as session:
-        version = repository.register_model(
+        version = registry.register_model(
             session, campaign_id, out, parent_id=parent_id,
             label_ids=[a.info["label_id"] for a in train + valid],
             hyperparameters=result.hyperparameters,
@@ -61,9 +61,9 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
                      "best_epoch": result.best_epoch, "e0s": result.e0s, "seconds": result.seconds},
             round_number=round_number,
         )
-        round_ = repository.get_round(session, campaign_id, round_number)
-        repository.update_round(session, round_, status=RoundStatus.TRAINED, trained_model_id=version.id,
-                                timings={**(round_.timings or {}), "finetune_s": result.seconds})
+        round_ = rounds.get_round(session, campaign_id, round_number)
+        rounds.advance_round(session, round_, RoundStatus.TRAINED, trained_model_id=version.id,
+                             timings={**(round_.timings or {}), "finetune_s": result.seconds})
         logger.info("round %d: model %d trained in %.0f s (%d epochs, %s; kept epoch %d, validation loss "
                     "%.4g); saved %s", round_number, version.id, result.seconds, result.epochs, stopped,
                     result.best_epoch, result.best_valid_loss, out)

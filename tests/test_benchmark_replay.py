@@ -16,7 +16,7 @@ import pytest
 from ase.build import molecule
 from conftest import write_pool
 
-from db import make_engine, repository, session_scope
+from db import campaigns, labels, make_engine, registry, reports, rounds, session_scope, structures
 from tangentlab.benchmark_replay import (
     BenchmarkError,
     comparison_table,
@@ -280,17 +280,17 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
 
     with session_scope(make_engine(url)) as session:
         for name in results["campaigns"]:
-            camp = repository.get_campaign(session, name)
+            camp = campaigns.get_campaign(session, name)
             # labels stay hidden until acquired: only test, initial and one batch were revealed
-            n_test = len(repository.structures(session, camp.id, split="test"))
-            assert repository.label_counts(session, camp.id)["done"] == n_test + 6 + 4
-            assert not repository.labelled(session, camp.id, "pool")
-            rounds = repository.rounds(session, camp.id)
-            assert [r.metrics["test"]["force_mae_mev_per_a"] > 0 for r in rounds] == [True, True]
-            final = repository.latest_model(session, camp)
+            n_test = len(structures.campaign_structures(session, camp.id, split="test"))
+            assert reports.label_counts(session, camp.id)["done"] == n_test + 6 + 4
+            assert not labels.labelled(session, camp.id, "pool")
+            done = rounds.campaign_rounds(session, camp.id)
+            assert [r.metrics["test"]["force_mae_mev_per_a"] > 0 for r in done] == [True, True]
+            final = registry.latest_model(session, camp)
             assert final.metrics["benchmark"]["n_test"] == n_test
         versions = len(
-            repository.model_versions(session, repository.get_campaign(session, "tiny-random-s0"))
+            registry.model_versions(session, campaigns.get_campaign(session, "tiny-random-s0"))
         )
 
     again = benchmark_replay(spec=spec)  # finished campaigns are skipped, not rerun
@@ -298,8 +298,8 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
     with session_scope(make_engine(url)) as session:
         assert (
             len(
-                repository.model_versions(
-                    session, repository.get_campaign(session, "tiny-random-s0")
+                registry.model_versions(
+                    session, campaigns.get_campaign(session, "tiny-random-s0")
                 )
             )
             == versions

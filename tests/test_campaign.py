@@ -20,7 +20,7 @@ import yaml
 from conftest import write_pool
 from sqlalchemy import func, select
 
-from db import Label, init_db, make_engine, repository, session_scope
+from db import Label, campaigns, init_db, make_engine, reports, rounds, session_scope
 from tangentlab.config import shipped_file
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_campaign_reaches_its_targets(prefect_server, tmp_path):
     assert final["energy_mae_mev_per_atom"] <= 500.0 and final["force_mae_mev_per_a"] <= 1300.0
     assert final["force_mae_mev_per_a"] < start["test"]["force_mae_mev_per_a"]
     with session_scope(make_engine(url)) as session:
-        report = repository.campaign_report(session, repository.get_campaign(session, "reach"))
+        report = reports.campaign_report(session, campaigns.get_campaign(session, "reach"))
     assert report["status"] == "targets_met"
     assert report["labels"]["done"] == len(finished_jobs(tmp_path, "reach"))
     for version in result["models"][1:]:
@@ -100,7 +100,7 @@ def test_killed_campaign_resumes_without_repeating_or_losing_qm_jobs(prefect_ser
         time.sleep(0.05)
         try:
             with session_scope(engine) as session:
-                round_1 = repository.get_round(session, repository.get_campaign(session, "killed"), 1)
+                round_1 = rounds.get_round(session, campaigns.get_campaign(session, "killed"), 1)
                 if round_1 is None:
                     continue
                 ids = [e["structure_id"] for e in round_1.selected]
@@ -130,7 +130,7 @@ def test_killed_campaign_resumes_without_repeating_or_losing_qm_jobs(prefect_ser
     assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
     with session_scope(engine) as session:
         labels = list(session.scalars(select(Label)))
-        report = repository.campaign_report(session, repository.get_campaign(session, "killed"))
+        report = reports.campaign_report(session, campaigns.get_campaign(session, "killed"))
     done = {lab.id for lab in labels if lab.status == "done"}
     assert done == set(jobs), "labels and finished QM jobs disagree"
     assert done_before <= done, "a label stored before the kill was lost"
@@ -175,4 +175,4 @@ def test_start_with_unknown_element_stores_nothing(prefect_server, tmp_path):
     engine = make_engine(url)
     init_db(engine)
     with session_scope(engine) as session:
-        assert repository.campaigns(session) == []
+        assert campaigns.all_campaigns(session) == []

@@ -11,7 +11,7 @@ from ase import Atoms
 from conftest import write_pool
 
 from cli import main
-from db import init_db, make_engine, repository, session_scope
+from db import campaigns, init_db, make_engine, session_scope, structures
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def campaign_db(tmp_path, tiny_model_file):
     engine = make_engine(url)
     init_db(engine)
     with session_scope(engine) as session:
-        repository.create_campaign(session, "demo", {"model": str(tiny_model_file)})
+        campaigns.create_campaign(session, "demo", {"model": str(tiny_model_file)})
     return url
 
 
@@ -34,7 +34,7 @@ def test_import_twice_adds_nothing_the_second_time(campaign_db, tmp_path, capsys
     assert main(["--db", campaign_db, "import", "demo", str(pool)]) == 0
     assert "imported 0 structures into 'demo' (12 already there)" in capsys.readouterr().out
     with session_scope(make_engine(campaign_db)) as session:
-        assert len(repository.structures(session, repository.get_campaign(session, "demo"))) == unique
+        assert len(structures.campaign_structures(session, campaigns.get_campaign(session, "demo"))) == unique
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_bad_structures_are_rejected_and_nothing_is_stored(campaign_db, tmp_path
     err = capsys.readouterr().err
     assert message in err and "structure 3" in err
     with session_scope(make_engine(campaign_db)) as session:
-        assert repository.structures(session, repository.get_campaign(session, "demo")) == []
+        assert structures.campaign_structures(session, campaigns.get_campaign(session, "demo")) == []
 
 
 def test_unreadable_file_is_named(campaign_db, tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 from conftest import xtb_campaign_config
 from sqlalchemy import select
 
-from db import Label, make_engine, repository, session_scope
+from db import Label, make_engine, session_scope, structures
 from tangentlab.config import make_config
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_labels_fan_out_over_a_dask_cluster_each_exactly_once(prefect_server, tm
     config = make_config(xtb_campaign_config(tmp_path, "dask", 20, seed=4, qm={"task_runner": "dask", "max_parallel": 2, "timeout_s": 120}))
     campaign_id = setup_campaign(url, config)
     with session_scope(make_engine(url)) as session:
-        ids = [s.id for s in repository.structures(session, campaign_id, split=["test", "train", "valid"])]
+        ids = [s.id for s in structures.campaign_structures(session, campaign_id, split=["test", "train", "valid"])]
     assert len(ids) == 12
 
     result = label(name="dask", structure_ids=ids, database_url=url)

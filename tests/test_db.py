@@ -2,11 +2,9 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 
 import numpy as np
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from ase import Atoms
@@ -20,42 +18,36 @@ from db import (
     Label,
     LabelStatus,
     Structure,
-    alembic_config,
+    campaigns,
     init_db,
+    labels,
     make_engine,
+    registry,
+    reports,
+    rounds,
     session_scope,
+    structures,
 )
-from db import repository as repo
-from tangentlab.structures import InvalidStructureError
+from db.rounds import RoundTransitionError
+from tangentlab.structures import InvalidStructureError, charge_and_multiplicity, content_hash
+from tasks.setup import import_structures
 
 LEVEL = {"method": "GFN2-xTB", "basis": None, "code": "tblite", "code_version": "0.4.0"}
 HCNO = ["H", "C", "N", "O"]
 
 
-POSTGRES_URL = os.environ.get("TANGENTLAB_TEST_POSTGRES_URL")
-
-
-@pytest.fixture(params=["sqlite", *(["postgresql"] if POSTGRES_URL else [])])
-def url(request, tmp_path):
-    return f"sqlite:///{tmp_path / 'lab.db'}" if request.param == "sqlite" else POSTGRES_URL
-
-
 @pytest.fixture
-def engine(url):
-    engine = make_engine(url)
+def engine(database_url):
+    engine = make_engine(database_url)
     init_db(engine)
     yield engine
-    if engine.dialect.name != "sqlite":  # leave the shared server database empty
-        with engine.begin() as connection:
-            command.downgrade(alembic_config(connection), "base")
-            connection.exec_driver_sql("DROP TABLE alembic_version")
     engine.dispose()
 
 
 @pytest.fixture
 def campaign_id(engine):
     with session_scope(engine) as session:
-        return repo.create_campaign(session, "demo", {"seed": 1}).id
+        return campaigns.create_campaign(session, "demo", {"seed": 1}).id
 
 
 def _molecules(n: int, name: str = "H2O") -> list[Atoms]:
@@ -68,6 +60,13 @@ def _molecules(n: int, name: str = "H2O") -> list[Atoms]:
     return result
 
 
+def _checked(atoms_list: list[Atoms]) -> tuple[list[Atoms], list[str]]:
+    """Structures as a caller hands them to the database: spin state in info, content hashes."""
+    for atoms in atoms_list:
+        atoms.info["charge"], atoms.info["multiplicity"] = charge_and_multiplicity(atoms)
+    return atoms_list, [content_hash(atoms) for atoms in atoms_list]
+
+
 def _count(engine, model) -> int:
     with session_scope(engine) as session:
         return session.scalar(select(func.count()).select_from(model))
@@ -75,9 +74,10 @@ def _count(engine, model) -> int:
 
 def _labelled_campaign(engine, campaign_id, n: int) -> tuple[list[int], str]:
     with session_scope(engine) as session:
-        report = repo.import_atoms(session, campaign_id, _molecules(n), origin="test")
-        label_ids = repo.ensure_labels(session, report.structure_ids, LEVEL)
-    return label_ids, repo.level_key(LEVEL)
+        atoms_list, hashes = _checked(_molecules(n))
+        report = structures.import_atoms(session, campaign_id, atoms_list, hashes, origin="test")
+        label_ids = labels.ensure_labels(session, report.structure_ids, LEVEL)
+    return label_ids, labels.level_key(LEVEL)
 
 
 def test_init_db_creates_schema_matching_models(engine):
@@ -94,11 +94,11 @@ def test_init_db_creates_schema_matching_models(engine):
 
 def test_campaign_lookup(engine, campaign_id):
     with session_scope(engine) as session:
-        assert repo.get_campaign(session, "demo").id == campaign_id
+        assert campaigns.get_campaign(session, "demo").id == campaign_id
         with pytest.raises(LookupError, match="nowhere"):
-            repo.get_campaign(session, "nowhere")
+            campaigns.get_campaign(session, "nowhere")
         with pytest.raises(ValueError, match="already exists"):
-            repo.create_campaign(session, "demo", {})
+            campaigns.create_campaign(session, "demo", {})
 
 
 def test_import_same_file_twice_adds_nothing(engine, campaign_id, tmp_path):
@@ -106,17 +106,17 @@ def test_import_same_file_twice_adds_nothing(engine, campaign_id, tmp_path):
     atoms_list = _molecules(5)
     write(path, [*atoms_list, atoms_list[0]], format="extxyz")
     with session_scope(engine) as session:
-        first = repo.import_file(session, campaign_id, path, allowed_elements=HCNO)
+        first = import_structures(session, campaign_id, path, allowed_elements=HCNO)
     with session_scope(engine) as session:
-        second = repo.import_file(session, campaign_id, path, allowed_elements=HCNO)
+        second = import_structures(session, campaign_id, path, allowed_elements=HCNO)
     assert (first.added, first.duplicates) == (5, 1)
     assert (second.added, second.duplicates) == (0, 6)
     assert second.structure_ids == first.structure_ids
     assert _count(engine, Structure) == 5
 
     with session_scope(engine) as session:
-        stored = repo.structures(session, campaign_id, split="pool")
-        atoms = repo.structure_atoms(stored[2])
+        stored = structures.campaign_structures(session, campaign_id, split="pool")
+        atoms = structures.structure_atoms(stored[2])
     assert atoms.get_chemical_formula() == "H2O"
     np.testing.assert_allclose(atoms.positions, atoms_list[2].positions)
     assert atoms.info["structure_id"] == stored[2].id
@@ -137,7 +137,7 @@ def test_bad_structure_rejects_whole_file(engine, campaign_id, tmp_path, problem
     path = tmp_path / "pool.xyz"
     path.write_text(good + bad)
     with session_scope(engine) as session, pytest.raises(InvalidStructureError) as error:
-        repo.import_file(session, campaign_id, path, allowed_elements=HCNO)
+        import_structures(session, campaign_id, path, allowed_elements=HCNO)
     assert "pool.xyz, structure 1" in str(error.value)
     assert message in str(error.value)
     assert _count(engine, Structure) == 0
@@ -149,7 +149,7 @@ def test_impossible_charge_and_multiplicity_rejected(engine, campaign_id, tmp_pa
     path = tmp_path / "charged.extxyz"
     write(path, [water, radical], format="extxyz")
     with session_scope(engine) as session, pytest.raises(InvalidStructureError) as error:
-        repo.import_file(session, campaign_id, path)
+        import_structures(session, campaign_id, path)
     assert "charged.extxyz, structure 1: charge 0 and multiplicity 2 are impossible" in str(
         error.value
     )
@@ -161,7 +161,7 @@ def test_unreadable_and_missing_files_named(engine, campaign_id, tmp_path):
     garbage.write_text("this is\nnot a structure file\n")
     for path in (garbage, tmp_path / "missing.xyz"):
         with session_scope(engine) as session, pytest.raises(InvalidStructureError) as error:
-            repo.import_file(session, campaign_id, path)
+            import_structures(session, campaign_id, path)
         assert path.name in str(error.value)
     assert _count(engine, Structure) == 0
 
@@ -170,19 +170,20 @@ def test_charge_and_multiplicity_survive_import(engine, campaign_id):
     cation = molecule("H2O")
     cation.info.update(charge=1, multiplicity=2)
     with session_scope(engine) as session:
-        report = repo.import_atoms(session, campaign_id, [cation, molecule("H2O")], origin="x")
+        checked = _checked([cation, molecule("H2O")])
+        report = structures.import_atoms(session, campaign_id, *checked, origin="x")
         assert report.added == 2  # same geometry, different charge: different structures
-        atoms = repo.structure_atoms(session.get(Structure, report.structure_ids[0]))
+        atoms = structures.structure_atoms(session.get(Structure, report.structure_ids[0]))
     assert (atoms.info["charge"], atoms.info["multiplicity"]) == (1, 2)
 
 
 def test_label_lifecycle_with_retries(engine, campaign_id):
     label_ids, key = _labelled_campaign(engine, campaign_id, 3)
     with session_scope(engine) as session:
-        structure_ids = [s.id for s in repo.structures(session, campaign_id)]
-        assert repo.ensure_labels(session, structure_ids, LEVEL) == label_ids  # no duplicates
-        assert repo.label_counts(session, campaign_id)["pending"] == 3
-        claimed = repo.claim_labels(session, campaign_id, key, 2, "w1")
+        structure_ids = [s.id for s in structures.campaign_structures(session, campaign_id)]
+        assert labels.ensure_labels(session, structure_ids, LEVEL) == label_ids  # no duplicates
+        assert reports.label_counts(session, campaign_id)["pending"] == 3
+        claimed = labels.claim_labels(session, campaign_id, key, 2, "w1")
     assert claimed == label_ids[:2]
 
     forces = np.arange(9.0).reshape(3, 3)
@@ -190,25 +191,25 @@ def test_label_lifecycle_with_retries(engine, campaign_id):
         bad_results = [(np.nan, forces), (1.0, forces[:2]), (1.0, np.full((3, 3), np.inf))]
         for bad_energy, bad_forces in bad_results:
             with pytest.raises(ValueError):
-                repo.complete_label(session, claimed[0], bad_energy, bad_forces)
-        label = repo.complete_label(session, claimed[0], -5.5, forces, 1.2, "/runs/a")
+                labels.complete_label(session, claimed[0], bad_energy, bad_forces)
+        label = labels.complete_label(session, claimed[0], -5.5, forces, 1.2, "/runs/a")
         assert label.status == LabelStatus.DONE
-        assert repo.fail_label(session, claimed[1], "SCF", "/runs/b", 2).status == "pending"
+        assert labels.fail_label(session, claimed[1], "SCF", "/runs/b", 2).status == "pending"
 
     with session_scope(engine) as session:
-        again = repo.claim_labels(session, campaign_id, key, 5, "w2")
+        again = labels.claim_labels(session, campaign_id, key, 5, "w2")
         assert again == [label_ids[1], label_ids[2]]
-        label = repo.fail_label(session, label_ids[1], "SCF again", "/runs/c", 2)
+        label = labels.fail_label(session, label_ids[1], "SCF again", "/runs/c", 2)
         assert (label.status, label.attempts, label.failure_reason) == ("failed", 2, "SCF again")
-        assert repo.failed_structure_ids(session, campaign_id) == {label.structure_id}
-        assert repo.reset_stale_running(session, campaign_id) == 1
-        counts = repo.label_counts(session, campaign_id)
+        assert labels.failed_structure_ids(session, campaign_id) == {label.structure_id}
+        assert labels.reset_stale_running(session, campaign_id) == 1
+        counts = reports.label_counts(session, campaign_id)
     assert counts == {"pending": 1, "running": 0, "done": 1, "failed": 1}
 
     with session_scope(engine) as session:
-        pairs = repo.labelled(session, campaign_id, "pool")
+        pairs = labels.labelled(session, campaign_id, "pool")
         assert [label.id for _, label in pairs] == [label_ids[0]]
-        np.testing.assert_array_equal(repo.label_forces(pairs[0][1], 3), forces)
+        np.testing.assert_array_equal(labels.label_forces(pairs[0][1], 3), forces)
 
 
 def _claim_until_empty(url, campaign_id, key, worker, barrier, queue):
@@ -217,7 +218,7 @@ def _claim_until_empty(url, campaign_id, key, worker, barrier, queue):
     claimed = []
     while True:
         with session_scope(engine) as session:
-            ids = repo.claim_labels(session, campaign_id, key, 3, worker)
+            ids = labels.claim_labels(session, campaign_id, key, 3, worker)
         if not ids:
             break
         claimed.extend(ids)
@@ -225,13 +226,13 @@ def _claim_until_empty(url, campaign_id, key, worker, barrier, queue):
     queue.put((worker, claimed))
 
 
-def test_two_processes_claim_each_label_once(engine, url, campaign_id):
+def test_two_processes_claim_each_label_once(engine, database_url, campaign_id):
     label_ids, key = _labelled_campaign(engine, campaign_id, 40)
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(2), context.Queue()
     processes = [
         context.Process(
-            target=_claim_until_empty, args=(url, campaign_id, key, name, barrier, queue)
+            target=_claim_until_empty, args=(database_url, campaign_id, key, name, barrier, queue)
         )
         for name in ("w1", "w2")
     ]
@@ -250,7 +251,7 @@ def test_two_processes_claim_each_label_once(engine, url, campaign_id):
 
 
 def test_postgres_claim_uses_skip_locked():
-    query = repo._pending_ids(1, "k", 5).with_for_update(skip_locked=True, of=Label)
+    query = labels._pending_ids(1, "k", 5).with_for_update(skip_locked=True, of=Label)
     sql = str(query.compile(dialect=postgresql.dialect()))
     assert "FOR UPDATE OF label SKIP LOCKED" in sql
 
@@ -259,14 +260,16 @@ def test_register_model_hashes_file(engine, campaign_id, tmp_path):
     path = tmp_path / "model.model"
     path.write_bytes(b"not really a model" * 1000)
     with session_scope(engine) as session:
-        assert repo.latest_model(session, campaign_id) is None
-        first = repo.register_model(session, campaign_id, path, label_ids=[1, 2], round_number=0)
-        second = repo.register_model(
+        assert registry.latest_model(session, campaign_id) is None
+        first = registry.register_model(
+            session, campaign_id, path, label_ids=[1, 2], round_number=0
+        )
+        second = registry.register_model(
             session, campaign_id, path, parent_id=first.id, metrics={"energy_mae": 1.0}
         )
     assert first.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     with session_scope(engine) as session:
-        latest = repo.latest_model(session, campaign_id)
+        latest = registry.latest_model(session, campaign_id)
     assert (latest.id, latest.parent_id) == (second.id, first.id)
     assert latest.metrics == {"energy_mae": 1.0}
 
@@ -275,19 +278,19 @@ def test_changed_model_file_is_refused(engine, campaign_id, tmp_path):
     path = tmp_path / "model.model"
     path.write_bytes(b"weights" * 100)
     with session_scope(engine) as session:
-        version = repo.register_model(session, campaign_id, path)
-        assert repo.verified_model_path(session, version.id) == str(path)
+        version = registry.register_model(session, campaign_id, path)
+        assert registry.verified_model_path(session, version.id) == str(path)
     path.write_bytes(b"tampered" * 100)
     with session_scope(engine) as session, pytest.raises(ValueError, match="changed since it was registered"):
-        repo.verified_model_path(session, version.id)
+        registry.verified_model_path(session, version.id)
     path.unlink()
     with session_scope(engine) as session, pytest.raises(FileNotFoundError, match="is missing"):
-        repo.verified_model_path(session, version.id)
+        registry.verified_model_path(session, version.id)
 
 
 def test_rounds_record_selection_and_updates(engine, campaign_id):
     with session_scope(engine) as session:
-        repo.create_round(
+        rounds.create_round(
             session,
             campaign_id,
             0,
@@ -298,16 +301,45 @@ def test_rounds_record_selection_and_updates(engine, campaign_id):
             timings={"features": 1.5},
         )
     with session_scope(engine) as session:
-        round_ = repo.get_round(session, campaign_id, 0)
-        repo.update_round(session, round_, status="evaluated", metrics={"energy_mae": 2.0})
+        round_ = rounds.get_round(session, campaign_id, 0)
+        rounds.advance_round(session, round_, "labelled")
+        rounds.advance_round(session, round_, "trained", trained_model_id=None)
+        rounds.advance_round(session, round_, "evaluated", metrics={"energy_mae": 2.0})
         with pytest.raises(TypeError):
-            repo.update_round(session, round_, number=5)
+            rounds.advance_round(session, round_, "evaluated", number=5)
     with session_scope(engine) as session:
-        (round_,) = repo.rounds(session, campaign_id)
-        assert repo.get_round(session, campaign_id, 1) is None
+        (round_,) = rounds.campaign_rounds(session, campaign_id)
+        assert rounds.get_round(session, campaign_id, 1) is None
     assert round_.status == "evaluated"
     assert round_.metrics == {"energy_mae": 2.0}
     assert round_.selected[0] == {"structure_id": 3, "score": 0.9, "predicted_error": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        ((), "trained"),
+        (("labelled",), "selected"),
+        (("labelled", "trained", "evaluated"), "evaluated"),
+    ],
+)
+def test_round_refuses_a_move_out_of_order(engine, campaign_id, path, refused):
+    with session_scope(engine) as session:
+        round_ = rounds.create_round(session, campaign_id, 0, method="random")
+        for status in path:
+            rounds.advance_round(session, round_, status)
+        before = round_.status
+        refusal = f"round 0 of campaign .* cannot become {refused}"
+        with pytest.raises(RoundTransitionError, match=refusal):
+            rounds.advance_round(session, round_, refused, metrics={"x": 1})
+        assert (round_.status, round_.metrics) == (before, {})
+
+
+def test_structures_without_spin_state_are_not_stored(engine, campaign_id):
+    water = molecule("H2O")
+    with session_scope(engine) as session, pytest.raises(ValueError, match="charge"):
+        structures.import_atoms(session, campaign_id, [water], [content_hash(water)], origin="x")
+    assert _count(engine, Structure) == 0
 
 
 def test_export_extxyz_round_trips_energies_and_forces(engine, campaign_id, tmp_path):
@@ -315,15 +347,15 @@ def test_export_extxyz_round_trips_energies_and_forces(engine, campaign_id, tmp_
     rng = np.random.default_rng(0)
     expected = {}
     with session_scope(engine) as session:
-        structure_ids = [s.id for s in repo.structures(session, campaign_id)]
-        repo.set_split(session, structure_ids[:1], "test")
-        for label_id in repo.claim_labels(session, campaign_id, key, 4, "w"):
+        structure_ids = [s.id for s in structures.campaign_structures(session, campaign_id)]
+        structures.set_split(session, structure_ids[:1], "test")
+        for label_id in labels.claim_labels(session, campaign_id, key, 4, "w"):
             energy, forces = float(rng.normal(-100, 10)), rng.normal(size=(3, 3))
-            repo.complete_label(session, label_id, energy, forces)
+            labels.complete_label(session, label_id, energy, forces)
             expected[label_id] = (energy, forces)
     with session_scope(engine) as session:
-        written = repo.export_extxyz(session, campaign_id, tmp_path / "train.xyz", split="pool")
-        in_memory = repo.labelled_atoms(session, campaign_id, ["pool", "test"], key)
+        written = reports.export_extxyz(session, campaign_id, tmp_path / "train.xyz", split="pool")
+        in_memory = labels.labelled_atoms(session, campaign_id, ["pool", "test"], key)
     assert written == 3
     assert len(in_memory) == 4
     for atoms in read(tmp_path / "train.xyz", ":"):

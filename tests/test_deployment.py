@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import xtb_campaign_config
 
-from db import make_engine, repository, session_scope
+from db import campaigns, make_engine, reports, session_scope, structures
 from tangentlab.config import make_config
 
 pytestmark = pytest.mark.slow
@@ -35,8 +35,8 @@ def _campaign(tmp_path: Path, name: str) -> tuple[str, list[int], list[int]]:
     config = make_config(xtb_campaign_config(tmp_path, name, 12, seed=5, max_atoms=3, test_size=3, initial_size=3))
     campaign_id = setup_campaign(url, config)
     with session_scope(make_engine(url)) as session:
-        test = [s.id for s in repository.structures(session, campaign_id, split="test")]
-        initial = [s.id for s in repository.structures(session, campaign_id, split=["train", "valid"])]
+        test = [s.id for s in structures.campaign_structures(session, campaign_id, split="test")]
+        initial = [s.id for s in structures.campaign_structures(session, campaign_id, split=["train", "valid"])]
     return url, test, initial
 
 
@@ -112,7 +112,7 @@ def test_campaign_labels_on_a_cpu_pool_worker_through_the_yaml_deployment(prefec
     ids = test + initial
     jobs = _finished_jobs(tmp_path, "deployed")
     with session_scope(make_engine(url)) as session:
-        counts = repository.label_counts(session, repository.get_campaign(session, "deployed").id)
+        counts = reports.label_counts(session, campaigns.get_campaign(session, "deployed").id)
     assert counts["done"] == len(jobs) == len(set(jobs)) and counts["done"] + counts["failed"] == len(ids)
     expected = f"labelling finished: {counts['done']} done"
     for _ in range(50):  # the flow run's last logs may reach the API just after its final state

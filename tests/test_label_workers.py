@@ -19,17 +19,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from alembic import command
 from conftest import xtb_campaign_config
 from sqlalchemy import select
 
-from db import Label, LabelStatus, alembic_config, init_db, make_engine, repository, session_scope
+from db import Label, LabelStatus, campaigns, init_db, labels, make_engine, session_scope
 from tangentlab.config import config_json, make_config, shipped_file
 from tasks.label import oracle_for
+from tasks.setup import import_structures
 
 pytestmark = pytest.mark.slow
 
-POSTGRES_URL = os.environ.get("TANGENTLAB_TEST_POSTGRES_URL")
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER_SCRIPT = """
@@ -47,19 +46,6 @@ print(json.dumps(label_worker(url, int(campaign_id), config, worker=int(worker))
 """
 
 
-@pytest.fixture(params=["sqlite", *(["postgresql"] if POSTGRES_URL else [])])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'lab.db'}"
-        return
-    yield POSTGRES_URL
-    engine = make_engine(POSTGRES_URL)  # leave the shared server's database empty
-    with engine.begin() as connection:
-        command.downgrade(alembic_config(connection), "base")
-        connection.exec_driver_sql("DROP TABLE alembic_version")
-    engine.dispose()
-
-
 @pytest.mark.parametrize("workers", [4])
 def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tmp_path, database_url, workers):
     name = f"workers-{uuid.uuid4().hex[:8]}"
@@ -67,9 +53,9 @@ def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tm
     engine = make_engine(database_url)
     init_db(engine)
     with session_scope(engine) as session:
-        campaign = repository.create_campaign(session, name, config_json(config))
-        report = repository.import_file(session, campaign, config.pool[0])
-        label_ids = sorted(set(repository.ensure_labels(session, report.structure_ids, oracle_for(config).level)))
+        campaign = campaigns.create_campaign(session, name, config_json(config))
+        report = import_structures(session, campaign, config.pool[0])
+        label_ids = sorted(set(labels.ensure_labels(session, report.structure_ids, oracle_for(config).level)))
         campaign_id = campaign.id
     assert len(label_ids) >= 30
 
@@ -98,10 +84,10 @@ def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tm
 
     jobs = [json.loads(line)["label_id"] for line in (tmp_path / "runs" / name / "qm_jobs.jsonl").read_text().splitlines()]
     with session_scope(engine) as session:
-        labels = session.scalars(select(Label).where(Label.id.in_(label_ids))).all()
-        assert all(label.status == LabelStatus.DONE for label in labels)
-        assert all(label.attempts == 0 for label in labels)  # no failed attempt either
-        claimed_by = Counter(label.worker for label in labels)
+        stored = session.scalars(select(Label).where(Label.id.in_(label_ids))).all()
+        assert all(label.status == LabelStatus.DONE for label in stored)
+        assert all(label.attempts == 0 for label in stored)  # no failed attempt either
+        claimed_by = Counter(label.worker for label in stored)
     engine.dispose()
     assert Counter(jobs) == Counter(label_ids)  # one finished QM job per label, none repeated
     assert sum(o["done"] for o in outputs) == len(label_ids)
@@ -138,19 +124,19 @@ def test_failing_hanging_and_killed_jobs_fail_alone(prefect_server, tmp_path):
     engine = make_engine(url)
     init_db(engine)
     with session_scope(engine) as session:
-        campaign = repository.create_campaign(session, "faults", config_json(config))
-        report = repository.import_file(session, campaign, pool)
-        repository.ensure_labels(session, report.structure_ids, oracle_for(config).level)
+        campaign = campaigns.create_campaign(session, "faults", config_json(config))
+        report = import_structures(session, campaign, pool)
+        labels.ensure_labels(session, report.structure_ids, oracle_for(config).level)
         campaign_id = campaign.id
 
     counts = label_worker(url, campaign_id, config)
 
     assert counts == {"done": 5, "failed": 3}
     with session_scope(engine) as session:
-        labels = {label.structure.formula: label for label in session.scalars(select(Label)).all()}
-        reasons = {formula: (label.status, label.attempts, label.failure_reason) for formula, label in labels.items()}
-        run_dirs = {formula: label.run_dir for formula, label in labels.items()}
-        failed = repository.failed_structure_ids(session, campaign_id)
+        by_formula = {label.structure.formula: label for label in session.scalars(select(Label)).all()}
+        reasons = {formula: (label.status, label.attempts, label.failure_reason) for formula, label in by_formula.items()}
+        run_dirs = {formula: label.run_dir for formula, label in by_formula.items()}
+        failed = labels.failed_structure_ids(session, campaign_id)
     assert reasons["H2"] == (LabelStatus.FAILED, 2, "RuntimeError: injected failure")
     assert reasons["O2"] == (LabelStatus.FAILED, 2, "timeout after 5 s")
     assert reasons["N2"] == (LabelStatus.FAILED, 2, "QM process killed by signal 9 (SIGKILL)")

@@ -24,7 +24,7 @@ import yaml
 from conftest import xtb_campaign_config
 from sqlalchemy import select
 
-from db import Label, ModelVersion, make_engine, repository, session_scope
+from db import Label, ModelVersion, campaigns, make_engine, registry, rounds, session_scope
 
 pytestmark = pytest.mark.slow
 
@@ -125,19 +125,19 @@ def _jobs(tmp_path: Path) -> list[int]:
 def _state(url: str) -> dict:
     """Done labels, registered models (id -> sha256, all verified on disk) and round statuses."""
     with session_scope(make_engine(url)) as session:
-        campaign = repository.get_campaign(session, NAME)
+        campaign = campaigns.get_campaign(session, NAME)
         done = {lab.id for lab in session.scalars(select(Label).where(Label.status == "done"))}
         models = {}
         for version in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
-            repository.verified_model_path(session, version.id)  # file there, sha256 unchanged
+            registry.verified_model_path(session, version.id)  # file there, sha256 unchanged
             models[version.id] = (version.round_number, version.sha256)
-        rounds = {r.number: r.status.value for r in repository.rounds(session, campaign)}
-    return {"done": done, "models": models, "rounds": rounds}
+        statuses = {r.number: r.status.value for r in rounds.campaign_rounds(session, campaign)}
+    return {"done": done, "models": models, "rounds": statuses}
 
 
 def _round_exists(url: str, number: int) -> bool:
     with session_scope(make_engine(url)) as session:
-        return repository.get_round(session, repository.get_campaign(session, NAME), number) is not None
+        return rounds.get_round(session, campaigns.get_campaign(session, NAME), number) is not None
 
 
 def _check_no_loss(tmp_path: Path, before: dict, after: dict) -> None:
