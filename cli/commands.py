@@ -1,4 +1,4 @@
-"""The ``tangentlab`` sub-commands that run or feed campaigns: start, resume, import, export, pretrain, benchmark.
+"""The ``tangentlab`` sub-commands that run or feed campaigns (all but ``status``).
 
 Each ``cmd_*`` takes the parsed arguments and returns the exit code. Heavy packages (flows,
 torch through the core) are imported inside the commands, so ``tangentlab --help`` stays fast.
@@ -18,7 +18,7 @@ DEFAULT_DB = "sqlite:///tangentlab.db"
 
 
 def database_url(args: argparse.Namespace) -> str:
-    """The ``--db`` URL, else the environment, else the Prefect Secret block, else :data:`DEFAULT_DB`."""
+    """The ``--db`` URL, else the environment, the Prefect Secret block or :data:`DEFAULT_DB`."""
     if args.db:
         return args.db
     from tasks._db import database_url as configured_url  # environment, then a Prefect Secret block
@@ -133,8 +133,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.which == "replay":
         quiet_prefect()
-        from tangentlab.benchmark_replay import BenchmarkError
-        from tangentlab.benchmark_replay import main as replay_main
+        from benchmarks.spec import BenchmarkError
+        from cli.benchmark import main as replay_main
 
         try:
             replay_main(args.options)
@@ -142,7 +142,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
-    from tangentlab.benchmark_acquisition import main as benchmark_main
+    from benchmarks.acquisition_speed import main as benchmark_main
 
     benchmark_main(args.options)
     return 0

@@ -16,20 +16,15 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import ModelVersion, campaigns, init_db, labels, registry, rounds, session_scope, structures
+from benchmarks.analysis import path_errors, per_structure_errors
+from benchmarks.data import campaign_configs, campaign_name, prepare_data
+from benchmarks.report import summarize
+from benchmarks.spec import BenchmarkSpec, make_spec
+from db import campaigns, init_db, labels, registry, rounds, session_scope, structures
 from db.reports import campaign_report
 from flows.campaign import campaign
-from tangentlab.benchmark_replay import (
-    BenchmarkSpec,
-    campaign_configs,
-    campaign_name,
-    make_spec,
-    path_errors,
-    per_structure_errors,
-    prepare_data,
-    spearman,
-    summarize,
-)
+from tangentlab.acquisition import spearman
+from tangentlab.config import Acquisition
 from tasks._db import engine_for
 
 FINISHED = ("budget_exhausted", "targets_met")
@@ -55,27 +50,31 @@ def _ts_flags(test_file: str) -> dict[str, bool]:
     }
 
 
-def _uncertainty(method: str, model, config: dict, train, valid, test, pool, device: str):
+def _uncertainty(settings: Acquisition, model, config: dict, train, valid, test, pool, device: str):
     """σ of the test and validation structures from the method's own scorer (None for random)."""
     from tangentlab.acquisition import fit_scorer
-    from tangentlab.committee import committee_disagreement
+    from tangentlab.acquisition.committee import committee_disagreement
 
-    if method == "random":
+    if settings.signal == "random":
         return None, None
-    if method == "committee":
+    if settings.signal == "committee":
         rounds_dir = Path(config["work_dir"]).resolve() / config["name"] / "committee"
         last = sorted(rounds_dir.glob("round-*"))[-1]
         members = sorted(last.glob("member-*.model"))
         _, sigma_test = committee_disagreement(members, test, device=device)
         _, sigma_valid = committee_disagreement(members, valid, device=device)
         return sigma_test, sigma_valid
+    options = settings.select_options()
+    signal_options = {k: v for k, v in options.items()
+                      if k not in ("signal", "rule", "regularization", "sigma_quantile")}
     scorer = fit_scorer(
         model,
         train,
-        signal=method,
+        signal=settings.signal,
         reference_atoms=pool[:REFERENCE_SIZE],
-        regularization=config["acquisition"]["regularization"],
+        regularization=settings.regularization,
         device=device,
+        **signal_options,
     )
     return np.sqrt(scorer.variance(test)), np.sqrt(scorer.variance(valid))
 
@@ -115,9 +114,10 @@ def evaluate_final(url: str, config: dict, spec: BenchmarkSpec, manifest: dict) 
     device = spec.device
     model = load_model(path, device=device)
     energy_err, force_err = per_structure_errors(predict(model, test), test)
-    method = config["acquisition"]["method"]
-    sigma_test, sigma_valid = _uncertainty(method, model, config, train, valid, test, pool, device)
-    result: dict = {"method": method, "model_version": final_id, "n_test": len(test)}
+    settings = Acquisition(**config["acquisition"])
+    sigma_test, sigma_valid = _uncertainty(settings, model, config, train, valid, test, pool, device)
+    result: dict = {"method": settings.signal, "rule": settings.rule, "model_version": final_id,
+                    "n_test": len(test)}
     if sigma_test is not None:
         _, valid_force = per_structure_errors(predict(model, valid), valid)
         scale = calibrate_uncertainty(sigma_valid, valid_force) if len(valid) >= 2 else None
@@ -148,8 +148,7 @@ def evaluate_final(url: str, config: dict, spec: BenchmarkSpec, manifest: dict) 
         ]
         result["path"] = path_errors(predicted, reference, len(frames[0]))
     with session_scope(engine) as session:
-        version = session.get_one(ModelVersion, final_id)
-        version.metrics = {**(version.metrics or {}), "benchmark": result}
+        registry.set_model_metrics(session, final_id, "benchmark", result)
     return result
 
 
@@ -182,7 +181,7 @@ def benchmark_replay(spec: dict, database_url: str | None = None, run: bool = Tr
     Parameters
     ----------
     spec
-        A :class:`tangentlab.benchmark_replay.BenchmarkSpec` mapping.
+        A :class:`benchmarks.spec.BenchmarkSpec` mapping.
     database_url
         SQLAlchemy URL; default ``sqlite:///<work_dir>/<name>/benchmark.db``.
     run
@@ -191,7 +190,7 @@ def benchmark_replay(spec: dict, database_url: str | None = None, run: bool = Tr
     Returns
     -------
     dict
-        See :func:`tangentlab.benchmark_replay.summarize`; plus ``manifest`` (the prepared
+        See :func:`benchmarks.report.summarize`; plus ``manifest`` (the prepared
         data), ``database_url``, ``initial_sets_identical`` (per seed),
         ``campaign_config_example`` (the first campaign's configuration) and ``this_run_wall_s``
         (wall time of this invocation, preparation and evaluations included).

@@ -81,18 +81,98 @@ OracleSettings = Annotated[
 ]
 
 
-class Acquisition(_Section):
-    """How each round chooses the structures to label."""
+#: Acquisition methods without feature rows (the baselines).
+FEATURELESS_METHODS = ("random", "committee")
 
-    method: Literal["activation", "ntk", "force_ntk", "energy_force_ntk", "descriptor", "fixed_descriptor", "committee",
-                    "random"] = Field(
-        "activation", description="Acquisition signal (docs/acquisition.md)."
+
+class Acquisition(_Section):
+    """How each round chooses the structures to label (docs/acquisition.md).
+
+    ``signal`` is a feature map of `tangentlab.acquisition.signals.SIGNALS`, or one of the
+    baselines without feature rows (``random``, ``committee``). ``method`` is the old name of
+    this key and is still read (configurations stored by earlier versions).
+    """
+
+    signal: str = Field(
+        "activation",
+        description="Feature map (activation, ntk, force_ntk, energy_force_ntk, random_mace, "
+        "fixed_descriptor) or a baseline without features (random, committee).",
     )
-    rule: Literal["greedy", "kmeans++", "top"] = Field("greedy", description="Batch rule on the shortlist.")
-    committee_size: int = Field(3, ge=2, description="Members fine-tuned per round for method 'committee'.")
+    rule: str = Field(
+        "transductive",
+        description="Batch rule on the shortlist: transductive, greedy, lcmd, kmeans++ or top.",
+    )
+    target: str = Field(
+        "pool",
+        description="What the transductive rule reduces the uncertainty on: 'pool', or a file of "
+        "unlabelled structures the potential must serve (MD frames, a NEB guess).",
+    )
+    sigma_quantile: float | None = Field(
+        None, gt=0, le=1,
+        description="Outlier guard: never label a candidate whose σ² lies above this quantile of "
+        "the pool's σ² (None: no guard).",
+    )
+    signal_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of the signal (e.g. sketch_dim, parameters for the NTKs).",
+    )
+    committee_size: int = Field(3, ge=2, description="Members fine-tuned per round for signal 'committee'.")
     batch_size: int = Field(10, gt=0, description="Structures labelled per round.")
     regularization: float = Field(1e-2, gt=0, description="λ of the feature-space posterior A = ΦᵀΦ + λI.")
     feature_batch_size: int = Field(64, gt=0, description="Structures per MACE forward pass.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_is_the_old_name_of_signal(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "method" in data:
+            if "signal" in data:
+                raise ValueError("give 'signal' or its old name 'method', not both")
+            data = {**data, "signal": data["method"]}
+            del data["method"]
+        return data
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        from tangentlab.acquisition.signals import ALIASES, SIGNALS
+
+        value = ALIASES.get(value, value)
+        if value not in SIGNALS and value not in FEATURELESS_METHODS:
+            raise ValueError(f"unknown signal {value!r}; choose from {[*SIGNALS, *FEATURELESS_METHODS]}")
+        return value
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        from tangentlab.acquisition.rules import RULES
+
+        if value not in RULES:
+            raise ValueError(f"unknown batch rule {value!r}; choose from {sorted(RULES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _options_belong_to_the_signal(self) -> Acquisition:
+        from tangentlab.acquisition.signals import SIGNALS
+
+        if self.signal in FEATURELESS_METHODS:
+            if self.signal_options:
+                raise ValueError(f"signal {self.signal!r} takes no signal_options")
+            return self
+        unknown = sorted(set(self.signal_options) - set(SIGNALS[self.signal].options))
+        if unknown:
+            raise ValueError(f"signal_options {unknown} are not options of {self.signal!r}; "
+                             f"its options are {sorted(SIGNALS[self.signal].options)}")
+        return self
+
+    def select_options(self) -> dict[str, Any]:
+        """Keywords of `tangentlab.acquisition.select_batch` for this section (feature signals)."""
+        from tangentlab.acquisition.signals import SIGNALS
+
+        options = dict(self.signal_options)
+        if "forward_batch_size" in SIGNALS[self.signal].options:
+            options.setdefault("forward_batch_size", self.feature_batch_size)
+        return {"signal": self.signal, "rule": self.rule, "regularization": self.regularization,
+                "sigma_quantile": self.sigma_quantile, **options}
 
 
 class QMSettings(_Section):
@@ -217,6 +297,10 @@ def load_config(path: str | Path) -> CampaignConfig:
     for key in ("model", "test_file", "work_dir"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str(base / data[key])
+    acquisition = data.get("acquisition")
+    if isinstance(acquisition, dict) and isinstance(acquisition.get("target"), str) \
+            and acquisition["target"] != "pool" and not Path(acquisition["target"]).is_absolute():
+        data["acquisition"] = {**acquisition, "target": str(base / acquisition["target"])}
     if isinstance(data.get("pool"), list):
         data["pool"] = [p if Path(str(p)).is_absolute() else str(base / str(p)) for p in data["pool"]]
     return make_config(data, source=f"in {path}")

@@ -10,9 +10,20 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import labels, registry, rounds, session_scope, structures
-from tangentlab.acquisition import calibrate_uncertainty, fit_scorer, select_batch
-from tangentlab.committee import committee_disagreement, committee_selection, train_committee
-from tangentlab.config import CampaignConfig
+from tangentlab.acquisition import (
+    calibrate_uncertainty,
+    fit_scorer,
+    iter_structure_files,
+    random_selection,
+    select_batch,
+)
+from tangentlab.acquisition.committee import (
+    committee_disagreement,
+    committee_selection,
+    train_committee,
+)
+from tangentlab.acquisition.diagnostics import selection_diagnostics
+from tangentlab.config import FEATURELESS_METHODS, CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters
 from tangentlab.mace_model import load_model, predict
 from tasks._db import engine_for
@@ -51,15 +62,19 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
         pool_ids = [s.id for s in pool]
     start = time.perf_counter()
     progress = Progress(artifact_key("campaign", config.name, "acquisition"),
-                        f"Round {round_number} of campaign {config.name}: {settings.method} acquisition from "
-                        f"{len(pool_ids)} pool structures (model {model_version_id})")
-    if settings.method == "committee":
+                        f"Round {round_number} of campaign {config.name}: {_describe(settings)} acquisition "
+                        f"from {len(pool_ids)} pool structures (model {model_version_id})")
+    if settings.signal == "committee":
         picked, scores, info, scale = _committee(config, round_number, model_path, train, valid, pool_atoms,
                                                  progress)
+    elif settings.signal == "random":
+        picked = random_selection(len(pool_atoms), settings.batch_size, config.seed * 1000 + round_number)
+        scores, info, scale = np.full(len(picked), np.nan), {}, None
     else:
-        picked, scores, info, scale = _kernel_or_random(config, round_number, model_path, train, valid, pool_atoms,
-                                                        progress)
+        picked, scores, info, scale = _kernel(config, round_number, model_path, train, valid, pool_atoms,
+                                              progress)
     timings = {"acquire_s": time.perf_counter() - start, **info.get("timings", {})}
+    diagnostics = _diagnostics(config, model_path, [pool_atoms[int(i)] for i in picked], pool_atoms, round_number)
     selected = []
     for index, score in zip(picked, scores):
         score = None if not np.isfinite(score) else float(score)
@@ -68,38 +83,64 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
     with session_scope(engine) as session:
         assign_splits(session, [s for s, _, _ in selected], config.valid_fraction)
         rounds.create_round(
-            session, campaign_id, round_number, method=settings.method,
+            session, campaign_id, round_number, method=settings.signal,
             parameters={**settings.model_dump(), "uncertainty_scale": scale,
-                        "feature_dim": info.get("feature_dim")},
+                        "feature_dim": info.get("feature_dim"), "sigma_bound": info.get("sigma_bound"),
+                        "guarded": info.get("guarded"), "diagnostics": diagnostics},
             model_version_id=model_version_id, pool_size=len(pool_ids), selected=selected, timings=timings,
         )
-    progress.update(100.0, f"Round {round_number}: {settings.method} selected {len(selected)} of "
+    progress.update(100.0, f"Round {round_number}: {_describe(settings)} selected {len(selected)} of "
                     f"{len(pool_ids)} pool structures in {timings['acquire_s']:.1f} s")
-    logger.info("round %d: %s selected %d of %d pool structures in %.1f s", round_number,
-                settings.method, len(selected), len(pool_ids), timings["acquire_s"])
+    logger.info("round %d: %s selected %d of %d pool structures in %.1f s; predicted max force of the picks "
+                "(median) %.2f eV/Å vs the pool's %.2f", round_number, _describe(settings), len(selected),
+                len(pool_ids), timings["acquire_s"], diagnostics["picked"]["max_force_eV_per_A"]["q50"] or 0.0,
+                diagnostics["pool"]["max_force_eV_per_A"]["q50"] or 0.0)
     return len(selected)
 
 
-def _kernel_or_random(config, round_number, model_path, train, valid, pool_atoms, progress):
-    """Kernel signals: fit the scorer on the training labels (progress 0 → 40 %), calibrate its
-    scale on the validation split, then the greedy batch selection over the pool (→ 100 %)."""
-    settings = config.acquisition
+def _describe(settings) -> str:
+    if settings.signal in FEATURELESS_METHODS:
+        return settings.signal
+    guard = f", σ² ≤ q{settings.sigma_quantile:g}" if settings.sigma_quantile is not None else ""
+    return f"{settings.signal} ({settings.rule}{guard})"
+
+
+def _target_atoms(settings) -> list | None:
+    """The acquisition target's structures when it is a file (None: the pool)."""
+    if settings.target == "pool" or settings.rule != "transductive":
+        return None
+    return list(iter_structure_files([settings.target]))
+
+
+def _diagnostics(config, model_path, picked_atoms, pool_atoms, round_number) -> dict:
+    """Predicted energy/atom and max-force distributions of the picks against the pool's (and target's)."""
     model = load_model(model_path, device=config.device)
-    scorer, scale = None, None
-    if settings.method != "random":
-        progress.update(0.0, f"Round {round_number}: {settings.method}: features of {len(train)} training "
-                        "structures and the reference rows")
-        scorer = fit_scorer(model, train, signal=settings.method, reference_atoms=pool_atoms[:REFERENCE_SIZE],
-                            regularization=settings.regularization, device=config.device)
-        if len(valid) >= 2:
-            sigma = np.sqrt(scorer.variance(valid))
-            scale = calibrate_uncertainty(sigma, _force_errors(model, valid))
-        progress.update(40.0, f"Round {round_number}: {settings.method}: scoring {len(pool_atoms)} pool "
-                        f"structures and selecting {settings.batch_size}")
+    return selection_diagnostics(model, picked_atoms, pool_atoms, _target_atoms(config.acquisition),
+                                 seed=config.seed * 1000 + round_number)
+
+
+def _kernel(config, round_number, model_path, train, valid, pool_atoms, progress):
+    """Feature signals: fit the scorer on the training labels (progress 0 → 40 %), calibrate its
+    scale on the validation split, then the batch rule over the pool (→ 100 %)."""
+    settings = config.acquisition
+    options = settings.select_options()
+    model = load_model(model_path, device=config.device)
+    progress.update(0.0, f"Round {round_number}: {settings.signal}: features of {len(train)} training "
+                    "structures and the reference rows")
+    signal_options = {k: v for k, v in options.items()
+                      if k not in ("signal", "rule", "regularization", "sigma_quantile")}
+    scorer = fit_scorer(model, train, signal=settings.signal, reference_atoms=pool_atoms[:REFERENCE_SIZE],
+                        regularization=settings.regularization, device=config.device, **signal_options)
+    scale = None
+    if len(valid) >= 2:
+        sigma = np.sqrt(scorer.variance(valid))
+        scale = calibrate_uncertainty(sigma, _force_errors(model, valid))
+    progress.update(40.0, f"Round {round_number}: {_describe(settings)}: scoring {len(pool_atoms)} pool "
+                    f"structures and selecting {settings.batch_size}")
+    target = _target_atoms(settings)
     picked, scores, info = select_batch(
-        model, train, pool_atoms, signal=settings.method, batch_size=settings.batch_size,
-        regularization=settings.regularization, rule=settings.rule, seed=config.seed * 1000 + round_number,
-        device=config.device, scorer=scorer,
+        model, train, pool_atoms, batch_size=settings.batch_size, seed=config.seed * 1000 + round_number,
+        device=config.device, scorer=scorer, target="pool" if target is None else target, **options,
     )
     return picked, scores, info, scale
 

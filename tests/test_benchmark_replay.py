@@ -17,19 +17,13 @@ from ase.build import molecule
 from conftest import write_pool
 
 from db import campaigns, labels, make_engine, registry, reports, rounds, session_scope, structures
-from tangentlab.benchmark_replay import (
-    BenchmarkError,
-    comparison_table,
-    even_draw,
-    labels_to_reach,
-    make_spec,
-    path_errors,
-    prepare_data,
-    spearman,
-    write_outputs,
-)
+from benchmarks.analysis import comparison_table, labels_to_reach, path_errors
+from benchmarks.data import even_draw, prepare_data
+from benchmarks.report import write_outputs
+from benchmarks.spec import BenchmarkError, make_spec
+from tangentlab.acquisition import spearman
+from tangentlab.acquisition.descriptors import SymmetryFunctions
 from tangentlab.config import make_config
-from tangentlab.descriptors import SymmetryFunctions
 
 # ---------------------------------------------------------------- fixed descriptor
 
@@ -58,18 +52,16 @@ def test_symmetry_functions_reject_unknown_elements():
         SymmetryFunctions((1, 8))([molecule("SH2")])
 
 
-def test_fixed_descriptor_is_an_acquisition_method(tmp_path):
-    from tiny_model import make_tiny_model
-
+def test_fixed_descriptor_is_an_acquisition_method(tiny_model_file):
     from tangentlab.acquisition import SIGNALS, fit_scorer, select_batch
     from tangentlab.mace_model import load_model
 
     assert "fixed_descriptor" in SIGNALS
     assert (
-        make_config({"acquisition": {"method": "fixed_descriptor"}}).acquisition.method
+        make_config({"acquisition": {"method": "fixed_descriptor"}}).acquisition.signal
         == "fixed_descriptor"
     )
-    model = load_model(make_tiny_model(tmp_path / "tiny.model"))
+    model = load_model(tiny_model_file)
     pool = [molecule(n) for n in ("H2O", "CH4", "NH3", "CO2", "HCN", "CH3OH", "H2CO", "C2H6")]
     labelled = [molecule("H2O"), molecule("CH4")]
     picks, _, info = select_batch(
@@ -209,7 +201,7 @@ def _spec(files, work_dir: Path, **overrides) -> dict:
             "pool_size": 30,
             "test_size": 8,
         },
-        "methods": ["random", "fixed_descriptor"],
+        "methods": ["random", "fixed_descriptor:transductive:q0.9"],
         "seeds": [0],
         "initial_size": 6,
         "batch_size": 4,
@@ -261,8 +253,8 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
     url = results["database_url"]
 
     assert sorted(results["campaigns"]) == [
-        "tiny-fixed_descriptor-s0",
-        "tiny-fixed_descriptor-s1",
+        "tiny-fixed_descriptor.transductive.q0.9-s0",
+        "tiny-fixed_descriptor.transductive.q0.9-s1",
         "tiny-random-s0",
         "tiny-random-s1",
     ]
@@ -272,11 +264,16 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
         assert campaign["curve"]["labels"] == [6, 10]
         assert all(np.isfinite(campaign["curve"]["force"]))
     # same seed, same initial set and training: round 0 errors are identical across methods
-    s0 = [results["campaigns"][f"tiny-{m}-s0"]["curve"] for m in ("random", "fixed_descriptor")]
+    s0 = [results["campaigns"][f"tiny-{m}-s0"]["curve"]
+          for m in ("random", "fixed_descriptor.transductive.q0.9")]
     assert s0[0]["force"][0] == pytest.approx(s0[1]["force"][0])
-    assert set(results["table"]) == {"random", "fixed_descriptor"}
+    method = "fixed_descriptor:transductive:q0.9"
+    assert set(results["table"]) == {"random", method}
     assert results["calibration"]["random"] == {}
-    assert -1.0 <= results["calibration"]["fixed_descriptor"]["force_spearman_mean"] <= 1.0
+    assert -1.0 <= results["calibration"][method]["force_spearman_mean"] <= 1.0
+    paired = results["table"][method]["force"]["paired_difference"]
+    assert paired["labels"] == [6, 10] and paired["mean"][0] == pytest.approx(0.0, abs=1e-9)
+    assert paired["final"]["n"] == 2 and paired["final"]["half_width"] is not None
 
     with session_scope(make_engine(url)) as session:
         for name in results["campaigns"]:
@@ -289,6 +286,11 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
             assert [r.metrics["test"]["force_mae_mev_per_a"] > 0 for r in done] == [True, True]
             final = registry.latest_model(session, camp)
             assert final.metrics["benchmark"]["n_test"] == n_test
+            if "transductive" in name:  # the round stored the rule, its guard and the diagnostics
+                parameters = done[1].parameters
+                assert parameters["rule"] == "transductive" and parameters["sigma_quantile"] == 0.9
+                assert parameters["sigma_bound"] is not None
+                assert parameters["diagnostics"]["picked"]["count"] == 4
         versions = len(
             registry.model_versions(session, campaigns.get_campaign(session, "tiny-random-s0"))
         )
@@ -311,7 +313,9 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
     assert {p.suffix for p in written} == {".json", ".png", ".md"}
     stored = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert stored["command"].startswith("tangentlab benchmark replay")
-    assert "| fixed descriptor (ACSF) | 2 |" in (tmp_path / "out" / "tiny.md").read_text()
+    assert "| fixed descriptor (ACSF), transductive, σ² ≤ q0.9 | 2 |" in (
+        tmp_path / "out" / "tiny.md"
+    ).read_text()
 
 
 def test_cli_rejects_unknown_preset_and_bad_config(tmp_path, capsys):
@@ -323,3 +327,49 @@ def test_cli_rejects_unknown_preset_and_bad_config(tmp_path, capsys):
     bad.write_text("name: x\ndata: {pool_files: [a], test_files: [b]}\nmethods: [ntk]\n")
     assert main(["benchmark", "replay", "--config", str(bad)]) == 2
     assert "must include 'random'" in capsys.readouterr().err
+
+
+def test_method_names_map_to_acquisition_sections():
+    from benchmarks.methods import method_acquisition, method_label
+
+    assert method_acquisition("default") == {}
+    assert method_acquisition("random") == {"signal": "random"}
+    assert method_acquisition("ntk") == {"signal": "ntk", "rule": "greedy"}
+    assert method_acquisition("activation:lcmd:q0.95") == {
+        "signal": "activation", "rule": "lcmd", "sigma_quantile": 0.95,
+    }
+    assert method_label("default").startswith("default (")
+    for bad in ("soap", "activation:best", "random:greedy", "ntk:greedy:x1"):
+        with pytest.raises(ValueError):
+            method_acquisition(bad)
+
+
+def test_presets_read_the_data_root_from_the_environment(monkeypatch, tmp_path):
+    from benchmarks.spec import preset, preset_names
+
+    assert {"h2combustion", "acac", "h2-validation", "h2-heldout"} <= set(preset_names())
+    monkeypatch.delenv("TANGENTLAB_DATA", raising=False)
+    with pytest.raises(BenchmarkError, match="TANGENTLAB_DATA"):
+        preset("h2combustion")
+    monkeypatch.setenv("TANGENTLAB_DATA", str(tmp_path))
+    files = preset("h2combustion")["data"]["pool_files"]
+    assert files[0] == str(tmp_path.resolve() / "h2combustion" / "pool_rxn01.extxyz")
+    assert make_spec(preset("h2-heldout")).data.pool_size >= 1000
+
+
+def test_paired_difference_has_a_t_interval_over_seeds():
+    from benchmarks.analysis import mean_with_interval, paired_difference
+
+    random = [{**_curve([10, 20], [5.0, 4.0], [50, 40]), "seed": s} for s in (0, 1, 2)]
+    method = [
+        {**_curve([10, 20], [5.0, e], [50, f]), "seed": s}
+        for s, e, f in ((0, 3.0, 30), (1, 3.5, 38), (2, 2.5, 35))
+    ]
+    result = paired_difference(method, random, "force")
+    assert result["labels"] == [10, 20]
+    assert result["mean"][0] == pytest.approx(0.0)
+    assert result["per_seed"] == {"0": [0, -10], "1": [0, -2], "2": [0, -5]}
+    # t(0.975, 2) = 4.303; std of (-10, -2, -5) with ddof 1 = 4.0415
+    assert result["final"]["mean"] == pytest.approx(-17 / 3)
+    assert result["final"]["half_width"] == pytest.approx(4.3027 * 4.0415 / np.sqrt(3), rel=1e-3)
+    assert mean_with_interval([1.0])["half_width"] is None

@@ -8,24 +8,19 @@ import torch
 from ase import Atoms
 from mace.calculators import MACECalculator
 from scipy.spatial.transform import Rotation
-from tiny_model import make_tiny_model, rattled_molecules
+from tiny_model import rattled_molecules
 
-from tangentlab.features import Standardizer, activation_features, invariant_columns
+from tangentlab.acquisition.activations import Standardizer, activation_features, invariant_columns
 from tangentlab.mace_model import load_model
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "shared/models/mace-tutorial-hco-swa.model"
 HCO_NAMES = ["CH4", "H2O", "CO2", "CH3OH", "CH3CHO", "C2H6"]
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.model")
-
-
 @pytest.fixture(scope="module", params=["tiny", "pretrained"])
-def model_path(request, tiny_path) -> Path:
+def model_path(request, tiny_model_file) -> Path:
     if request.param == "tiny":
-        return tiny_path
+        return tiny_model_file
     if not PRETRAINED.is_file():
         pytest.skip("shared pretrained H/C/O MACE not present")
     return PRETRAINED
@@ -35,8 +30,8 @@ def _rattled(names: list[str], seed: int = 0) -> list[Atoms]:
     return rattled_molecules(names, seed)
 
 
-def test_shape_pooling_and_dtype_isolation(tiny_path):
-    model = load_model(tiny_path)
+def test_shape_pooling_and_dtype_isolation(tiny_model_file):
+    model = load_model(tiny_model_file)
     structures = _rattled(HCO_NAMES)
     before = torch.get_default_dtype()
     both = activation_features(model, structures, pooling="sum+mean")

@@ -72,7 +72,7 @@ def test_finetune_needs_training_data(tiny_model_file, tmp_path):
 
 
 def test_committee_disagrees_where_members_differ(tiny_model_file, xtb_data, tmp_path):
-    from tangentlab.committee import committee_disagreement, committee_selection, train_committee
+    from tangentlab.acquisition.committee import committee_disagreement, committee_selection, train_committee
 
     energy_std, force_std = committee_disagreement([tiny_model_file, tiny_model_file], xtb_data[:4])
     np.testing.assert_allclose(energy_std, 0.0, atol=1e-12)

@@ -4,24 +4,12 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from tiny_model import make_tiny_model, rattled_molecules
+from tiny_model import rattled_molecules
 
 from tangentlab.mace_model import load_model
-from tangentlab.ntk import (
-    NTKFeaturizer,
-    ParameterSketch,
-    energy_force_ntk_features,
-    energy_ntk_features,
-    force_ntk_features,
-    per_structure_force_jacobians,
-    per_structure_gradients,
-    select_parameters,
-)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return load_model(make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.model"))
+from tangentlab.acquisition.ntk import NTKFeaturizer
+from tangentlab.acquisition.ntk_reference import per_structure_force_jacobians, per_structure_gradients
+from tangentlab.acquisition.sketch import ParameterSketch, select_parameters
 
 
 def _structures(names=("H2O", "CH4", "CO2", "CH3OH"), seed=0) -> list[Atoms]:
@@ -65,7 +53,7 @@ def test_per_sample_equals_per_structure_loop_exactly(model):
     """Exact rows over all parameters, several batches, a periodic structure included."""
     structures = [*_structures(), _periodic()]
     reference = per_structure_gradients(model, structures)
-    rows = energy_ntk_features(model, structures, sketch_dim=None, batch_size=3)
+    rows = NTKFeaturizer(model, sketch_dim=None, batch_size=3).energy_rows(structures)
     assert rows.shape == reference.shape == (5, sum(p.numel() for p in model.parameters()))
     np.testing.assert_allclose(rows, reference, rtol=1e-10, atol=1e-12)
 
@@ -92,8 +80,8 @@ def test_exact_subset_equals_restricted_gradient(model):
                 for n in select_parameters(model, subset)
             ]
         )
-        rows = energy_ntk_features(
-            model, structures, parameters=subset, sketch_dim=None, method=method
+        rows = NTKFeaturizer(model, parameters=subset, sketch_dim=None, method=method).energy_rows(
+            structures
         )
         np.testing.assert_allclose(rows, full[:, columns], rtol=1e-9, atol=1e-12)
 
@@ -135,18 +123,17 @@ def test_force_rows_are_minus_coordinate_derivative_of_energy_rows(model):
 def test_energy_force_rows_layout_and_weights(model):
     structures = _structures(("H2O", "CH4"))
     options = {"sketch_dim": 4, "seed": 5}
-    energy = energy_ntk_features(model, structures, **options)
-    forces, force_counts = force_ntk_features(model, structures, **options)
-    rows, counts = energy_force_ntk_features(
-        model, structures, energy_weight=2.0, force_weight=0.5, **options
-    )
+    featurizer = NTKFeaturizer(model, **options)
+    energy = featurizer.energy_rows(structures)
+    forces, force_counts = featurizer.force_rows(structures)
+    rows, counts = featurizer.energy_force_rows(structures, energy_weight=2.0, force_weight=0.5)
     np.testing.assert_array_equal(counts, force_counts + 1)
     np.testing.assert_allclose(rows[0], energy[0] * 2.0 / 3, rtol=1e-9)
     np.testing.assert_allclose(rows[1:10], forces[:9] * 0.5, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(rows[10], energy[1] * 2.0 / 5, rtol=1e-9)
     np.testing.assert_allclose(rows[11:], forces[9:] * 0.5, rtol=1e-9, atol=1e-12)
-    loop, _ = energy_force_ntk_features(
-        model, structures, energy_weight=2.0, force_weight=0.5, method="loop", **options
+    loop, _ = NTKFeaturizer(model, method="loop", **options).energy_force_rows(
+        structures, energy_weight=2.0, force_weight=0.5
     )
     np.testing.assert_allclose(loop, rows, rtol=1e-9, atol=1e-12)
 
@@ -154,19 +141,18 @@ def test_energy_force_rows_layout_and_weights(model):
 def test_batching_flags_and_dtype_are_left_alone(model):
     structures = _structures()
     before = torch.get_default_dtype()
-    one = energy_ntk_features(model, structures, sketch_dim=7, batch_size=1)
-    four = energy_ntk_features(model, structures, sketch_dim=7, batch_size=4)
+    one = NTKFeaturizer(model, sketch_dim=7, batch_size=1).energy_rows(structures)
+    four = NTKFeaturizer(model, sketch_dim=7, batch_size=4).energy_rows(structures)
     np.testing.assert_allclose(one, four, rtol=1e-10, atol=1e-12)
     assert torch.get_default_dtype() == before
     assert not any(p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_same_rows_on_cuda(tmp_path):
-    path = make_tiny_model(tmp_path / "tiny.model")
+def test_same_rows_on_cuda(tiny_model_file):
     structures = _structures(("H2O", "CH4"))
-    cpu = NTKFeaturizer(load_model(path), sketch_dim=6, seed=1)
-    gpu = NTKFeaturizer(load_model(path, device="cuda"), sketch_dim=6, seed=1)
+    cpu = NTKFeaturizer(load_model(tiny_model_file), sketch_dim=6, seed=1)
+    gpu = NTKFeaturizer(load_model(tiny_model_file, device="cuda"), sketch_dim=6, seed=1)
     np.testing.assert_allclose(
         gpu.energy_rows(structures), cpu.energy_rows(structures), rtol=1e-8, atol=1e-10
     )

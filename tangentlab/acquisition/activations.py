@@ -15,6 +15,7 @@ import mace  # noqa: F401  (mace must be imported before e3nn)
 import numpy as np
 import torch
 from ase import Atoms
+
 from e3nn import o3  # isort: skip
 from mace.tools.scatter import scatter_sum
 

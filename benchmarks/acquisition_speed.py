@@ -39,22 +39,24 @@ with contextlib.redirect_stdout(sys.stderr):
     import mace  # noqa: F401  (mace must be imported before e3nn)
 
     from tangentlab.acquisition import (
-        DEFAULT_SKETCH_DIM,
+        SIGNALS,
         PosteriorScorer,
         fit_scorer,
         iter_structure_files,
         select_batch,
     )
-    from tangentlab.mace_model import load_model
-    from tangentlab.ntk import (
-        NTKFeaturizer,
+    from tangentlab.acquisition.ntk import NTKFeaturizer
+    from tangentlab.acquisition.ntk_reference import (
         per_structure_force_jacobians,
         per_structure_gradients,
     )
-    from tangentlab.selection import greedy_grouped_posterior_variance
+    from tangentlab.acquisition.rules import greedy_grouped_posterior_variance
+    from tangentlab.config import SHIPPED_MODEL, shipped_file
+    from tangentlab.mace_model import load_model
 
-SHIPPED_MODEL = Path(__file__).resolve().parent / "data" / "tangentlab-hcno-xtb.model"
-ALL_SIGNALS = ("activation", "ntk", "force_ntk", "energy_force_ntk", "descriptor", "random")
+SHIPPED = Path(shipped_file(SHIPPED_MODEL))
+ALL_SIGNALS = tuple(SIGNALS)
+DEFAULT_SKETCH_DIM = {name: s.options["sketch_dim"] for name, s in SIGNALS.items() if "sketch_dim" in s.options}
 
 
 def replicated_structures(
@@ -253,7 +255,7 @@ def benchmark_signal(
     dict
         The numbers for this signal.
     """
-    options = _signal_options(args, signal) if signal != "random" else {}
+    options = _signal_options(args, signal)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     if tracemalloc.is_tracing():
@@ -280,11 +282,10 @@ def benchmark_signal(
         "timings": timings,
         "memory": _memory_mb(),
     }
-    if signal != "random":
-        result["features_structures_per_s"] = info["pool_size"] / timings["features_s"]
-        result["scoring_structures_per_s"] = info["pool_size"] / max(timings["scoring_s"], 1e-9)
-        result["selection_s"] = timings["selection_s"]
-    subset = list(itertools.islice(pool(), args.baseline_subset)) if signal != "random" else []
+    result["features_structures_per_s"] = info["pool_size"] / timings["features_s"]
+    result["scoring_structures_per_s"] = info["pool_size"] / max(timings["scoring_s"], 1e-9)
+    result["selection_s"] = timings["selection_s"]
+    subset = list(itertools.islice(pool(), args.baseline_subset))
     loop_subset = args.ntk_loop_subset if signal == "ntk" else args.force_loop_subset
     if signal in DEFAULT_SKETCH_DIM and loop_subset:
         feature_subset = list(itertools.islice(pool(), loop_subset))
@@ -379,9 +380,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         The report that was printed.
     """
     args = _parser().parse_args(argv)
-    model_path = args.model or (SHIPPED_MODEL if SHIPPED_MODEL.is_file() else None)
+    model_path = args.model or (SHIPPED if SHIPPED.is_file() else None)
     if model_path is None:
-        raise SystemExit(f"no --model given and the shipped model {SHIPPED_MODEL} is missing")
+        raise SystemExit(f"no --model given and the shipped model {SHIPPED} is missing")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = torch.float64 if args.dtype == "float64" else torch.float32

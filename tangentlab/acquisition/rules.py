@@ -1,126 +1,45 @@
-"""Posterior variance in feature space and batch selection.
+"""Batch rules: how a batch is chosen from the shortlisted candidates' feature rows.
 
-Bayesian linear model on feature rows φ (prior weight variance 1, noise variance λ):
-with the labelled rows stacked in Φ_L, ``A = Φ_Lᵀ Φ_L + λ I`` and a candidate's
-posterior variance is ``σ²(x) = λ φ_x A⁻¹ φ_xᵀ``. This equals the GP posterior variance
-``k(x,x) - k_xL (K_LL + λI)⁻¹ k_Lx`` with the kernel ``k = φ φᵀ`` (push-through identity),
-but costs O(d³ + n d²) and never forms candidate-by-candidate or candidate-by-train kernels.
+Every rule takes a `Shortlist` (the candidates' normalised rows, the factor of
+``A = Φ_Lᵀ Φ_L + λ I``, the labelled rows and, for target-aware rules, the target
+covariance) and returns the picked candidates in order. `RULES` is the registry; adding a
+rule is one function plus one entry.
 
-One feature row per structure (energy / activation kernel). Everything is float64.
+=================  =============================================================
+rule               picks
+=================  =============================================================
+``greedy``         highest posterior variance σ², then adds the pick's rows to A
+                   (rank-k update) and rescores: greedy max-determinant
+``transductive``   largest reduction of the posterior variance over a target
+                   distribution (`tangentlab.acquisition.transductive`)
+``lcmd``           largest-cluster maximum-distance (bmdal_reg): the farthest
+                   candidate of the cluster with the largest spread
+``kmeans++``       D²-sampling in the whitened feature space
+``top``            the highest σ² (no batch diversity)
+=================  =============================================================
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 
+from tangentlab.acquisition.posterior import (
+    _check_groups,
+    _check_lam,
+    _check_reduce,
+    _reduce_rows,
+    _whitened,
+)
+from tangentlab.acquisition.transductive import transductive_selection
+
 #: Scores within this relative distance of the maximum count as tied; ties go to the
 #: lowest index, so picks do not depend on the last bits of BLAS rounding.
 TIE_TOLERANCE = 1e-12
-
-
-def _as_rows(phi: np.ndarray | None, name: str, d: int | None = None) -> np.ndarray:
-    if phi is None and d is not None:
-        return np.zeros((0, d))
-    phi = np.asarray(phi, dtype=np.float64)
-    if phi.size == 0 and d is not None:
-        return phi.reshape(0, d)
-    if phi.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array of feature rows, got shape {phi.shape}")
-    if d is not None and phi.shape[1] != d:
-        raise ValueError(f"{name} has {phi.shape[1]} columns, expected {d}")
-    if not np.all(np.isfinite(phi)):
-        raise ValueError(f"{name} contains non-finite values")
-    return phi
-
-
-def _check_lam(lam: float) -> float:
-    if not lam > 0:
-        raise ValueError(f"lam (noise variance) must be positive, got {lam}")
-    return float(lam)
-
-
-def precision_cholesky(phi_train: np.ndarray, lam: float, d: int) -> np.ndarray:
-    """
-    Lower Cholesky factor L of ``A = Φ_Lᵀ Φ_L + λ I``.
-
-    Parameters
-    ----------
-    phi_train
-        Labelled feature rows (n_train, d); may be empty or None.
-    lam
-        Noise variance λ > 0.
-    d
-        Feature dimension.
-
-    Returns
-    -------
-    np.ndarray
-        L (d, d) with ``L Lᵀ = A``.
-    """
-    lam = _check_lam(lam)
-    phi_train = _as_rows(phi_train, "phi_train", d)
-    precision = phi_train.T @ phi_train
-    precision[np.diag_indices(d)] += lam
-    return cholesky(precision, lower=True)
-
-
-def _whitened(chol: np.ndarray, phi_cand: np.ndarray) -> np.ndarray:
-    """Columns z_x = L⁻¹ φ_xᵀ (d, n), so that φ_x A⁻¹ φ_xᵀ = ||z_x||²."""
-    return solve_triangular(chol, phi_cand.T, lower=True, check_finite=False)
-
-
-def variance_from_cholesky(chol: np.ndarray, phi_cand: np.ndarray, lam: float) -> np.ndarray:
-    """
-    Posterior variance of candidates given the Cholesky factor of A.
-
-    Lets a caller factor A once and stream the pool through in chunks.
-
-    Parameters
-    ----------
-    chol
-        Lower Cholesky factor of A (see `precision_cholesky`).
-    phi_cand
-        Candidate feature rows (n, d).
-    lam
-        Noise variance λ (the same as in A).
-
-    Returns
-    -------
-    np.ndarray
-        σ² per candidate (n,).
-    """
-    lam = _check_lam(lam)
-    phi_cand = _as_rows(phi_cand, "phi_cand", chol.shape[0])
-    z = _whitened(chol, phi_cand)
-    return lam * np.einsum("ij,ij->j", z, z)
-
-
-def posterior_variance(phi_train: np.ndarray, phi_cand: np.ndarray, lam: float) -> np.ndarray:
-    """
-    Posterior variance ``σ²(x) = λ φ_x (Φ_Lᵀ Φ_L + λ I)⁻¹ φ_xᵀ`` of each candidate.
-
-    Parameters
-    ----------
-    phi_train
-        Labelled feature rows (n_train, d); may be empty (then σ² = ||φ_x||²).
-    phi_cand
-        Candidate feature rows (n, d).
-    lam
-        Noise variance λ > 0.
-
-    Returns
-    -------
-    np.ndarray
-        σ² per candidate (n,).
-    """
-    phi_cand = _as_rows(phi_cand, "phi_cand")
-    chol = precision_cholesky(phi_train, lam, phi_cand.shape[1])
-    return variance_from_cholesky(chol, phi_cand, lam)
-
 
 def _available_mask(n_candidates: int, exclude: Iterable[int] | None) -> np.ndarray:
     available = np.ones(n_candidates, dtype=bool)
@@ -136,71 +55,6 @@ def _argmax_lowest_index(scores: np.ndarray, available: np.ndarray) -> int:
     masked = np.where(available, scores, -np.inf)
     best = masked.max()
     return int(np.flatnonzero(masked >= best - TIE_TOLERANCE * abs(best))[0])
-
-
-def greedy_posterior_variance(
-    phi_train: np.ndarray,
-    phi_cand: np.ndarray,
-    batch_size: int,
-    lam: float,
-    exclude: Iterable[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """
-    Greedy batch selection by posterior variance (greedy max-determinant).
-
-    Picks the candidate with the highest σ², adds its row to A as if it were labelled,
-    rescores, and repeats. A candidate is picked at most once.
-
-    With the candidates whitened once, ``z_x = L⁻¹ φ_xᵀ`` (``L Lᵀ = A``), the posterior
-    covariance after k picks is ``λ k_k(x, y)`` with ``k_0(x, y) = z_x·z_y`` and, by
-    Sherman–Morrison for the added row φ_s,
-    ``k_k(x, y) = k_{k-1}(x, y) - c_k(x) c_k(y)``,
-    ``c_k(x) = k_{k-1}(x, s) / √(1 + k_{k-1}(s, s))``, so
-    ``σ²_k(x) = σ²_{k-1}(x) - λ c_k(x)²`` and
-    ``k_{k-1}(x, s) = z_x·z_s - Σ_{j<k} c_j(x) c_j(s)``. A pick costs one pass over the
-    whitened candidates, O(n d + n k); A is never inverted (a pivoted Cholesky of the
-    posterior covariance).
-
-    Parameters
-    ----------
-    phi_train
-        Labelled feature rows (n_train, d); may be empty.
-    phi_cand
-        Candidate feature rows (n, d).
-    batch_size
-        Number of picks; fewer when fewer candidates are available.
-    lam
-        Noise variance λ > 0.
-    exclude
-        Candidate indices never to pick (e.g. test structures).
-
-    Returns
-    -------
-    indices
-        Picked candidate indices in the order picked (int64).
-    scores
-        σ² of each pick at the moment it was picked (given the labelled rows and the
-        earlier picks).
-    """
-    if batch_size < 0:
-        raise ValueError(f"batch_size must be non-negative, got {batch_size}")
-    lam = _check_lam(lam)
-    phi_cand = _as_rows(phi_cand, "phi_cand")
-    available = _available_mask(phi_cand.shape[0], exclude)
-    n_picks = min(batch_size, int(available.sum()))
-    z = _whitened(precision_cholesky(phi_train, lam, phi_cand.shape[1]), phi_cand).T
-    variances = lam * np.einsum("ij,ij->i", z, z)
-    corrections = np.empty((phi_cand.shape[0], n_picks), order="F")
-    indices = np.empty(n_picks, dtype=np.int64)
-    scores = np.empty(n_picks, dtype=np.float64)
-    for step in range(n_picks):
-        pick = _argmax_lowest_index(variances, available)
-        indices[step], scores[step] = pick, variances[pick]
-        available[pick] = False
-        covariance = z @ z[pick] - corrections[:, :step] @ corrections[pick, :step]
-        corrections[:, step] = covariance / np.sqrt(1.0 + variances[pick] / lam)
-        variances = np.maximum(variances - lam * corrections[:, step] ** 2, 0.0)
-    return indices, scores
 
 
 def random_selection(
@@ -231,73 +85,6 @@ def random_selection(
     rng = np.random.default_rng(seed)
     size = min(batch_size, available.size)
     return rng.choice(available, size=size, replace=False).astype(np.int64)
-
-
-# --- structures with several feature rows (force and energy-force NTK) -------------------
-#
-# A structure x owns k_x consecutive rows Φ_x (k_x x d) of a row array; ``counts`` holds
-# k_x per structure, in order. Its posterior variance is the reduced trace
-# ``σ²(x) = λ · r(diag(Φ_x A⁻¹ Φ_xᵀ))`` with r = mean (default) or sum over its rows.
-
-REDUCTIONS = ("mean", "sum")
-
-
-def _check_groups(rows: np.ndarray, counts: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = _as_rows(rows, "rows", d)
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.ndim != 1 or (counts.size and counts.min() < 1):
-        raise ValueError("counts must be a 1-D array of positive row counts per structure")
-    if int(counts.sum()) != rows.shape[0]:
-        raise ValueError(f"counts add up to {int(counts.sum())} rows, got {rows.shape[0]} rows")
-    return rows, counts
-
-
-def _check_reduce(reduce: str) -> str:
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    return reduce
-
-
-def _reduce_rows(row_values: np.ndarray, counts: np.ndarray, reduce: str) -> np.ndarray:
-    if counts.size == 0:
-        return np.zeros(0)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sums = np.add.reduceat(row_values, starts)
-    return sums / counts if reduce == "mean" else sums
-
-
-def grouped_variance_from_cholesky(
-    chol: np.ndarray, rows: np.ndarray, counts: np.ndarray, lam: float, reduce: str = "mean"
-) -> np.ndarray:
-    """
-    Posterior variance of structures that own several feature rows each.
-
-    ``σ²(x) = λ · r(diag(Φ_x A⁻¹ Φ_xᵀ))``, r the mean (or sum) over the structure's rows;
-    with one row per structure this is `variance_from_cholesky`.
-
-    Parameters
-    ----------
-    chol
-        Lower Cholesky factor of A (see `precision_cholesky`).
-    rows
-        Feature rows of all structures, structure after structure (R, d).
-    counts
-        Rows per structure (n,), each at least 1, summing to R.
-    lam
-        Noise variance λ (the same as in A).
-    reduce
-        ``"mean"`` or ``"sum"`` over a structure's rows.
-
-    Returns
-    -------
-    np.ndarray
-        σ² per structure (n,).
-    """
-    lam = _check_lam(lam)
-    reduce = _check_reduce(reduce)
-    rows, counts = _check_groups(rows, counts, chol.shape[0])
-    z = _whitened(chol, rows)
-    return _reduce_rows(lam * np.einsum("ij,ij->j", z, z), counts, reduce)
 
 
 def greedy_grouped_posterior_variance(
@@ -470,3 +257,205 @@ def kmeans_pp_selection(
         distance = self_kernel + self_kernel[pick] - 2.0 * kernel_to(pick)
         nearest = np.minimum(nearest, np.maximum(distance, 0.0))
     return indices
+
+
+def _structure_kernel(a_rows, a_counts, b_rows, b_counts) -> np.ndarray:
+    """
+    Kernel between structures (n_a, n_b): ``φ_a·φ_b`` for one row each, else the mean-outer-
+    product embedding ``||Φ_a Φ_bᵀ||²_F / (k_a k_b)`` (independent of the atom order).
+    """
+    if np.all(a_counts == 1) and np.all(b_counts == 1):
+        return a_rows @ b_rows.T
+    squared = (a_rows @ b_rows.T) ** 2
+    per_a = np.add.reduceat(squared, np.concatenate([[0], np.cumsum(a_counts)[:-1]]), axis=0)
+    per_ab = np.add.reduceat(per_a, np.concatenate([[0], np.cumsum(b_counts)[:-1]]), axis=1)
+    return per_ab / np.outer(a_counts, b_counts)
+
+
+def _self_kernel(rows, counts) -> np.ndarray:
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    if np.all(counts == 1):
+        return np.einsum("ij,ij->i", rows, rows)
+    return np.array(
+        [np.sum((rows[a:b] @ rows[a:b].T) ** 2) / (b - a) ** 2 for a, b in itertools.pairwise(starts)]
+    )
+
+
+def lcmd_selection(
+    rows: np.ndarray,
+    counts: np.ndarray,
+    labelled_rows: np.ndarray,
+    labelled_counts: np.ndarray,
+    batch_size: int,
+    exclude: Iterable[int] | None = None,
+    chunk: int = 512,
+) -> np.ndarray:
+    """
+    Largest-cluster maximum-distance batch (LCMD, Holzmüller et al., JMLR 2023; bmdal_reg).
+
+    The labelled structures and the picks so far are cluster centres; every candidate
+    belongs to its nearest centre. Each step takes the cluster whose members have the
+    largest sum of squared distances to their centre, and picks its member farthest from
+    the centre. Distances are those of the feature kernel (`_structure_kernel`).
+
+    Parameters
+    ----------
+    rows, counts
+        Candidate rows (R, d) and rows per candidate.
+    labelled_rows, labelled_counts
+        Rows of the labelled structures (the initial centres); may be empty.
+    batch_size
+        Number of picks.
+    exclude
+        Candidate indices never to pick.
+    chunk
+        Labelled structures compared at a time.
+
+    Returns
+    -------
+    np.ndarray
+        Picked candidate indices in the order picked (int64).
+    """
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be non-negative, got {batch_size}")
+    counts = np.asarray(counts, dtype=np.int64)
+    labelled_counts = np.asarray(labelled_counts, dtype=np.int64)
+    available = _available_mask(counts.size, exclude)
+    n_picks = min(batch_size, int(available.sum()))
+    self_kernel = _self_kernel(rows, counts)
+    nearest = np.full(counts.size, np.inf)
+    owner = np.full(counts.size, -1, dtype=np.int64)  # centre: labelled j -> j, pick p -> n_L + p
+    starts = np.concatenate([[0], np.cumsum(labelled_counts)]).astype(np.int64)
+    labelled_self = _self_kernel(labelled_rows, labelled_counts) if labelled_counts.size else []
+    for first in range(0, labelled_counts.size, chunk):
+        last = min(first + chunk, labelled_counts.size)
+        kernel = _structure_kernel(
+            rows, counts, labelled_rows[starts[first] : starts[last]], labelled_counts[first:last]
+        )
+        distance = self_kernel[:, None] + labelled_self[None, first:last] - 2.0 * kernel
+        best = np.argmin(distance, axis=1)
+        closer = distance[np.arange(counts.size), best] < nearest
+        nearest[closer] = distance[np.arange(counts.size), best][closer]
+        owner[closer] = first + best[closer]
+    cand_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = np.empty(n_picks, dtype=np.int64)
+    for step in range(n_picks):
+        spread = np.where(available, np.maximum(nearest, 0.0), 0.0)
+        if not np.isfinite(spread).all():  # no centre yet: the largest self-kernel first
+            pick = _argmax_lowest_index(self_kernel, available)
+        else:
+            sizes = np.bincount(owner + 1, weights=spread)
+            largest = int(np.argmax(sizes)) - 1
+            pick = _argmax_lowest_index(np.where(owner == largest, spread, -np.inf), available)
+        indices[step] = pick
+        available[pick] = False
+        block = slice(cand_starts[pick], cand_starts[pick + 1])
+        kernel = _structure_kernel(rows, counts, rows[block], counts[pick : pick + 1])[:, 0]
+        distance = self_kernel + self_kernel[pick] - 2.0 * kernel
+        closer = distance < nearest
+        nearest[closer] = distance[closer]
+        owner[closer] = labelled_counts.size + step
+    return indices
+
+
+@dataclass
+class Shortlist:
+    """
+    What a batch rule sees: the shortlisted candidates and the state of the posterior.
+
+    Attributes
+    ----------
+    chol
+        Lower Cholesky factor of ``A = Φ_Lᵀ Φ_L + λ I``.
+    rows, counts
+        Normalised candidate rows (R, d) and rows per candidate.
+    prior
+        σ² of each candidate given the labelled set.
+    regularization
+        λ.
+    reduce
+        ``"mean"`` or ``"sum"`` over a structure's rows.
+    labelled_rows, labelled_counts
+        Normalised rows of the labelled structures.
+    target
+        C_T (d × d) of the target distribution, for target-aware rules.
+    seed
+        Seed of randomised rules.
+    """
+
+    chol: np.ndarray
+    rows: np.ndarray
+    counts: np.ndarray
+    prior: np.ndarray
+    regularization: float
+    reduce: str
+    labelled_rows: np.ndarray
+    labelled_counts: np.ndarray
+    target: np.ndarray | None = None
+    seed: int = 0
+
+
+def _greedy(s: Shortlist, batch_size: int):
+    return greedy_grouped_posterior_variance(
+        s.chol, s.rows, s.counts, batch_size, s.regularization, s.reduce
+    )
+
+
+def _transductive(s: Shortlist, batch_size: int):
+    if s.target is None:
+        raise ValueError("the transductive rule needs a target covariance")
+    return transductive_selection(
+        s.chol, s.target, s.rows, s.counts, batch_size, s.regularization
+    )
+
+
+def _kmeans_pp(s: Shortlist, batch_size: int):
+    embedding = "linear" if np.all(s.counts == 1) else "outer"
+    return kmeans_pp_selection(s.chol, s.rows, s.counts, batch_size, s.seed, embedding), None
+
+
+def _lcmd(s: Shortlist, batch_size: int):
+    return lcmd_selection(s.rows, s.counts, s.labelled_rows, s.labelled_counts, batch_size), None
+
+
+def _top(s: Shortlist, batch_size: int):
+    return np.lexsort((np.arange(s.prior.size), -s.prior))[:batch_size], None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """
+    One batch rule of the registry.
+
+    Attributes
+    ----------
+    name
+        Registry name.
+    select
+        ``select(shortlist, batch_size) -> (indices, scores at pick time or None)``.
+    needs_target
+        The rule scores against a target distribution (C_T must be computed).
+    """
+
+    name: str
+    select: Callable[[Shortlist, int], tuple[np.ndarray, np.ndarray | None]]
+    needs_target: bool = False
+
+
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule("greedy", _greedy),
+        Rule("transductive", _transductive, needs_target=True),
+        Rule("lcmd", _lcmd),
+        Rule("kmeans++", _kmeans_pp),
+        Rule("top", _top),
+    )
+}
+
+
+def get_rule(name: str) -> Rule:
+    """The registry entry of a batch rule; a ValueError lists the known ones."""
+    if name not in RULES:
+        raise ValueError(f"unknown batch rule {name!r}; choose from {sorted(RULES)}")
+    return RULES[name]

@@ -1,0 +1,88 @@
+"""Benchmark method names and the campaign acquisition section each one stands for.
+
+A method is written ``default`` (the product's default acquisition, whatever it is), a
+baseline without feature rows (``random``, ``committee``), a signal alone (greedy maximum
+variance, the rule every signal used before the batch rules existed, so older results keep
+their meaning), or ``signal:rule`` with an optional outlier guard ``:q<quantile>``, e.g.
+``activation:transductive`` or ``ntk:greedy:q0.9``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tangentlab.config import FEATURELESS_METHODS, Acquisition
+
+#: The default comparison, in report order.
+METHODS = (
+    "random",
+    "default",
+    "committee",
+    "fixed_descriptor",
+    "random_mace",
+    "activation",
+    "ntk",
+    "force_ntk",
+    "energy_force_ntk",
+)
+
+SIGNAL_LABELS = {
+    "committee": "committee (force std)",
+    "fixed_descriptor": "fixed descriptor (ACSF)",
+    "descriptor": "random-init MACE activations",
+    "random_mace": "random-init MACE activations",
+    "activation": "activation kernel",
+    "ntk": "energy NTK",
+    "force_ntk": "force NTK",
+    "energy_force_ntk": "joint energy-force NTK",
+}
+
+
+def method_acquisition(method: str) -> dict[str, Any]:
+    """
+    The ``acquisition`` keys a benchmark method sets (batch size etc. come from the spec).
+
+    Raises
+    ------
+    ValueError
+        If the name does not parse or names an unknown signal or rule.
+    """
+    if method == "default":
+        return {}
+    parts = method.split(":")
+    section: dict[str, Any] = {"signal": parts[0]}
+    if parts[0] not in FEATURELESS_METHODS:
+        section["rule"] = parts[1] if len(parts) > 1 else "greedy"
+    elif len(parts) > 1:
+        raise ValueError(f"method {method!r}: {parts[0]!r} takes no rule")
+    for extra in parts[2:]:
+        if not extra.startswith("q"):
+            raise ValueError(f"method {method!r}: unknown part {extra!r} (an outlier guard is q<quantile>)")
+        try:
+            section["sigma_quantile"] = float(extra[1:])
+        except ValueError:
+            raise ValueError(f"method {method!r}: {extra!r} is not q<quantile>") from None
+    Acquisition(**section)  # raises with the key named
+    return section
+
+
+def method_label(method: str) -> str:
+    """A person's name for a method (tables and plots)."""
+    if method in ("default", "random"):
+        return method if method == "random" else f"default ({describe(Acquisition())})"
+    section = method_acquisition(method)
+    return describe(Acquisition(**section))
+
+
+def describe(acquisition: Acquisition) -> str:
+    """``signal label + rule (guard)``."""
+    label = SIGNAL_LABELS.get(acquisition.signal, acquisition.signal)
+    if acquisition.signal in FEATURELESS_METHODS:
+        return label
+    guard = f", σ² ≤ q{acquisition.sigma_quantile:g}" if acquisition.sigma_quantile else ""
+    return f"{label}, {acquisition.rule}{guard}"
+
+
+def method_slug(method: str) -> str:
+    """The method as it appears in campaign names and file names (``[A-Za-z0-9_.-]`` only)."""
+    return method.replace(":", ".").replace("+", "p")
