@@ -5,18 +5,15 @@ import itertools
 import numpy as np
 import pytest
 
+from tangentlab.acquisition.diversity import kmeans_pp_selection
 from tangentlab.acquisition.posterior import (
+    TIE_TOLERANCE,
     grouped_variance_from_cholesky,
     posterior_variance,
     precision_cholesky,
     variance_from_cholesky,
 )
-from tangentlab.acquisition.rules import (
-    TIE_TOLERANCE,
-    greedy_grouped_posterior_variance,
-    kmeans_pp_selection,
-    random_selection,
-)
+from tangentlab.acquisition.rules import greedy_grouped_posterior_variance, random_selection
 
 
 def greedy_posterior_variance(phi_train, phi_cand, batch_size, lam, exclude=None):

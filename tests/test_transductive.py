@@ -9,7 +9,7 @@ from ase.build import molecule
 from scipy.linalg import cholesky
 
 from tangentlab.acquisition import fit_scorer, select_batch
-from tangentlab.acquisition.rules import lcmd_selection
+from tangentlab.acquisition.diversity import lcmd_selection
 from tangentlab.acquisition.transductive import (
     TargetCovariance,
     transductive_gain,

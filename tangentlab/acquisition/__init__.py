@@ -14,8 +14,8 @@ One entry point, `select_batch`; the pieces are found by name:
 """
 
 from tangentlab.acquisition.calibration import calibrate_uncertainty, spearman, uncertainty_quality
-from tangentlab.acquisition.posterior import PosteriorScorer, fit_scorer
 from tangentlab.acquisition.rules import RULES, random_selection
+from tangentlab.acquisition.scorer import PosteriorScorer, fit_scorer
 from tangentlab.acquisition.select import iter_pool_chunks, iter_structure_files, select_batch
 from tangentlab.acquisition.signals import SIGNALS, make_featurizer
 

@@ -31,14 +31,14 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from tangentlab.acquisition.posterior import (
+from tangentlab.acquisition.rules import Shortlist, get_rule
+from tangentlab.acquisition.scorer import (
     PosteriorScorer,
     Rows,
     featurize_in_chunks,
     fit_rows,
     on_device,
 )
-from tangentlab.acquisition.rules import Shortlist, get_rule
 from tangentlab.acquisition.signals import get_signal, make_featurizer
 from tangentlab.acquisition.transductive import TargetCovariance, transductive_gain
 
