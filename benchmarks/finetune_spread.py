@@ -1,0 +1,90 @@
+"""Fine-tuning noise: the spread over training seeds on one fixed training set, warm vs fresh.
+
+A benchmark can only tell acquisition methods apart if fine-tuning itself moves the test
+error less than the methods do. This script takes a finished benchmark campaign, keeps its
+final training and validation labels fixed, and fine-tunes several training seeds twice:
+warm-started from the model the campaign's last round started from (what a campaign does)
+and fresh from the pretrained starting model. It prints the test errors per seed and their
+spread as JSON.
+
+    python -m benchmarks.finetune_spread --db URL --campaign NAME --seeds 0 1 2 --out spread.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from db import campaigns, labels, make_engine, registry, session_scope
+from tangentlab.config import make_config
+from tangentlab.finetune import FineTuneHyperparameters, finetune
+from tangentlab.mace_model import load_model, predict
+from tangentlab.metrics import error_metrics
+
+
+def _errors(model_path: str, test) -> dict[str, float]:
+    predictions = predict(load_model(model_path), test)
+    references = [(a.info["energy"], a.arrays["forces"]) for a in test]
+    metrics = error_metrics(predictions, references, [len(a) for a in test])
+    return {key: metrics[key] for key in ("energy_mae_mev_per_atom", "force_mae_mev_per_a")}
+
+
+def measure(url: str, name: str, seeds: list[int], work: Path) -> dict:
+    """Test errors of fine-tunes on the campaign's final labels, per start and seed."""
+    with session_scope(make_engine(url)) as session:
+        camp = campaigns.get_campaign(session, name)
+        config = make_config(camp.config)
+        versions = registry.model_versions(session, camp)
+        pretrained = registry.verified_model_path(session, versions[0].id)
+        warm = registry.verified_model_path(session, versions[-2].id)
+        train = labels.labelled_atoms(session, camp.id, ["train"])
+        valid = labels.labelled_atoms(session, camp.id, ["valid"])
+        test = labels.labelled_atoms(session, camp.id, ["test"])
+    results: dict = {"campaign": name, "train": len(train), "valid": len(valid), "test": len(test)}
+    for start, parent in (("warm", warm), ("fresh", pretrained)):
+        rows = []
+        for seed in seeds:
+            hyper = FineTuneHyperparameters(**config.finetune.hyperparameters(), seed=seed)
+            tick = time.perf_counter()
+            result = finetune(parent, train, valid, work / f"{start}-{seed}.model", hyper=hyper)
+            rows.append({"seed": seed, "seconds": time.perf_counter() - tick,
+                         "best_epoch": result.best_epoch, **_errors(str(result.path), test)})
+        forces = [r["force_mae_mev_per_a"] for r in rows]
+        energies = [r["energy_mae_mev_per_atom"] for r in rows]
+        results[start] = {
+            "parent": parent,
+            "runs": rows,
+            "force_mean": float(np.mean(forces)), "force_std": float(np.std(forces, ddof=1)),
+            "energy_mean": float(np.mean(energies)), "energy_std": float(np.std(energies, ddof=1)),
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True, help="the benchmark's database URL")
+    parser.add_argument("--campaign", required=True, help="a finished campaign of that benchmark")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as work:
+        results = measure(args.db, args.campaign, args.seeds, Path(work))
+    text = json.dumps(results, indent=1)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
