@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from cli.commands import (
     DEFAULT_DB,
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--db", help="database URL (default: $TANGENTLAB_DATABASE_URL, else the Prefect Secret "
                         f"block named by $TANGENTLAB_DATABASE_SECRET, else {DEFAULT_DB})")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a failure instead of only its `error:` line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("quickstart", help="run (or resume) the built-in quick-start campaign")
@@ -87,13 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tangentlab`` command; returns its exit code."""
-    args = build_parser().parse_args(argv)
-    from tangentlab.config import ConfigError
-    from tangentlab.structures import InvalidStructureError
+    """Entry point of the ``tangentlab`` command; returns its exit code.
 
+    0: done (or the campaign met its targets); 3: a campaign stopped on a budget; 2: an
+    expected failure, reported as one ``error: …`` line (its traceback with ``--debug``).
+    """
+    args = build_parser().parse_args(argv)
+    from cli.errors import EXIT_ERROR, hide_prefect_tracebacks, is_expected, message
+
+    if not args.debug:
+        hide_prefect_tracebacks()
     try:
         return args.func(args)
-    except (ConfigError, InvalidStructureError, LookupError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if not is_expected(exc):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(message(exc), file=sys.stderr)
+        return EXIT_ERROR

@@ -26,6 +26,28 @@ def database_url(args: argparse.Namespace) -> str:
     return configured_url()
 
 
+def open_database(args: argparse.Namespace, *, create: bool = False):
+    """An engine for the campaign database; with ``create``, its schema made or upgraded.
+
+    A malformed URL, an unreachable server or a file that is not a database fails here, as
+    an ``error:`` line, before any campaign work starts.
+    """
+    from sqlalchemy.exc import ArgumentError
+
+    from cli.errors import UsageError
+    from db import init_db, make_engine
+    from tasks._db import redact_url
+
+    url = database_url(args)
+    try:
+        engine = make_engine(url)
+    except (ArgumentError, ValueError) as exc:  # a bad port is a ValueError of the URL parser
+        raise UsageError(f"database URL {redact_url(url)} is not usable: {exc}") from None
+    if create:
+        init_db(engine)
+    return engine
+
+
 def quiet_prefect() -> None:
     """Turn off Prefect's analytics and keep its log at INFO, unless the user chose otherwise."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -50,13 +72,11 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
     from flows.campaign import campaign
 
     if config is not None:
-        from tangentlab.config import ConfigError, make_config
-        from tasks.label import oracle_for
+        from tangentlab.config import make_config
+        from tasks.setup import check_inputs
 
-        try:
-            oracle_for(make_config(config))
-        except (ValueError, ImportError) as exc:
-            raise ConfigError(f"invalid oracle: {exc}") from None
+        check_inputs(make_config(config))  # before the database: a refused start stores nothing
+    open_database(args, create=True).dispose()
 
     # The flow reads the URL from the environment, so that a password in it never becomes a
     # flow parameter (which the Prefect server stores in the clear).
@@ -80,6 +100,12 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from db import campaigns, registry, session_scope
+
+    with session_scope(open_database(args)) as session:  # refuse before the flow starts
+        campaign = campaigns.get_campaign(session, args.name)
+        for version in registry.model_versions(session, campaign):
+            registry.verified_model_path(session, version.id)
     return _run_campaign(args, None, args.name)
 
 
@@ -96,24 +122,25 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from db import campaigns, init_db, make_engine, session_scope
-    from tangentlab.mace_model import load_model, model_elements
-    from tasks.setup import import_structures
+    from db import campaigns, session_scope
+    from tasks.setup import import_structures, starting_model_elements
 
-    engine = make_engine(database_url(args))
-    init_db(engine)
-    with session_scope(engine) as session:
+    with session_scope(open_database(args, create=True)) as session:
         campaign = campaigns.get_campaign(session, args.name)
-        elements = model_elements(load_model(campaign.config["model"]))
+        elements = starting_model_elements(campaign.config["model"])
         report = import_structures(session, campaign, args.file, split=args.split, allowed_elements=elements)
     print(f"imported {report.added} structures into {args.name!r} ({report.duplicates} already there)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from db import campaigns, make_engine, reports, session_scope
+    from db import campaigns, reports, session_scope
 
-    with session_scope(make_engine(database_url(args))) as session:
+    if Path(args.file).is_dir():
+        from cli.errors import UsageError
+
+        raise UsageError(f"{args.file} is a folder: give the extxyz file to write")
+    with session_scope(open_database(args)) as session:
         campaign = campaigns.get_campaign(session, args.name)
         n = reports.export_extxyz(session, campaign, args.file, split=args.split)
     print(f"wrote {n} labelled structures to {args.file}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.commands import database_url
+from cli.commands import open_database
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
@@ -65,9 +65,9 @@ def _print_status(camp: dict) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from db import campaigns, make_engine, session_scope
+    from db import campaigns, session_scope
 
-    with session_scope(make_engine(database_url(args))) as session:
+    with session_scope(open_database(args)) as session:
         shown = [campaigns.get_campaign(session, args.name)] if args.name else campaigns.all_campaigns(session)
         report = [_status_report(session, c, args.round) for c in shown]
     if args.json:

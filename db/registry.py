@@ -55,6 +55,10 @@ def register_model(
     return model
 
 
+class ModelChangedError(ValueError):
+    """A registered model file whose content no longer has its recorded sha256."""
+
+
 def verified_model_path(session: Session, model_version_id: int) -> str:
     """The path of a registered model, after checking the file still has its recorded sha256.
 
@@ -62,7 +66,7 @@ def verified_model_path(session: Session, model_version_id: int) -> str:
     ------
     FileNotFoundError
         If the file is gone.
-    ValueError
+    ModelChangedError
         If the file changed since it was registered (it is never loaded then).
     """
     version = session.get_one(ModelVersion, model_version_id)
@@ -71,7 +75,7 @@ def verified_model_path(session: Session, model_version_id: int) -> str:
         raise FileNotFoundError(f"model version {version.id}: file {path} is missing")
     digest = file_sha256(path)
     if digest != version.sha256:
-        raise ValueError(
+        raise ModelChangedError(
             f"model version {version.id}: {path} changed since it was registered "
             f"(sha256 {digest[:12]}..., registered {version.sha256[:12]}...); refusing to load it"
         )

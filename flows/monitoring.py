@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from db import rounds
 from db.reports import baseline_errors, round_rows, selected_rows
+from tangentlab.paths import campaign_dir
 from tasks.progress import artifact_key
 
 # Artifact data is stored by the Prefect server; beyond this the image is only linked.
@@ -75,7 +76,7 @@ def publish_rounds(session: Session, campaign_id: int, name: str, targets: Any, 
                           description=f"Rounds of campaign {name}: labels, test errors after each "
                           "fine-tune, model version, acquisition method and time")
     png = learning_curve_png(rows, baseline_errors(session, campaign_id), targets)
-    path = Path(work_dir).resolve() / name / "learning_curve.png"
+    path = campaign_dir(work_dir, name, "learning_curve.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
     image = (f"![learning curve](data:image/png;base64,{base64.b64encode(png).decode()})"

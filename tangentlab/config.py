@@ -7,6 +7,7 @@ instead of a silently ignored setting. Defaults are the quick-start campaign (se
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -27,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from tangentlab.oracles import ORACLES
 from tangentlab.oracles.pyscf import PySCFSettings
+from tangentlab.paths import check_campaign_name
 
 
 def shipped_file(name: str) -> str:
@@ -35,6 +37,8 @@ def shipped_file(name: str) -> str:
 
 
 SHIPPED_MODEL = "tangentlab-hcno-xtb.model"
+#: Torch devices a campaign may name; whether the device exists is checked where it runs.
+DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]+)?")
 QUICKSTART_POOL = "quickstart_pool.extxyz"
 
 
@@ -237,14 +241,43 @@ class CampaignConfig(_Section):
     valid_fraction: float = Field(0.15, ge=0, lt=1, description="Share of labelled structures held out for early stopping.")
     model: str = Field(shipped_file(SHIPPED_MODEL), description="Starting MACE .model path.")
     work_dir: str = Field("runs", description="Folder for model versions and QM run directories.")
-    seed: int = Field(0, description="Seed for the test/initial draws and training.")
-    device: str = Field("cpu", description="Torch device for acquisition and fine-tuning.")
+    seed: int = Field(0, ge=0, description="Seed for the test/initial draws and training.")
+    device: str = Field("cpu", description="Torch device for acquisition and fine-tuning (cpu, cuda, cuda:1, mps).")
     targets: Targets = Field(default_factory=Targets)
     budgets: Budgets = Field(default_factory=Budgets)
     oracle: OracleSettings = Field(default_factory=lambda: PySCFSettings(name="pyscf", xc="wb97x", basis="6-31g*"))
     acquisition: Acquisition = Field(default_factory=Acquisition)
     qm: QMSettings = Field(default_factory=QMSettings)
     finetune: FineTune = Field(default_factory=FineTune)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_campaign_name(value)
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, value: str) -> str:
+        if not DEVICE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a torch device (cpu, cuda, cuda:N, mps or xpu)")
+        return value
+
+    @model_validator(mode="after")
+    def _budget_covers_the_initial_set(self) -> CampaignConfig:
+        # The initial set is labelled before any budget is checked, so it must fit in it.
+        if self.initial_size > self.budgets.max_labels:
+            raise ValueError(f"initial_size {self.initial_size} is larger than budgets.max_labels "
+                             f"{self.budgets.max_labels} (test labels are not counted)")
+        return self
+
+    def check_pool_size(self, pool_size: int) -> None:
+        """Raise :class:`ConfigError` if a pool of ``pool_size`` distinct structures cannot
+        hold the test set (when drawn from the pool) and the initial set."""
+        drawn = 0 if self.test_file else self.test_size
+        if drawn + self.initial_size > pool_size:
+            keys = "initial_size" if self.test_file else f"test_size {self.test_size} + initial_size"
+            raise ConfigError(f"{keys} {self.initial_size} is larger than the pool of {pool_size} distinct "
+                              f"structures ({', '.join(self.pool)})")
 
     @field_validator("pool")
     @classmethod
@@ -264,6 +297,8 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             problems.append(f"unknown key '{where}'")
+        elif err["type"] == "value_error":  # our own validators' words, without "Value error, "
+            problems.append(f"{where}: {err['ctx']['error']}")
         else:
             problems.append(f"{where}: {err['msg']}")
     return ConfigError(f"invalid campaign configuration {source}: " + "; ".join(problems))
@@ -289,8 +324,8 @@ def load_config(path: str | Path) -> CampaignConfig:
         raise ConfigError(f"configuration file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration file {path} is not valid YAML/JSON: {exc}") from None
-    if data is None:
-        data = {}
+    if data is None:  # an empty file must not mean "all defaults": that is the quick-start campaign
+        raise ConfigError(f"configuration file {path} is empty (`tangentlab init-config` writes one to edit)")
     if not isinstance(data, dict):
         raise ConfigError(f"configuration file {path} must hold a mapping, got {type(data).__name__}")
     base = path.parent

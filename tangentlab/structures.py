@@ -18,6 +18,9 @@ from ase.io import read
 from ase.neighborlist import neighbor_list
 
 _HASH_DECIMALS = 6  # positions and cell are hashed on a 1e-6 Å grid
+#: Largest coordinate, extent and periodic cell length accepted (Å). Far beyond any molecule or
+#: cell a QM oracle can label, and a neighbour list over a box this size would not fit in memory.
+MAX_COORDINATE = 1e4
 
 
 class InvalidStructureError(ValueError):
@@ -29,8 +32,11 @@ def _prefix(where: str, message: str) -> str:
 
 
 def _as_integer(value: object, name: str) -> int:
-    number = float(value)  # type: ignore[arg-type]
-    if not np.isfinite(number) or number != round(number):
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidStructureError(f"{name} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or not np.isfinite(number) or number != round(number):
         raise InvalidStructureError(f"{name} must be an integer, got {value!r}")
     return round(number)
 
@@ -105,8 +111,9 @@ def validate_atoms(
     Raises
     ------
     InvalidStructureError
-        Naming the first problem found: no atoms, non-finite positions or cell, an unknown
-        or disallowed element, overlapping atoms, or a charge/multiplicity impossible for the
+        Naming the first problem found: no atoms, non-finite positions or cell, coordinates,
+        extent or periodic cell lengths over :data:`MAX_COORDINATE`, an unknown or disallowed
+        element, overlapping atoms, or a charge/multiplicity impossible for the
         electron count.
     """
     if len(atoms) == 0:
@@ -118,6 +125,7 @@ def validate_atoms(
         )
     if not np.isfinite(atoms.cell.array).all():
         raise InvalidStructureError(_prefix(where, "non-finite cell"))
+    _check_extent(atoms, where)
 
     numbers = atoms.numbers
     unknown = [int(z) for z in numbers if not 0 < z < len(chemical_symbols)]
@@ -148,6 +156,19 @@ def validate_atoms(
         spin_state(atoms)
     except InvalidStructureError as error:
         raise InvalidStructureError(_prefix(where, str(error))) from None
+
+
+def _check_extent(atoms: Atoms, where: str) -> None:
+    largest = float(np.abs(atoms.positions).max())
+    span = float(np.ptp(atoms.positions, axis=0).max())
+    lengths = atoms.cell.lengths()[atoms.pbc]
+    if largest > MAX_COORDINATE or span > MAX_COORDINATE:
+        raise InvalidStructureError(_prefix(
+            where, f"coordinates out of bounds (largest |x| {largest:.3g} Å, extent {span:.3g} Å; "
+            f"at most {MAX_COORDINATE:g} Å)"))
+    if lengths.size and float(lengths.max()) > MAX_COORDINATE:
+        raise InvalidStructureError(_prefix(
+            where, f"periodic cell length {float(lengths.max()):.3g} Å is over {MAX_COORDINATE:g} Å"))
 
 
 def spin_state(atoms: Atoms) -> tuple[int, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
@@ -26,6 +25,7 @@ from tangentlab.acquisition.diagnostics import selection_diagnostics
 from tangentlab.config import FEATURELESS_METHODS, CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters
 from tangentlab.mace_model import load_model, predict
+from tangentlab.paths import campaign_dir
 from tasks._db import engine_for
 from tasks.progress import Progress, artifact_key
 from tasks.setup import assign_splits
@@ -153,7 +153,7 @@ def _committee(config, round_number, model_path, train, valid, pool_atoms, progr
     """
     settings = config.acquisition
     tick = time.perf_counter()
-    out = Path(config.work_dir).resolve() / config.name / "committee" / f"round-{round_number:03d}"
+    out = campaign_dir(config.work_dir, config.name, "committee", f"round-{round_number:03d}")
     hyper = FineTuneHyperparameters(**config.finetune.model_dump(), seed=config.seed)
     size = settings.committee_size
 

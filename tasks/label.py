@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -13,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from db import labels, session_scope
 from tangentlab.config import CampaignConfig
 from tangentlab.oracles import Oracle, QMFailure, make_oracle
+from tangentlab.paths import campaign_dir
 from tasks._db import engine_for
 
 
@@ -50,7 +50,7 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
     key = labels.level_key(oracle.level)
     engine = engine_for(url)
     name = f"{socket.gethostname()}:{os.getpid()}:{worker}"
-    qm_dir = Path(config.work_dir) / config.name / "qm"
+    qm_dir = campaign_dir(config.work_dir, config.name, "qm")
     qm_dir.mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "failed": 0}
     while True:

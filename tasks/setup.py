@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from ase import Atoms
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import campaigns, init_db, rounds, session_scope, structures
 from db.structures import ImportReport
-from tangentlab.config import CampaignConfig, config_json, make_config
+from tangentlab.config import CampaignConfig, ConfigError, config_json, make_config
 from tangentlab.mace_model import load_model, model_elements
 from tangentlab.splits import draw, split_labelled
 from tangentlab.structures import content_hash, read_structures
@@ -25,19 +28,73 @@ def stored_config(url: str, name: str) -> CampaignConfig:
         return make_config(campaigns.get_campaign(session, name).config, source=f"of campaign {name!r}")
 
 
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless ``device`` exists on this machine (where the flow runs)."""
+    dev = torch.device(device)
+    available = {
+        "cpu": lambda: True,
+        "cuda": torch.cuda.is_available,
+        "mps": torch.backends.mps.is_available,
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+    }.get(dev.type, lambda: False)
+    if not available():
+        raise ConfigError(f"device {device!r}: no {dev.type} device on this machine")
+    count = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.type == "cuda" and dev.index is not None and dev.index >= count:
+        raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), "
+                          f"cuda:0 to cuda:{count - 1}")
+
+
+def starting_model_elements(path: str) -> list[str]:
+    """The elements of the starting model at ``path``; :class:`ConfigError` if it is unusable."""
+    try:
+        return model_elements(load_model(path))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"model: {exc}") from None
+
+
+@dataclass
+class CampaignInputs:
+    """A new campaign's inputs, all checked: the model's elements and the structures read."""
+
+    elements: list[str]
+    pool: dict[str, list[Atoms]]
+    test: list[Atoms] | None
+
+
+def check_inputs(config: CampaignConfig) -> CampaignInputs:
+    """Check everything a new campaign needs before its first row or QM job.
+
+    The oracle, the device, the starting model, every structure of the pool and test files,
+    and the pool's size against the test and initial sets. Raises :class:`ConfigError` or
+    ``InvalidStructureError`` naming the problem.
+    """
+    try:
+        oracle_for(config)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"invalid oracle: {exc}") from None
+    check_device(config.device)
+    elements = starting_model_elements(config.model)
+    pool = {path: read_structures(path, allowed_elements=elements) for path in config.pool}
+    config.check_pool_size(len({content_hash(a) for atoms in pool.values() for a in atoms}))
+    test = None
+    if config.test_file:
+        test = read_structures(config.test_file, allowed_elements=elements)
+    return CampaignInputs(elements, pool, test)
+
+
 @task(name="set up campaign", cache_policy=NO_CACHE)
 def setup_campaign(url: str, config: CampaignConfig) -> int:
     """Create the campaign (or reopen it) and return its id.
 
-    Everything happens in one transaction: the pool import, the test set and the initial
-    round are stored together or not at all, and a campaign that exists already is left as
-    it is (its stored configuration wins).
+    A new campaign's inputs are checked first (:func:`check_inputs`), then everything
+    happens in one transaction: the pool import, the test set and the initial round are
+    stored together or not at all. A campaign that exists already is left as it is (its
+    stored configuration wins).
     """
     logger = get_run_logger()
     engine = engine_for(url)
     init_db(engine)
-    oracle_for(config)  # an unusable oracle stops the campaign here, before anything is stored
-    elements = model_elements(load_model(config.model))
     with session_scope(engine) as session:
         try:
             campaign = campaigns.get_campaign(session, config.name)
@@ -48,17 +105,16 @@ def setup_campaign(url: str, config: CampaignConfig) -> int:
             return campaign.id
         except LookupError:
             pass
+    inputs = check_inputs(config)  # an unusable input stops here, before anything is stored
+    with session_scope(engine) as session:
         campaign = campaigns.create_campaign(session, config.name, config_json(config))
-        for path in config.pool:
-            report = import_structures(
-                session, campaign, path, origin=f"pool:{Path(path).name}", allowed_elements=elements
-            )
-            logger.info("imported %s: %d structures (%d duplicates)", path, report.added, report.duplicates)
+        for path, atoms_list in inputs.pool.items():
+            report = _store(session, campaign, atoms_list, origin=f"pool:{Path(path).name}", split="pool")
+            logger.info("imported %s: %d structures (%d duplicates)", path, report.added,
+                        report.duplicates)
         pool_ids = [s.id for s in structures.campaign_structures(session, campaign, split="pool")]
-        if config.test_file:
-            import_structures(
-                session, campaign, config.test_file, origin="test", split="test", allowed_elements=elements
-            )
+        if inputs.test is not None:
+            _store(session, campaign, inputs.test, origin="test", split="test")
         else:
             test_ids = draw(pool_ids, config.test_size, config.seed, salt=1)
             structures.set_split(session, test_ids, "test")
@@ -72,6 +128,11 @@ def setup_campaign(url: str, config: CampaignConfig) -> int:
         logger.info("campaign %r created (id %d): %d pool, %d initial", config.name, campaign.id,
                     len(pool_ids), len(initial))
         return campaign.id
+
+
+def _store(session, campaign, atoms_list: list[Atoms], *, origin: str, split: str) -> ImportReport:
+    hashes = [content_hash(a) for a in atoms_list]
+    return structures.import_atoms(session, campaign, atoms_list, hashes, origin=origin, split=split)
 
 
 def assign_splits(session, structure_ids: list[int], valid_fraction: float) -> None:
@@ -90,5 +151,4 @@ def import_structures(session, campaign, path: str | Path, *, origin: str | None
     structure index) of the first problem; nothing is stored then.
     """
     atoms_list = read_structures(path, allowed_elements=allowed_elements)
-    return structures.import_atoms(session, campaign, atoms_list, [content_hash(a) for a in atoms_list],
-                                   origin=origin or str(Path(path)), split=split)
+    return _store(session, campaign, atoms_list, origin=origin or str(Path(path)), split=split)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
@@ -11,6 +9,7 @@ from tqdm import tqdm
 from db import RoundStatus, labels, registry, rounds, session_scope
 from tangentlab.config import CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters, finetune
+from tangentlab.paths import campaign_dir
 from tasks._db import engine_for
 from tasks.progress import Progress, artifact_key
 
@@ -31,7 +30,7 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
         valid = labels.labelled_atoms(session, campaign_id, ["valid"])
         parent_id, parent_path = parent.id, registry.verified_model_path(session, parent.id)
     hyper = FineTuneHyperparameters(**config.finetune.model_dump(), seed=config.seed)
-    out = Path(config.work_dir).resolve() / config.name / "models" / f"round-{round_number:03d}.model"
+    out = campaign_dir(config.work_dir, config.name, "models", f"round-{round_number:03d}.model")
     logger.info("round %d: fine-tuning model %d on %d train / %d valid labels", round_number,
                 parent_id, len(train), len(valid))
     # A progress bar on a terminal (disable=None turns it off when stderr is not a TTY) and a
