@@ -25,6 +25,7 @@ import json
 import platform
 import resource
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +54,7 @@ with contextlib.redirect_stdout(sys.stderr):
     from tangentlab.acquisition.rules import greedy_grouped_posterior_variance
     from tangentlab.config import SHIPPED_MODEL, shipped_file
     from tangentlab.mace_model import load_model
+    from tangentlab.model_files import starting_weights
 
 SHIPPED = Path(shipped_file(SHIPPED_MODEL))
 ALL_SIGNALS = tuple(SIGNALS)
@@ -386,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    model = load_model(model_path, device=args.device, dtype=dtype)
+    with tempfile.TemporaryDirectory() as tmp:  # --model is the user's file: unpickled once, converted
+        model = load_model(starting_weights(model_path, tmp)[0], device=args.device, dtype=dtype)
     stream = _stream_factory(args)
     labelled = list(itertools.islice(stream(), args.labelled))
 

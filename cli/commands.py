@@ -123,11 +123,12 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from db import campaigns, session_scope
+    from tangentlab.config import make_config
     from tasks.setup import import_structures, starting_model_elements
 
     with session_scope(open_database(args, create=True)) as session:
         campaign = campaigns.get_campaign(session, args.name)
-        elements = starting_model_elements(campaign.config["model"])
+        elements = starting_model_elements(make_config(campaign.config))
         report = import_structures(session, campaign, args.file, split=args.split, allowed_elements=elements)
     print(f"imported {report.added} structures into {args.name!r} ({report.duplicates} already there)")
     return 0

@@ -60,7 +60,7 @@ def _uncertainty(settings: Acquisition, model, config: dict, train, valid, test,
     if settings.signal == "committee":
         rounds_dir = Path(config["work_dir"]).resolve() / config["name"] / "committee"
         last = sorted(rounds_dir.glob("round-*"))[-1]
-        members = sorted(last.glob("member-*.model"))
+        members = sorted(last.glob("member-*.pt"))  # the weights-only files
         _, sigma_test = committee_disagreement(members, test, device=device)
         _, sigma_valid = committee_disagreement(members, valid, device=device)
         return sigma_test, sigma_valid

@@ -30,7 +30,7 @@ from tangentlab.stopping import stop_decision
 from tasks._db import database_url, engine_for, has_password, redact_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model
-from tasks.setup import setup_campaign, stored_config
+from tasks.setup import setup_campaign, starting_model, stored_config
 from tasks.train import finetune_round
 
 NEXT_STEP = {
@@ -52,12 +52,14 @@ def _label_all(url: str, name: str, config: CampaignConfig, structure_ids: list[
 
 
 def _starting_model(url: str, campaign_id: int, config: CampaignConfig) -> tuple[int, dict | None]:
-    """Register the starting model once; return its version id and stored test errors."""
+    """Register the starting model once (weights-only, with the named file's path and sha256);
+    return its version id and stored test errors."""
     with session_scope(engine_for(url)) as session:
         versions = registry.model_versions(session, campaign_id)
         if not versions:
-            versions = [registry.register_model(session, campaign_id, config.model,
-                                                hyperparameters={"source": "starting model"})]
+            path, source = starting_model(config)
+            versions = [registry.register_model(session, campaign_id, path,
+                                                hyperparameters={"source": "starting model", **source})]
         return versions[0].id, (versions[0].metrics or {}).get("test")
 
 

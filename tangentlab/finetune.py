@@ -10,7 +10,8 @@ zero) on every done training label:
    exponential moving average (EMA) of the weights;
 3. evaluate the EMA weights on the validation split after every epoch, refit the E0s every few
    epochs, stop early when the validation loss stops improving, and keep the best weights;
-4. write a standard MACE ``.model`` file (a pickled module that ``MACECalculator`` loads).
+4. write a standard MACE ``.model`` file (a pickled module that ``MACECalculator`` loads) and,
+   beside it, the weights-only ``.pt`` file that tangentlab registers and loads.
 
 Training runs in float64 inside :func:`tangentlab.mace_model.default_dtype`, so MACE's global
 dtype change does not leak into the caller.
@@ -31,6 +32,7 @@ from mace import data as mace_data
 from mace.tools import torch_geometric
 
 from tangentlab.mace_model import atoms_to_graphs, default_dtype, load_model, model_elements
+from tangentlab.model_files import write_model
 
 _LABEL_KEYS = mace_data.KeySpecification(info_keys={"energy": "energy"}, arrays_keys={"forces": "forces"})
 
@@ -195,8 +197,9 @@ def finetune(
         Labelled structures: ``info["energy"]`` (eV) and ``arrays["forces"]`` (eV/Å). ``valid``
         may be empty; the training loss then drives early stopping.
     out_path
-        Where the fine-tuned ``.model`` is written (atomically: written to a temporary name,
-        then renamed).
+        Where the fine-tuned model is written: ``<stem>.model`` for users and ``<stem>.pt``
+        (weights-only, ``FineTuneResult.path``), each atomically (see
+        `tangentlab.model_files.write_model`).
     hyper
         Optimiser and stopping settings.
     device
@@ -269,10 +272,7 @@ def finetune(
         e0s = _refit(model, train, train_eval)
         for p in model.parameters():
             p.requires_grad_(False)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_suffix(out_path.suffix + ".partial")
-        torch.save(model.cpu(), tmp)
-        tmp.replace(out_path)
+        out_path = write_model(model.cpu(), out_path)
     zs = model_elements(model)
     return FineTuneResult(
         path=out_path,

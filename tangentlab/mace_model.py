@@ -1,4 +1,4 @@
-"""The MACE adapter: loading `.model` files, batching structures, predictions.
+"""The MACE adapter: loading model files, batching structures, predictions.
 
 MACE sets torch's global default dtype as a side effect of much of its code; every
 function here runs inside `default_dtype` and leaves the caller's default unchanged.
@@ -6,7 +6,6 @@ function here runs inside `default_dtype` and leaves the caller's default unchan
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,37 +18,20 @@ from mace import data as mace_data
 from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable
 
-_MACE_ATTRIBUTES = ("atomic_numbers", "r_max", "interactions", "products", "readouts")
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """
-    Set torch's default dtype inside the block and restore the previous one after it.
-
-    Parameters
-    ----------
-    dtype
-        The default dtype inside the block.
-    """
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+from tangentlab.model_files import default_dtype, read_weights
 
 
 def load_model(
     path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float64
 ) -> torch.nn.Module:
     """
-    Load a MACE `.model` file for inference.
+    Load a weights-only MACE model file for inference (never a pickled ``.model``).
 
     Parameters
     ----------
     path
-        A file written by ``torch.save(model)`` (what ``mace_run_train`` writes).
+        A file written by `tangentlab.model_files.save_weights` (registry model versions, the
+        converted starting model).
     device
         Torch device to put the model on.
     dtype
@@ -65,23 +47,13 @@ def load_model(
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file cannot be read as a MACE model.
+        If the file is not a weights-only MACE model file (a pickled ``.model`` included:
+        `tangentlab.model_files.ModelFileError`, naming the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MACE model file not found: {path}")
-    with default_dtype(dtype):
-        try:
-            model = torch.load(path, map_location=device, weights_only=False)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable MACE model file: {exc}") from exc
-        missing = [name for name in _MACE_ATTRIBUTES if not hasattr(model, name)]
-        if not isinstance(model, torch.nn.Module) or missing:
-            raise ValueError(
-                f"{path} does not hold a MACE model (got {type(model).__name__}"
-                + (f", missing {', '.join(missing)})" if missing else ")")
-            )
-        model = model.to(device=device, dtype=dtype).eval()
+    model = read_weights(path, device=device, dtype=dtype).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model

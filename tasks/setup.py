@@ -14,6 +14,8 @@ from db import campaigns, init_db, rounds, session_scope, structures
 from db.structures import ImportReport
 from tangentlab.config import CampaignConfig, ConfigError, config_json, make_config
 from tangentlab.mace_model import load_model, model_elements
+from tangentlab.model_files import starting_weights
+from tangentlab.paths import campaign_dir
 from tangentlab.splits import draw, split_labelled
 from tangentlab.structures import content_hash, read_structures
 from tasks._db import engine_for
@@ -45,10 +47,21 @@ def check_device(device: str) -> None:
                           f"cuda:0 to cuda:{count - 1}")
 
 
-def starting_model_elements(path: str) -> list[str]:
-    """The elements of the starting model at ``path``; :class:`ConfigError` if it is unusable."""
+def starting_model(config: CampaignConfig) -> tuple[Path, dict]:
+    """The campaign's starting model as a weights-only file, and where it came from.
+
+    The file the user named in ``model`` is the one pickled file tangentlab loads: on first
+    use it is unpickled and converted into the campaign's ``models`` folder (its sha256 logged
+    and returned); every later call finds the converted file (see
+    `tangentlab.model_files.starting_weights`).
+    """
+    return starting_weights(config.model, campaign_dir(config.work_dir, config.name, "models"))
+
+
+def starting_model_elements(config: CampaignConfig) -> list[str]:
+    """The elements of the campaign's starting model; :class:`ConfigError` if it is unusable."""
     try:
-        return model_elements(load_model(path))
+        return model_elements(load_model(starting_model(config)[0]))
     except (ValueError, OSError) as exc:
         raise ConfigError(f"model: {exc}") from None
 
@@ -74,7 +87,7 @@ def check_inputs(config: CampaignConfig) -> CampaignInputs:
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"invalid oracle: {exc}") from None
     check_device(config.device)
-    elements = starting_model_elements(config.model)
+    elements = starting_model_elements(config)
     pool = {path: read_structures(path, allowed_elements=elements) for path in config.pool}
     config.check_pool_size(len({content_hash(a) for atoms in pool.values() for a in atoms}))
     test = None

@@ -53,7 +53,7 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
                     f"kept epoch {result.best_epoch}, validation loss {result.best_valid_loss:.4g}")
     with session_scope(engine) as session:
         version = registry.register_model(
-            session, campaign_id, out, parent_id=parent_id,
+            session, campaign_id, result.path, parent_id=parent_id,
             label_ids=[a.info["label_id"] for a in train + valid],
             hyperparameters=result.hyperparameters,
             metrics={"best_valid_loss": result.best_valid_loss, "epochs": result.epochs,
@@ -65,6 +65,6 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
                              timings={**(round_.timings or {}), "finetune_s": result.seconds})
         logger.info("round %d: model %d trained in %.0f s (%d epochs, %s; kept epoch %d, validation loss "
                     "%.4g); saved %s", round_number, version.id, result.seconds, result.epochs, stopped,
-                    result.best_epoch, result.best_valid_loss, out)
+                    result.best_epoch, result.best_valid_loss, result.path)
         return version.id
 

@@ -12,18 +12,21 @@ from tiny_model import rattled_molecules
 
 from tangentlab.acquisition.activations import Standardizer, activation_features, invariant_columns
 from tangentlab.mace_model import load_model
+from tangentlab.model_files import starting_weights, write_model
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "shared/models/mace-tutorial-hco-swa.model"
 HCO_NAMES = ["CH4", "H2O", "CO2", "CH3OH", "CH3CHO", "C2H6"]
 
 
 @pytest.fixture(scope="module", params=["tiny", "pretrained"])
-def model_path(request, tiny_model_file) -> Path:
+def model_path(request, tiny_model_file, tmp_path_factory) -> Path:
     if request.param == "tiny":
         return tiny_model_file
     if not PRETRAINED.is_file():
         pytest.skip("shared pretrained H/C/O MACE not present")
-    return PRETRAINED
+    folder = tmp_path_factory.mktemp("pretrained")
+    # Weights-only, with a standard .model of the same weights beside it (as fine-tuning writes).
+    return write_model(load_model(starting_weights(PRETRAINED, folder)[0]), folder / "pretrained")
 
 
 def _rattled(names: list[str], seed: int = 0) -> list[Atoms]:
@@ -53,7 +56,7 @@ def test_equal_to_mace_descriptors(model_path):
     """Sum pooling of MACECalculator.get_descriptors (mace's own invariant extraction)."""
     structures = _rattled(HCO_NAMES[:3])
     sums = activation_features(load_model(model_path), structures, pooling="sum")
-    calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    calc = MACECalculator(model_paths=str(model_path.with_suffix(".model")), device="cpu", default_dtype="float64")
     for atoms, row in zip(structures, sums):
         descriptors = calc.get_descriptors(atoms, invariants_only=True)
         np.testing.assert_allclose(row, descriptors.sum(axis=0), rtol=1e-10, atol=1e-10)

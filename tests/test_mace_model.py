@@ -20,6 +20,7 @@ from tangentlab.mace_model import (
     predict,
 )
 from tangentlab.metrics import energy_mae_per_atom, error_metrics, force_mae
+from tangentlab.model_files import starting_weights
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "shared/models/mace-tutorial-hco-swa.model"
 needs_pretrained = pytest.mark.skipif(
@@ -78,9 +79,17 @@ def test_elements_and_cutoff(tiny_model_file):
     assert model_cutoff(model) == pytest.approx(4.0)
 
 
+@pytest.fixture(scope="module")
+def pretrained_weights(tmp_path_factory) -> Path:
+    """The shared pretrained ``.model`` converted to a weights-only file (the starting-model path)."""
+    if not PRETRAINED.is_file():
+        pytest.skip("shared pretrained H/C/O MACE not present")
+    return starting_weights(PRETRAINED, tmp_path_factory.mktemp("pretrained"))[0]
+
+
 @needs_pretrained
-def test_pretrained_elements_and_cutoff():
-    model = load_model(PRETRAINED)
+def test_pretrained_elements_and_cutoff(pretrained_weights):
+    model = load_model(pretrained_weights)
     assert model_elements(model) == [1, 6, 8]
     assert model_cutoff(model) == pytest.approx(3.0)
 
@@ -105,11 +114,12 @@ def test_unknown_element_is_named(tiny_model_file):
         predict(model, [molecule("CH4"), molecule("SiH4")])
 
 
-def _assert_matches_calculator(path: Path, structures: list[Atoms], batch_size: int) -> None:
+def _assert_matches_calculator(weights: Path, pickled: Path, structures: list[Atoms], batch_size: int) -> None:
+    """tangentlab's predictions from the weights-only file equal MACECalculator's from the ``.model``."""
     before = torch.get_default_dtype()
-    results = predict(load_model(path), structures, batch_size=batch_size)
+    results = predict(load_model(weights), structures, batch_size=batch_size)
     assert torch.get_default_dtype() == before
-    calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+    calc = MACECalculator(model_paths=str(pickled), device="cpu", default_dtype="float64")
     for atoms, (energy, forces) in zip(structures, results):
         atoms = atoms.copy()
         atoms.calc = calc
@@ -122,13 +132,13 @@ def test_predict_matches_calculator_tiny(tiny_model_file):
     diamond = bulk("C", "diamond", a=3.57) * (2, 1, 1)
     diamond.rattle(0.05, seed=1)
     structures = [*_rattled(["CH4", "NH3", "CH3OH", "HCN", "C2H6"]), diamond]
-    _assert_matches_calculator(tiny_model_file, structures, batch_size=4)
+    _assert_matches_calculator(tiny_model_file, tiny_model_file.with_suffix(".model"), structures, batch_size=4)
 
 
 @needs_pretrained
-def test_predict_matches_calculator_pretrained():
+def test_predict_matches_calculator_pretrained(pretrained_weights):
     structures = _rattled(["CH4", "H2O", "CO2", "CH3OH", "CH3CHO"], seed=3)
-    _assert_matches_calculator(PRETRAINED, structures, batch_size=2)
+    _assert_matches_calculator(pretrained_weights, PRETRAINED, structures, batch_size=2)
 
 
 def test_predict_independent_of_batch_size_and_no_grad_context(tiny_model_file):

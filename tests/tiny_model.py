@@ -12,13 +12,14 @@ from e3nn import o3
 from mace import modules
 
 from tangentlab.mace_model import default_dtype
+from tangentlab.model_files import write_model
 
 
 def make_tiny_model(
     path: str | Path, elements: Sequence[int] = (1, 6, 7, 8), seed: int = 0
 ) -> Path:
     """
-    Build and save a tiny ScaleShiftMACE (float64) that `MACECalculator` loads.
+    Build and save a tiny ScaleShiftMACE (float64): a weights-only file and a standard ``.model``.
 
     Built with the constructor arguments mace's own tests use, shrunk: r_max 4 Å,
     two interactions, hidden irreps 8x0e+8x1o, max_ell 2, correlation 2, 6 radial
@@ -27,7 +28,8 @@ def make_tiny_model(
     Parameters
     ----------
     path
-        Where to write the model (``torch.save`` of the module).
+        Where to write the model: ``<stem>.pt`` (weights-only, what tangentlab loads) and
+        ``<stem>.model`` (the pickled module `MACECalculator` loads), as fine-tuning does.
     elements
         Atomic numbers the model knows.
     seed
@@ -36,7 +38,7 @@ def make_tiny_model(
     Returns
     -------
     Path
-        The path written.
+        The weights-only file (the ``.model`` is ``path.with_suffix(".model")``).
     """
     path = Path(path)
     zs = sorted(int(z) for z in elements)
@@ -64,8 +66,7 @@ def make_tiny_model(
             atomic_inter_scale=0.5,
             atomic_inter_shift=0.1,
         )
-    torch.save(model, path)
-    return path
+    return write_model(model, path)
 
 
 def rattled_molecules(names, seed: int = 0, scale: float = 0.05):
