@@ -227,6 +227,13 @@ class FineTune(_Section):
     e0_refit_interval: int = Field(5, gt=0)
     min_steps_per_epoch: int = Field(10, gt=0, description="Optimiser steps per epoch at least (small sets are cycled).")
     min_valid: int = Field(5, gt=0, description="Validation structures needed to early-stop on them (else the train loss).")
+    start: Literal["previous", "pretrained"] = Field(
+        "previous", description="Start each round from the previous round's model (warm start) or afresh "
+        "from the campaign's starting model (no path dependence; docs/benchmarks/README.md).")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The keywords of `tangentlab.finetune.FineTuneHyperparameters` (everything but ``start``)."""
+        return self.model_dump(exclude={"start"})
 
 
 class CampaignConfig(_Section):

@@ -154,7 +154,7 @@ def _committee(config, round_number, model_path, train, valid, pool_atoms, progr
     settings = config.acquisition
     tick = time.perf_counter()
     out = campaign_dir(config.work_dir, config.name, "committee", f"round-{round_number:03d}")
-    hyper = FineTuneHyperparameters(**config.finetune.model_dump(), seed=config.seed)
+    hyper = FineTuneHyperparameters(**config.finetune.hyperparameters(), seed=config.seed)
     size = settings.committee_size
 
     def member_epoch(member: int, epoch: int, total: int, record: dict) -> None:

@@ -14,6 +14,15 @@ from tasks._db import engine_for
 from tasks.progress import Progress, artifact_key
 
 
+def parent_version(versions: list, start: str):
+    """The model a round fine-tunes from: the latest version (warm start) or, with
+    ``start="pretrained"``, the campaign's starting model, so that one unlucky round cannot
+    carry over into the next (docs/benchmarks/README.md measures both)."""
+    if not versions:
+        raise ValueError("the campaign has no model version to fine-tune from")
+    return versions[0] if start == "pretrained" else versions[-1]
+
+
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_number: int) -> int:
     """Fine-tune for ``round_number`` and return the new model version's id.
@@ -25,11 +34,11 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
     logger = get_run_logger()
     engine = engine_for(url)
     with session_scope(engine) as session:
-        parent = registry.latest_model(session, campaign_id)
+        parent = parent_version(registry.model_versions(session, campaign_id), config.finetune.start)
         train = labels.labelled_atoms(session, campaign_id, ["train"])
         valid = labels.labelled_atoms(session, campaign_id, ["valid"])
         parent_id, parent_path = parent.id, registry.verified_model_path(session, parent.id)
-    hyper = FineTuneHyperparameters(**config.finetune.model_dump(), seed=config.seed)
+    hyper = FineTuneHyperparameters(**config.finetune.hyperparameters(), seed=config.seed)
     out = campaign_dir(config.work_dir, config.name, "models", f"round-{round_number:03d}.model")
     logger.info("round %d: fine-tuning model %d on %d train / %d valid labels", round_number,
                 parent_id, len(train), len(valid))

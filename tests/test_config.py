@@ -104,3 +104,44 @@ def test_oracle_section_is_checked_per_oracle():
     # a recipe's own keywords are free-form: the recipe's signature checks them (make_oracle)
     free = {"name": "quacc", "recipe": "quacc.recipes.emt.core.static_job", "kwargs": {"anything": 1}}
     assert make_config({"oracle": free}).oracle.model_dump() == free
+
+
+def test_stored_acquisition_section_keeps_its_meaning():
+    """Configs stored with the old key 'method' (and 'descriptor') load as signal + greedy."""
+    config = make_config(STORED_CONFIG, source="of campaign 'orca-run'")
+    assert (config.acquisition.signal, config.acquisition.rule) == ("activation", "greedy")
+    old = STORED_CONFIG | {"acquisition": {**STORED_CONFIG["acquisition"], "method": "descriptor"}}
+    assert make_config(old).acquisition.signal == "random_mace"
+    assert config_json(config)["finetune"]["start"] == "previous"
+
+
+def test_acquisition_section_is_checked_against_the_registries():
+    default = make_config({}).acquisition
+    assert (default.signal, default.rule, default.target) == ("activation", "transductive", "pool")
+    ntk = make_config({"acquisition": {"signal": "ntk", "signal_options": {"sketch_dim": 32}}})
+    assert ntk.acquisition.select_options()["sketch_dim"] == 32
+    for section, message in (
+        ({"signal": "soap"}, "unknown signal 'soap'"),
+        ({"rule": "best"}, "unknown batch rule 'best'"),
+        ({"signal": "ntk", "signal_options": {"sketchdim": 4}}, r"signal_options \['sketchdim'\]"),
+        ({"signal": "random", "signal_options": {"sketch_dim": 4}}, "takes no signal_options"),
+        ({"signal": "ntk", "method": "ntk"}, "not both"),
+        ({"sigma_quantile": 1.5}, "sigma_quantile"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            make_config({"acquisition": section})
+
+
+def test_acquisition_target_file_is_relative_to_the_config(tmp_path):
+    (tmp_path / "c.yaml").write_text("acquisition: {target: frames.extxyz}\n")
+    assert load_config(tmp_path / "c.yaml").acquisition.target == str(tmp_path / "frames.extxyz")
+
+
+def test_finetune_start_is_not_a_trainer_keyword():
+    from tangentlab.finetune import FineTuneHyperparameters
+
+    section = make_config({"finetune": {"start": "pretrained"}}).finetune
+    assert section.start == "pretrained" and "start" not in section.hyperparameters()
+    FineTuneHyperparameters(**section.hyperparameters())
+    with pytest.raises(ConfigError, match="finetune.start"):
+        make_config({"finetune": {"start": "yesterday"}})

@@ -88,3 +88,13 @@ def test_committee_disagrees_where_members_differ(tiny_model_file, xtb_data, tmp
     assert list(picked) == list(np.argsort(-force_std)[:2])
     with pytest.raises(ValueError, match="at least 2 members"):
         train_committee(tiny_model_file, xtb_data, [], tmp_path, size=1)
+
+
+def test_rounds_start_from_the_latest_or_the_starting_model():
+    from tasks.train import parent_version
+
+    versions = ["start", "round 0", "round 1"]
+    assert parent_version(versions, "previous") == "round 1"
+    assert parent_version(versions, "pretrained") == "start"
+    with pytest.raises(ValueError, match="no model version"):
+        parent_version([], "previous")
