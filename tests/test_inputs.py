@@ -108,7 +108,8 @@ def test_unsafe_campaign_names_are_refused(tmp_path, db_url, capsys, tiny_model_
 )
 def test_settings_checked_before_anything_is_stored(tmp_path, db_url, capsys, tiny_model_file,
                                                     overrides, message):
-    err = refused_start(tmp_path, db_url, capsys, base_config(tmp_path, tiny_model_file, **overrides))
+    config = base_config(tmp_path, tiny_model_file, **overrides)
+    err = refused_start(tmp_path, db_url, capsys, config)
     assert message in err
 
 
@@ -116,12 +117,14 @@ def test_settings_checked_before_anything_is_stored(tmp_path, db_url, capsys, ti
     ("overrides", "message"),
     [
         ({"test_size": 30}, "test_size 30 + initial_size 2 is larger than the pool of 8"),
-        ({"test_size": 5, "initial_size": 4}, "test_size 5 + initial_size 4 is larger than the pool of 8"),
+        ({"test_size": 5, "initial_size": 4},
+         "test_size 5 + initial_size 4 is larger than the pool of 8"),
     ],
 )
 def test_split_sizes_are_checked_against_the_pool(tmp_path, db_url, capsys, tiny_model_file,
                                                   overrides, message):
-    err = refused_start(tmp_path, db_url, capsys, base_config(tmp_path, tiny_model_file, **overrides))
+    config = base_config(tmp_path, tiny_model_file, **overrides)
+    err = refused_start(tmp_path, db_url, capsys, config)
     assert message in err
 
 
@@ -135,17 +138,19 @@ def _molecules(path: Path, bad: Atoms, n_good: int = 6) -> Path:
     ("bad", "message"),
     [
         (Atoms("H2", positions=[[0, 0, 0], [1e8, 0, 0]]), "structure 6: coordinates out of bounds"),
-        (Atoms("H2", positions=[[-6e3, 0, 0], [6e3, 0, 0]]), "structure 6: coordinates out of bounds"),
+        (Atoms("H2", positions=[[-6e3, 0, 0], [6e3, 0, 0]]),
+         "structure 6: coordinates out of bounds"),
         (Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]], info={"charge": "abc"}),
          "structure 6: charge must be an integer, got 'abc'"),
         (Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]], info={"multiplicity": "two"}),
          "structure 6: multiplicity must be an integer, got 'two'"),
     ],
 )
-def test_poison_structures_are_refused_at_start_and_import(tmp_path, db_url, capsys, tiny_model_file,
-                                                           bad, message):
+def test_poison_structures_are_refused_at_start_and_import(tmp_path, db_url, capsys,
+                                                           tiny_model_file, bad, message):
     pool = _molecules(tmp_path / "bad.extxyz", bad)
-    err = refused_start(tmp_path, db_url, capsys, base_config(tmp_path, tiny_model_file, pool=[str(pool)]))
+    config = base_config(tmp_path, tiny_model_file, pool=[str(pool)])
+    err = refused_start(tmp_path, db_url, capsys, config)
     assert message in err and "bad.extxyz" in err
     with session_scope(make_engine(db_url)) as session:
         campaigns.create_campaign(session, "demo", {"model": str(tiny_model_file)})
@@ -153,7 +158,8 @@ def test_poison_structures_are_refused_at_start_and_import(tmp_path, db_url, cap
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     with session_scope(make_engine(db_url)) as session:
-        assert structures.campaign_structures(session, campaigns.get_campaign(session, "demo")) == []
+        demo = campaigns.get_campaign(session, "demo")
+        assert structures.campaign_structures(session, demo) == []
 
 
 @pytest.mark.parametrize("content", [b"this is a text file, not a model\n", bytes(range(256)) * 40])
@@ -164,7 +170,8 @@ def test_a_model_file_that_is_not_a_model_is_refused(tmp_path, db_url, capsys, c
     assert "error: model:" in err and "start.model" in err
 
 
-def test_a_changed_model_file_stops_resume_before_it_starts(tmp_path, db_url, capsys, tiny_model_file):
+def test_a_changed_model_file_stops_resume_before_it_starts(tmp_path, db_url, capsys,
+                                                            tiny_model_file):
     model = tmp_path / "start.model"
     model.write_bytes(tiny_model_file.read_bytes())
     with session_scope(make_engine(db_url)) as session:
@@ -234,15 +241,17 @@ def test_a_read_only_database_is_an_error_line_without_prefect_tracebacks(prefec
             base_config(tmp_path, tiny_model_file))))
     url = f"sqlite:///file:{path}?mode=ro&uri=true"
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_LOGGING_LEVEL": "INFO"}
-    done = subprocess.run([sys.executable, "-m", "cli", "--db", url, "resume", "c1"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "cli", "--db", url, "resume", "c1"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 2, output
     assert "Traceback" not in output, output
-    assert done.stderr.rstrip().splitlines()[-1] == "error: database: attempt to write a readonly database"
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert last == "error: database: attempt to write a readonly database"
 
 
-def test_the_setup_task_checks_inputs_before_storing(prefect_server, tmp_path, db_url, tiny_model_file):
+def test_the_setup_task_checks_inputs_before_storing(prefect_server, tmp_path, db_url,
+                                                     tiny_model_file):
     """A deployment runs the flow without the CLI: its setup refuses the same inputs."""
     from prefect import flow
 
