@@ -12,8 +12,10 @@ import logging
 
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, IntegrityError
 
+from db.leases import LeaseHeldError, LeaseLostError
 from db.registry import ModelChangedError
 from tangentlab.config import ConfigError
+from tangentlab.model_files import ModelFileError
 from tangentlab.paths import UnsafePathError
 from tangentlab.structures import InvalidStructureError
 
@@ -29,12 +31,17 @@ class UsageError(Exception):
 
 
 EXPECTED = (UsageError, ConfigError, InvalidStructureError, UnsafePathError, ModelChangedError,
-            LookupError, OSError, ArgumentError, DatabaseError)
+            ModelFileError, LookupError, OSError, ArgumentError, DatabaseError)
+
+# Another live run holds the campaign's lease (the message names it), or took it from this run.
+EXPECTED += (LeaseHeldError, LeaseLostError)
 
 
 def is_expected(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure the user can fix (shown as ``error: …`` without traceback)."""
-    if isinstance(exc, IntegrityError):  # two writers racing or a bug, never a user's input
+    # Bugs that share a base class with expected failures: a missing key or index (LookupError),
+    # two writers racing (DatabaseError).
+    if isinstance(exc, (KeyError, IndexError, IntegrityError)):
         return False
     return isinstance(exc, EXPECTED)
 

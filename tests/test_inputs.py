@@ -216,6 +216,19 @@ def test_export_to_a_folder_is_refused(tmp_path, db_url, capsys):
     assert "is a folder" in err and "Traceback" not in err
 
 
+def test_expected_failures_and_bugs():
+    """A refused model file inside the flow is an `error:` line; a bug or a race keeps its
+    traceback."""
+    from sqlalchemy.exc import IntegrityError
+
+    from cli.errors import is_expected
+    from tangentlab.model_files import ModelFileError
+
+    assert is_expected(ModelFileError("round-001.pt is a pickled file"))
+    assert not is_expected(IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")))
+    assert not is_expected(KeyError("round_wall_s")) and not is_expected(TypeError("bug"))
+
+
 def test_campaign_dir_stays_inside_the_campaign_folder(tmp_path):
     assert campaign_dir(tmp_path, "c1", "qm") == (tmp_path / "c1" / "qm").resolve()
     for parts in [("..", "..", "x"), ("/etc",)]:
