@@ -51,6 +51,7 @@ __all__ = [
 DEFAULT_DATABASE_URL = "sqlite:///tangentlab.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+MIGRATION_LOCK = 0x7461_6E67  # advisory lock key of schema migrations ("tang")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -119,6 +120,13 @@ def init_db(engine: Engine) -> None:
         Engine of the database; safe to call on an up-to-date database.
     """
     with engine.begin() as connection:
+        # Two processes starting at once on a new database must not both create the tables:
+        # the first takes the write lock (SQLite) or an advisory lock (PostgreSQL), the second
+        # then finds the schema at head.
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         command.upgrade(alembic_config(connection), "head")
 
 

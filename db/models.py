@@ -231,3 +231,26 @@ class AcquisitionRound(Base):
         return (
             f"AcquisitionRound(number={self.number}, method={self.method!r}, status={self.status})"
         )
+
+
+class CampaignLease(Base):
+    """Who runs a campaign now: one row per campaign name, held by at most one process.
+
+    Keyed by the name rather than the campaign id, so that a lease can be taken before the
+    campaign exists (two ``start``s at once then never both create it). ``token`` is ``None``
+    when the lease is free; a holder renews ``heartbeat_at`` and ``expires_at`` while it runs.
+    """
+
+    __tablename__ = "campaign_lease"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    token: Mapped[str | None] = mapped_column(String(64))
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None]
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    acquired_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"CampaignLease(name={self.name!r}, host={self.host!r}, pid={self.pid})"
