@@ -22,6 +22,9 @@ from cli.commands import (
 )
 from cli.status import cmd_status
 
+WAIT_HELP = ("if another process runs this campaign, wait for it to end instead of exiting "
+             "(one run per campaign at a time: see docs/operations.md)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tangentlab`` command, one sub-command per action."""
@@ -42,10 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("start", help="start a campaign from a YAML/JSON configuration file")
     p.add_argument("config", help="configuration file (see `tangentlab init-config`)")
+    p.add_argument("--wait", action="store_true", help=WAIT_HELP)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("resume", help="resume a campaign where it stopped")
     p.add_argument("name", help="campaign name")
+    p.add_argument("--wait", action="store_true", help=WAIT_HELP)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("init-config", help="write the default configuration to a file")

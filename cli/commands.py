@@ -81,7 +81,7 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
     # The flow reads the URL from the environment, so that a password in it never becomes a
     # flow parameter (which the Prefect server stores in the clear).
     os.environ["TANGENTLAB_DATABASE_URL"] = database_url(args)
-    result = campaign(config=config, name=name)
+    result = campaign(config=config, name=name, wait=getattr(args, "wait", False))
     _print_result(result)
     return 0 if result["status"] == "targets_met" else 3
 

@@ -12,6 +12,7 @@ import logging
 
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, IntegrityError
 
+from db.leases import LeaseHeldError, LeaseLostError
 from db.registry import ModelChangedError
 from tangentlab.config import ConfigError
 from tangentlab.model_files import ModelFileError
@@ -31,6 +32,9 @@ class UsageError(Exception):
 
 EXPECTED = (UsageError, ConfigError, InvalidStructureError, UnsafePathError, ModelChangedError,
             ModelFileError, LookupError, OSError, ArgumentError, DatabaseError)
+
+# Another live run holds the campaign's lease (the message names it), or took it from this run.
+EXPECTED += (LeaseHeldError, LeaseLostError)
 
 
 def is_expected(exc: BaseException) -> bool:

@@ -78,7 +78,7 @@ class Lease:
     pid: int
     ttl_s: float
     previous: Holder | None = None
-    first: bool = False  # no run of this campaign ever held a lease (a database made before leases)
+    first: bool = False  # the lease row is new: no run of this campaign held it before
     lost: threading.Event = field(default_factory=threading.Event)
     taken_by: Holder | None = None
 

@@ -3,7 +3,9 @@
 The flow only orchestrates. Its state lives in the database: each round moves through
 ``selected -> labelled -> trained -> evaluated``, and running the flow again for the same
 campaign continues from the first step that has not finished, so a killed run repeats no
-finished QM job or fine-tune.
+finished QM job or fine-tune. One run at a time: the flow holds the campaign's lease
+(:mod:`db.leases`) from before it touches the campaign until it ends, so a second run exits
+naming the first (or waits for it), and only the holder resets what a killed run left behind.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from db import (
     CampaignStatus,
     RoundStatus,
     campaigns,
     labels,
+    leases,
     registry,
     reports,
     rounds,
@@ -82,15 +86,14 @@ def _publish_selection(url: str, campaign_id: int, cfg: CampaignConfig, number: 
 
 
 def _run_name() -> str:
-    from prefect.runtime import flow_run
-
     parameters = flow_run.parameters
     name = parameters.get("name") or (parameters.get("config") or {}).get("name") or "quickstart"
     return f"campaign {name}"
 
 
 @flow(name="campaign", flow_run_name=_run_name, log_prints=True)
-def campaign(config: dict | None = None, name: str | None = None, database_url: str | None = None) -> dict:
+def campaign(config: dict | None = None, name: str | None = None, database_url: str | None = None,
+             wait: bool = False) -> dict:
     """Run (or resume) an active-learning campaign until its targets or a budget stop it.
 
     Parameters
@@ -103,6 +106,9 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     database_url
         SQLAlchemy URL without a password (flow parameters are stored by the Prefect server);
         default :func:`default_database_url` (environment or Prefect Secret block).
+    wait
+        If another run holds the campaign's lease, wait for it instead of failing with
+        :class:`db.leases.LeaseHeldError`.
 
     Returns
     -------
@@ -119,6 +125,18 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
         raise ValueError("give a campaign configuration or the name of a campaign to resume")
     logger.info("database: %s", redact_url(url))
     cfg = stored_config(url, name) if config is None else make_config(config)
+
+    def waiting(holder: leases.Holder) -> None:
+        logger.info("waiting for the run of campaign %r by %s to end", cfg.name, holder.describe())
+
+    with leases.hold(engine_for(url), cfg.name, flow_run_id=flow_run.id, wait=wait,
+                     on_wait=waiting) as lease:
+        return _run(url, cfg, lease)
+
+
+def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
+    """The campaign's steps, run while this process holds its lease."""
+    logger = get_run_logger()
     campaign_id = setup_campaign.with_options(task_run_name=f"set up {cfg.name}")(url, cfg)
     cfg = stored_config(url, cfg.name)
     engine = engine_for(url)
@@ -137,12 +155,20 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     if where != (0, RoundStatus.SELECTED):
         logger.info("resuming campaign %r at round %d, which is %s: next step is %s", cfg.name, where[0],
                     where[1].value, NEXT_STEP[where[1]])
-    closed = close_killed_runs(cfg.name, in_process_labelling=cfg.qm.deployment is None)
+    # Only the run whose dead or expired lease this one took over can be left Running by a
+    # killed process; a run starting beside this one or waiting for the lease is alive.
+    replaced = lease.previous.flow_run_id if lease.previous is not None else None
+    closed = []
+    if replaced:
+        closed = close_killed_runs(cfg.name, in_process_labelling=cfg.qm.deployment is None,
+                                   flow_run_ids=[replaced])
     if closed:
         logger.info("marked %d flow runs left Running by a killed process as Crashed: %s", len(closed),
                     ", ".join(closed))
 
+    lease.check()
     _label_all(url, cfg.name, cfg, test_ids)
+    lease.check()
     baseline_id, baseline_metrics = _starting_model(url, campaign_id, cfg)
     if baseline_metrics is None:
         baseline_metrics = evaluate_model.with_options(task_run_name="evaluate starting model")(
@@ -151,6 +177,7 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
                 baseline_metrics["energy_mae_mev_per_atom"], baseline_metrics["force_mae_mev_per_a"])
 
     while True:
+        lease.check()  # and before each step below: a run that lost its lease writes nothing more
         round_start = time.perf_counter()
         with session_scope(engine) as session:
             current = rounds.campaign_rounds(session, campaign_id)[-1]
@@ -160,9 +187,11 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
             if number == 0:
                 _publish_selection(url, campaign_id, cfg, 0)
             _label_all(url, cfg.name, cfg, selected)
+            lease.check()
             _advance_round(url, campaign_id, number, RoundStatus.LABELLED)
             status = RoundStatus.LABELLED
         if status == RoundStatus.LABELLED:
+            lease.check()
             finetune_round.with_options(task_run_name=f"fine-tune round {number}")(url, campaign_id, cfg, number)
             status = RoundStatus.TRAINED
         with session_scope(engine) as session:
@@ -171,6 +200,7 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
         if status == RoundStatus.TRAINED:
             metrics = evaluate_model.with_options(task_run_name=f"evaluate round {number} (model {trained_id})")(
                 url, campaign_id, trained_id, cfg.device)
+            lease.check()
             with session_scope(engine) as session:
                 current = rounds.get_round(session, campaign_id, number)
                 timings = {**(current.timings or {}),
@@ -182,6 +212,7 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
                         metrics["energy_mae_mev_per_atom"], metrics["force_mae_mev_per_a"], trained_id)
             _publish(url, campaign_id, cfg)
         decision = _decide(url, campaign_id, cfg, previous_wall + time.perf_counter() - run_start)
+        lease.check()
         if decision is not None:
             with session_scope(engine) as session:
                 campaigns.set_campaign_status(session, campaign_id, decision.status, decision.reason)
@@ -189,6 +220,7 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
             return summary(url, campaign_id)
         acquire.with_options(task_run_name=f"acquire round {number + 1} ({cfg.acquisition.signal})")(
             url, campaign_id, cfg, number + 1, trained_id)
+        lease.check()
         _publish_selection(url, campaign_id, cfg, number + 1)
 
 

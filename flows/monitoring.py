@@ -106,16 +106,16 @@ def publish_selection(session: Session, campaign_id: int, name: str, number: int
     return rows
 
 
-def close_killed_runs(campaign_name: str, *, in_process_labelling: bool = True) -> list[str]:
+def close_killed_runs(campaign_name: str, *, in_process_labelling: bool = True,
+                      flow_run_ids: list[str] | None = None) -> list[str]:
     """Mark the campaign's flow runs that a killed process left ``Running`` as ``Crashed``.
 
     A process killed by SIGKILL (or a lost machine) cannot report its end, so its flow run
-    (and its running task runs) would stay ``Running`` in the Prefect UI for ever. When a
-    campaign starts or resumes, every other ``campaign NAME`` flow run still ``Running`` is
-    such a run — one campaign process per campaign is the rule that
-    :func:`db.labels.reset_stale_running` relies on too — so it is set to ``Crashed``,
-    with its running task runs and, when labelling ran in the campaign's own process (no
-    ``qm.deployment``), its running ``label`` subflow runs. Labelling runs on a work pool are
+    (and its running task runs) would stay ``Running`` in the Prefect UI for ever. The
+    campaign flow calls this only while it holds the campaign's lease (:mod:`db.leases`),
+    with ``flow_run_ids`` the run whose dead or expired lease it took over; ``None`` takes
+    every other ``campaign NAME`` flow run still ``Running``. Each is set to ``Crashed``, with its running task runs and, when labelling
+    ran in the campaign's own process (no ``qm.deployment``), its running ``label`` subflow runs. Labelling runs on a work pool are
     left alone: their workers may still be alive.
 
     Returns the names of the runs it closed. Never raises: monitoring must not stop a campaign.
@@ -145,7 +145,8 @@ def close_killed_runs(campaign_name: str, *, in_process_labelling: bool = True) 
         with get_client(sync_client=True) as client:
             stale = [run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 name=FlowRunFilterName(any_=[f"campaign {campaign_name}"]), state=running))
-                if str(run.id) != str(flow_run.id)]
+                if str(run.id) != str(flow_run.id)
+                and (flow_run_ids is None or str(run.id) in flow_run_ids)]
             if stale and in_process_labelling:
                 stale += client.read_flow_runs(flow_run_filter=FlowRunFilter(
                     parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id for run in stale]),

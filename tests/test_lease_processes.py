@@ -1,0 +1,148 @@
+"""One live run per campaign, with real `tangentlab` processes on one database.
+
+Two `start`s at the same instant: one runs, the other exits 2 naming it. The runner is
+SIGKILLed while it labels; two `resume`s at the same instant: one takes the dead run's lease
+over, the other exits 2 naming the new holder; a `resume --wait` waits for it and then finds
+nothing left to do. In the end no QM job ran twice, no label was lost, and each round has
+exactly one model version. On SQLite and, where ``TANGENTLAB_TEST_POSTGRES_URL`` is set,
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import xtb_campaign_config
+from sqlalchemy import select
+
+from db import Label, ModelVersion, make_engine, session_scope
+
+pytestmark = pytest.mark.slow
+
+NAME = "leased"
+
+
+def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
+           "PREFECT_LOGGING_LEVEL": "INFO", "TANGENTLAB_LEASE_HEARTBEAT_S": "1"}
+    out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
+    return subprocess.Popen([sys.executable, "-m", "cli", "--db", url, *args], cwd=cwd, env=env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _first_to_end(processes: list[subprocess.Popen], timeout: float = 600) -> subprocess.Popen:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                return process
+        time.sleep(0.1)
+    raise AssertionError("no process ended")
+
+
+def _check_refused(log: Path, holder_pid: int) -> None:
+    """The loser's last line names the holder; no traceback."""
+    text = log.read_text()
+    assert "Traceback" not in text, text[-5000:]
+    last = text.rstrip().splitlines()[-1]
+    host = re.escape(socket.gethostname())
+    assert re.match(rf"error: campaign '{NAME}' is being run by pid {holder_pid} on {host} "
+                    r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", last), last
+
+
+def _jobs(tmp_path: Path) -> list[int]:
+    log = tmp_path / "runs" / NAME / "qm_jobs.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line)["label_id"] for line in log.read_text().splitlines()]
+
+
+def _done(url: str) -> set[int]:
+    with session_scope(make_engine(url)) as session:
+        return set(session.scalars(select(Label.id).where(Label.status == "done")))
+
+
+def _campaign_runs() -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[f"campaign {NAME}"])), sort=FlowRunSort.START_TIME_ASC)
+    return sorted(r.state.type.value for r in runs)
+
+
+def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
+    url = database_url
+    config = xtb_campaign_config(
+        tmp_path, NAME, 20, seed=3, acquisition={"method": "activation", "batch_size": 4},
+        budgets={"max_rounds": 1, "max_labels": 30},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        finetune={"max_epochs": 3, "patience": 3, "min_steps_per_epoch": 4})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+
+    # 1. Two starts at the same instant, on a database neither has seen: one runs.
+    starts = [_cli(["start", "c.yaml"], prefect_server, url, tmp_path, tmp_path / f"start{i}.log")
+              for i in range(2)]
+    loser = _first_to_end(starts)
+    winner = starts[1 - starts.index(loser)]
+    loser_log = tmp_path / f"start{starts.index(loser)}.log"
+    assert loser.returncode == 2, loser_log.read_text()[-5000:]
+    _check_refused(loser_log, winner.pid)
+
+    # 2. The runner is SIGKILLed while it labels (some QM jobs finished, some not).
+    deadline = time.time() + 600
+    while winner.poll() is None and time.time() < deadline and not 1 <= len(_jobs(tmp_path)) < 10:
+        time.sleep(0.05)
+    winner_log = tmp_path / f"start{starts.index(winner)}.log"
+    assert winner.poll() is None, winner_log.read_text()[-5000:]
+    os.killpg(winner.pid, signal.SIGKILL)
+    winner.wait(timeout=60)
+    # It marked nothing Crashed: the refused start beside it was alive.
+    assert "Crashed" not in winner_log.read_text()
+    done_before = _done(url)
+    assert set(_jobs(tmp_path)) == done_before
+
+    # 3. Two resumes at the same instant: one takes the dead run's lease, the other is refused.
+    resumes = [_cli(["resume", NAME], prefect_server, url, tmp_path, tmp_path / f"resume{i}.log")
+               for i in range(2)]
+    refused = _first_to_end(resumes)
+    runner = resumes[1 - resumes.index(refused)]
+    refused_log = tmp_path / f"resume{resumes.index(refused)}.log"
+    assert refused.returncode == 2, refused_log.read_text()[-5000:]
+    _check_refused(refused_log, runner.pid)
+
+    # 4. A resume with --wait queues behind the runner, then finds nothing left to do.
+    waiter = _cli(["resume", NAME, "--wait"], prefect_server, url, tmp_path, tmp_path / "wait.log")
+    runner_log = tmp_path / f"resume{resumes.index(runner)}.log"
+    assert runner.wait(timeout=900) == 3, runner_log.read_text()[-5000:]  # the round budget
+    assert waiter.wait(timeout=600) == 3, (tmp_path / "wait.log").read_text()[-5000:]
+    waited = (tmp_path / "wait.log").read_text()
+    assert f"waiting for the run of campaign '{NAME}' by pid {runner.pid}" in waited
+    marked = rf"marked [12] flow runs left Running by a killed process as Crashed: campaign {NAME}"
+    assert re.search(marked, runner_log.read_text())  # the killed run (and its label subflow)
+    assert "Crashed" not in waited
+
+    # No QM job ran twice, no label was lost, one model version per round.
+    jobs = _jobs(tmp_path)
+    assert len(jobs) == len(set(jobs)), "a QM job ran twice"
+    done = _done(url)
+    assert set(jobs) == done and done_before <= done
+    with session_scope(make_engine(url)) as session:
+        versions = list(session.scalars(
+            select(ModelVersion.round_number).order_by(ModelVersion.id)))
+    assert versions == [None, 0, 1]
+    # The killed run shows Crashed (the lease holder that replaced it marked it), the two
+    # refused runs Failed, the runner and the waiter Completed; none is left Running.
+    assert _campaign_runs() == ["COMPLETED", "COMPLETED", "CRASHED", "FAILED", "FAILED"]
