@@ -81,7 +81,18 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
     # The flow reads the URL from the environment, so that a password in it never becomes a
     # flow parameter (which the Prefect server stores in the clear).
     os.environ["TANGENTLAB_DATABASE_URL"] = database_url(args)
-    result = campaign(config=config, name=name, wait=getattr(args, "wait", False))
+    from cli.interrupt import EXIT_INTERRUPTED, ctrl_c_stops_cleanly
+    from tasks._db import redact_url
+    from tasks.interrupt import Interrupted
+
+    db = f" --db {redact_url(args.db)}" if args.db else ""
+    hint = f"tangentlab{db} resume {name or config['name']}"
+    try:
+        with ctrl_c_stops_cleanly(hint):
+            result = campaign(config=config, name=name, wait=getattr(args, "wait", False))
+    except Interrupted as exc:
+        print(f"{exc}\nto continue: {hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     _print_result(result)
     return 0 if result["status"] == "targets_met" else 3
 

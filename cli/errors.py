@@ -18,6 +18,7 @@ from tangentlab.config import ConfigError
 from tangentlab.model_files import ModelFileError
 from tangentlab.paths import UnsafePathError
 from tangentlab.structures import InvalidStructureError
+from tasks.interrupt import Interrupted
 
 #: Exit code of every expected failure.
 EXIT_ERROR = 2
@@ -33,8 +34,9 @@ class UsageError(Exception):
 EXPECTED = (UsageError, ConfigError, InvalidStructureError, UnsafePathError, ModelChangedError,
             ModelFileError, LookupError, OSError, ArgumentError, DatabaseError)
 
-# Another live run holds the campaign's lease (the message names it), or took it from this run.
-EXPECTED += (LeaseHeldError, LeaseLostError)
+# Another live run holds the campaign's lease (the message names it), or took it from this run;
+# a Ctrl-C stop (answered by the command itself, exit code 130).
+EXPECTED += (LeaseHeldError, LeaseLostError, Interrupted)
 
 
 def is_expected(exc: BaseException) -> bool:

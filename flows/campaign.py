@@ -34,6 +34,7 @@ from tangentlab.stopping import stop_decision
 from tasks._db import database_url, engine_for, has_password, redact_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model
+from tasks.interrupt import check_stop
 from tasks.setup import setup_campaign, starting_model, stored_config
 from tasks.train import finetune_round
 
@@ -166,9 +167,9 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
         logger.info("marked %d flow runs left Running by a killed process as Crashed: %s", len(closed),
                     ", ".join(closed))
 
-    lease.check()
+    _checkpoint(lease, cfg.name)
     _label_all(url, cfg.name, cfg, test_ids)
-    lease.check()
+    _checkpoint(lease, cfg.name)
     baseline_id, baseline_metrics = _starting_model(url, campaign_id, cfg)
     if baseline_metrics is None:
         baseline_metrics = evaluate_model.with_options(task_run_name="evaluate starting model")(
@@ -177,7 +178,8 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
                 baseline_metrics["energy_mae_mev_per_atom"], baseline_metrics["force_mae_mev_per_a"])
 
     while True:
-        lease.check()  # and before each step below: a run that lost its lease writes nothing more
+        _checkpoint(lease, cfg.name)  # and before each step below: no new step after a lost
+        # lease or a Ctrl-C
         round_start = time.perf_counter()
         with session_scope(engine) as session:
             current = rounds.campaign_rounds(session, campaign_id)[-1]
@@ -187,11 +189,11 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
             if number == 0:
                 _publish_selection(url, campaign_id, cfg, 0)
             _label_all(url, cfg.name, cfg, selected)
-            lease.check()
+            _checkpoint(lease, cfg.name)
             _advance_round(url, campaign_id, number, RoundStatus.LABELLED)
             status = RoundStatus.LABELLED
         if status == RoundStatus.LABELLED:
-            lease.check()
+            _checkpoint(lease, cfg.name)
             finetune_round.with_options(task_run_name=f"fine-tune round {number}")(url, campaign_id, cfg, number)
             status = RoundStatus.TRAINED
         with session_scope(engine) as session:
@@ -200,7 +202,7 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
         if status == RoundStatus.TRAINED:
             metrics = evaluate_model.with_options(task_run_name=f"evaluate round {number} (model {trained_id})")(
                 url, campaign_id, trained_id, cfg.device)
-            lease.check()
+            _checkpoint(lease, cfg.name)
             with session_scope(engine) as session:
                 current = rounds.get_round(session, campaign_id, number)
                 timings = {**(current.timings or {}),
@@ -212,7 +214,7 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
                         metrics["energy_mae_mev_per_atom"], metrics["force_mae_mev_per_a"], trained_id)
             _publish(url, campaign_id, cfg)
         decision = _decide(url, campaign_id, cfg, previous_wall + time.perf_counter() - run_start)
-        lease.check()
+        _checkpoint(lease, cfg.name)
         if decision is not None:
             with session_scope(engine) as session:
                 campaigns.set_campaign_status(session, campaign_id, decision.status, decision.reason)
@@ -220,8 +222,14 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
             return summary(url, campaign_id)
         acquire.with_options(task_run_name=f"acquire round {number + 1} ({cfg.acquisition.signal})")(
             url, campaign_id, cfg, number + 1, trained_id)
-        lease.check()
+        _checkpoint(lease, cfg.name)
         _publish_selection(url, campaign_id, cfg, number + 1)
+
+
+def _checkpoint(lease: leases.Lease, name: str) -> None:
+    """Stop here if another run took the lease over, or the user pressed Ctrl-C."""
+    lease.check()
+    check_stop(name)
 
 
 def _advance_round(url: str, campaign_id: int, number: int, status: RoundStatus) -> None:

@@ -14,6 +14,7 @@ from tangentlab.config import CampaignConfig
 from tangentlab.oracles import Oracle, QMFailure, make_oracle
 from tangentlab.paths import campaign_dir
 from tasks._db import engine_for
+from tasks.interrupt import stop_requested
 
 
 def oracle_for(config: CampaignConfig) -> Oracle:
@@ -54,6 +55,8 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
     qm_dir.mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "failed": 0}
     while True:
+        if stop_requested():  # Ctrl-C: the job that ran is stored, the next one stays pending
+            return counts
         with session_scope(engine) as session:
             claimed = labels.claim_labels(session, campaign_id, key, 1, name)
             if not claimed:

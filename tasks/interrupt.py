@@ -1,0 +1,33 @@
+"""A stop the user asked for (the first Ctrl-C): running steps finish, no new step starts.
+
+The command line sets it from its SIGINT handler; label workers check it before they claim
+the next label, and the campaign flow between its steps, where it raises :class:`Interrupted`
+with nothing half-written: every finished QM job is stored, an unclaimed label stays pending.
+"""
+
+from __future__ import annotations
+
+import threading
+
+_STOP = threading.Event()
+
+
+class Interrupted(Exception):
+    """The campaign stopped between two steps because the user asked it to."""
+
+
+def request_stop() -> None:
+    """Ask the running campaign to stop after its current steps (thread- and signal-safe)."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    """Whether a stop was asked for."""
+    return _STOP.is_set()
+
+
+def check_stop(campaign: str) -> None:
+    """Raise :class:`Interrupted` if a stop was asked for."""
+    if _STOP.is_set():
+        raise Interrupted(f"campaign {campaign!r} stopped by Ctrl-C between two steps: every "
+                          "finished QM job is stored, unfinished ones are pending")
