@@ -19,6 +19,7 @@ from db import (
     CampaignStatus,
     RoundStatus,
     campaigns,
+    init_db,
     labels,
     leases,
     registry,
@@ -130,6 +131,7 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     def waiting(holder: leases.Holder) -> None:
         logger.info("waiting for the run of campaign %r by %s to end", cfg.name, holder.describe())
 
+    init_db(engine_for(url))  # the lease table too, on a database no run has used yet
     with leases.hold(engine_for(url), cfg.name, flow_run_id=flow_run.id, wait=wait,
                      on_wait=waiting) as lease:
         return _run(url, cfg, lease)
