@@ -94,11 +94,13 @@ class Acquisition(_Section):
 
     ``signal`` is a feature map of `tangentlab.acquisition.signals.SIGNALS`, or one of the
     baselines without feature rows (``random``, ``committee``). ``method`` is the old name of
-    this key and is still read (configurations stored by earlier versions).
+    this key and is still read (configurations stored by earlier versions). The defaults (energy
+    NTK + transductive over the pool) were chosen on the h2-validation benchmark split and
+    reported on h2-heldout (docs/benchmarks/README.md).
     """
 
     signal: str = Field(
-        "activation",
+        "ntk",
         description="Feature map (activation, ntk, force_ntk, energy_force_ntk, random_mace, "
         "fixed_descriptor) or a baseline without features (random, committee).",
     )
