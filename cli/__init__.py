@@ -6,10 +6,16 @@ This is the top layer: it may import flows, tasks, db and the science core; noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
 
-from cli.commands import (
+# mace prints a notice ("cuequivariance ... not available") on stdout when it is first imported;
+# stdout is for the commands' output (`status --json`), so it goes to stderr.
+with contextlib.redirect_stdout(sys.stderr):
+    import mace  # noqa: F401  (mace must be imported before e3nn)
+
+from cli.commands import (  # noqa: E402
     DEFAULT_DB,
     cmd_benchmark,
     cmd_export,
@@ -20,7 +26,7 @@ from cli.commands import (
     cmd_resume,
     cmd_start,
 )
-from cli.status import cmd_status
+from cli.status import cmd_status  # noqa: E402
 
 WAIT_HELP = ("if another process runs this campaign, wait for it to end instead of exiting "
              "(one run per campaign at a time: see docs/operations.md)")
