@@ -14,6 +14,7 @@ import traceback
 # stdout is for the commands' output (`status --json`), so it goes to stderr.
 with contextlib.redirect_stdout(sys.stderr):
     import mace  # noqa: F401  (mace must be imported before e3nn)
+    import mace.tools.cg  # noqa: F401  (the module that prints the notice)
 
 from cli.commands import (  # noqa: E402
     DEFAULT_DB,
