@@ -48,7 +48,7 @@ class RowScaling:
         rows
             Reference rows (n, d), n >= 1.
         standardize
-            Centre and scale each column first (`tangentlab.features.Standardizer`).
+            Centre and scale each column first (`tangentlab.acquisition.activations.Standardizer`).
 
         Returns
         -------
