@@ -64,9 +64,7 @@ def _uncertainty(settings: Acquisition, model, config: dict, train, valid, test,
         _, sigma_test = committee_disagreement(members, test, device=device)
         _, sigma_valid = committee_disagreement(members, valid, device=device)
         return sigma_test, sigma_valid
-    options = settings.select_options()
-    signal_options = {k: v for k, v in options.items()
-                      if k not in ("signal", "rule", "regularization", "sigma_quantile")}
+    signal_options = settings.signal_keywords()
     scorer = fit_scorer(
         model,
         train,

@@ -170,15 +170,19 @@ class Acquisition(_Section):
                              f"its options are {sorted(SIGNALS[self.signal].options)}")
         return self
 
-    def select_options(self) -> dict[str, Any]:
-        """Keywords of `tangentlab.acquisition.select_batch` for this section (feature signals)."""
+    def signal_keywords(self) -> dict[str, Any]:
+        """The signal's own options (`make_featurizer` keywords), with the forward batch size."""
         from tangentlab.acquisition.signals import SIGNALS
 
         options = dict(self.signal_options)
         if "forward_batch_size" in SIGNALS[self.signal].options:
             options.setdefault("forward_batch_size", self.feature_batch_size)
+        return options
+
+    def select_options(self) -> dict[str, Any]:
+        """Keywords of `tangentlab.acquisition.select_batch` for this section (feature signals)."""
         return {"signal": self.signal, "rule": self.rule, "regularization": self.regularization,
-                "sigma_quantile": self.sigma_quantile, **options}
+                "sigma_quantile": self.sigma_quantile, **self.signal_keywords()}
 
 
 class QMSettings(_Section):

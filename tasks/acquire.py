@@ -127,8 +127,7 @@ def _kernel(config, round_number, model_path, train, valid, pool_atoms, progress
     model = load_model(model_path, device=config.device)
     progress.update(0.0, f"Round {round_number}: {settings.signal}: features of {len(train)} training "
                     "structures and the reference rows")
-    signal_options = {k: v for k, v in options.items()
-                      if k not in ("signal", "rule", "regularization", "sigma_quantile")}
+    signal_options = settings.signal_keywords()
     scorer = fit_scorer(model, train, signal=settings.signal, reference_atoms=pool_atoms[:REFERENCE_SIZE],
                         regularization=settings.regularization, device=config.device, **signal_options)
     scale = None
