@@ -3,15 +3,16 @@
 A method is written ``default`` (the product's default acquisition, whatever it is), a
 baseline without feature rows (``random``, ``committee``), a signal alone (greedy maximum
 variance, the rule every signal used before the batch rules existed, so older results keep
-their meaning), or ``signal:rule`` with an optional outlier guard ``:q<quantile>``, e.g.
-``activation:transductive`` or ``ntk:greedy:q0.9``.
+their meaning), or ``signal:rule`` with an optional outlier guard ``:q<quantile>`` and, for the
+transductive rule, an optional target ``:pool`` or ``:test`` (default: the product's), e.g.
+``activation:transductive``, ``ntk:transductive:test`` or ``ntk:greedy:q0.9``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tangentlab.config import FEATURELESS_METHODS, Acquisition
+from tangentlab.config import FEATURELESS_METHODS, TARGET_KEYWORDS, Acquisition
 
 #: The default comparison, in report order.
 METHODS = (
@@ -56,8 +57,12 @@ def method_acquisition(method: str) -> dict[str, Any]:
     elif len(parts) > 1:
         raise ValueError(f"method {method!r}: {parts[0]!r} takes no rule")
     for extra in parts[2:]:
+        if extra in TARGET_KEYWORDS:
+            section["target"] = extra
+            continue
         if not extra.startswith("q"):
-            raise ValueError(f"method {method!r}: unknown part {extra!r} (an outlier guard is q<quantile>)")
+            raise ValueError(f"method {method!r}: unknown part {extra!r} (an outlier guard is q<quantile>, "
+                             f"a target one of {list(TARGET_KEYWORDS)})")
         try:
             section["sigma_quantile"] = float(extra[1:])
         except ValueError:
@@ -80,7 +85,8 @@ def describe(acquisition: Acquisition) -> str:
     if acquisition.signal in FEATURELESS_METHODS:
         return label
     guard = f", σ² ≤ q{acquisition.sigma_quantile:g}" if acquisition.sigma_quantile else ""
-    return f"{label}, {acquisition.rule}{guard}"
+    target = f" over {acquisition.target}" if acquisition.rule == "transductive" and acquisition.target != "pool" else ""
+    return f"{label}, {acquisition.rule}{target}{guard}"
 
 
 def method_slug(method: str) -> str:

@@ -87,6 +87,8 @@ OracleSettings = Annotated[
 
 #: Acquisition methods without feature rows (the baselines).
 FEATURELESS_METHODS = ("random", "committee")
+#: ``acquisition.target`` values that name a set of the campaign itself rather than a file.
+TARGET_KEYWORDS = ("pool", "test")
 
 
 class Acquisition(_Section):
@@ -110,8 +112,9 @@ class Acquisition(_Section):
     )
     target: str = Field(
         "pool",
-        description="What the transductive rule reduces the uncertainty on: 'pool', or a file of "
-        "unlabelled structures the potential must serve (MD frames, a NEB guess).",
+        description="What the transductive rule reduces the uncertainty on: 'pool'; 'test' (the "
+        "campaign's test_file structures, positions only, never their labels; the pool when the test set "
+        "is drawn from it); or a file of unlabelled structures the potential must serve (MD frames, a NEB guess).",
     )
     sigma_quantile: float | None = Field(
         None, gt=0, le=1,
@@ -347,7 +350,7 @@ def load_config(path: str | Path) -> CampaignConfig:
             data[key] = str(base / data[key])
     acquisition = data.get("acquisition")
     if isinstance(acquisition, dict) and isinstance(acquisition.get("target"), str) \
-            and acquisition["target"] != "pool" and not Path(acquisition["target"]).is_absolute():
+            and acquisition["target"] not in TARGET_KEYWORDS and not Path(acquisition["target"]).is_absolute():
         data["acquisition"] = {**acquisition, "target": str(base / acquisition["target"])}
     if isinstance(data.get("pool"), list):
         data["pool"] = [p if Path(str(p)).is_absolute() else str(base / str(p)) for p in data["pool"]]

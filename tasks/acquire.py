@@ -60,6 +60,10 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
         valid = labels.labelled_atoms(session, campaign_id, ["valid"])
         model_path = registry.verified_model_path(session, model_version_id)
         pool_ids = [s.id for s in pool]
+        test_atoms = ([structures.structure_atoms(s) for s in
+                       structures.campaign_structures(session, campaign_id, split="test")]
+                      if config.acquisition.target == "test" else [])
+    target_atoms = _target_atoms(config, test_atoms)
     start = time.perf_counter()
     progress = Progress(artifact_key("campaign", config.name, "acquisition"),
                         f"Round {round_number} of campaign {config.name}: {_describe(settings)} acquisition "
@@ -72,9 +76,10 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
         scores, info, scale = np.full(len(picked), np.nan), {}, None
     else:
         picked, scores, info, scale = _kernel(config, round_number, model_path, train, valid, pool_atoms,
-                                              progress)
+                                              target_atoms, progress)
     timings = {"acquire_s": time.perf_counter() - start, **info.get("timings", {})}
-    diagnostics = _diagnostics(config, model_path, [pool_atoms[int(i)] for i in picked], pool_atoms, round_number)
+    diagnostics = _diagnostics(config, model_path, [pool_atoms[int(i)] for i in picked], pool_atoms,
+                               target_atoms, round_number)
     selected = []
     for index, score in zip(picked, scores):
         score = None if not np.isfinite(score) else float(score)
@@ -102,24 +107,33 @@ def _describe(settings) -> str:
     if settings.signal in FEATURELESS_METHODS:
         return settings.signal
     guard = f", σ² ≤ q{settings.sigma_quantile:g}" if settings.sigma_quantile is not None else ""
-    return f"{settings.signal} ({settings.rule}{guard})"
+    target = f" over {settings.target}" if settings.rule == "transductive" and settings.target != "pool" else ""
+    return f"{settings.signal} ({settings.rule}{target}{guard})"
 
 
-def _target_atoms(settings) -> list | None:
-    """The acquisition target's structures when it is a file (None: the pool)."""
-    if settings.target == "pool" or settings.rule != "transductive":
+def _target_atoms(config: CampaignConfig, test_atoms: list) -> list | None:
+    """The acquisition target's structures (None: the pool).
+
+    ``test`` is the campaign's test set when it came from a ``test_file`` (the structures the
+    campaign is judged on; only their positions are used, never their labels). A test set drawn
+    from the pool is a sample of the pool, so the target is then the pool itself.
+    """
+    settings = config.acquisition
+    if settings.rule != "transductive" or settings.target == "pool":
         return None
+    if settings.target == "test":
+        return test_atoms if config.test_file and test_atoms else None
     return list(iter_structure_files([settings.target]))
 
 
-def _diagnostics(config, model_path, picked_atoms, pool_atoms, round_number) -> dict:
+def _diagnostics(config, model_path, picked_atoms, pool_atoms, target_atoms, round_number) -> dict:
     """Predicted energy/atom and max-force distributions of the picks against the pool's (and target's)."""
     model = load_model(model_path, device=config.device)
-    return selection_diagnostics(model, picked_atoms, pool_atoms, _target_atoms(config.acquisition),
+    return selection_diagnostics(model, picked_atoms, pool_atoms, target_atoms,
                                  seed=config.seed * 1000 + round_number)
 
 
-def _kernel(config, round_number, model_path, train, valid, pool_atoms, progress):
+def _kernel(config, round_number, model_path, train, valid, pool_atoms, target, progress):
     """Feature signals: fit the scorer on the training labels (progress 0 → 40 %), calibrate its
     scale on the validation split, then the batch rule over the pool (→ 100 %)."""
     settings = config.acquisition
@@ -136,7 +150,6 @@ def _kernel(config, round_number, model_path, train, valid, pool_atoms, progress
         scale = calibrate_uncertainty(sigma, _force_errors(model, valid))
     progress.update(40.0, f"Round {round_number}: {_describe(settings)}: scoring {len(pool_atoms)} pool "
                     f"structures and selecting {settings.batch_size}")
-    target = _target_atoms(settings)
     picked, scores, info = select_batch(
         model, train, pool_atoms, batch_size=settings.batch_size, seed=config.seed * 1000 + round_number,
         device=config.device, scorer=scorer, target="pool" if target is None else target, **options,

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from db import campaigns, init_db, rounds, session_scope, structures
 from db.structures import ImportReport
-from tangentlab.config import CampaignConfig, ConfigError, config_json, make_config
+from tangentlab.config import TARGET_KEYWORDS, CampaignConfig, ConfigError, config_json, make_config
 from tangentlab.mace_model import load_model, model_elements
 from tangentlab.model_files import starting_weights
 from tangentlab.paths import campaign_dir
@@ -78,8 +78,9 @@ class CampaignInputs:
 def check_inputs(config: CampaignConfig) -> CampaignInputs:
     """Check everything a new campaign needs before its first row or QM job.
 
-    The oracle, the device, the starting model, every structure of the pool and test files,
-    and the pool's size against the test and initial sets. Raises :class:`ConfigError` or
+    The oracle, the device, the starting model, every structure of the pool and test files (and
+    of the acquisition target file, when one is named), and the pool's size against the test and
+    initial sets. Raises :class:`ConfigError` or
     ``InvalidStructureError`` naming the problem.
     """
     try:
@@ -93,6 +94,8 @@ def check_inputs(config: CampaignConfig) -> CampaignInputs:
     test = None
     if config.test_file:
         test = read_structures(config.test_file, allowed_elements=elements)
+    if config.acquisition.target not in TARGET_KEYWORDS:
+        read_structures(config.acquisition.target, allowed_elements=elements)
     return CampaignInputs(elements, pool, test)
 
 

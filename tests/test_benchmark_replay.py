@@ -201,7 +201,7 @@ def _spec(files, work_dir: Path, **overrides) -> dict:
             "pool_size": 30,
             "test_size": 8,
         },
-        "methods": ["random", "fixed_descriptor:transductive:q0.9"],
+        "methods": ["random", "fixed_descriptor:transductive:test:q0.9"],
         "seeds": [0],
         "initial_size": 6,
         "batch_size": 4,
@@ -253,8 +253,8 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
     url = results["database_url"]
 
     assert sorted(results["campaigns"]) == [
-        "tiny-fixed_descriptor.transductive.q0.9-s0",
-        "tiny-fixed_descriptor.transductive.q0.9-s1",
+        "tiny-fixed_descriptor.transductive.test.q0.9-s0",
+        "tiny-fixed_descriptor.transductive.test.q0.9-s1",
         "tiny-random-s0",
         "tiny-random-s1",
     ]
@@ -265,9 +265,9 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
         assert all(np.isfinite(campaign["curve"]["force"]))
     # same seed, same initial set and training: round 0 errors are identical across methods
     s0 = [results["campaigns"][f"tiny-{m}-s0"]["curve"]
-          for m in ("random", "fixed_descriptor.transductive.q0.9")]
+          for m in ("random", "fixed_descriptor.transductive.test.q0.9")]
     assert s0[0]["force"][0] == pytest.approx(s0[1]["force"][0])
-    method = "fixed_descriptor:transductive:q0.9"
+    method = "fixed_descriptor:transductive:test:q0.9"
     assert set(results["table"]) == {"random", method}
     assert results["calibration"]["random"] == {}
     assert -1.0 <= results["calibration"][method]["force_spearman_mean"] <= 1.0
@@ -286,11 +286,14 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
             assert [r.metrics["test"]["force_mae_mev_per_a"] > 0 for r in done] == [True, True]
             final = registry.latest_model(session, camp)
             assert final.metrics["benchmark"]["n_test"] == n_test
-            if "transductive" in name:  # the round stored the rule, its guard and the diagnostics
+            if "transductive" in name:  # the round stored the rule, target, guard and diagnostics
                 parameters = done[1].parameters
                 assert parameters["rule"] == "transductive" and parameters["sigma_quantile"] == 0.9
-                assert parameters["sigma_bound"] is not None
+                assert parameters["target"] == "test" and parameters["sigma_bound"] is not None
                 assert parameters["diagnostics"]["picked"]["count"] == 4
+                # the target is the test file's structures (positions only; their labels were
+                # revealed for evaluation, never for acquisition)
+                assert parameters["diagnostics"]["target"]["count"] == n_test
         versions = len(
             registry.model_versions(session, campaigns.get_campaign(session, "tiny-random-s0"))
         )
@@ -313,7 +316,7 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
     assert {p.suffix for p in written} == {".json", ".png", ".md"}
     stored = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert stored["command"].startswith("tangentlab benchmark replay")
-    assert "| fixed descriptor (ACSF), transductive, σ² ≤ q0.9 | 2 |" in (
+    assert "| fixed descriptor (ACSF), transductive over test, σ² ≤ q0.9 | 2 |" in (
         tmp_path / "out" / "tiny.md"
     ).read_text()
 
@@ -338,8 +341,13 @@ def test_method_names_map_to_acquisition_sections():
     assert method_acquisition("activation:lcmd:q0.95") == {
         "signal": "activation", "rule": "lcmd", "sigma_quantile": 0.95,
     }
+    assert method_acquisition("ntk:transductive:test") == {
+        "signal": "ntk", "rule": "transductive", "target": "test",
+    }
+    assert method_label("ntk:transductive:test") == "energy NTK, transductive over test"
+    assert method_label("ntk:transductive:pool") == "energy NTK, transductive"
     assert method_label("default").startswith("default (")
-    for bad in ("soap", "activation:best", "random:greedy", "ntk:greedy:x1"):
+    for bad in ("soap", "activation:best", "random:greedy", "ntk:greedy:x1", "ntk:transductive:tests"):
         with pytest.raises(ValueError):
             method_acquisition(bad)
 

@@ -104,6 +104,7 @@ def test_unsafe_campaign_names_are_refused(tmp_path, db_url, capsys, tiny_model_
         ({"device": "cuda:7"}, "device 'cuda:7'"),
         ({"seed": -5}, "seed: Input should be greater than or equal to 0"),
         ({"budgets": {"max_labels": 1}}, "initial_size 2 is larger than budgets.max_labels 1"),
+        ({"acquisition": {"target": "/nonexistent/frames.extxyz"}}, "/nonexistent/frames.extxyz"),
     ],
 )
 def test_settings_checked_before_anything_is_stored(tmp_path, db_url, capsys, tiny_model_file,
