@@ -28,10 +28,32 @@ def _status_report(session, campaign, round_number: int | None) -> dict:
     return report
 
 
+SPLIT_ORDER = ("pool", "train", "valid", "test")
+LABEL_ORDER = ("done", "failed", "running", "pending")
+
+
+def _counts(counts: dict[str, int], order: tuple[str, ...], zero: bool = False) -> str:
+    """``{"done": 3, "failed": 1}`` as ``3 done, 1 failed`` (known keys first, zeros left out)."""
+    keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
+    shown = [f"{counts[k]} {k}" for k in keys if counts[k] or zero]
+    return ", ".join(shown) or "none"
+
+
+def _test_set_line(test: dict[str, int]) -> str:
+    line = f"{test['structures']} structures, test errors on the {test['done']} labelled"
+    if test["failed"]:
+        line += f"; {test['failed']} FAILED QM (not in the test errors)"
+    if test["pending"] + test["running"]:
+        line += f"; {test['pending'] + test['running']} not labelled yet"
+    return line
+
+
 def _print_status(camp: dict) -> None:
-    print(f"campaign {camp['name']!r} (id {camp['id']}): {camp['status']}"
+    print(f"campaign {camp['name']!r} (id {camp['id']}): {camp['status'].replace('_', ' ')}"
           + (f" — {camp['stop_reason']}" if camp["stop_reason"] else ""))
-    print(f"  structures: {camp['structures']}   labels: {camp['labels']}")
+    print(f"  structures: {_counts(camp['structures'], SPLIT_ORDER)}")
+    print(f"  labels: {_counts(camp['labels'], LABEL_ORDER)}")
+    print(f"  test set: {_test_set_line(camp['test_set'])}")
     model = camp["current_model"]
     if model is None:
         print("  current model: none registered yet")
@@ -50,14 +72,16 @@ def _print_status(camp: dict) -> None:
         print(f"  {r['round']:>5} {r['status']:>10} {r['method']:>15} {r['selected']:>8} "
               f"{_fmt(r['labels'], 'd'):>6} {_fmt(r['energy_mae_meV_atom']):>8} {_fmt(r['force_mae_meV_A']):>8} "
               f"{_fmt(r['model_version'], 'd'):>5} {_fmt(r['acquire_s'], '.2f'):>9}")
+    print("  (E MAE in meV/atom, F MAE in meV/Å, on the test set)")
     selection = camp["selected_structures"]
     if selection:
         print(f"  round {selection['round']} selected (score; predicted force error in meV/Å; label):")
         for s in selection["structures"]:
             score = _fmt(s["score"], ".3g") or "n/a"
             predicted = _fmt(s["predicted_force_error_meV_A"]) or "n/a"
+            label = "not queued" if s["label"] == "none" else s["label"]
             print(f"    {s['rank']:>3}. structure {s['structure_id']:>5} {s['formula']:>10} {s['split']:>5} "
-                  f"score {score:>9} predicted {predicted:>7} {s['label']}"
+                  f"score {score:>9} predicted {predicted:>7} {label}"
                   + (f" ({s['failure']})" if s["failure"] else ""))
     for f in camp["failed_labels"]:
         print(f"  failed label {f['label_id']} ({f['formula']}, structure {f['structure_id']}, "

@@ -14,9 +14,9 @@ from ase.io import write
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db._query import campaign_id_of
+from db._query import campaign_id_of, chunks
 from db.labels import labelled_atoms
-from db.models import Campaign, Label, LabelStatus, ModelVersion, Structure
+from db.models import Campaign, Label, LabelStatus, ModelVersion, Split, Structure
 from db.registry import latest_model, model_versions
 from db.rounds import campaign_rounds, get_round
 from db.structures import structures_by_id
@@ -53,6 +53,50 @@ def label_counts(
     return counts
 
 
+def test_set_counts(session: Session, campaign_id: int) -> dict[str, int]:
+    """The test split: ``structures`` and their labels per status (``done`` are the ones the
+    test errors are measured on; ``failed`` never count). A structure without a label yet
+    counts as ``pending``."""
+    test = (Structure.campaign_id == campaign_id, Structure.split == Split.TEST)
+    n = int(session.scalar(select(func.count()).select_from(Structure).where(*test)) or 0)
+    counts = {status.value: 0 for status in LabelStatus}
+    # The best status of each structure (a structure has one label per level of theory).
+    for status, count in session.execute(
+        select(Label.status, func.count(func.distinct(Label.structure_id)))
+        .join(Structure, Structure.id == Label.structure_id)
+        .where(*test)
+        .group_by(Label.status)
+    ):
+        counts[LabelStatus(status).value] += count
+    counts["pending"] += max(0, n - sum(counts.values()))
+    return {"structures": n, **counts}
+
+
+def validation_labels_before(session: Session, campaign_id: int, number: int) -> int:
+    """Done labels of validation structures that rounds before ``number`` selected: what the
+    uncertainty calibration of round ``number`` could use."""
+    ids = sorted({
+        e["structure_id"]
+        for r in campaign_rounds(session, campaign_id)
+        if r.number < number
+        for e in r.selected or []
+    })
+    found: set[int] = set()
+    for part in chunks(ids):
+        found.update(
+            session.scalars(
+                select(Label.structure_id)
+                .join(Structure, Structure.id == Label.structure_id)
+                .where(
+                    Structure.id.in_(list(part)),
+                    Structure.split == Split.VALID,
+                    Label.status == LabelStatus.DONE,
+                )
+            )
+        )
+    return len(found)
+
+
 def campaign_report(session: Session, campaign: Campaign | int) -> dict[str, Any]:
     """What ``tangentlab status`` shows: splits, labels, rounds with errors, current model."""
     camp = campaign if isinstance(campaign, Campaign) else session.get_one(Campaign, campaign)
@@ -86,6 +130,7 @@ def campaign_report(session: Session, campaign: Campaign | int) -> dict[str, Any
         "stop_reason": camp.stop_reason,
         "structures": {_value(k): v for k, v in split_counts.items()},
         "labels": label_counts(session, camp.id),
+        "test_set": test_set_counts(session, camp.id),
         "rounds": report_rounds,
         "current_model": None
         if current is None
@@ -165,6 +210,8 @@ def selected_rows(session: Session, campaign_id: int, number: int) -> list[dict[
                 if label is None or label.energy is None
                 else round(label.energy, 4),
                 "failure": None if label is None else label.failure_reason,
+                "attempts": 0 if label is None else label.attempts,
+                "qm_wall_s": None if label is None else _rounded(label.wall_time, 1),
             }
         )
     return rows

@@ -29,13 +29,13 @@ from db import (
     structures,
 )
 from flows.label import dispatch_labels
-from flows.monitoring import close_killed_runs, publish_rounds, publish_selection
+from flows.monitoring import close_killed_runs, final_state, publish_overview, publish_selection
 from tangentlab.config import CampaignConfig, make_config
 from tangentlab.stopping import stop_decision
 from tasks._db import database_url, engine_for, has_password, redact_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model
-from tasks.interrupt import check_stop
+from tasks.interrupt import Interrupted, check_stop
 from tasks.setup import setup_campaign, starting_model, stored_config
 from tasks.train import finetune_round
 
@@ -53,8 +53,8 @@ def default_database_url() -> str:
     return database_url()
 
 
-def _label_all(url: str, name: str, config: CampaignConfig, structure_ids: list[int]) -> None:
-    dispatch_labels(url, name, config, structure_ids)
+def _label_all(url: str, name: str, config: CampaignConfig, structure_ids: list[int], purpose: str) -> None:
+    dispatch_labels(url, name, config, structure_ids, purpose=purpose)
 
 
 def _starting_model(url: str, campaign_id: int, config: CampaignConfig) -> tuple[int, dict | None]:
@@ -69,15 +69,23 @@ def _starting_model(url: str, campaign_id: int, config: CampaignConfig) -> tuple
         return versions[0].id, (versions[0].metrics or {}).get("test")
 
 
-def _publish(url: str, campaign_id: int, cfg: CampaignConfig) -> None:
-    with session_scope(engine_for(url)) as session:
-        publish_rounds(session, campaign_id, cfg.name, cfg.targets, cfg.work_dir)
+def _publish(url: str, campaign_id: int, cfg: CampaignConfig, error: str | None = None) -> None:
+    """The campaign overview artifact (monitoring never stops the campaign: a failure is a warning)."""
+    try:
+        with session_scope(engine_for(url)) as session:
+            publish_overview(session, campaign_id, cfg, error=error)
+    except Exception as exc:
+        get_run_logger().warning("campaign overview artifact not published: %s", exc)
 
 
-def _publish_selection(url: str, campaign_id: int, cfg: CampaignConfig, number: int) -> None:
-    with session_scope(engine_for(url)) as session:
-        rows = publish_selection(session, campaign_id, cfg.name, number)
-    scored = [r for r in rows if r["score"] is not None]
+def _publish_selection(url: str, campaign_id: int, cfg: CampaignConfig, number: int, *, log: bool = True) -> None:
+    try:
+        with session_scope(engine_for(url)) as session:
+            rows = publish_selection(session, campaign_id, cfg.name, number)
+    except Exception as exc:
+        get_run_logger().warning("selection artifact of round %d not published: %s", number, exc)
+        return
+    scored = [] if not log else [r for r in rows if r["score"] is not None]
     if scored:
         get_run_logger().info(
             "round %d selected %s", number,
@@ -137,10 +145,22 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
         return _run(url, cfg, lease)
 
 
-def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
+def _run(url: str, cfg: CampaignConfig, lease: leases.Lease):
+    """The campaign's steps, run while this process holds its lease; the flow's final state
+    is named by the outcome (:func:`flows.monitoring.final_state`) and holds the summary."""
+    campaign_id = setup_campaign.with_options(task_run_name=f"set up {cfg.name}")(url, cfg)
+    try:
+        return _steps(url, campaign_id, cfg, lease)
+    except (Interrupted, leases.LeaseLostError):
+        raise  # not the campaign's outcome: it continues on resume
+    except Exception as exc:
+        _publish(url, campaign_id, cfg, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _steps(url: str, campaign_id: int, cfg: CampaignConfig, lease: leases.Lease):
     """The campaign's steps, run while this process holds its lease."""
     logger = get_run_logger()
-    campaign_id = setup_campaign.with_options(task_run_name=f"set up {cfg.name}")(url, cfg)
     cfg = stored_config(url, cfg.name)
     engine = engine_for(url)
     run_start = time.perf_counter()
@@ -170,7 +190,7 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
                     ", ".join(closed))
 
     _checkpoint(lease, cfg.name)
-    _label_all(url, cfg.name, cfg, test_ids)
+    _label_all(url, cfg.name, cfg, test_ids, "test set")
     _checkpoint(lease, cfg.name)
     baseline_id, baseline_metrics = _starting_model(url, campaign_id, cfg)
     if baseline_metrics is None:
@@ -178,6 +198,12 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
             url, campaign_id, baseline_id, cfg.device)
     logger.info("starting model: energy MAE %.1f meV/atom, force MAE %.1f meV/Å",
                 baseline_metrics["energy_mae_mev_per_atom"], baseline_metrics["force_mae_mev_per_a"])
+    with session_scope(engine) as session:
+        test_set = reports.test_set_counts(session, campaign_id)
+    if test_set["failed"]:
+        logger.warning("%d of %d test structures failed QM: the test errors are measured on the %d labelled",
+                       test_set["failed"], test_set["structures"], test_set["done"])
+    _publish(url, campaign_id, cfg)
 
     while True:
         _checkpoint(lease, cfg.name)  # and before each step below: no new step after a lost
@@ -190,7 +216,8 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
         if status == RoundStatus.SELECTED:
             if number == 0:
                 _publish_selection(url, campaign_id, cfg, 0)
-            _label_all(url, cfg.name, cfg, selected)
+            _label_all(url, cfg.name, cfg, selected, f"round {number}")
+            _publish_selection(url, campaign_id, cfg, number, log=False)  # now with the labels' outcomes
             _checkpoint(lease, cfg.name)
             _advance_round(url, campaign_id, number, RoundStatus.LABELLED)
             status = RoundStatus.LABELLED
@@ -221,7 +248,8 @@ def _run(url: str, cfg: CampaignConfig, lease: leases.Lease) -> dict:
             with session_scope(engine) as session:
                 campaigns.set_campaign_status(session, campaign_id, decision.status, decision.reason)
             logger.info("campaign %r stopped (%s): %s", cfg.name, decision.status, decision.reason)
-            return summary(url, campaign_id)
+            _publish(url, campaign_id, cfg)
+            return final_state(decision.status, decision.reason, data=summary(url, campaign_id))
         acquire.with_options(task_run_name=f"acquire round {number + 1} ({cfg.acquisition.signal})")(
             url, campaign_id, cfg, number + 1, trained_id)
         _checkpoint(lease, cfg.name)

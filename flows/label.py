@@ -78,12 +78,19 @@ def _run_name() -> str:
     from prefect.runtime import flow_run
 
     parameters = flow_run.parameters
-    ids = parameters.get("structure_ids")
-    return f"label {parameters.get('name')} ({'all pending' if ids is None else len(ids)})"
+    return run_name(parameters.get("name"), parameters.get("structure_ids"), parameters.get("purpose"))
+
+
+def run_name(name: str, structure_ids: list[int] | None, purpose: str | None) -> str:
+    """``label <campaign>: <purpose> (<n> structures)``, e.g. ``label h2: round 2 (5 structures)``."""
+    count = "all pending" if structure_ids is None else (
+        f"{len(structure_ids)} structure{'s' if len(structure_ids) != 1 else ''}")
+    return f"label {name}: {purpose} ({count})" if purpose else f"label {name} ({count})"
 
 
 @flow(name="label", flow_run_name=_run_name, log_prints=True)
-def label(name: str, structure_ids: list[int] | None = None, database_url: str | None = None) -> dict[str, Any]:
+def label(name: str, structure_ids: list[int] | None = None, database_url: str | None = None,
+          purpose: str | None = None) -> dict[str, Any]:
     """Label structures of campaign ``name`` with its oracle until none of them is pending.
 
     Parameters
@@ -96,6 +103,9 @@ def label(name: str, structure_ids: list[int] | None = None, database_url: str |
     database_url
         SQLAlchemy URL without a password; default from the environment or a Prefect Secret
         block (see :func:`tasks._db.database_url`).
+    purpose
+        What these labels are for (``"test set"``, ``"round 2"``): names the flow run and its
+        progress artifact (``campaign-<name>-<purpose>-labelling``).
 
     Returns
     -------
@@ -124,8 +134,8 @@ def label(name: str, structure_ids: list[int] | None = None, database_url: str |
     workers = min(cfg.qm.max_parallel, todo)
     logger.info("%d labels to run (%d already done) on %d %s worker(s), oracle %s", todo, before["done"], workers,
                 cfg.qm.task_runner, oracle_for(cfg).level)
-    progress = Progress(artifact_key("campaign", name, "labelling"),
-                        f"Labelling {todo} structures of campaign {name}")
+    progress = Progress(artifact_key("campaign", name, purpose or "", "labelling"),
+                        f"Campaign {name}{' · ' + purpose if purpose else ''}: labelling {todo} structures")
     runner = qm_task_runner(cfg.qm)
     with runner:
         futures = [runner.submit(label_worker.with_options(task_run_name=f"label worker {w}"),
@@ -164,8 +174,10 @@ def _show(progress: Progress, counts: dict[str, int], before: dict[str, int], to
                     f"{counts['running']} running)")
 
 
-def dispatch_labels(url: str, name: str, config: CampaignConfig, structure_ids: list[int]) -> None:
-    """Label ``structure_ids``: in a ``label`` subflow, or on the deployment ``qm.deployment``.
+def dispatch_labels(url: str, name: str, config: CampaignConfig, structure_ids: list[int],
+                    purpose: str | None = None) -> None:
+    """Label ``structure_ids``: in a ``label`` subflow, or on the deployment ``qm.deployment``;
+    ``purpose`` (``"test set"``, ``"round 2"``) names the run.
 
     A URL with a password is never passed on as a flow parameter (the Prefect server stores
     parameters); the subflow, or the deployment's workers, read it from their environment.
@@ -177,7 +189,7 @@ def dispatch_labels(url: str, name: str, config: CampaignConfig, structure_ids: 
     """
     passed_url = None if has_password(url) else url
     if config.qm.deployment is None:
-        label(name=name, structure_ids=structure_ids, database_url=passed_url)
+        label(name=name, structure_ids=structure_ids, database_url=passed_url, purpose=purpose)
         return
     from prefect.deployments import run_deployment
 
@@ -185,7 +197,8 @@ def dispatch_labels(url: str, name: str, config: CampaignConfig, structure_ids: 
     logger.info("labelling %d structures on deployment %r (database %s)", len(structure_ids),
                 config.qm.deployment, redact_url(url) if passed_url else "from the workers' environment")
     run = run_deployment(config.qm.deployment, parameters={"name": name, "structure_ids": structure_ids,
-                                                           "database_url": passed_url},
+                                                           "database_url": passed_url, "purpose": purpose},
+                         flow_run_name=run_name(name, structure_ids, purpose),
                          timeout=None, poll_interval=PROGRESS_S)
     if not run.state.is_completed():
         raise RuntimeError(f"labelling deployment {config.qm.deployment!r}: flow run {run.name} ended "

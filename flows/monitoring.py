@@ -1,8 +1,20 @@
-"""What a campaign shows about itself in the Prefect UI: round tables, selections, the learning curve.
+"""What a campaign shows about itself in the Prefect UI (docs/monitoring.md).
 
-The rows come from :mod:`db.reports` (``tangentlab status`` prints the same); the
-``publish_*`` functions turn them into Prefect artifacts (a table per round, a learning-curve
-image, the selected structures with their scores and predicted errors).
+Every view is read from the database through :mod:`db.reports` (``tangentlab status`` prints
+the same rows) and published as a Prefect artifact of the campaign flow run:
+
+``campaign-<name>-overview``
+    Markdown, one version per change, always current: the outcome (or where the campaign is),
+    targets and budgets, the current model, the test set (with failed QM jobs), the learning
+    curve and the round table with the starting model's row.
+``campaign-<name>-round-<n>-selection``
+    Markdown: what round ``n`` picked, with its scores, predicted errors, the picks against the
+    pool (from the round's stored diagnostics) and each label's outcome. Published when the
+    round is selected and again when its labels finish.
+
+Tables carry human column headers with units. The flow run's final state is named by the
+outcome (:func:`outcome_name`). Nothing here raises into the campaign: a failed publication
+is a warning, monitoring never stops the work it watches.
 """
 
 from __future__ import annotations
@@ -10,99 +22,388 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db import rounds
-from db.reports import baseline_errors, round_rows, selected_rows
+from db import campaigns, labels, registry, rounds, structures
+from db.reports import (
+    baseline_errors,
+    failed_label_rows,
+    round_rows,
+    selected_rows,
+    test_set_counts,
+    validation_labels_before,
+)
 from tangentlab.paths import campaign_dir
 from tasks.progress import artifact_key
 
 # Artifact data is stored by the Prefect server; beyond this the image is only linked.
 MAX_INLINE_PNG_BYTES = 400_000
+INITIAL_METHOD = "initial-random"
+
+# Final state names of a campaign flow run, by outcome (the runs list shows them).
+TARGETS_MET = "Targets met"
+LABEL_BUDGET = "Label budget exhausted"
+ROUND_BUDGET = "Round budget exhausted"
+TIME_BUDGET = "Time budget exhausted"
+POOL_EXHAUSTED = "Pool exhausted"
+BUDGET_EXHAUSTED = "Budget exhausted"
+_BUDGET_PREFIXES = (("label budget", LABEL_BUDGET), ("round budget", ROUND_BUDGET),
+                    ("wall-time budget", TIME_BUDGET), ("candidate pool exhausted", POOL_EXHAUSTED))
 
 
-def learning_curve_png(rows: list[dict[str, Any]], baseline: dict[str, float] | None, targets: Any) -> bytes:
-    """Test energy and force MAE against training labels (PNG bytes), with the targets dashed."""
+def outcome_name(status: str, reason: str | None) -> str:
+    """The state name that says how a campaign ended (``status`` and stop reason as stored).
+
+    Raises
+    ------
+    ValueError
+        If ``status`` is not a finished campaign's (``targets_met``, ``budget_exhausted``,
+        ``failed``, ``stopped``).
+    """
+    status = str(getattr(status, "value", status))
+    if status == "targets_met":
+        return TARGETS_MET
+    if status == "budget_exhausted":
+        text = (reason or "").lower()
+        return next((name for prefix, name in _BUDGET_PREFIXES if text.startswith(prefix)), BUDGET_EXHAUSTED)
+    if status in ("failed", "stopped"):
+        return status.capitalize()
+    raise ValueError(f"campaign status {status!r} is not an outcome: expected targets_met, budget_exhausted, "
+                     "failed or stopped")
+
+
+def final_state(status: str, reason: str | None, data: Any = None):
+    """A ``Completed`` state named by the outcome, with the stop reason as its message."""
+    from prefect.states import Completed, Failed
+
+    name = outcome_name(status, reason)
+    if name == "Failed":
+        return Failed(name=name, message=reason, data=data)
+    return Completed(name=name, message=reason, data=data)
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+def _cell(value: Any, spec: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    text = format(value, spec) if spec else str(value)
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table (cells already formatted); ``_none_`` without rows."""
+    if not rows:
+        return "_none_"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _short(text: str | None, limit: int = 140) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --- learning curve ---------------------------------------------------------------------------
+
+def learning_curve_png(points: list[tuple[str, int, float, float]], targets: Any) -> bytes:
+    """Test energy and force MAE against training labels, as PNG bytes.
+
+    ``points`` are ``(mark, training labels, energy MAE meV/atom, force MAE meV/Å)``; each
+    point is marked (``start``, ``R0``, ``R1``, ...) and the targets are dashed lines. The
+    background is transparent and the text a mid grey, so the figure reads on the UI's light
+    and dark themes. A panel whose values span more than a factor of 30 gets a log axis with
+    plain-number ticks (and says so); otherwise the axes are linear.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    points = [(r["labels"], r["energy_mae_meV_atom"], r["force_mae_meV_A"]) for r in rows
-              if r["labels"] is not None and r["force_mae_meV_A"] is not None]
-    if baseline:
-        points.insert(0, (0, baseline["energy_mae_mev_per_atom"], baseline["force_mae_mev_per_a"]))
-    fig = Figure(figsize=(8, 3.2), dpi=90)
-    panels = [("energy MAE (meV/atom)", 1, targets.energy_mae_mev_per_atom),
-              ("force MAE (meV/Å)", 2, targets.force_mae_mev_per_a)]
+    grey, line, target_colour = "#8c8c8c", "#3b82f6", "#f97316"
+    fig = Figure(figsize=(10, 3.9), dpi=100)
+    fig.patch.set_alpha(0.0)
+    panels = [("Energy MAE (meV/atom)", 2, targets.energy_mae_mev_per_atom),
+              ("Force MAE (meV/Å)", 3, targets.force_mae_mev_per_a)]
     for i, (title, column, target) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, 2, i)
+        ax.patch.set_alpha(0.0)
+        xs = [p[1] for p in points]
+        ys = [p[column] for p in points]
+        values = [v for v in [*ys, target] if v is not None and v > 0]
+        log = wants_log_axis(values)
         if points:
-            ax.plot([p[0] for p in points], [p[column] for p in points], "o-", color="C0", label="test set")
-        ax.axhline(target, ls="--", color="C3", label=f"target {target:g}")
-        ax.set_yscale("log")
-        ax.set_xlabel("training labels")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+            ax.plot(xs, ys, "o-", color=line, lw=2, ms=6, label="test set")
+            for mark, x, y in zip((p[0] for p in points), xs, ys):
+                ax.annotate(mark, (x, y), textcoords="offset points", xytext=(0, 7), ha="center",
+                            fontsize=9, color=grey)
+        ax.axhline(target, ls="--", lw=1.5, color=target_colour, label=f"target {target:g}")
+        if log:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.set_ylim(bottom=0, top=1.15 * max(values) if values else None)
+        ax.set_xlabel("training labels", color=grey)
+        ax.set_title(title + (" (log scale)" if log else ""), fontsize=11, color=grey)
+        ax.tick_params(colors=grey, which="both")
+        for spine in ax.spines.values():
+            spine.set_color(grey)
+        ax.grid(alpha=0.25, color=grey)
+        legend = ax.legend(fontsize=9, frameon=False)
+        for text in legend.get_texts():
+            text.set_color(grey)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", transparent=True)
     return buffer.getvalue()
 
 
-def _markdown_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "_none_"
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join("" if r[k] is None else str(r[k]) for k in head) + " |" for r in rows]
+def wants_log_axis(values: list[float]) -> bool:
+    """A log axis only when the positive values span more than a factor of 30."""
+    values = [v for v in values if v is not None and v > 0]
+    return bool(values) and max(values) / min(values) > 30
+
+
+def _curve_points(rows: list[dict[str, Any]], baseline: dict[str, float] | None) -> list[tuple[str, int, float, float]]:
+    points = [(f"R{r['round']}", r["labels"], r["energy_mae_meV_atom"], r["force_mae_meV_A"]) for r in rows
+              if r["labels"] is not None and r["force_mae_meV_A"] is not None]
+    if baseline:
+        points.insert(0, ("start", 0, baseline["energy_mae_mev_per_atom"], baseline["force_mae_mev_per_a"]))
+    return points
+
+
+# --- overview ---------------------------------------------------------------------------------
+
+ROUND_HEADER = ["Round", "Selected by", "Picked", "Training labels", "Energy MAE (meV/atom)",
+                "Force MAE (meV/Å)", "Model version", "Acquire (s)", "Fine-tune (s)", "Round (s)"]
+
+
+def round_table(session: Session, campaign_id: int) -> tuple[list[str], list[list[str]]]:
+    """The round table as shown: the starting model first, then one row per round."""
+    versions = registry.model_versions(session, campaign_id)
+    start = (versions[0].metrics or {}).get("test") if versions else None
+    table = []
+    if versions:
+        start = start or {}
+        table.append(["start", "starting model", "", "0", _cell(start.get("energy_mae_mev_per_atom"), ".1f"),
+                      _cell(start.get("force_mae_mev_per_a"), ".1f"), _cell(versions[0].id), "", "", ""])
+    wall = {r.number: (r.timings or {}).get("round_wall_s") for r in rounds.campaign_rounds(session, campaign_id)}
+    for r in round_rows(session, campaign_id):
+        method = "initial random set" if r["method"] == INITIAL_METHOD else r["method"]
+        table.append([str(r["round"]), method, _cell(r["selected"]), _cell(r["labels"]),
+                      _cell(r["energy_mae_meV_atom"], ".1f"), _cell(r["force_mae_meV_A"], ".1f"),
+                      _cell(r["model_version"]), _cell(r["acquire_s"], ".1f"), _cell(r["finetune_s"], ".0f"),
+                      _cell(wall.get(r["round"]), ".0f")])
+    return ROUND_HEADER, table
+
+
+def overview_markdown(session: Session, campaign_id: int, config: Any, *, png: bytes | None = None,
+                      png_path: Path | None = None, error: str | None = None) -> str:
+    """The campaign overview (markdown): outcome, targets and budgets, current model, test set,
+    learning curve, round table and failed QM jobs."""
+    camp = campaigns.campaign_by_id(session, campaign_id)
+    status = str(getattr(camp.status, "value", camp.status))
+    all_rounds = rounds.campaign_rounds(session, campaign_id)
+    if error is not None:
+        headline, outcome = "Failed", f"**Failed:** {_short(error, 400)}"
+    elif status in ("targets_met", "budget_exhausted", "failed", "stopped"):
+        headline = outcome_name(status, camp.stop_reason)
+        outcome = f"**{headline}:** {camp.stop_reason or status}"
+    else:
+        last = all_rounds[-1] if all_rounds else None
+        where = "" if last is None else f", round {last.number} {getattr(last.status, 'value', last.status)}"
+        headline, outcome = "Running", f"**Running**{where}."
+    targets, budgets = config.targets, config.budgets
+    used_labels = len(labels.labelled(session, campaign_id, split=["train", "valid"]))
+    evaluated = [r for r in all_rounds if str(getattr(r.status, "value", r.status)) == "evaluated"]
+    used_rounds = evaluated[-1].number if evaluated else 0
+    used_wall = sum((r.timings or {}).get("round_wall_s", 0.0) for r in all_rounds)
+    lines = [f"## Campaign {camp.name}: {headline}", "", outcome, "",
+             f"- **Targets:** energy MAE ≤ {targets.energy_mae_mev_per_atom:g} meV/atom and force MAE ≤ "
+             f"{targets.force_mae_mev_per_a:g} meV/Å on the test set",
+             f"- **Budgets used:** {used_labels} of {budgets.max_labels} labels, {used_rounds} of "
+             f"{budgets.max_rounds} rounds, {_duration(used_wall) or '0 s'} of "
+             f"{_duration(budgets.max_wall_time_s)}"]
+    current = registry.latest_model(session, campaign_id)
+    if current is not None:
+        test = (current.metrics or {}).get("test") or {}
+        errors = (f": test energy MAE {test['energy_mae_mev_per_atom']:.1f} meV/atom, force MAE "
+                  f"{test['force_mae_mev_per_a']:.1f} meV/Å" if test else " (not evaluated yet)")
+        origin = "starting model" if current.round_number is None else f"after round {current.round_number}"
+        lines.append(f"- **Current model:** version {current.id} ({origin}){errors}; `{current.path}`")
+    test_set = test_set_counts(session, campaign_id)
+    failed_note = (f", **{test_set['failed']} failed QM** (not in the test errors)" if test_set["failed"] else "")
+    open_note = (f", {test_set['pending'] + test_set['running']} not labelled yet"
+                 if test_set["pending"] + test_set["running"] else "")
+    lines.append(f"- **Test set:** {test_set['structures']} structures, errors measured on the "
+                 f"{test_set['done']} labelled{failed_note}{open_note}")
+    lines.append("")
+    if png is not None:
+        image = (f"![learning curve: test errors against training labels](data:image/png;base64,"
+                 f"{base64.b64encode(png).decode()})" if len(png) <= MAX_INLINE_PNG_BYTES
+                 else "_(learning curve too large to embed)_")
+        lines += ["### Learning curve", "", image, ""]
+        if png_path is not None:
+            lines += [f"Saved as `{png_path}`.", ""]
+    header, table = round_table(session, campaign_id)
+    lines += ["### Rounds", "", markdown_table(header, table), ""]
+    failed = failed_label_rows(session, campaign_id)
+    if failed:
+        split = {s.id: str(getattr(s.split, "value", s.split))
+                 for s in structures.structures_by_id(session, [f["structure_id"] for f in failed])}
+        lines += ["### Failed QM jobs", "", markdown_table(
+            ["Structure", "Formula", "Split", "Attempts", "Reason", "Run directory"],
+            [[_cell(f["structure_id"]), _cell(f["formula"]), split.get(f["structure_id"], ""), _cell(f["attempts"]),
+              _cell(_short(f["reason"])), f"`{f['run_dir']}`" if f["run_dir"] else ""] for f in failed]), ""]
     return "\n".join(lines)
 
 
-def publish_rounds(session: Session, campaign_id: int, name: str, targets: Any, work_dir: str | Path) -> Path:
-    """Round table and learning-curve artifacts of a campaign; returns the saved PNG's path.
+def publish_overview(session: Session, campaign_id: int, config: Any, *, error: str | None = None) -> Path:
+    """Publish the campaign overview artifact; returns the saved learning-curve PNG's path.
 
-    The PNG is saved under ``<work_dir>/<name>/learning_curve.png`` and embedded in a markdown
-    artifact as a data URI, which the Prefect UI renders without any file server.
+    The PNG is saved under ``<work_dir>/<name>/learning_curve.png`` and embedded in the
+    markdown as a data URI, which the Prefect UI renders without any file server.
     """
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.artifacts import create_markdown_artifact
 
-    rows = round_rows(session, campaign_id)
-    create_table_artifact(rows, key=artifact_key("campaign", name, "rounds"),
-                          description=f"Rounds of campaign {name}: labels, test errors after each "
-                          "fine-tune, model version, acquisition method and time")
-    png = learning_curve_png(rows, baseline_errors(session, campaign_id), targets)
-    path = campaign_dir(work_dir, name, "learning_curve.png")
+    name = config.name
+    png = learning_curve_png(_curve_points(round_rows(session, campaign_id), baseline_errors(session, campaign_id)),
+                             config.targets)
+    path = campaign_dir(config.work_dir, name, "learning_curve.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
-    image = (f"![learning curve](data:image/png;base64,{base64.b64encode(png).decode()})"
-             if len(png) <= MAX_INLINE_PNG_BYTES else "_(image too large to embed)_")
     create_markdown_artifact(
-        f"## Learning curve of campaign {name}\n\n{image}\n\nSaved as `{path}`.\n\n"
-        f"Targets: energy ≤ {targets.energy_mae_mev_per_atom:g} meV/atom, "
-        f"force ≤ {targets.force_mae_mev_per_a:g} meV/Å.\n\n" + _markdown_table(rows),
-        key=artifact_key("campaign", name, "learning-curve"),
-        description=f"Test errors of campaign {name} against training labels",
+        overview_markdown(session, campaign_id, config, png=png, png_path=path, error=error),
+        key=overview_key(name),
+        description=f"Campaign {name}: outcome, targets, current model, learning curve and rounds",
     )
     return path
 
 
-def publish_selection(session: Session, campaign_id: int, name: str, number: int) -> list[dict[str, Any]]:
-    """Table artifact of the structures round ``number`` selected (score, predicted error, label)."""
-    from prefect.artifacts import create_table_artifact
+def overview_key(name: str) -> str:
+    """Artifact key of a campaign's overview."""
+    return artifact_key("campaign", name, "overview")
 
+
+def selection_key(name: str, number: int) -> str:
+    """Artifact key of round ``number``'s selection."""
+    return artifact_key("campaign", name, "round", number, "selection")
+
+
+# --- selections -------------------------------------------------------------------------------
+
+SELECTION_HEADER = ["Pick", "Structure", "Formula", "Split", "Score at pick", "Predicted force error (meV/Å)",
+                    "Label", "Energy (eV)", "QM time (s)", "Failure"]
+INITIAL_HEADER = ["Structure", "Formula", "Split", "Label", "Energy (eV)", "QM time (s)", "Failure"]
+
+
+def _label_cell(row: dict[str, Any]) -> str:
+    label = row["label"]
+    if label == "none":
+        return "not queued"
+    if label == "failed":
+        return f"failed ({row['attempts']} attempts)"
+    return label
+
+
+def _diagnostics_table(diagnostics: dict[str, Any]) -> str:
+    header = ["Set", "Structures", "Energy/atom q10 (eV)", "q50", "q90", "Max force q10 (eV/Å)", "q50", "q90"]
+    table = []
+    for name, title in (("picked", "picked"), ("pool", "pool (sample)"), ("target", "target (sample)")):
+        summary = diagnostics.get(name)
+        if not summary:
+            continue
+        energy, force = summary.get("energy_per_atom_eV") or {}, summary.get("max_force_eV_per_A") or {}
+        table.append([title, _cell(summary.get("count")),
+                      *(_cell(energy.get(q), ".3f") for q in ("q10", "q50", "q90")),
+                      *(_cell(force.get(q), ".2f") for q in ("q10", "q50", "q90"))])
+    return markdown_table(header, table)
+
+
+def selection_markdown(session: Session, campaign_id: int, name: str, number: int) -> tuple[str, list[dict[str, Any]]]:
+    """Round ``number``'s selection as markdown, and its rows (:func:`db.reports.selected_rows`).
+
+    Raises
+    ------
+    LookupError
+        If the campaign has no round ``number``.
+    """
     rows = selected_rows(session, campaign_id, number)
     round_ = rounds.get_round(session, campaign_id, number)
-    create_table_artifact(
-        rows, key=artifact_key("campaign", name, "selected"),
-        description=f"Round {number} of campaign {name}: {len(rows)} structures selected by {round_.method} "
-        "(score: posterior variance σ² or committee force variance; predicted error: calibrated "
-        "per-structure force MAE in meV/Å)",
-    )
+    parameters = round_.parameters or {}
+    outcome = {k: sum(1 for r in rows if r["label"] == k) for k in ("done", "failed", "running", "pending", "none")}
+    finished = outcome["done"] + outcome["failed"] == len(rows)
+    label_line = (f"**Labels:** {outcome['done']} done, {outcome['failed']} failed QM." if finished else
+                  f"**Labels:** {outcome['done']} done, {outcome['failed']} failed, "
+                  f"{outcome['pending'] + outcome['running'] + outcome['none']} still to run "
+                  "(this artifact is published again when the round's labelling ends).")
+    if round_.method == INITIAL_METHOD:
+        lines = [f"## Campaign {name} · round 0 · initial set", "",
+                 f"{len(rows)} structures drawn at random from {round_.pool_size} pool structures "
+                 f"(seed {parameters.get('seed', '?')}): the first training set. No scores: nothing was ranked.",
+                 "", label_line, "",
+                 markdown_table(INITIAL_HEADER, [[_cell(r["structure_id"]), _cell(r["formula"]), _cell(r["split"]),
+                                                  _label_cell(r), _cell(r["energy_eV"], ".4f"),
+                                                  _cell(r["qm_wall_s"], ".1f"), _cell(_short(r["failure"]))]
+                                                 for r in rows])]
+        return "\n".join(lines), rows
+    rule = parameters.get("rule")
+    method = f"{round_.method} ({rule})" if rule and round_.method not in ("random", "committee") else round_.method
+    lines = [f"## Campaign {name} · round {number} · selection", "",
+             f"{len(rows)} structures picked by **{method}** from {round_.pool_size} pool structures with model "
+             f"version {round_.model_version_id}.", "", label_line, ""]
+    if round_.method == "random":
+        lines += ["Random picks: no score and no predicted error.", ""]
+    else:
+        score = ("the squared force spread of the committee ((eV/Å)²)" if round_.method == "committee"
+                 else "the rule's score (posterior variance σ² or its gain) when the structure was picked, "
+                 "given the picks before it")
+        lines += [f"**Pick** is the order of picking; **score at pick** is {score}, so it need not fall "
+                  "with the pick order.", ""]
+        if parameters.get("uncertainty_scale") is None:
+            valid = validation_labels_before(session, campaign_id, number)
+            lines += [f"**No predicted force error this round:** the error scale is fitted on at least 2 "
+                      f"labelled validation structures and this round had {valid}.", ""]
+        else:
+            lines += [f"**Predicted force error:** scale·σ with scale {parameters['uncertainty_scale']:.3g} "
+                      "fitted on the validation labels (per-structure force MAE, meV/Å).", ""]
+    diagnostics = parameters.get("diagnostics")
+    if diagnostics:
+        lines += ["### Picks against the pool (the round's model predictions)", "",
+                  _diagnostics_table(diagnostics), ""]
+    lines += ["### Picks", "", markdown_table(SELECTION_HEADER, [
+        [_cell(r["rank"]), _cell(r["structure_id"]), _cell(r["formula"]), _cell(r["split"]), _cell(r["score"], ".4g"),
+         _cell(r["predicted_force_error_meV_A"], ".1f"), _label_cell(r), _cell(r["energy_eV"], ".4f"),
+         _cell(r["qm_wall_s"], ".1f"), _cell(_short(r["failure"]))] for r in rows])]
+    return "\n".join(lines), rows
+
+
+def publish_selection(session: Session, campaign_id: int, name: str, number: int) -> list[dict[str, Any]]:
+    """Publish round ``number``'s selection artifact; returns its rows."""
+    from prefect.artifacts import create_markdown_artifact
+
+    text, rows = selection_markdown(session, campaign_id, name, number)
+    create_markdown_artifact(
+        text, key=selection_key(name, number),
+        description=f"Campaign {name}, round {number}: the selected structures and their labels")
     return rows
 
 
