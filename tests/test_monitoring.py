@@ -297,3 +297,18 @@ def test_label_runs_are_named_by_purpose():
     assert run_name("uicheck", [1, 2, 3], "test set") == "label uicheck: test set (3 structures)"
     assert run_name("uicheck", [4], "round 2") == "label uicheck: round 2 (1 structure)"
     assert run_name("uicheck", None, None) == "label uicheck (all pending)"
+
+
+def test_status_prints_words_and_flags_failed_test_structures(lab, capsys):
+    from cli import main
+
+    url, _, _ = lab
+    assert main(["--db", url, "status", "uicheck"]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out  # no Python dicts
+    assert "  labels: 6 done, 1 failed\n" in out
+    assert "  test set: 4 structures, test errors on the 3 labelled; 1 FAILED QM (not in the test errors)\n" in out
+    assert "train, 1 valid, 4 test\n" in out
+    assert main(["--db", url, "status", "uicheck", "--json"]) == 0
+    (report,) = __import__("json").loads(capsys.readouterr().out)
+    assert report["test_set"] == {"structures": 4, "pending": 0, "running": 0, "done": 3, "failed": 1}
