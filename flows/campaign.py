@@ -123,7 +123,10 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     Returns
     -------
     dict
-        ``status``, ``reason``, and the test errors of every model version.
+        ``status``, ``reason``, and the test errors of every model version. The flow run ends
+        in a ``Completed`` state named by the outcome ("Targets met", "Round budget
+        exhausted", ...; :func:`flows.monitoring.outcome_name`) with the stop reason as its
+        message, which the UI's runs list shows.
     """
     logger = get_run_logger()
     if database_url is not None and has_password(database_url):
