@@ -3,7 +3,8 @@
 A method is written ``default`` (the product's default acquisition, whatever it is), a
 baseline without feature rows (``random``, ``committee``), a signal alone (greedy maximum
 variance, the rule every signal used before the batch rules existed, so older results keep
-their meaning), or ``signal:rule`` with an optional outlier guard ``:q<quantile>`` and, for the
+their meaning), or ``signal:rule`` with optional outlier guards ``:q<σ² quantile>`` and
+``:f<largest predicted force, eV/Å>`` and, for the
 transductive rule, an optional target ``:pool`` or ``:test`` (default: the product's), e.g.
 ``activation:transductive``, ``ntk:transductive:test`` or ``ntk:greedy:q0.9``.
 """
@@ -39,6 +40,10 @@ SIGNAL_LABELS = {
 }
 
 
+#: Guard parts of a method name: their letter and the acquisition key the number sets.
+GUARDS = {"q": "sigma_quantile", "f": "max_force"}
+
+
 def method_acquisition(method: str) -> dict[str, Any]:
     """
     The ``acquisition`` keys a benchmark method sets (batch size etc. come from the spec).
@@ -60,13 +65,14 @@ def method_acquisition(method: str) -> dict[str, Any]:
         if extra in TARGET_KEYWORDS:
             section["target"] = extra
             continue
-        if not extra.startswith("q"):
-            raise ValueError(f"method {method!r}: unknown part {extra!r} (an outlier guard is q<quantile>, "
-                             f"a target one of {list(TARGET_KEYWORDS)})")
+        key = GUARDS.get(extra[:1])
+        if key is None:
+            raise ValueError(f"method {method!r}: unknown part {extra!r} (a guard is q<σ² quantile> or "
+                             f"f<max force, eV/Å>, a target one of {list(TARGET_KEYWORDS)})")
         try:
-            section["sigma_quantile"] = float(extra[1:])
+            section[key] = float(extra[1:])
         except ValueError:
-            raise ValueError(f"method {method!r}: {extra!r} is not q<quantile>") from None
+            raise ValueError(f"method {method!r}: {extra!r} is not {extra[:1]}<number>") from None
     Acquisition(**section)  # raises with the key named
     return section
 
@@ -85,6 +91,7 @@ def describe(acquisition: Acquisition) -> str:
     if acquisition.signal in FEATURELESS_METHODS:
         return label
     guard = f", σ² ≤ q{acquisition.sigma_quantile:g}" if acquisition.sigma_quantile else ""
+    guard += f", max force ≤ {acquisition.max_force:g} eV/Å" if acquisition.max_force else ""
     target = f" over {acquisition.target}" if acquisition.rule == "transductive" and acquisition.target != "pool" else ""
     return f"{label}, {acquisition.rule}{target}{guard}"
 

@@ -121,6 +121,12 @@ class Acquisition(_Section):
         description="Outlier guard: never label a candidate whose σ² lies above this quantile of "
         "the pool's σ² (None: no guard).",
     )
+    max_force: float | None = Field(
+        None, gt=0,
+        description="Outlier guard on forces: never label a candidate whose largest force component, "
+        "as the current model predicts it, exceeds this bound (eV/Å; the upper trust level of DP-GEN on "
+        "predicted forces). None: no guard.",
+    )
     signal_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Options of the signal (e.g. sketch_dim, parameters for the NTKs).",

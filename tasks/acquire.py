@@ -22,6 +22,7 @@ from tangentlab.acquisition.committee import (
     train_committee,
 )
 from tangentlab.acquisition.diagnostics import selection_diagnostics
+from tangentlab.acquisition.guards import force_guard
 from tangentlab.config import FEATURELESS_METHODS, CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters
 from tangentlab.mace_model import load_model, predict
@@ -91,7 +92,8 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
             session, campaign_id, round_number, method=settings.signal,
             parameters={**settings.model_dump(), "uncertainty_scale": scale,
                         "feature_dim": info.get("feature_dim"), "sigma_bound": info.get("sigma_bound"),
-                        "guarded": info.get("guarded"), "diagnostics": diagnostics},
+                        "guarded": info.get("guarded"), "force_guarded": info.get("force_guarded"),
+                        "diagnostics": diagnostics},
             model_version_id=model_version_id, pool_size=len(pool_ids), selected=selected, timings=timings,
         )
     progress.update(100.0, f"Round {round_number}: {_describe(settings)} selected {len(selected)} of "
@@ -107,6 +109,7 @@ def _describe(settings) -> str:
     if settings.signal in FEATURELESS_METHODS:
         return settings.signal
     guard = f", σ² ≤ q{settings.sigma_quantile:g}" if settings.sigma_quantile is not None else ""
+    guard += f", max force ≤ {settings.max_force:g} eV/Å" if settings.max_force is not None else ""
     target = f" over {settings.target}" if settings.rule == "transductive" and settings.target != "pool" else ""
     return f"{settings.signal} ({settings.rule}{target}{guard})"
 
@@ -135,7 +138,8 @@ def _diagnostics(config, model_path, picked_atoms, pool_atoms, target_atoms, rou
 
 def _kernel(config, round_number, model_path, train, valid, pool_atoms, target, progress):
     """Feature signals: fit the scorer on the training labels (progress 0 → 40 %), calibrate its
-    scale on the validation split, then the batch rule over the pool (→ 100 %)."""
+    scale on the validation split, then the batch rule over the pool (→ 100 %), without the
+    candidates the force guard removes."""
     settings = config.acquisition
     options = settings.select_options()
     model = load_model(model_path, device=config.device)
@@ -150,11 +154,19 @@ def _kernel(config, round_number, model_path, train, valid, pool_atoms, target, 
         scale = calibrate_uncertainty(sigma, _force_errors(model, valid))
     progress.update(40.0, f"Round {round_number}: {_describe(settings)}: scoring {len(pool_atoms)} pool "
                     f"structures and selecting {settings.batch_size}")
+    exclude = force_guard(model, pool_atoms, settings.max_force, config.device)
+    if len(exclude) == len(pool_atoms) > 0:
+        get_run_logger().warning("acquisition.max_force %g eV/Å excludes every pool structure: not applied "
+                                 "this round", settings.max_force)
+        exclude = []
     picked, scores, info = select_batch(
         model, train, pool_atoms, batch_size=settings.batch_size, seed=config.seed * 1000 + round_number,
-        device=config.device, scorer=scorer, target="pool" if target is None else target, **options,
+        device=config.device, scorer=scorer, target="pool" if target is None else target,
+        exclude=exclude, **options,
     )
+    info["force_guarded"] = len(exclude)
     return picked, scores, info, scale
+
 
 
 def _committee(config, round_number, model_path, train, valid, pool_atoms, progress):

@@ -164,3 +164,23 @@ def test_same_batch_on_cuda(model):
     gpu, gpu_scores, _ = select_batch(model, LABELLED, pool, device="cuda", **options)
     np.testing.assert_array_equal(cpu, gpu)
     np.testing.assert_allclose(cpu_scores, gpu_scores, rtol=1e-6)
+
+
+def test_force_guard_removes_candidates_the_model_predicts_far_out(model):
+    from tangentlab.acquisition.guards import force_guard, largest_predicted_force
+
+    pool = _pool(12, seed=3)
+    squeezed = pool[5].copy()
+    squeezed.positions *= 0.7  # compressed bonds: far larger predicted forces than the others
+    pool[5] = squeezed
+    largest = largest_predicted_force(model, pool)
+    assert largest.argmax() == 5
+    bound = float(np.median(largest))
+    exclude = force_guard(model, pool, bound)
+    assert exclude == [int(i) for i in np.flatnonzero(largest > bound)] and 5 in exclude
+    assert 0 < len(exclude) < len(pool)
+    assert force_guard(model, pool, None) == []
+    picked, _, _ = select_batch(model, LABELLED, pool, batch_size=4, exclude=exclude)
+    assert not set(picked.tolist()) & set(exclude)
+    with pytest.raises(ValueError, match="max_force must be positive"):
+        force_guard(model, pool, -1.0)

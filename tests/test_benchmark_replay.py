@@ -346,6 +346,7 @@ def test_method_names_map_to_acquisition_sections():
     }
     assert method_label("ntk:transductive:test") == "energy NTK, transductive over test"
     assert method_label("ntk:transductive:pool") == "energy NTK, transductive"
+    assert method_acquisition("ntk:transductive:f4.5")["max_force"] == 4.5
     assert method_label("default").startswith("default (")
     for bad in ("soap", "activation:best", "random:greedy", "ntk:greedy:x1", "ntk:transductive:tests"):
         with pytest.raises(ValueError):

@@ -127,6 +127,7 @@ def test_acquisition_section_is_checked_against_the_registries():
         ({"signal": "random", "signal_options": {"sketch_dim": 4}}, "takes no signal_options"),
         ({"signal": "ntk", "method": "ntk"}, "not both"),
         ({"sigma_quantile": 1.5}, "sigma_quantile"),
+        ({"max_force": -1}, "max_force"),
     ):
         with pytest.raises(ConfigError, match=message):
             make_config({"acquisition": section})
