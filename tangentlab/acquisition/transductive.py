@@ -36,7 +36,12 @@ from collections.abc import Iterable
 import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 
-from tangentlab.acquisition.posterior import _check_groups, _check_lam
+from tangentlab.acquisition.posterior import (
+    _argmax_lowest_index,
+    _available_mask,
+    _check_groups,
+    _check_lam,
+)
 
 
 class TargetCovariance:
@@ -172,9 +177,7 @@ def transductive_selection(
         raise ValueError(f"batch_size must be non-negative, got {batch_size}")
     lam = _check_lam(lam)
     rows, counts = _check_groups(rows, counts, chol.shape[0])
-    available = np.ones(counts.size, dtype=bool)
-    if exclude is not None:
-        available[np.asarray(list(exclude), dtype=np.int64)] = False
+    available = _available_mask(counts.size, exclude)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     precision = chol @ chol.T
     n_picks = min(batch_size, int(available.sum()))
@@ -184,9 +187,8 @@ def transductive_selection(
         factor = chol if step == 0 else cholesky(precision, lower=True)
         z = solve_triangular(factor, rows.T, lower=True, check_finite=False).T
         scores = _gains(z, _whitened_target(factor, target), counts, lam)
-        masked = np.where(available, scores, -np.inf)
-        pick = int(np.argmax(masked))
-        indices[step], gains[step] = pick, max(float(masked[pick]), 0.0)
+        pick = _argmax_lowest_index(scores, available)
+        indices[step], gains[step] = pick, max(float(scores[pick]), 0.0)
         available[pick] = False
         block = rows[starts[pick] : starts[pick + 1]]
         precision = precision + block.T @ block
