@@ -4,13 +4,13 @@ Every view is read from the database through :mod:`db.reports` (``tangentlab sta
 the same rows) and published as a Prefect artifact of the campaign flow run:
 
 ``campaign-<name>-overview``
-    Markdown, one version per change, always current: the outcome (or where the campaign is),
+    Markdown, updated in place by each change (one version per flow run), always current: the outcome (or where the campaign is),
     targets and budgets, the current model, the test set (with failed QM jobs), the learning
     curve and the round table with the starting model's row.
 ``campaign-<name>-round-<n>-selection``
     Markdown: what round ``n`` picked, with its scores, predicted errors, the picks against the
     pool (from the round's stored diagnostics) and each label's outcome. Published when the
-    round is selected and again when its labels finish.
+    round is selected and updated when its labels finish.
 
 Tables carry human column headers with units. The flow run's final state is named by the
 outcome (:func:`outcome_name`). Nothing here raises into the campaign: a failed publication
@@ -161,6 +161,7 @@ def learning_curve_png(points: list[tuple[str, int, float, float]], targets: Any
             ax.yaxis.set_minor_formatter(NullFormatter())
         else:
             ax.set_ylim(bottom=0, top=1.15 * max(values) if values else None)
+        ax.margins(y=0.12)
         ax.set_xlabel("training labels", color=grey)
         ax.set_title(title + (" (log scale)" if log else ""), fontsize=11, color=grey)
         ax.tick_params(colors=grey, which="both")
@@ -193,26 +194,29 @@ def _curve_points(rows: list[dict[str, Any]], baseline: dict[str, float] | None)
 # --- overview ---------------------------------------------------------------------------------
 
 ROUND_HEADER = ["Round", "Selected by", "Picked", "Training labels", "Energy MAE (meV/atom)",
-                "Force MAE (meV/Å)", "Model version", "Acquire (s)", "Fine-tune (s)", "Round (s)"]
+                "Force MAE (meV/Å)", "Model version"]
+TIME_HEADER = ["Round", "Acquire (s)", "Fine-tune (s)", "Whole round (s)"]
 
 
-def round_table(session: Session, campaign_id: int) -> tuple[list[str], list[list[str]]]:
-    """The round table as shown: the starting model first, then one row per round."""
+def round_table(session: Session, campaign_id: int) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """The round table as shown (the starting model first, then one row per round) and the
+    rounds' times (header, rows, time rows)."""
     versions = registry.model_versions(session, campaign_id)
     start = (versions[0].metrics or {}).get("test") if versions else None
-    table = []
+    table, times = [], []
     if versions:
         start = start or {}
         table.append(["start", "starting model", "", "0", _cell(start.get("energy_mae_mev_per_atom"), ".1f"),
-                      _cell(start.get("force_mae_mev_per_a"), ".1f"), _cell(versions[0].id), "", "", ""])
+                      _cell(start.get("force_mae_mev_per_a"), ".1f"), _cell(versions[0].id)])
     wall = {r.number: (r.timings or {}).get("round_wall_s") for r in rounds.campaign_rounds(session, campaign_id)}
     for r in round_rows(session, campaign_id):
         method = "initial random set" if r["method"] == INITIAL_METHOD else r["method"]
         table.append([str(r["round"]), method, _cell(r["selected"]), _cell(r["labels"]),
                       _cell(r["energy_mae_meV_atom"], ".1f"), _cell(r["force_mae_meV_A"], ".1f"),
-                      _cell(r["model_version"]), _cell(r["acquire_s"], ".1f"), _cell(r["finetune_s"], ".0f"),
+                      _cell(r["model_version"])])
+        times.append([str(r["round"]), _cell(r["acquire_s"], ".1f"), _cell(r["finetune_s"], ".0f"),
                       _cell(wall.get(r["round"]), ".0f")])
-    return ROUND_HEADER, table
+    return ROUND_HEADER, table, times
 
 
 def overview_markdown(session: Session, campaign_id: int, config: Any, *, png: bytes | None = None,
@@ -263,8 +267,10 @@ def overview_markdown(session: Session, campaign_id: int, config: Any, *, png: b
         lines += ["### Learning curve", "", image, ""]
         if png_path is not None:
             lines += [f"Saved as `{png_path}`.", ""]
-    header, table = round_table(session, campaign_id)
-    lines += ["### Rounds", "", markdown_table(header, table), ""]
+    header, table, times = round_table(session, campaign_id)
+    lines += ["### Rounds", "", markdown_table(header, table), "",
+              "Test-set errors after each round's fine-tune; training labels include the validation split.", "",
+              "### Time per round", "", markdown_table(TIME_HEADER, times), ""]
     failed = failed_label_rows(session, campaign_id)
     if failed:
         split = {s.id: str(getattr(s.split, "value", s.split))
@@ -282,20 +288,41 @@ def publish_overview(session: Session, campaign_id: int, config: Any, *, error: 
     The PNG is saved under ``<work_dir>/<name>/learning_curve.png`` and embedded in the
     markdown as a data URI, which the Prefect UI renders without any file server.
     """
-    from prefect.artifacts import create_markdown_artifact
-
     name = config.name
     png = learning_curve_png(_curve_points(round_rows(session, campaign_id), baseline_errors(session, campaign_id)),
                              config.targets)
     path = campaign_dir(config.work_dir, name, "learning_curve.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
-    create_markdown_artifact(
-        overview_markdown(session, campaign_id, config, png=png, png_path=path, error=error),
-        key=overview_key(name),
-        description=f"Campaign {name}: outcome, targets, current model, learning curve and rounds",
-    )
+    publish_markdown(overview_key(name),
+                     overview_markdown(session, campaign_id, config, png=png, png_path=path, error=error),
+                     f"Campaign {name}: outcome, targets, current model, learning curve and rounds")
     return path
+
+
+def publish_markdown(key: str, text: str, description: str) -> str:
+    """Create the markdown artifact ``key`` of this flow run, or update it in place if this run
+    already has one; returns its id.
+
+    So a run page shows one card per key (the overview, each round's selection) that is always
+    current, and the key's history keeps one version per flow run (a resume starts a new one).
+    """
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        with get_client(sync_client=True) as client:
+            mine = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])),
+                sort=ArtifactSort.CREATED_DESC, limit=1)
+            if mine:
+                client.update_artifact(mine[0].id, ArtifactUpdate(data=text, description=description))
+                return str(mine[0].id)
+    return str(create_markdown_artifact(text, key=key, description=description))
 
 
 def overview_key(name: str) -> str:
@@ -398,12 +425,9 @@ def selection_markdown(session: Session, campaign_id: int, name: str, number: in
 
 def publish_selection(session: Session, campaign_id: int, name: str, number: int) -> list[dict[str, Any]]:
     """Publish round ``number``'s selection artifact; returns its rows."""
-    from prefect.artifacts import create_markdown_artifact
-
     text, rows = selection_markdown(session, campaign_id, name, number)
-    create_markdown_artifact(
-        text, key=selection_key(name, number),
-        description=f"Campaign {name}, round {number}: the selected structures and their labels")
+    publish_markdown(selection_key(name, number), text,
+                     f"Campaign {name}, round {number}: the selected structures and their labels")
     return rows
 
 

@@ -76,6 +76,41 @@ def test_campaign_reaches_its_targets(prefect_server, tmp_path):
     for version in result["models"][1:]:
         assert Path(version["path"]).exists()
 
+    # What the Prefect UI shows (docs/monitoring.md): the outcome as the run's state name, label
+    # runs named by purpose, the overview and every round's selection with its labels' outcomes.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["campaign reach"])))
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+    assert (run.state.type.value, run.state.name) == ("COMPLETED", "Targets met")
+    assert run.state.message == result["reason"]
+    rounds_run = len(trained)
+    assert sorted(child.name for child in children) == sorted(
+        ["label reach: test set (8 structures)", "label reach: round 0 (6 structures)"]
+        + [f"label reach: round {n} (4 structures)" for n in range(1, rounds_run)])
+    overview = _latest_artifact("campaign-reach-overview")
+    assert overview["data"].startswith("## Campaign reach: Targets met\n\n**Targets met:** targets met: energy")
+    assert "| start | starting model | | 0 |" in overview["data"].replace("  ", " ")
+    for number in range(rounds_run):
+        selection = _latest_artifact(f"campaign-reach-round-{number}-selection")["data"]
+        assert "still to run" not in selection and "not queued" not in selection
+        assert selection.count("| done |") + selection.count("| failed (") == (6 if number == 0 else 4)
+
+
+def _latest_artifact(key: str) -> dict:
+    """The newest artifact with ``key``, from the Prefect REST API."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", timeout=30,
+                          json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1})
+    response.raise_for_status()
+    (artifact,) = response.json()
+    return artifact
+
 
 def _cli(args: list[str], api_url: str, cwd: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url}

@@ -145,9 +145,12 @@ def test_selection_artifacts_are_titled_and_show_the_labels_once_they_finish(pre
 
     @flow
     def publish(numbers):
+        from prefect.runtime import flow_run
+
         with session_scope(engine) as session:
             for number in numbers:
                 publish_selection(session, campaign_id, "uicheck", number)
+        return flow_run.id
 
     publish([0, 1])
     assert selection_key("uicheck", 1) == "campaign-uicheck-round-1-selection"
@@ -179,8 +182,14 @@ def test_selection_artifacts_are_titled_and_show_the_labels_once_they_finish(pre
         _label(session, picks_ids[0], energy=-30.5)
         _label(session, picks_ids[1], failure="SCF | diverged\nafter 50 cycles")
         _label(session, picks_ids[2], energy=-31.0)
-    publish([1])
+    run_id = publish([1, 1])  # published twice in one run: one artifact, updated in place
+    from prefect.settings import PREFECT_API_URL
+
+    mine = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", timeout=30, json={"artifacts": {
+        "key": {"any_": [selection_key("uicheck", 1)]}, "flow_run_id": {"any_": [run_id]}}}).json()
+    assert len(mine) == 1
     after = _latest(selection_key("uicheck", 1))["data"]
+    assert mine[0]["data"] == after
     assert "**Labels:** 2 done, 1 failed QM." in after
     *_, picks = _tables(after)
     assert [r["Label"] for r in picks] == ["done", "failed (1 attempts)", "done"]
@@ -209,14 +218,14 @@ def test_overview_shows_outcome_targets_test_failures_and_the_starting_model(pre
     assert "- **Budgets used:** 3 of 30 labels, 0 of 4 rounds, 30 s of 60.0 min" in text
     assert "- **Test set:** 4 structures, errors measured on the 3 labelled, **1 failed QM**" in text
     assert "](data:image/png;base64,iVBORw0KGgo" in text
-    rounds_table, failed = _tables(text)
+    rounds_table, times, failed = _tables(text)
     assert list(rounds_table[0]) == ["Round", "Selected by", "Picked", "Training labels", "Energy MAE (meV/atom)",
-                                     "Force MAE (meV/Å)", "Model version", "Acquire (s)", "Fine-tune (s)",
-                                     "Round (s)"]
+                                     "Force MAE (meV/Å)", "Model version"]
     assert [(r["Round"], r["Selected by"], r["Training labels"], r["Force MAE (meV/Å)"]) for r in rounds_table] == [
         ("start", "starting model", "0", "2400.0"), ("0", "initial random set", "3", "610.0"),
         ("1", "ntk", "", "")]
-    assert rounds_table[2]["Acquire (s)"] == "1.5"
+    assert times == [{"Round": "0", "Acquire (s)": "", "Fine-tune (s)": "20", "Whole round (s)": "30"},
+                     {"Round": "1", "Acquire (s)": "1.5", "Fine-tune (s)": "", "Whole round (s)": ""}]
     assert [(int(r["Structure"]), r["Split"], r["Reason"]) for r in failed] == [
         (ids["test"][1], "test", "SCF did not converge")]
 

@@ -208,14 +208,20 @@ def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefec
     assert chosen["round"] == 1 and len(chosen["structures"]) == 4
     assert all(s["score"] is not None and s["label"] == "done" for s in chosen["structures"])
 
-    # The Prefect UI shows the same: round table, learning curve, selection, progress.
-    table = json.loads(_latest_artifact(f"campaign-{NAME}-rounds")["data"])
-    assert [(r["round"], r["labels"], r["force_mae_meV_A"]) for r in table] == [
-        (r["round"], r["labels"], r["force_mae_meV_A"]) for r in report["round_table"]]
-    curve = _latest_artifact(f"campaign-{NAME}-learning-curve")
-    assert curve["type"] == "markdown" and "](data:image/png;base64,iVBORw0KGgo" in curve["data"]
+    # The Prefect UI shows the same: the overview's round table and learning curve, the selection.
+    overview = _latest_artifact(f"campaign-{NAME}-overview")["data"]
+    assert overview.startswith(f"## Campaign {NAME}: Round budget exhausted")
+    table = overview.split("### Rounds\n")[1].split("###")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in [line for line in table.splitlines() if line.startswith("|")][2:]]
+    assert [(r[0], r[3], r[5]) for r in rows[1:]] == [
+        (str(r["round"]), str(r["labels"]), f"{r['force_mae_meV_A']:.1f}") for r in report["round_table"]]
+    assert rows[0][:2] == ["start", "starting model"]
+    assert "](data:image/png;base64,iVBORw0KGgo" in overview
     assert (tmp_path / "runs" / NAME / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
-    selection = json.loads(_latest_artifact(f"campaign-{NAME}-selected")["data"])
-    assert [s["structure_id"] for s in selection] == [s["structure_id"] for s in chosen["structures"]]
+    selection = _latest_artifact(f"campaign-{NAME}-round-1-selection")["data"]
+    picks = [line.split("|")[2].strip() for line in selection.split("### Picks\n")[1].splitlines()[2:]]
+    assert picks == [str(s["structure_id"]) for s in chosen["structures"]]
+    assert "**Labels:** 4 done, 0 failed QM." in selection
     finetune = _latest_artifact(f"campaign-{NAME}-fine-tune")
     assert finetune["type"] == "progress" and finetune["data"] == 100.0
