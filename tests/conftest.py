@@ -1,4 +1,9 @@
-"""Shared test set-up: offline Prefect, one session-scoped test server, small real inputs."""
+"""Shared test set-up: offline Prefect, one session-scoped test server, small real inputs.
+
+The suite runs in parallel with pytest-xdist (`python -m pytest -q -n 2`, .ci/run). Each worker
+is a process of its own with its own Prefect home, quacc results folder, temporary Prefect
+server (a free port), pytest temporary directories and, on PostgreSQL, its own database.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 TUTORIAL_MODEL = SHARED / "models" / "mace-tutorial-hco-swa.model"
 # A PostgreSQL server for the database tests (from `.ci/start-postgres`); else SQLite only.
 POSTGRES_URL = os.environ.get("TANGENTLAB_TEST_POSTGRES_URL")
+# "gw0", "gw1", ... in a pytest-xdist worker; None in a plain (single-process) run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 
 @pytest.fixture(scope="session")
@@ -48,22 +55,50 @@ def model(tiny_model_file):
     return load_model(tiny_model_file)
 
 
+@pytest.fixture(scope="session")
+def postgres_url():
+    """This test process's PostgreSQL database URL.
+
+    A plain run uses the database of ``TANGENTLAB_TEST_POSTGRES_URL`` itself. A pytest-xdist
+    worker creates a database of its own on that server (``<database>_gw0``, ...; dropped first
+    if an earlier run left it) and drops it at the end, so that parallel workers never see each
+    other's tables.
+    """
+    if XDIST_WORKER is None:
+        yield POSTGRES_URL
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    server = make_url(POSTGRES_URL)
+    name = f"{server.database}_{XDIST_WORKER}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", *(["postgresql"] if POSTGRES_URL else [])])
 def database_url(request, tmp_path):
     """A database URL for one test: a new SQLite file, then the PostgreSQL server if there is one.
 
-    The shared PostgreSQL database is left empty afterwards (its migrations downgraded), so
-    the next test starts from nothing as on SQLite.
+    The PostgreSQL database (this process's own, see ``postgres_url``) is left empty afterwards
+    (its migrations downgraded), so the next test starts from nothing as on SQLite.
     """
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'lab.db'}"
         return
-    yield POSTGRES_URL
+    url = request.getfixturevalue("postgres_url")
+    yield url
     from alembic import command
 
     from db import alembic_config, make_engine
 
-    engine = make_engine(POSTGRES_URL)
+    engine = make_engine(url)
     with engine.begin() as connection:
         command.downgrade(alembic_config(connection), "base")
         connection.exec_driver_sql("DROP TABLE alembic_version")
