@@ -66,9 +66,9 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
                       if config.acquisition.target == "test" else [])
     target_atoms = _target_atoms(config, test_atoms)
     start = time.perf_counter()
-    progress = Progress(artifact_key("campaign", config.name, "acquisition"),
-                        f"Round {round_number} of campaign {config.name}: {_describe(settings)} acquisition "
-                        f"from {len(pool_ids)} pool structures (model {model_version_id})")
+    progress = Progress(artifact_key("campaign", config.name, "round", round_number, "acquisition"),
+                        f"Campaign {config.name}, round {round_number}: acquisition progress, "
+                        f"{_describe(settings)} over {len(pool_ids)} pool structures (model {model_version_id})")
     if settings.signal == "committee":
         picked, scores, info, scale = _committee(config, round_number, model_path, train, valid, pool_atoms,
                                                  progress)
@@ -96,8 +96,8 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
                         "diagnostics": diagnostics},
             model_version_id=model_version_id, pool_size=len(pool_ids), selected=selected, timings=timings,
         )
-    progress.update(100.0, f"Round {round_number}: {_describe(settings)} selected {len(selected)} of "
-                    f"{len(pool_ids)} pool structures in {timings['acquire_s']:.1f} s")
+    progress.update(100.0, f"Campaign {config.name}, round {round_number}: {_describe(settings)} selected "
+                    f"{len(selected)} of {len(pool_ids)} pool structures in {timings['acquire_s']:.1f} s")
     logger.info("round %d: %s selected %d of %d pool structures in %.1f s; predicted max force of the picks "
                 "(median) %.2f eV/Å vs the pool's %.2f", round_number, _describe(settings), len(selected),
                 len(pool_ids), timings["acquire_s"], diagnostics["picked"]["max_force_eV_per_A"]["q50"] or 0.0,

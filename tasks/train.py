@@ -44,21 +44,24 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
                 parent_id, len(train), len(valid))
     # A progress bar on a terminal (disable=None turns it off when stderr is not a TTY) and a
     # progress artifact in the Prefect UI (early stopping may end it before 100 %).
-    artifact = Progress(artifact_key("campaign", config.name, "fine-tune"),
-                        f"Round {round_number} of campaign {config.name}: fine-tuning model {parent_id} "
-                        f"(up to {hyper.max_epochs} epochs, patience {hyper.patience})")
+    artifact = Progress(artifact_key("campaign", config.name, "round", round_number, "fine-tune"),
+                        f"Campaign {config.name}, round {round_number}: fine-tune progress, model {parent_id} on "
+                        f"{len(train)} train / {len(valid)} valid labels (up to {hyper.max_epochs} epochs, "
+                        f"patience {hyper.patience})")
     with tqdm(total=hyper.max_epochs, desc=f"round {round_number} fine-tune", unit="epoch", disable=None) as bar:
 
         def progress(epoch: int, total: int, record: dict) -> None:
             bar.update(1)
             bar.set_postfix(valid_loss=f"{record['valid_loss']:.4g}")
-            artifact.update(100.0 * epoch / total, f"Round {round_number}: epoch {epoch}/{total}, "
+            artifact.update(100.0 * epoch / total, f"Campaign {config.name}, round {round_number}: fine-tune "
+                            f"epoch {epoch}/{total}, "
                             f"validation loss {record['valid_loss']:.4g}")
             logger.debug("epoch %d/%d %s", epoch, total, record)
 
         result = finetune(parent_path, train, valid, out, hyper=hyper, device=config.device, progress=progress)
     stopped = "early stop" if result.epochs < hyper.max_epochs else "epoch limit"
-    artifact.update(100.0, f"Round {round_number}: finished after {result.epochs} epochs ({stopped}); "
+    artifact.update(100.0, f"Campaign {config.name}, round {round_number}: fine-tune finished after "
+                    f"{result.epochs} epochs ({stopped}); "
                     f"kept epoch {result.best_epoch}, validation loss {result.best_valid_loss:.4g}")
     with session_scope(engine) as session:
         version = registry.register_model(

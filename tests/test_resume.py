@@ -164,14 +164,15 @@ def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefec
     assert after_acquire["rounds"] == {0: "evaluated"}
     assert [r for r, _ in after_acquire["models"].values()] == [None, 0]  # starting model + round 0
     assert len(after_acquire["done"]) == 12  # 6 test + 6 initial
-    acquiring = _latest_artifact(f"campaign-{NAME}-acquisition")  # the UI showed where it was
+    acquiring = _latest_artifact(f"campaign-{NAME}-round-1-acquisition")  # the UI showed where it was
     assert acquiring["type"] == "progress" and 0 < acquiring["data"] < 90, acquiring
     assert acquiring["description"].startswith("Round 1: committee member"), acquiring
 
     # 2. Resumed, then killed while fine-tuning round 1, after its first epoch.
     def fine_tuning_round_1() -> bool:
-        progress = _latest_artifact(f"campaign-{NAME}-fine-tune")
-        return (progress is not None and progress["description"].startswith("Round 1: epoch")
+        progress = _latest_artifact(f"campaign-{NAME}-round-1-fine-tune")
+        return (progress is not None
+                and progress["description"].startswith(f"Campaign {NAME}, round 1: fine-tune epoch")
                 and 0 < progress["data"] < 100 and _running_task("fine-tune round 1"))
 
     second = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "second.log")
@@ -223,5 +224,5 @@ def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefec
     picks = [line.split("|")[2].strip() for line in selection.split("### Picks\n")[1].splitlines()[2:]]
     assert picks == [str(s["structure_id"]) for s in chosen["structures"]]
     assert "**Labels:** 4 done, 0 failed QM." in selection
-    finetune = _latest_artifact(f"campaign-{NAME}-fine-tune")
+    finetune = _latest_artifact(f"campaign-{NAME}-round-1-fine-tune")
     assert finetune["type"] == "progress" and finetune["data"] == 100.0
