@@ -31,7 +31,7 @@ from db import (
 from flows.label import dispatch_labels
 from flows.monitoring import close_killed_runs, final_state, publish_overview, publish_selection
 from tangentlab.config import CampaignConfig, make_config
-from tangentlab.stopping import stop_decision
+from tangentlab.stopping import StopDecision, stop_decision
 from tasks._db import database_url, engine_for, has_password, redact_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model
@@ -69,11 +69,12 @@ def _starting_model(url: str, campaign_id: int, config: CampaignConfig) -> tuple
         return versions[0].id, (versions[0].metrics or {}).get("test")
 
 
-def _publish(url: str, campaign_id: int, cfg: CampaignConfig, error: str | None = None) -> None:
+def _publish(url: str, campaign_id: int, cfg: CampaignConfig, error: str | None = None,
+             decision: StopDecision | None = None) -> None:
     """The campaign overview artifact (monitoring never stops the campaign: a failure is a warning)."""
     try:
         with session_scope(engine_for(url)) as session:
-            publish_overview(session, campaign_id, cfg, error=error)
+            publish_overview(session, campaign_id, cfg, error=error, decision=decision)
     except Exception as exc:
         get_run_logger().warning("campaign overview artifact not published: %s", exc)
 
@@ -125,8 +126,8 @@ def campaign(config: dict | None = None, name: str | None = None, database_url: 
     dict
         ``status``, ``reason``, and the test errors of every model version. The flow run ends
         in a ``Completed`` state named by the outcome ("Targets met", "Round budget
-        exhausted", ...; :func:`flows.monitoring.outcome_name`) with the stop reason as its
-        message, which the UI's runs list shows.
+        exhausted", ...: :func:`flows.monitoring.final_state` of the stop decision's ``budget``)
+        with the stop reason as its message, which the UI's runs list shows.
     """
     logger = get_run_logger()
     if database_url is not None and has_password(database_url):
@@ -251,8 +252,8 @@ def _steps(url: str, campaign_id: int, cfg: CampaignConfig, lease: leases.Lease)
             with session_scope(engine) as session:
                 campaigns.set_campaign_status(session, campaign_id, decision.status, decision.reason)
             logger.info("campaign %r stopped (%s): %s", cfg.name, decision.status, decision.reason)
-            _publish(url, campaign_id, cfg)
-            return final_state(decision.status, decision.reason, data=summary(url, campaign_id))
+            _publish(url, campaign_id, cfg, decision=decision)
+            return final_state(decision, data=summary(url, campaign_id))
         acquire.with_options(task_run_name=f"acquire round {number + 1} ({cfg.acquisition.signal})")(
             url, campaign_id, cfg, number + 1, trained_id)
         _checkpoint(lease, cfg.name)
@@ -270,7 +271,7 @@ def _advance_round(url: str, campaign_id: int, number: int, status: RoundStatus)
         rounds.advance_round(session, rounds.get_round(session, campaign_id, number), status)
 
 
-def _decide(url: str, campaign_id: int, cfg: CampaignConfig, wall_time_s: float):
+def _decide(url: str, campaign_id: int, cfg: CampaignConfig, wall_time_s: float) -> StopDecision | None:
     with session_scope(engine_for(url)) as session:
         last = rounds.campaign_rounds(session, campaign_id)[-1]
         labels_used = len(labels.labelled(session, campaign_id, split=["train", "valid"]))

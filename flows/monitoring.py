@@ -4,8 +4,8 @@ Every view is read from the database through :mod:`db.reports` (``tangentlab sta
 the same rows) and published as a Prefect artifact of the campaign flow run:
 
 ``campaign-<name>-overview``
-    Markdown, updated in place by each change (one version per flow run), always current: the outcome (or where the campaign is),
-    targets and budgets, the current model, the test set (with failed QM jobs), the learning
+    Markdown, updated in place by each change (one version per flow run), always current: the
+    outcome (or where the campaign is), targets and budgets, the current model, the test set (with failed QM jobs), the learning
     curve and the round table with the starting model's row.
 ``campaign-<name>-round-<n>-selection``
     Markdown: what round ``n`` picked, with its scores, predicted errors, the picks against the
@@ -13,7 +13,9 @@ the same rows) and published as a Prefect artifact of the campaign flow run:
     round is selected and updated when its labels finish.
 
 Tables carry human column headers with units. The flow run's final state is named by the
-outcome (:func:`outcome_name`). Nothing here raises into the campaign: a failed publication
+outcome (:func:`final_state`: "Targets met", "Label budget exhausted", "Round budget
+exhausted", "Time budget exhausted", "Pool exhausted"), from the stop decision's ``budget``
+field, never from the wording of its reason. Nothing here raises into the campaign: a failed publication
 is a warning, monitoring never stops the work it watches.
 """
 
@@ -38,6 +40,7 @@ from db.reports import (
     validation_labels_before,
 )
 from tangentlab.paths import campaign_dir
+from tangentlab.stopping import StopDecision, stored_budget
 from tasks.progress import artifact_key
 
 # Artifact data is stored by the Prefect server; beyond this the image is only linked.
@@ -51,39 +54,52 @@ ROUND_BUDGET = "Round budget exhausted"
 TIME_BUDGET = "Time budget exhausted"
 POOL_EXHAUSTED = "Pool exhausted"
 BUDGET_EXHAUSTED = "Budget exhausted"
-_BUDGET_PREFIXES = (("label budget", LABEL_BUDGET), ("round budget", ROUND_BUDGET),
-                    ("wall-time budget", TIME_BUDGET), ("candidate pool exhausted", POOL_EXHAUSTED))
+# The state name of each budget of :class:`tangentlab.stopping.StopDecision`.
+BUDGET_STATE_NAMES: dict[str, str] = {"labels": LABEL_BUDGET, "rounds": ROUND_BUDGET, "wall_time": TIME_BUDGET,
+                                      "pool": POOL_EXHAUSTED}
 
 
-def outcome_name(status: str, reason: str | None) -> str:
-    """The state name that says how a campaign ended (``status`` and stop reason as stored).
+def outcome_name(status: str, budget: str | None = None) -> str:
+    """The state name that says how a campaign ended.
+
+    Parameters
+    ----------
+    status
+        The campaign status (``targets_met``, ``budget_exhausted``, ``failed``, ``stopped``).
+    budget
+        For ``budget_exhausted``: which budget (:attr:`tangentlab.stopping.StopDecision.budget`);
+        ``None`` gives the generic "Budget exhausted".
 
     Raises
     ------
     ValueError
-        If ``status`` is not a finished campaign's (``targets_met``, ``budget_exhausted``,
-        ``failed``, ``stopped``).
+        If ``status`` is not a finished campaign's, or ``budget`` is not a known budget.
     """
     status = str(getattr(status, "value", status))
     if status == "targets_met":
         return TARGETS_MET
     if status == "budget_exhausted":
-        text = (reason or "").lower()
-        return next((name for prefix, name in _BUDGET_PREFIXES if text.startswith(prefix)), BUDGET_EXHAUSTED)
+        if budget is None:
+            return BUDGET_EXHAUSTED
+        if budget not in BUDGET_STATE_NAMES:
+            raise ValueError(f"unknown budget {budget!r}: expected one of {', '.join(BUDGET_STATE_NAMES)}")
+        return BUDGET_STATE_NAMES[budget]
     if status in ("failed", "stopped"):
         return status.capitalize()
     raise ValueError(f"campaign status {status!r} is not an outcome: expected targets_met, budget_exhausted, "
                      "failed or stopped")
 
 
-def final_state(status: str, reason: str | None, data: Any = None):
-    """A ``Completed`` state named by the outcome, with the stop reason as its message."""
-    from prefect.states import Completed, Failed
+def decision_name(decision: StopDecision) -> str:
+    """The state name of a stop decision, from its status and budget (not from its wording)."""
+    return outcome_name(decision.status, decision.budget)
 
-    name = outcome_name(status, reason)
-    if name == "Failed":
-        return Failed(name=name, message=reason, data=data)
-    return Completed(name=name, message=reason, data=data)
+
+def final_state(decision: StopDecision, data: Any = None):
+    """A ``Completed`` state named by the stop decision's outcome, with its reason as the message."""
+    from prefect.states import Completed
+
+    return Completed(name=decision_name(decision), message=decision.reason, data=data)
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -220,16 +236,25 @@ def round_table(session: Session, campaign_id: int) -> tuple[list[str], list[lis
 
 
 def overview_markdown(session: Session, campaign_id: int, config: Any, *, png: bytes | None = None,
-                      png_path: Path | None = None, error: str | None = None) -> str:
+                      png_path: Path | None = None, error: str | None = None,
+                      decision: StopDecision | None = None) -> str:
     """The campaign overview (markdown): outcome, targets and budgets, current model, test set,
-    learning curve, round table and failed QM jobs."""
+    learning curve, round table and failed QM jobs.
+
+    The headline of a stopped campaign is :func:`decision_name` of ``decision`` (the campaign
+    flow passes the one it just stored); without it, the stored status and the budget its
+    stored reason names (:func:`tangentlab.stopping.stored_budget`).
+    """
     camp = campaigns.campaign_by_id(session, campaign_id)
     status = str(getattr(camp.status, "value", camp.status))
     all_rounds = rounds.campaign_rounds(session, campaign_id)
     if error is not None:
         headline, outcome = "Failed", f"**Failed:** {_short(error, 400)}"
+    elif decision is not None:
+        headline = decision_name(decision)
+        outcome = f"**{headline}:** {decision.reason}"
     elif status in ("targets_met", "budget_exhausted", "failed", "stopped"):
-        headline = outcome_name(status, camp.stop_reason)
+        headline = outcome_name(status, stored_budget(status, camp.stop_reason))
         outcome = f"**{headline}:** {camp.stop_reason or status}"
     else:
         last = all_rounds[-1] if all_rounds else None
@@ -282,7 +307,8 @@ def overview_markdown(session: Session, campaign_id: int, config: Any, *, png: b
     return "\n".join(lines)
 
 
-def publish_overview(session: Session, campaign_id: int, config: Any, *, error: str | None = None) -> Path:
+def publish_overview(session: Session, campaign_id: int, config: Any, *, error: str | None = None,
+                     decision: StopDecision | None = None) -> Path:
     """Publish the campaign overview artifact; returns the saved learning-curve PNG's path.
 
     The PNG is saved under ``<work_dir>/<name>/learning_curve.png`` and embedded in the
@@ -295,7 +321,8 @@ def publish_overview(session: Session, campaign_id: int, config: Any, *, error: 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
     publish_markdown(overview_key(name),
-                     overview_markdown(session, campaign_id, config, png=png, png_path=path, error=error),
+                     overview_markdown(session, campaign_id, config, png=png, png_path=path, error=error,
+                                       decision=decision),
                      f"Campaign {name}: outcome, targets, current model, learning curve and rounds")
     return path
 

@@ -23,11 +23,14 @@ from prefect import flow
 from db import campaigns, init_db, labels, make_engine, registry, rounds, session_scope, structures
 from flows.label import run_name
 from flows.monitoring import (
+    BUDGET_EXHAUSTED,
+    BUDGET_STATE_NAMES,
     LABEL_BUDGET,
     POOL_EXHAUSTED,
     ROUND_BUDGET,
     TARGETS_MET,
     TIME_BUDGET,
+    decision_name,
     learning_curve_png,
     outcome_name,
     overview_key,
@@ -36,7 +39,7 @@ from flows.monitoring import (
     selection_key,
     wants_log_axis,
 )
-from tangentlab.stopping import stop_decision
+from tangentlab.stopping import BUDGETS, StopDecision, stop_decision
 from tangentlab.structures import content_hash
 
 LEVEL = {"method": "GFN2-xTB", "basis": None, "code": "tblite", "code_version": "test"}
@@ -246,22 +249,38 @@ def _decision(**spent):
     return stop_decision(targets=targets, budgets=budgets, **kwargs)
 
 
-@pytest.mark.parametrize(("spent", "name"), [
-    ({"energy_mae": 5.0, "force_mae": 50.0}, TARGETS_MET),
-    ({"labels_used": 50}, LABEL_BUDGET),
-    ({"rounds_done": 5}, ROUND_BUDGET),
-    ({"wall_time_s": 601.0}, TIME_BUDGET),
-    ({"pool_remaining": 0}, POOL_EXHAUSTED),
+@pytest.mark.parametrize(("spent", "budget", "name"), [
+    ({"energy_mae": 5.0, "force_mae": 50.0}, None, TARGETS_MET),
+    ({"labels_used": 50}, "labels", LABEL_BUDGET),
+    ({"rounds_done": 5}, "rounds", ROUND_BUDGET),
+    ({"wall_time_s": 601.0}, "wall_time", TIME_BUDGET),
+    ({"pool_remaining": 0}, "pool", POOL_EXHAUSTED),
 ])
-def test_every_stop_decision_has_its_own_state_name(spent, name):
+def test_every_stop_decision_has_its_own_state_name(spent, budget, name):
     decision = _decision(**spent)
-    assert outcome_name(decision.status, decision.reason) == name
+    assert decision.budget == budget
+    assert decision_name(decision) == name
+
+
+def test_state_name_comes_from_the_budget_not_the_wording_of_the_reason():
+    # every budget has a state name of its own, and the reason's text plays no part in it
+    assert set(BUDGET_STATE_NAMES) == set(BUDGETS)
+    assert len(set(BUDGET_STATE_NAMES.values())) == len(BUDGETS)
+    names = {budget: decision_name(StopDecision("budget_exhausted", "targets met; label budget used", budget))
+             for budget in BUDGETS}
+    assert names == {"labels": LABEL_BUDGET, "rounds": ROUND_BUDGET, "wall_time": TIME_BUDGET,
+                     "pool": POOL_EXHAUSTED}
+    assert decision_name(StopDecision("targets_met", "round budget used (5/5)")) == TARGETS_MET
+    # a status stored without a known budget (a reason from before budgets were named)
+    assert outcome_name("budget_exhausted") == BUDGET_EXHAUSTED
+    with pytest.raises(ValueError, match="unknown budget 'money'"):
+        outcome_name("budget_exhausted", "money")
 
 
 def test_outcome_name_refuses_a_campaign_that_has_not_ended():
     with pytest.raises(ValueError, match="campaign status 'running' is not an outcome"):
         outcome_name("running", None)
-    assert outcome_name("failed", "boom") == "Failed"
+    assert outcome_name("failed") == "Failed"
 
 
 def test_final_state_name_and_message_reach_the_prefect_api(prefect_server):
@@ -270,14 +289,16 @@ def test_final_state_name_and_message_reach_the_prefect_api(prefect_server):
     from flows.monitoring import final_state
 
     @flow
-    def ends(status, reason):
-        return final_state(status, reason, data={"status": status})
+    def ends(status, reason, budget):
+        return final_state(StopDecision(status, reason, budget), data={"status": status})
 
-    assert ends("budget_exhausted", "candidate pool exhausted; energy MAE 3") == {"status": "budget_exhausted"}
+    # the reason's words name another budget: the state name follows the budget field
+    reason = "round budget used (2/2); nothing left to pick"
+    assert ends("budget_exhausted", reason, "pool") == {"status": "budget_exhausted"}
     with get_client(sync_client=True) as client:
         (run,) = client.read_flow_runs(sort="EXPECTED_START_TIME_DESC", limit=1)
     assert (run.state.type.value, run.state.name) == ("COMPLETED", POOL_EXHAUSTED)
-    assert run.state.message == "candidate pool exhausted; energy MAE 3"
+    assert run.state.message == reason
 
 
 def _png_size_and_alpha(png: bytes) -> tuple[int, int, int]:
