@@ -99,3 +99,28 @@ def test_invalid_oracles_stop_start_naming_the_problem(tmp_path, capsys, oracle,
     assert main(["--db", f"sqlite:///{tmp_path / 'c.db'}", "start", str(config)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "c.db").exists()
+
+
+def test_resume_ends_with_the_outcome_and_label_counts_in_words(campaign_db, monkeypatch, capsys):
+    import flows.campaign
+
+    result = {"name": "demo", "status": "budget_exhausted", "reason": "round budget used (2/2); energy MAE 61.2",
+              "labels": {"pending": 0, "running": 0, "done": 21, "failed": 1},
+              "models": [{"id": 1, "round": None, "path": "m0", "test": {"energy_mae_mev_per_atom": 80.0,
+                                                                          "force_mae_mev_per_a": 500.0}},
+                         {"id": 2, "round": 0, "path": "m1", "test": None}]}
+    seen = {}
+
+    def fake_campaign(config=None, name=None, wait=False):
+        seen.update(config=config, name=name)
+        return result
+
+    monkeypatch.setattr(flows.campaign, "campaign", fake_campaign)
+    monkeypatch.setenv("TANGENTLAB_DATABASE_URL", "unused")  # restored after the test
+    assert main(["--db", campaign_db, "resume", "demo"]) == 3  # not targets_met
+    assert seen == {"config": None, "name": "demo"}
+    out = capsys.readouterr().out
+    assert "campaign 'demo': budget exhausted\n  round budget used (2/2)" in out
+    assert "  labels: 21 done, 1 failed\n" in out
+    assert "{" not in out and "_" not in out.replace("'demo'", "")
+    assert "start" in out and "80.0" in out and "500.0" in out
