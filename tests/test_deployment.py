@@ -180,3 +180,75 @@ def test_database_credentials_stay_out_of_parameters_and_logs(prefect_server, tm
     monkeypatch.setenv("TANGENTLAB_DATABASE_SECRET", "no-such-block")
     with pytest.raises(LookupError, match="no-such-block"):
         default_database_url()
+
+
+def test_ui_port_warning_compares_the_ports_only():
+    from flows.serve import ui_port_warning
+
+    assert ui_port_warning("http://127.0.0.1:4200/api", "http://localhost:4200/api") is None
+    assert ui_port_warning("http://prefect-host/api", "http://prefect-host:80/api") is None
+    assert ui_port_warning("http://127.0.0.1:4300/api", "/api") is None  # relative: the page's own server
+    warning = ui_port_warning("http://127.0.0.1:4300/api", "http://127.0.0.1:4200/api")
+    assert "looks for its API at http://127.0.0.1:4200/api" in warning
+    assert "PREFECT_UI_API_URL=http://127.0.0.1:4300/api prefect server start --port 4300" in warning
+
+
+@contextlib.contextmanager
+def _prefect_server_on_a_free_port(home: Path, *, ui_api_url: bool = False):
+    """A real `prefect server start --port P` (UI on) in its own PREFECT_HOME, with
+    PREFECT_UI_API_URL set to its API URL if ``ui_api_url``; yields its API URL."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_SERVER_UI_API_URL")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if ui_api_url:
+        env["PREFECT_UI_API_URL"] = api
+    home.mkdir(parents=True)
+    with open(home / "server.log", "w") as log:
+        server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()
+            time.sleep(1)
+        yield api
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def test_serve_warns_when_the_ui_of_a_server_on_another_port_looks_for_its_api_on_4200(tmp_path, monkeypatch,
+                                                                                    capsys):
+    """The issue's defect on a real server started with --port: serve says how to fix it, and
+    says nothing once the server is started that way."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import flows.serve
+
+    served = []
+    monkeypatch.setattr(flows.serve, "serve", lambda *deployments, limit=None: served.append(len(deployments)))
+    with _prefect_server_on_a_free_port(tmp_path / "plain") as api:
+        port = api.split(":")[-1].removesuffix("/api")
+        base = api.removesuffix("/api")
+        assert httpx.get(f"{base}/ui-settings", timeout=10).json()["api_url"].endswith(":4200/api")
+        with temporary_settings({PREFECT_API_URL: api}):
+            assert flows.serve.main(["--no-schedule", "--no-zombie-automation"]) == 0
+        err = capsys.readouterr().err
+        assert served and f"looks for its API at http://127.0.0.1:4200/api, not at {api}" in err, err
+        assert f"PREFECT_UI_API_URL={api} prefect server start --port {port}" in err
+    # the documented fix (docs/monitoring.md): the server's UI told its own API URL
+    with _prefect_server_on_a_free_port(tmp_path / "fixed", ui_api_url=True) as api:
+        assert httpx.get(f"{api.removesuffix('/api')}/ui-settings", timeout=10).json()["api_url"] == api
+        with temporary_settings({PREFECT_API_URL: api}):
+            assert flows.serve.main(["--no-schedule", "--no-zombie-automation"]) == 0
+        assert "PREFECT_UI_API_URL" not in capsys.readouterr().err
+    assert len(served) == 2
