@@ -207,9 +207,9 @@ def test_overview_shows_outcome_targets_test_failures_and_the_starting_model(pre
     config = _config(tmp_path, "uicheck")
 
     @flow
-    def publish():
+    def publish(decision=None):
         with session_scope(engine) as session:
-            return publish_overview(session, campaign_id, config)
+            return publish_overview(session, campaign_id, config, decision=decision)
 
     path = publish()
     assert path.read_bytes()[:4] == b"\x89PNG"
@@ -239,6 +239,10 @@ def test_overview_shows_outcome_targets_test_failures_and_the_starting_model(pre
     text = _latest(overview_key("uicheck"))["data"]
     assert text.startswith("## Campaign uicheck: Round budget exhausted\n\n**Round budget exhausted:** round budget "
                            "used (4/4)")
+    # the campaign flow passes the decision it stored: its budget names the headline
+    publish(StopDecision("budget_exhausted", "wall-time budget used (700/600 s); energy MAE 45.2", "wall_time"))
+    text = _latest(overview_key("uicheck"))["data"]
+    assert text.startswith(f"## Campaign uicheck: {TIME_BUDGET}\n\n**{TIME_BUDGET}:** wall-time budget used")
 
 
 def _decision(**spent):
