@@ -96,13 +96,13 @@ class Acquisition(_Section):
 
     ``signal`` is a feature map of `tangentlab.acquisition.signals.SIGNALS`, or one of the
     baselines without feature rows (``random``, ``committee``). ``method`` is the old name of
-    this key and is still read (configurations stored by earlier versions). The defaults (energy
-    NTK + transductive over the pool) were chosen on the h2-validation benchmark split and
-    reported on h2-heldout (docs/benchmarks/README.md).
+    this key and is still read (configurations stored by earlier versions). The defaults
+    (activation kernel + transductive over the test structures) were chosen on the
+    h2-validation benchmark split and reported on h2-heldout (docs/benchmarks/README.md).
     """
 
     signal: str = Field(
-        "ntk",
+        "activation",
         description="Feature map (activation, ntk, force_ntk, energy_force_ntk, random_mace, "
         "fixed_descriptor) or a baseline without features (random, committee).",
     )
@@ -111,7 +111,7 @@ class Acquisition(_Section):
         description="Batch rule on the shortlist: transductive, greedy, lcmd, kmeans++ or top.",
     )
     target: str = Field(
-        "pool",
+        "test",
         description="What the transductive rule reduces the uncertainty on: 'pool'; 'test' (the "
         "campaign's test_file structures, positions only, never their labels; the pool when the test set "
         "is drawn from it); or a file of unlabelled structures the potential must serve (MD frames, a NEB guess).",

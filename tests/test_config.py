@@ -117,7 +117,7 @@ def test_stored_acquisition_section_keeps_its_meaning():
 
 def test_acquisition_section_is_checked_against_the_registries():
     default = make_config({}).acquisition
-    assert (default.signal, default.rule, default.target) == ("ntk", "transductive", "pool")
+    assert (default.signal, default.rule, default.target) == ("activation", "transductive", "test")
     ntk = make_config({"acquisition": {"signal": "ntk", "signal_options": {"sketch_dim": 32}}})
     assert ntk.acquisition.select_options()["sketch_dim"] == 32
     for section, message in (
