@@ -5,7 +5,7 @@ baseline without feature rows (``random``, ``committee``), a signal alone (greed
 variance, the rule every signal used before the batch rules existed, so older results keep
 their meaning), or ``signal:rule`` with optional outlier guards ``:q<σ² quantile>`` and
 ``:f<largest predicted force, eV/Å>`` and, for the
-transductive rule, an optional target ``:pool`` or ``:test`` (default: the product's), e.g.
+transductive rule, an optional target ``:pool`` (when none is given) or ``:test``, e.g.
 ``activation:transductive``, ``ntk:transductive:test`` or ``ntk:greedy:q0.9``.
 """
 
@@ -59,6 +59,9 @@ def method_acquisition(method: str) -> dict[str, Any]:
     section: dict[str, Any] = {"signal": parts[0]}
     if parts[0] not in FEATURELESS_METHODS:
         section["rule"] = parts[1] if len(parts) > 1 else "greedy"
+        # a name keeps the meaning it had when its results were stored: no target part means
+        # the pool (the only target before `test` existed), whatever the product default is now
+        section["target"] = "pool"
     elif len(parts) > 1:
         raise ValueError(f"method {method!r}: {parts[0]!r} takes no rule")
     for extra in parts[2:]:

@@ -337,10 +337,12 @@ def test_method_names_map_to_acquisition_sections():
 
     assert method_acquisition("default") == {}
     assert method_acquisition("random") == {"signal": "random"}
-    assert method_acquisition("ntk") == {"signal": "ntk", "rule": "greedy"}
+    assert method_acquisition("ntk") == {"signal": "ntk", "rule": "greedy", "target": "pool"}
     assert method_acquisition("activation:lcmd:q0.95") == {
-        "signal": "activation", "rule": "lcmd", "sigma_quantile": 0.95,
+        "signal": "activation", "rule": "lcmd", "sigma_quantile": 0.95, "target": "pool",
     }
+    # without a target part a name means the pool, as it did before the default became `test`
+    assert method_acquisition("activation:transductive")["target"] == "pool"
     assert method_acquisition("ntk:transductive:test") == {
         "signal": "ntk", "rule": "transductive", "target": "test",
     }
