@@ -14,6 +14,17 @@ from pathlib import Path
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tangentlab-prefect-home-")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# pytest-xdist workers share the machine's cores: each gets its share of OpenMP threads (torch,
+# tblite, PySCF; inherited by the processes the tests start) instead of one per core each, which
+# oversubscribes the cores (two workers on two cores: four spinning threads). An explicit
+# OMP_NUM_THREADS wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+# A `tangentlab` process the tests start without PREFECT_API_URL starts Prefect's temporary
+# server and gives up after 20 s by default: too short on a busy machine (two workers, each
+# with a campaign running, measured 21 s), so such a test fails before it checks anything.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # quacc's default RESULTS_DIR is the working directory: a job run without an explicit
 # results_dir would leave a quacc-* folder in the checkout.
 os.environ["QUACC_RESULTS_DIR"] = tempfile.mkdtemp(prefix="tangentlab-quacc-results-")
@@ -27,6 +38,14 @@ TUTORIAL_MODEL = SHARED / "models" / "mace-tutorial-hco-swa.model"
 POSTGRES_URL = os.environ.get("TANGENTLAB_TEST_POSTGRES_URL")
 # "gw0", "gw1", ... in a pytest-xdist worker; None in a plain (single-process) run.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the tests marked ``slow`` (minutes each) first, the rest after them
+    in their own order: a long test left for the end would keep one worker busy while the
+    other has nothing left to do."""
+    if XDIST_WORKER is not None:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
