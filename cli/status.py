@@ -24,8 +24,32 @@ def _status_report(session, campaign, round_number: int | None) -> dict:
     if number is not None and number not in numbers:
         raise LookupError(f"campaign {campaign.name!r} has no round {number} (rounds: {numbers})")
     report["selected_structures"] = None if number is None else {
-        "round": number, "structures": reports.selected_rows(session, campaign.id, number)}
+        "round": number, "structures": reports.selected_rows(session, campaign.id, number),
+        "diagnostics": _round_diagnostics(session, campaign.id, number)}
     return report
+
+
+def _round_diagnostics(session, campaign_id: int, number: int) -> dict | None:
+    """The round's stored picks-vs-pool diagnostics (None for the random initial round)."""
+    from db import rounds
+
+    found = rounds.get_round(session, campaign_id, number)
+    return None if found is None else (found.parameters or {}).get("diagnostics")
+
+
+def _diagnostics_line(diagnostics: dict) -> str:
+    """``picks 1.4 eV/Å (pool 2.7, target 0.7)``: mean predicted largest force and energy per atom."""
+    parts = []
+    for key, label, unit in (("max_force_eV_per_A", "largest force", "eV/Å"),
+                             ("energy_per_atom_eV", "energy", "eV/atom")):
+        values = {name: (diagnostics.get(name) or {}).get(key, {}).get("mean")
+                  for name in ("picked", "pool", "target")}
+        if values["picked"] is None:
+            continue
+        others = ", ".join(f"{name} {values[name]:.2f}" for name in ("pool", "target")
+                           if values[name] is not None)
+        parts.append(f"{label} {values['picked']:.2f} {unit} ({others})")
+    return "; ".join(parts)
 
 
 SPLIT_ORDER = ("pool", "train", "valid", "test")
@@ -75,6 +99,9 @@ def _print_status(camp: dict) -> None:
     print("  (E MAE in meV/atom, F MAE in meV/Å, on the test set)")
     selection = camp["selected_structures"]
     if selection:
+        if selection.get("diagnostics"):
+            print(f"  round {selection['round']} picks, predicted means: "
+                  f"{_diagnostics_line(selection['diagnostics'])}")
         print(f"  round {selection['round']} selected (score; predicted force error in meV/Å; label):")
         for s in selection["structures"]:
             score = _fmt(s["score"], ".3g") or "n/a"

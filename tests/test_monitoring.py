@@ -343,6 +343,11 @@ def test_status_prints_words_and_flags_failed_test_structures(lab, capsys):
     assert "  labels: 6 done, 1 failed\n" in out
     assert "  test set: 4 structures, test errors on the 3 labelled; 1 FAILED QM (not in the test errors)\n" in out
     assert "train, 1 valid, 4 test\n" in out
+    # the latest round's picks against the pool, from the diagnostics the acquisition stored
+    assert ("  round 1 picks, predicted means: largest force 2.50 eV/Å (pool 1.20); "
+            "energy -40.00 eV/atom (pool -40.50)\n") in out
+    assert main(["--db", url, "status", "uicheck", "--round", "0"]) == 0
+    assert "picks, predicted means" not in capsys.readouterr().out  # the random initial set has none
     assert main(["--db", url, "status", "uicheck", "--json"]) == 0
     (report,) = __import__("json").loads(capsys.readouterr().out)
     assert report["test_set"] == {"structures": 4, "pending": 0, "running": 0, "done": 3, "failed": 1}
