@@ -221,7 +221,9 @@ def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefec
     assert "](data:image/png;base64,iVBORw0KGgo" in overview
     assert (tmp_path / "runs" / NAME / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     selection = _latest_artifact(f"campaign-{NAME}-round-1-selection")["data"]
-    picks = [line.split("|")[2].strip() for line in selection.split("### Picks\n")[1].splitlines()[2:]]
+    section = selection.split("### Picks\n")[1].split("###")[0]
+    table_lines = [line for line in section.splitlines() if line.startswith("|")][2:]  # no header rows
+    picks = [line.split("|")[2].strip() for line in table_lines]
     assert picks == [str(s["structure_id"]) for s in chosen["structures"]]
     assert "**Labels:** 4 done, 0 failed QM." in selection
     finetune = _latest_artifact(f"campaign-{NAME}-round-1-fine-tune")
