@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import traceback
+
+# Prefect's temporary server gets 20 s to start by default; on a busy machine (QM jobs, another
+# campaign) it needs longer, and a start that gives up loses the run. Set before prefect loads
+# its settings; a value the user set wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 # mace prints a notice ("cuequivariance ... not available") on stdout when it is first imported;
 # stdout is for the commands' output (`status --json`), so it goes to stderr.
