@@ -2,7 +2,8 @@
 
 One database per benchmark (``<work_dir>/<name>/benchmark.db`` unless a URL is given);
 campaigns are named ``<bench>-<method>-s<seed>``. Running the flow again skips finished
-campaigns, resumes unfinished ones (the campaign flow's own resume) and evaluates only final
+campaigns (and, with a warning, campaigns another process is running, so several benchmark
+processes can share one database), resumes unfinished ones (the campaign flow's own resume) and evaluates only final
 models that have no stored benchmark evaluation yet, so a killed benchmark loses at most the
 step it was in.
 """
@@ -20,7 +21,7 @@ from benchmarks.analysis import path_errors, per_structure_errors
 from benchmarks.data import campaign_configs, campaign_name, prepare_data
 from benchmarks.report import summarize
 from benchmarks.spec import BenchmarkSpec, make_spec
-from db import campaigns, init_db, labels, registry, rounds, session_scope, structures
+from db import campaigns, init_db, labels, leases, registry, rounds, session_scope, structures
 from db.reports import campaign_report
 from flows.campaign import campaign
 from tangentlab.acquisition import spearman
@@ -205,7 +206,12 @@ def benchmark_replay(spec: dict, database_url: str | None = None, run: bool = Tr
         for config in campaign_configs(bench, manifest):
             if _status(url, config["name"]) not in FINISHED:
                 logger.info("benchmark %s: running campaign %s", bench.name, config["name"])
-                campaign(config=config, database_url=url)
+                try:
+                    campaign(config=config, database_url=url)
+                except leases.LeaseHeldError as exc:  # another benchmark process runs it: go on
+                    logger.warning("benchmark %s: skipped campaign %s here: %s", bench.name,
+                                   config["name"], exc)
+                    continue
             evaluate_final(url, config, bench, manifest)
     reports, evaluations, initial_check = collect(url, bench)
     results = summarize(bench, reports, evaluations)

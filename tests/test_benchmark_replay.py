@@ -16,7 +16,18 @@ import pytest
 from ase.build import molecule
 from conftest import write_pool
 
-from db import campaigns, labels, make_engine, registry, reports, rounds, session_scope, structures
+from db import (
+    campaigns,
+    init_db,
+    labels,
+    leases,
+    make_engine,
+    registry,
+    reports,
+    rounds,
+    session_scope,
+    structures,
+)
 from benchmarks.analysis import comparison_table, labels_to_reach, path_errors
 from benchmarks.data import even_draw, prepare_data
 from benchmarks.report import write_outputs
@@ -249,8 +260,18 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
     from flows.benchmark import benchmark_replay
 
     spec = _spec(labelled_files, tmp_path, model=str(tiny_model_file), seeds=[0, 1])
-    results = benchmark_replay(spec=spec)
+    # another benchmark process runs one campaign: this one skips it and goes on
+    busy = f"sqlite:///{tmp_path / 'tiny' / 'benchmark.db'}"
+    (tmp_path / "tiny").mkdir(parents=True, exist_ok=True)
+    init_db(make_engine(busy))
+    lease, _ = leases.try_acquire(make_engine(busy), "tiny-random-s1", ttl_s=600)
+    partial = benchmark_replay(spec=spec)
+    assert "tiny-random-s1" not in partial["campaigns"]
+    assert partial["campaigns"]["tiny-random-s0"]["status"] == "budget_exhausted"
+    leases.release(make_engine(busy), lease)
+    results = benchmark_replay(spec=spec)  # the rest now
     url = results["database_url"]
+    assert url == busy
 
     assert sorted(results["campaigns"]) == [
         "tiny-fixed_descriptor.transductive.test.q0.9-s0",
