@@ -93,10 +93,7 @@ def describe(acquisition: Acquisition) -> str:
     label = SIGNAL_LABELS.get(acquisition.signal, acquisition.signal)
     if acquisition.signal in FEATURELESS_METHODS:
         return label
-    guard = f", σ² ≤ q{acquisition.sigma_quantile:g}" if acquisition.sigma_quantile else ""
-    guard += f", max force ≤ {acquisition.max_force:g} eV/Å" if acquisition.max_force else ""
-    target = f" over {acquisition.target}" if acquisition.rule == "transductive" and acquisition.target != "pool" else ""
-    return f"{label}, {acquisition.rule}{target}{guard}"
+    return f"{label}, {acquisition.rule_description()}"
 
 
 def method_slug(method: str) -> str:

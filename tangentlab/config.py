@@ -179,6 +179,13 @@ class Acquisition(_Section):
                              f"its options are {sorted(SIGNALS[self.signal].options)}")
         return self
 
+    def rule_description(self) -> str:
+        """The rule with its target and guards, e.g. ``transductive over test, σ² ≤ q0.9``."""
+        target = f" over {self.target}" if self.rule == "transductive" and self.target != "pool" else ""
+        guard = f", σ² ≤ q{self.sigma_quantile:g}" if self.sigma_quantile is not None else ""
+        guard += f", max force ≤ {self.max_force:g} eV/Å" if self.max_force is not None else ""
+        return f"{self.rule}{target}{guard}"
+
     def signal_keywords(self) -> dict[str, Any]:
         """The signal's own options (`make_featurizer` keywords), with the forward batch size."""
         from tangentlab.acquisition.signals import SIGNALS

@@ -108,10 +108,7 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
 def _describe(settings) -> str:
     if settings.signal in FEATURELESS_METHODS:
         return settings.signal
-    guard = f", σ² ≤ q{settings.sigma_quantile:g}" if settings.sigma_quantile is not None else ""
-    guard += f", max force ≤ {settings.max_force:g} eV/Å" if settings.max_force is not None else ""
-    target = f" over {settings.target}" if settings.rule == "transductive" and settings.target != "pool" else ""
-    return f"{settings.signal} ({settings.rule}{target}{guard})"
+    return f"{settings.signal} ({settings.rule_description()})"
 
 
 def _target_atoms(config: CampaignConfig, test_atoms: list) -> list | None:
