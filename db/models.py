@@ -71,6 +71,7 @@ class LabelStatus(_StrEnum):
 
 
 class RoundStatus(_StrEnum):
+    EXPLORED = "explored"  # only in campaigns with exploration: candidates stored, none selected
     SELECTED = "selected"
     LABELLED = "labelled"
     TRAINED = "trained"
@@ -137,6 +138,9 @@ class Structure(Base):
     natoms: Mapped[int]
     content_hash: Mapped[str] = mapped_column(String(64))
     origin: Mapped[str] = mapped_column(Text, default="")
+    #: Where an explored candidate came from (round, engine, seed structure, temperature, step,
+    #: σ); None for structures read from files.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     split: Mapped[Split] = mapped_column(_enum_column(Split), default=Split.POOL)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -254,3 +258,34 @@ class CampaignLease(Base):
 
     def __repr__(self) -> str:
         return f"CampaignLease(name={self.name!r}, host={self.host!r}, pid={self.pid})"
+
+
+class ExplorationTrajectory(Base):
+    """One finished exploration trajectory (walker) of a round, stored with its candidates.
+
+    A walker's candidate structures and this row are written in one transaction, so a run
+    killed during exploration keeps the walkers it finished and a resume runs only the others.
+    """
+
+    __tablename__ = "exploration_trajectory"
+    __table_args__ = (UniqueConstraint("campaign_id", "round_number", "walker"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"))
+    round_number: Mapped[int]
+    walker: Mapped[int]
+    engine: Mapped[str] = mapped_column(String(32))
+    seed_structure_id: Mapped[int | None]
+    temperature_k: Mapped[float | None] = mapped_column(Float)
+    steps_run: Mapped[int] = mapped_column(default=0)
+    frames_scored: Mapped[int] = mapped_column(default=0)
+    frames_kept: Mapped[int] = mapped_column(default=0)
+    candidates_added: Mapped[int] = mapped_column(default=0)
+    stop_reason: Mapped[str] = mapped_column(String(32))
+    sigma: Mapped[list[Any]] = mapped_column(default=list)
+    wall_s: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return (f"ExplorationTrajectory(round={self.round_number}, walker={self.walker}, "
+                f"stop_reason={self.stop_reason!r})")

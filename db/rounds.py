@@ -1,7 +1,8 @@
 """Acquisition rounds and their state machine.
 
-A round is created ``selected`` (its batch is chosen) and then only moves forward, one step
-at a time: ``selected -> labelled -> trained -> evaluated``. :func:`advance_round` is the one
+A round is created ``selected`` (its batch is chosen), or ``explored`` first in a campaign
+that makes its own candidates, and then only moves forward, one step at a time:
+``(explored ->) selected -> labelled -> trained -> evaluated``. :func:`advance_round` is the one
 way to change a round's status; it refuses any other move, so a resumed campaign can trust
 the stored status to say which step comes next.
 """
@@ -18,6 +19,7 @@ from db._query import campaign_id_of
 from db.models import AcquisitionRound, Campaign, RoundStatus
 
 NEXT_STATUS: dict[RoundStatus, RoundStatus] = {
+    RoundStatus.EXPLORED: RoundStatus.SELECTED,  # its batch is chosen (campaigns with exploration)
     RoundStatus.SELECTED: RoundStatus.LABELLED,  # every selected structure has a final label
     RoundStatus.LABELLED: RoundStatus.TRAINED,  # the fine-tuned model is registered
     RoundStatus.TRAINED: RoundStatus.EVALUATED,  # its test errors are stored
@@ -67,8 +69,17 @@ def create_round(
     Record an acquisition round (status ``selected``).
 
     ``selected`` holds ``(structure_id, score, predicted_error)`` tuples or dicts with
-    those keys, stored as a JSON list of dicts.
+    those keys, stored as a JSON list of dicts. An ``explored`` round of that number moves to
+    ``selected`` with these fields; its stored parameters (the exploration's) are kept.
     """
+    explored = get_round(session, campaign, number)
+    if explored is not None and explored.status == RoundStatus.EXPLORED:
+        return advance_round(
+            session, explored, RoundStatus.SELECTED, method=method,
+            parameters={**(explored.parameters or {}), **(parameters or {})},
+            model_version_id=model_version_id, pool_size=pool_size, selected=list(selected),
+            timings={**(explored.timings or {}), **(timings or {})},
+        )
     round_ = AcquisitionRound(
         campaign_id=campaign_id_of(campaign),
         number=number,
@@ -80,6 +91,21 @@ def create_round(
         selected=[_selected_entry(entry) for entry in selected],
         timings=dict(timings or {}),
         metrics={},
+    )
+    session.add(round_)
+    session.flush()
+    return round_
+
+
+def create_explored_round(
+    session: Session, campaign: Campaign | int, number: int, *, parameters: dict[str, Any],
+    model_version_id: int | None = None, timings: dict[str, Any] | None = None,
+) -> AcquisitionRound:
+    """Record round ``number`` as ``explored``: its candidates are stored, none is selected yet."""
+    round_ = AcquisitionRound(
+        campaign_id=campaign_id_of(campaign), number=number, status=RoundStatus.EXPLORED,
+        method="exploration", parameters=dict(parameters), model_version_id=model_version_id,
+        pool_size=0, selected=[], timings=dict(timings or {}), metrics={},
     )
     session.add(round_)
     session.flush()
@@ -149,7 +175,7 @@ def advance_round(
         )
         raise RoundTransitionError(
             f"round {round_.number} of campaign {round_.campaign_id} is {current} and cannot "
-            f"become {target}: {follows} (selected -> labelled -> trained -> evaluated)"
+            f"become {target}: {follows} ((explored ->) selected -> labelled -> trained -> evaluated)"
         )
     if "selected" in fields:
         fields["selected"] = [_selected_entry(entry) for entry in fields["selected"]]

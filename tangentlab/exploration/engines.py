@@ -1,0 +1,225 @@
+"""Exploration engines: run the current model from seed structures and report sampled frames.
+
+An engine turns seed structures into walkers (:func:`Engine.walkers`) and runs them
+(:func:`Engine.run`), calling ``judge`` on every ``sample_every``-th frame; ``judge`` gives each
+frame its σ and, when the trajectory must stop there, a reason (`guards.STOP_REASONS`). A walker
+ends when it is stopped or has run its steps; ``on_end`` then receives its trajectory at once,
+so that it can be stored before the others finish.
+
+The engines drive ASE's own integrator and optimisers (`ase.md.langevin.Langevin`,
+`ase.mep.NEB`) with `ModelCalculator`; none is written here. The md engine batches walkers:
+molecules are packed far apart (beyond the model's cutoff) into one structure, so that each
+time step is one model call for all walkers, with a per-atom temperature for the ladder
+(docs/benchmarks/exploration-speed.md measures it against one walker at a time).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from ase import Atoms, units
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+from tangentlab.exploration.calculator import ModelCalculator
+from tangentlab.mace_model import model_cutoff
+
+
+@dataclass
+class Walker:
+    """One trajectory to run.
+
+    Attributes
+    ----------
+    index
+        Its number in the round (stable across resumes: the walker list is seeded).
+    atoms
+        The starting structure (a copy; ``info`` holds charge and multiplicity).
+    seed_structure_id
+        The campaign structure it starts from (None for a seed file).
+    temperature_K
+        md: its temperature.
+    endpoints
+        neb: reactant and product.
+    """
+
+    index: int
+    atoms: Atoms
+    seed_structure_id: int | None = None
+    temperature_K: float | None = None
+    endpoints: tuple[Atoms, Atoms] | None = None
+
+
+@dataclass
+class Frame:
+    """A scored frame: its step, structure, σ, and why it is unphysical or out of bounds (None: fine)."""
+
+    step: int
+    atoms: Atoms
+    sigma: float
+    reason: str | None = None
+
+
+@dataclass
+class Trajectory:
+    """A finished walker: every scored frame, the steps run and why it stopped."""
+
+    walker: Walker
+    frames: list[Frame] = field(default_factory=list)
+    steps_run: int = 0
+    stop_reason: str = "steps"
+    wall_s: float = 0.0
+
+
+#: ``judge(frames, walkers)``: per frame its σ and a stop reason (None: go on).
+Judge = Callable[[Sequence[Atoms], Sequence[Walker]], list[tuple[float, str | None]]]
+OnEnd = Callable[[Trajectory], None]
+
+
+class Engine(Protocol):
+    name: str
+
+    def walkers(self, settings: Any, seeds: Sequence[tuple[int | None, Atoms]], rng: np.random.Generator) -> list[Walker]:
+        """The round's walkers from the seeds (deterministic for a given ``rng`` state)."""
+
+    def run(self, walkers: Sequence[Walker], model: Any, settings: Any, judge: Judge, on_end: OnEnd,
+            rng: np.random.Generator) -> None:
+        """Run the walkers; call ``on_end`` once per walker as it finishes."""
+
+
+def _frame(atoms: Atoms, like: Atoms) -> Atoms:
+    """A bare copy of a frame (positions, cell, pbc) with the seed's charge and multiplicity."""
+    frame = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell.copy(), pbc=atoms.pbc)
+    for key in ("charge", "multiplicity"):
+        if key in like.info:
+            frame.info[key] = like.info[key]
+    return frame
+
+
+def _ladder(settings: Any, seeds: Sequence[tuple[int | None, Atoms]], rng: np.random.Generator,
+            temperatures: Sequence[float | None]) -> list[Walker]:
+    """``settings.walkers`` walkers: seeds in a shuffled order, cycled; temperatures cycled."""
+    if not seeds:
+        raise ValueError("exploration has no seed structures")
+    order = rng.permutation(len(seeds))
+    walkers = []
+    for index in range(settings.walkers):
+        structure_id, atoms = seeds[int(order[index % len(seeds)])]
+        walkers.append(Walker(index=index, atoms=atoms.copy(), seed_structure_id=structure_id,
+                              temperature_K=temperatures[index % len(temperatures)]))
+    return walkers
+
+
+class MolecularDynamics:
+    """Langevin MD of the current model over a temperature ladder, walkers batched."""
+
+    name = "md"
+
+    def walkers(self, settings, seeds, rng):
+        return _ladder(settings, seeds, rng, list(settings.temperatures_K))
+
+    def run(self, walkers, model, settings, judge, on_end, rng):
+        states = []
+        for walker in walkers:
+            atoms = walker.atoms.copy()
+            MaxwellBoltzmannDistribution(atoms, temperature_K=walker.temperature_K, rng=rng)
+            Stationary(atoms)
+            states.append(Trajectory(walker=walker))
+            states[-1].atoms = atoms  # type: ignore[attr-defined]
+        active = list(states)
+        calculator = ModelCalculator(model)
+        cutoff = model_cutoff(model)
+        start = time.perf_counter()
+        step = 0
+        while active and step < settings.steps:
+            n = min(settings.sample_every, settings.steps - step)
+            batched = settings.batch_walkers and not any(s.atoms.pbc.any() for s in active)
+            groups = [active] if batched else [[s] for s in active]
+            for group in groups:
+                _langevin_segment([s.atoms for s in group], [s.walker.temperature_K for s in group],
+                                  calculator, settings, n, rng, cutoff)
+            step += n
+            frames = [_frame(s.atoms, s.walker.atoms) for s in active]
+            verdicts = judge(frames, [s.walker for s in active])
+            still = []
+            for state, frame, (sigma, reason) in zip(active, frames, verdicts, strict=True):
+                state.frames.append(Frame(step, frame, sigma, reason))
+                state.steps_run = step
+                if reason is None and step < settings.steps:
+                    still.append(state)
+                    continue
+                state.stop_reason = reason or "steps"
+                state.wall_s = time.perf_counter() - start
+                on_end(state)
+            active = still
+
+
+def _langevin_segment(group: Sequence[Atoms], temperatures_K: Sequence[float], calculator: ModelCalculator, settings: Any, steps: int,
+                      rng: np.random.Generator, cutoff: float) -> None:
+    """``steps`` Langevin steps of the structures in ``group``, in one combined structure.
+
+    Each molecule is centred in its own cell of a cubic grid whose spacing is its largest
+    extent plus twice the model's cutoff, so no atom sees another walker; velocities go in and
+    come back out, and the combined centre of mass is not fixed (the walkers stay independent).
+    """
+    extents = [float(np.ptp(a.positions, axis=0).max()) if len(a) > 1 else 0.0 for a in group]
+    spacing = max(extents) + 2 * cutoff + 1.0
+    side = math.ceil(len(group) ** (1 / 3) - 1e-9)
+    combined = Atoms()
+    offsets, temperatures = [], []
+    for atoms, temperature_K in zip(group, temperatures_K, strict=True):
+        temperatures.append(np.full(len(atoms), float(temperature_K)))
+    for k, atoms in enumerate(group):
+        slot = spacing * np.array([k % side, (k // side) % side, k // side**2], dtype=float)
+        offset = slot - atoms.positions.mean(axis=0)
+        part = Atoms(numbers=atoms.numbers, positions=atoms.positions + offset, cell=atoms.cell, pbc=atoms.pbc,
+                     masses=atoms.get_masses())
+        part.set_velocities(atoms.get_velocities())
+        combined += part
+        offsets.append(offset)
+    if len(group) == 1:
+        combined.cell, combined.pbc = group[0].cell, group[0].pbc
+    combined.calc = calculator
+    temperature = np.concatenate(temperatures)[:, None]
+    dynamics = Langevin(combined, settings.timestep_fs * units.fs, temperature_K=temperature,
+                        friction=settings.friction_per_fs / units.fs, fixcm=False, rng=rng)
+    dynamics.run(steps)
+    start = 0
+    for atoms, offset in zip(group, offsets, strict=True):
+        stop = start + len(atoms)
+        atoms.positions = combined.positions[start:stop] - offset
+        atoms.set_velocities(combined.get_velocities()[start:stop])
+        start = stop
+
+
+class Rattle:
+    """Random displacements of the seeds (no dynamics): ``steps // sample_every`` frames per walker."""
+
+    name = "rattle"
+
+    def walkers(self, settings, seeds, rng):
+        return _ladder(settings, seeds, rng, [None])
+
+    def run(self, walkers, model, settings, judge, on_end, rng):
+        start = time.perf_counter()
+        for walker in walkers:
+            trajectory = Trajectory(walker=walker)
+            frames = []
+            for _ in range(max(1, settings.steps // settings.sample_every)):
+                frame = _frame(walker.atoms, walker.atoms)
+                frame.positions += rng.normal(scale=settings.rattle_stdev, size=frame.positions.shape)
+                frames.append(frame)
+            for k, (frame, (sigma, reason)) in enumerate(zip(frames, judge(frames, [walker] * len(frames)), strict=True)):
+                trajectory.frames.append(Frame((k + 1) * settings.sample_every, frame, sigma, reason))
+            trajectory.steps_run = len(frames) * settings.sample_every
+            trajectory.wall_s = time.perf_counter() - start
+            on_end(trajectory)
+
+
+#: Engines by the name ``exploration.engine`` gives.
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (MolecularDynamics(), Rattle())}
