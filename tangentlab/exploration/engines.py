@@ -124,34 +124,40 @@ class MolecularDynamics:
         return _ladder(settings, seeds, rng, list(settings.temperatures_K))
 
     def run(self, walkers, model, settings, judge, on_end, rng):
-        states = []
+        """Groups of ``walkers_per_call`` walkers (one when ``batch_walkers`` is off or a seed is
+        periodic) run to their end one group after another; a group's walkers step together."""
+        size = settings.walkers_per_call if settings.batch_walkers else 1
+        if any(w.atoms.pbc.any() for w in walkers):
+            size = 1
+        calculator = ModelCalculator(model)
+        for first in range(0, len(walkers), size):
+            self._group(walkers[first:first + size], calculator, model_cutoff(model), settings, judge, on_end, rng)
+
+    @staticmethod
+    def _group(walkers, calculator, cutoff, settings, judge, on_end, rng) -> None:
+        states, positions = [], []
         for walker in walkers:
             atoms = walker.atoms.copy()
             MaxwellBoltzmannDistribution(atoms, temperature_K=walker.temperature_K, rng=rng)
             Stationary(atoms)
             states.append(Trajectory(walker=walker))
-            states[-1].atoms = atoms  # type: ignore[attr-defined]
-        active = list(states)
-        calculator = ModelCalculator(model)
-        cutoff = model_cutoff(model)
+            positions.append(atoms)
+        active = list(zip(states, positions))
         start = time.perf_counter()
         step = 0
         while active and step < settings.steps:
             n = min(settings.sample_every, settings.steps - step)
-            batched = settings.batch_walkers and not any(s.atoms.pbc.any() for s in active)
-            groups = [active] if batched else [[s] for s in active]
-            for group in groups:
-                _langevin_segment([s.atoms for s in group], [s.walker.temperature_K for s in group],
-                                  calculator, settings, n, rng, cutoff)
+            _langevin_segment([a for _, a in active], [s.walker.temperature_K for s, _ in active],
+                              calculator, settings, n, rng, cutoff)
             step += n
-            frames = [_frame(s.atoms, s.walker.atoms) for s in active]
-            verdicts = judge(frames, [s.walker for s in active])
+            frames = [_frame(a, s.walker.atoms) for s, a in active]
+            verdicts = judge(frames, [s.walker for s, _ in active])
             still = []
-            for state, frame, (sigma, reason) in zip(active, frames, verdicts, strict=True):
+            for (state, atoms), frame, (sigma, reason) in zip(active, frames, verdicts, strict=True):
                 state.frames.append(Frame(step, frame, sigma, reason))
                 state.steps_run = step
                 if reason is None and step < settings.steps:
-                    still.append(state)
+                    still.append((state, atoms))
                     continue
                 state.stop_reason = reason or "steps"
                 state.wall_s = time.perf_counter() - start
@@ -221,5 +227,8 @@ class Rattle:
             on_end(trajectory)
 
 
+from tangentlab.exploration.neb import NudgedElasticBand  # noqa: E402  (neb.py imports this module lazily)
+
 #: Engines by the name ``exploration.engine`` gives.
-ENGINES: dict[str, Engine] = {engine.name: engine for engine in (MolecularDynamics(), Rattle())}
+ENGINES: dict[str, Engine] = {engine.name: engine
+                              for engine in (MolecularDynamics(), Rattle(), NudgedElasticBand())}
