@@ -25,8 +25,41 @@ def _status_report(session, campaign, round_number: int | None) -> dict:
         raise LookupError(f"campaign {campaign.name!r} has no round {number} (rounds: {numbers})")
     report["selected_structures"] = None if number is None else {
         "round": number, "structures": reports.selected_rows(session, campaign.id, number),
-        "diagnostics": _round_diagnostics(session, campaign.id, number)}
+        "diagnostics": _round_diagnostics(session, campaign.id, number),
+        "exploration": _round_exploration(session, campaign.id, number)}
     return report
+
+
+def _round_exploration(session, campaign_id: int, number: int) -> dict | None:
+    """The round's exploration summary with one row per trajectory (None: no exploration)."""
+    from db import exploration, rounds
+
+    found = rounds.get_round(session, campaign_id, number)
+    trajectories = exploration.round_trajectories(session, campaign_id, number)
+    summary = None if found is None else (found.parameters or {}).get("exploration")
+    if summary is None and not trajectories:
+        return None
+    summary = dict(summary or exploration.exploration_summary(trajectories) | {"unfinished": True})
+    summary["trajectories_detail"] = [
+        {"walker": t.walker, "seed_structure_id": t.seed_structure_id, "temperature_K": t.temperature_k,
+         "steps_run": t.steps_run, "frames_scored": t.frames_scored, "frames_kept": t.frames_kept,
+         "candidates_added": t.candidates_added, "stop_reason": t.stop_reason, "wall_s": t.wall_s}
+        for t in trajectories]
+    return summary
+
+
+def exploration_line(summary: dict) -> str:
+    """One line: trajectories, steps, frames scored/kept, candidates, stops and σ (status and logs)."""
+    sigma = summary.get("sigma") or {}
+    bounds = summary.get("bounds") or {}
+    line = (f"{summary['trajectories']} trajectories, {summary['steps_run']} steps, {summary['frames_scored']} "
+            f"frames scored, {summary['frames_kept']} kept, {summary['candidates_added']} new candidates; stopped: "
+            + (", ".join(f"{v} {k}" for k, v in summary["stops"].items()) or "none"))
+    if sigma:
+        line += f"; σ q10 {sigma['q10']:.3g}, q50 {sigma['q50']:.3g}, q90 {sigma['q90']:.3g}, max {sigma['max']:.3g}"
+    if bounds:
+        line += f" (bounds {bounds['lower']:.3g}–{bounds['upper']:.3g})"
+    return line + (" — unfinished: a resume runs the other walkers" if summary.get("unfinished") else "")
 
 
 def _round_diagnostics(session, campaign_id: int, number: int) -> dict | None:
@@ -99,6 +132,8 @@ def _print_status(camp: dict) -> None:
     print("  (E MAE in meV/atom, F MAE in meV/Å, on the test set)")
     selection = camp["selected_structures"]
     if selection:
+        if selection.get("exploration"):
+            print(f"  round {selection['round']} exploration: {exploration_line(selection['exploration'])}")
         if selection.get("diagnostics"):
             print(f"  round {selection['round']} picks, predicted means: "
                   f"{_diagnostics_line(selection['diagnostics'])}")

@@ -163,6 +163,7 @@ def round_rows(session: Session, campaign_id: int) -> list[dict[str, Any]]:
                 "acquired_with_model": r.model_version_id,
                 "acquire_s": _rounded(timings.get("acquire_s"), 2),
                 "finetune_s": _rounded(timings.get("finetune_s"), 1),
+                "explore_s": _rounded(timings.get("explore_s"), 1),
             }
         )
     return rows

@@ -1,7 +1,8 @@
-"""The campaign flow: initial set -> (acquire -> label -> fine-tune -> evaluate) until done.
+"""The campaign flow: initial set -> ((explore ->) acquire -> label -> fine-tune -> evaluate) until done.
 
 The flow only orchestrates. Its state lives in the database: each round moves through
-``selected -> labelled -> trained -> evaluated``, and running the flow again for the same
+``(explored ->) selected -> labelled -> trained -> evaluated`` (``explored`` only with an
+``exploration`` section), and running the flow again for the same
 campaign continues from the first step that has not finished, so a killed run repeats no
 finished QM job or fine-tune. One run at a time: the flow holds the campaign's lease
 (:mod:`db.leases`) from before it touches the campaign until it ends, so a second run exits
@@ -35,11 +36,13 @@ from tangentlab.stopping import StopDecision, stop_decision
 from tasks._db import database_url, engine_for, has_password, redact_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model
+from tasks.explore import explore_round
 from tasks.interrupt import Interrupted, check_stop
 from tasks.setup import setup_campaign, starting_model, stored_config
 from tasks.train import finetune_round
 
 NEXT_STEP = {
+    RoundStatus.EXPLORED: "acquisition from the explored candidates",
     RoundStatus.SELECTED: "labelling",
     RoundStatus.LABELLED: "fine-tuning",
     RoundStatus.TRAINED: "evaluation",
@@ -217,6 +220,12 @@ def _steps(url: str, campaign_id: int, cfg: CampaignConfig, lease: leases.Lease)
             current = rounds.campaign_rounds(session, campaign_id)[-1]
             number, status = current.number, current.status
             selected = [e["structure_id"] for e in current.selected or []]
+            explored_with = current.model_version_id
+        if status == RoundStatus.EXPLORED:  # a run stopped between exploration and acquisition
+            _acquire(url, campaign_id, cfg, number, explored_with, lease)
+            with session_scope(engine) as session:
+                selected = [e["structure_id"] for e in rounds.get_round(session, campaign_id, number).selected]
+            status = RoundStatus.SELECTED
         if status == RoundStatus.SELECTED:
             if number == 0:
                 _publish_selection(url, campaign_id, cfg, 0)
@@ -254,10 +263,19 @@ def _steps(url: str, campaign_id: int, cfg: CampaignConfig, lease: leases.Lease)
             logger.info("campaign %r stopped (%s): %s", cfg.name, decision.status, decision.reason)
             _publish(url, campaign_id, cfg, decision=decision)
             return final_state(decision, data=summary(url, campaign_id))
-        acquire.with_options(task_run_name=f"acquire round {number + 1} ({cfg.acquisition.signal})")(
-            url, campaign_id, cfg, number + 1, trained_id)
-        _checkpoint(lease, cfg.name)
-        _publish_selection(url, campaign_id, cfg, number + 1)
+        if cfg.exploration is not None:
+            explore_round.with_options(task_run_name=f"explore round {number + 1} ({cfg.exploration.engine})")(
+                url, campaign_id, cfg, number + 1, trained_id)
+            _checkpoint(lease, cfg.name)
+        _acquire(url, campaign_id, cfg, number + 1, trained_id, lease)
+
+
+def _acquire(url: str, campaign_id: int, cfg: CampaignConfig, number: int, model_id: int,
+             lease: leases.Lease) -> None:
+    acquire.with_options(task_run_name=f"acquire round {number} ({cfg.acquisition.signal})")(
+        url, campaign_id, cfg, number, model_id)
+    _checkpoint(lease, cfg.name)
+    _publish_selection(url, campaign_id, cfg, number)
 
 
 def _checkpoint(lease: leases.Lease, name: str) -> None:
@@ -277,7 +295,9 @@ def _decide(url: str, campaign_id: int, cfg: CampaignConfig, wall_time_s: float)
         labels_used = len(labels.labelled(session, campaign_id, split=["train", "valid"]))
         metrics = (last.metrics or {})["test"]
         failed = labels.failed_structure_ids(session, campaign_id)
-        pool_remaining = sum(1 for s in structures.campaign_structures(session, campaign_id, split="pool") if s.id not in failed)
+        # With exploration the pool grows every round: an empty pool is no reason to stop.
+        pool_remaining = None if cfg.exploration is not None else sum(
+            1 for s in structures.campaign_structures(session, campaign_id, split="pool") if s.id not in failed)
     decision = stop_decision(
         energy_mae=metrics["energy_mae_mev_per_atom"], force_mae=metrics["force_mae_mev_per_a"],
         targets=cfg.targets, labels_used=labels_used, rounds_done=last.number,
@@ -287,10 +307,11 @@ def _decide(url: str, campaign_id: int, cfg: CampaignConfig, wall_time_s: float)
         targets, budgets = cfg.targets, cfg.budgets
         get_run_logger().info(
             "round %d: continuing: targets not met (energy MAE %.1f vs %g meV/atom, force MAE %.1f vs %g meV/Å); "
-            "budgets left: %d labels, %d rounds, %.0f s wall time, %d candidates",
+            "budgets left: %d labels, %d rounds, %.0f s wall time, %s candidates",
             last.number, metrics["energy_mae_mev_per_atom"], targets.energy_mae_mev_per_atom,
             metrics["force_mae_mev_per_a"], targets.force_mae_mev_per_a, budgets.max_labels - labels_used,
-            budgets.max_rounds - last.number, budgets.max_wall_time_s - wall_time_s, pool_remaining)
+            budgets.max_rounds - last.number, budgets.max_wall_time_s - wall_time_s,
+            "explored" if pool_remaining is None else pool_remaining)
     return decision
 
 

@@ -392,6 +392,48 @@ def _diagnostics_table(diagnostics: dict[str, Any]) -> str:
     return markdown_table(header, table)
 
 
+EXPLORATION_HEADER = ["Walker", "Seed", "T (K)", "Steps", "Stopped because", "Frames scored", "Candidates",
+                      "New", "σ q50", "σ max", "Wall (s)"]
+
+
+def exploration_markdown(session: Session, campaign_id: int, number: int, summary: dict[str, Any]) -> list[str]:
+    """The round's exploration: totals, σ bounds and one row per trajectory (markdown lines)."""
+    from db import exploration
+    from tangentlab.exploration.guards import STOP_REASONS
+
+    bounds, sigma = summary.get("bounds") or {}, summary.get("sigma") or {}
+    stops = ", ".join(f"{v} {STOP_REASONS.get(k, k)}" for k, v in summary.get("stops", {}).items()) or "none"
+    lines = ["### Exploration", "",
+             f"**{summary.get('engine', '?')}** with the model of the previous round: {summary['trajectories']} "
+             f"trajectories, {summary['steps_run']} steps, {summary['frames_scored']} frames scored, "
+             f"{summary['frames_kept']} kept as candidates ({summary['candidates_added']} new) in "
+             f"{_duration(summary.get('wall_s'))}. Stopped: {stops}.", ""]
+    if bounds:
+        lines += [f"**σ bounds** ({summary.get('signal', '')} kernel): candidates need σ ≥ {bounds['lower']:.4g} "
+                  f"({bounds.get('lower_rule', '')}); σ > {bounds['upper']:.4g} ({bounds.get('upper_rule', '')}) "
+                  "stops a trajectory." + (f" Frames scored: σ q10 {sigma['q10']:.4g}, q50 {sigma['q50']:.4g}, "
+                                           f"q90 {sigma['q90']:.4g}, max {sigma['max']:.4g}." if sigma else ""), ""]
+    rows = []
+    for t in exploration.round_trajectories(session, campaign_id, number):
+        seed = rounds_seed_formula(session, t.seed_structure_id)
+        values = sorted(t.sigma)
+        rows.append([_cell(t.walker), seed, _cell(t.temperature_k, ".0f"), _cell(t.steps_run),
+                     STOP_REASONS.get(t.stop_reason, t.stop_reason), _cell(t.frames_scored), _cell(t.frames_kept),
+                     _cell(t.candidates_added), _cell(values[len(values) // 2] if values else None, ".4g"),
+                     _cell(values[-1] if values else None, ".4g"), _cell(t.wall_s, ".1f")])
+    return [*lines, markdown_table(EXPLORATION_HEADER, rows), ""]
+
+
+def rounds_seed_formula(session: Session, structure_id: int | None) -> str:
+    """``CH4O (structure 12)`` for a seed from the campaign, ``seed file`` otherwise."""
+    if structure_id is None:
+        return "seed file"
+    from db.models import Structure
+
+    found = session.get(Structure, structure_id)
+    return f"{found.formula} ({structure_id})" if found is not None else str(structure_id)
+
+
 def selection_markdown(session: Session, campaign_id: int, name: str, number: int) -> tuple[str, list[dict[str, Any]]]:
     """Round ``number``'s selection as markdown, and its rows (:func:`db.reports.selected_rows`).
 
@@ -439,6 +481,8 @@ def selection_markdown(session: Session, campaign_id: int, name: str, number: in
         else:
             lines += [f"**Predicted force error:** scale·σ with scale {parameters['uncertainty_scale']:.3g} "
                       "fitted on the validation labels (per-structure force MAE, meV/Å).", ""]
+    if parameters.get("exploration"):
+        lines += exploration_markdown(session, campaign_id, number, parameters["exploration"])
     diagnostics = parameters.get("diagnostics")
     if diagnostics:
         lines += ["### Picks against the pool (the round's model predictions)", "",

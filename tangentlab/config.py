@@ -305,8 +305,10 @@ class Exploration(_Section):
     timestep_fs: float = Field(0.5, gt=0, le=5, description="md time step (fs).")
     friction_per_fs: float = Field(0.02, gt=0, description="md Langevin friction (1/fs).")
     sample_every: int = Field(10, gt=0, description="Steps between scored frames.")
-    batch_walkers: bool = Field(True, description="md: integrate all walkers in one model call per step "
-                                "(molecules only; periodic seeds run one at a time).")
+    batch_walkers: bool = Field(True, description="md: integrate walkers together, one model call per step "
+                                "for a group of walkers_per_call (molecules only; periodic seeds run one at a time).")
+    walkers_per_call: int = Field(16, gt=0, description="md: walkers per group when batched; groups run one "
+                                  "after another, and each walker is stored when it ends.")
     sigma_lower: SigmaBound = Field(default_factory=lambda: SigmaBound(quantile=1.0),
                                     description="Frames below this σ are known ground, not candidates.")
     sigma_upper: SigmaBound = Field(default_factory=lambda: SigmaBound(quantile=1.0, factor=4.0),

@@ -8,7 +8,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import labels, registry, rounds, session_scope, structures
+from db import exploration, labels, registry, rounds, session_scope, structures
 from tangentlab.acquisition import (
     calibrate_uncertainty,
     fit_scorer,
@@ -64,7 +64,13 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
         test_atoms = ([structures.structure_atoms(s) for s in
                        structures.campaign_structures(session, campaign_id, split="test")]
                       if config.acquisition.target == "test" else [])
-    target_atoms = _target_atoms(config, test_atoms)
+        explored = ([structures.structure_atoms(s) for s in
+                     exploration.explored_structures(session, campaign_id, round_number, split="pool")
+                     if s.id not in failed] if config.acquisition.target == "explored" else [])
+    if config.acquisition.target == "explored" and not explored:
+        logger.warning("round %d: the exploration added no candidates: the transductive target is the pool",
+                       round_number)
+    target_atoms = _target_atoms(config, test_atoms, explored)
     start = time.perf_counter()
     progress = Progress(artifact_key("campaign", config.name, "round", round_number, "acquisition"),
                         f"Campaign {config.name}, round {round_number}: acquisition progress, "
@@ -111,18 +117,21 @@ def _describe(settings) -> str:
     return f"{settings.signal} ({settings.rule_description()})"
 
 
-def _target_atoms(config: CampaignConfig, test_atoms: list) -> list | None:
+def _target_atoms(config: CampaignConfig, test_atoms: list, explored_atoms: list = ()) -> list | None:
     """The acquisition target's structures (None: the pool).
 
     ``test`` is the campaign's test set when it came from a ``test_file`` (the structures the
     campaign is judged on; only their positions are used, never their labels). A test set drawn
-    from the pool is a sample of the pool, so the target is then the pool itself.
+    from the pool is a sample of the pool, so the target is then the pool itself. ``explored``
+    is this round's exploration candidates (the pool when there are none).
     """
     settings = config.acquisition
     if settings.rule != "transductive" or settings.target == "pool":
         return None
     if settings.target == "test":
         return test_atoms if config.test_file and test_atoms else None
+    if settings.target == "explored":
+        return list(explored_atoms) or None
     return list(iter_structure_files([settings.target]))
 
 

@@ -75,6 +75,20 @@ class CampaignInputs:
     test: list[Atoms] | None
 
 
+def _check_exploration_files(settings, elements: list[str]) -> None:
+    """The exploration's seed file and NEB endpoint files: readable, known elements, and two
+    structures of the same atoms per endpoint file."""
+    if settings.seeds != "labelled":
+        read_structures(settings.seeds, allowed_elements=elements)
+    for path in settings.neb_endpoints:
+        pair = read_structures(path, allowed_elements=elements)
+        if len(pair) != 2:
+            raise ConfigError(f"exploration.neb_endpoints: {path} holds {len(pair)} structures, not 2 "
+                              "(reactant and product)")
+        if list(pair[0].numbers) != list(pair[1].numbers):
+            raise ConfigError(f"exploration.neb_endpoints: the reactant and product in {path} have different atoms")
+
+
 def check_inputs(config: CampaignConfig) -> CampaignInputs:
     """Check everything a new campaign needs before its first row or QM job.
 
@@ -96,6 +110,8 @@ def check_inputs(config: CampaignConfig) -> CampaignInputs:
         test = read_structures(config.test_file, allowed_elements=elements)
     if config.acquisition.target not in TARGET_KEYWORDS:
         read_structures(config.acquisition.target, allowed_elements=elements)
+    if config.exploration is not None:
+        _check_exploration_files(config.exploration, elements)
     return CampaignInputs(elements, pool, test)
 
 

@@ -7,8 +7,8 @@ caller (tasks/explore.py stores them as pool structures).
 """
 
 from tangentlab.exploration.engines import ENGINES, Frame, Trajectory, Walker
-from tangentlab.exploration.explore import Bounds, candidates, explore, resolve_bounds
+from tangentlab.exploration.explore import Bounds, candidates, explore, plan_walkers, resolve_bounds
 from tangentlab.exploration.guards import STOP_REASONS, fragment_count, unphysical
 
 __all__ = ["ENGINES", "STOP_REASONS", "Bounds", "Frame", "Trajectory", "Walker", "candidates", "explore",
-           "fragment_count", "resolve_bounds", "unphysical"]
+           "fragment_count", "plan_walkers", "resolve_bounds", "unphysical"]

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from ase import Atoms, units
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from tangentlab.exploration.calculator import ModelCalculator
 from tangentlab.mace_model import model_cutoff
@@ -138,7 +138,7 @@ class MolecularDynamics:
         states, positions = [], []
         for walker in walkers:
             atoms = walker.atoms.copy()
-            MaxwellBoltzmannDistribution(atoms, temperature_K=walker.temperature_K, rng=rng)
+            thermalize_momenta(atoms, temperature_K=walker.temperature_K, rng=rng)
             Stationary(atoms)
             states.append(Trajectory(walker=walker))
             positions.append(atoms)
@@ -212,8 +212,8 @@ class Rattle:
         return _ladder(settings, seeds, rng, [None])
 
     def run(self, walkers, model, settings, judge, on_end, rng):
-        start = time.perf_counter()
         for walker in walkers:
+            start = time.perf_counter()
             trajectory = Trajectory(walker=walker)
             frames = []
             for _ in range(max(1, settings.steps // settings.sample_every)):

@@ -78,6 +78,12 @@ def candidates(trajectory: Trajectory, bounds: Bounds, cap: int) -> list[Frame]:
     return kept
 
 
+def plan_walkers(seeds: Sequence[tuple[int | None, Atoms]], settings: Any, seed: int) -> list[Walker]:
+    """The round's walkers, all of them (the same for the same ``seed``, so a resume knows
+    which ones it stored)."""
+    return ENGINES[settings.engine].walkers(settings, seeds, np.random.default_rng([seed, 0]))
+
+
 def explore(
     model: Any,
     seeds: Sequence[tuple[int | None, Atoms]],
@@ -118,13 +124,13 @@ def explore(
         The walkers run this time.
     """
     engine = ENGINES[settings.engine]
-    walkers = [w for w in engine.walkers(settings, seeds, np.random.default_rng([seed, 0]))
-               if w.index not in skip]
+    every = plan_walkers(seeds, settings, seed)
+    walkers = [w for w in every if w.index not in skip]
     if not walkers:
         return []
     cutoff = settings.fragment_cutoff or model_cutoff(model)
     fragments = {w.index: fragment_count(w.atoms, cutoff) for w in walkers}
-    cap = math.ceil(settings.max_candidates / settings.walkers)
+    cap = math.ceil(settings.max_candidates / len(every))
 
     def judge(frames: Sequence[Atoms], owners: Sequence[Walker]) -> list[tuple[float, str | None]]:
         reasons = [unphysical(frame, min_distance=settings.min_distance, fragment_cutoff=cutoff,

@@ -1,0 +1,166 @@
+"""Exploration in a campaign: settings refused with the key named, candidates stored once, and a
+real campaign killed (SIGKILL) during exploration, then resumed: no duplicate candidate, no
+walker run twice once stored, and no lost or repeated QM job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+from ase.build import molecule
+from conftest import xtb_campaign_config
+from sqlalchemy import func, select
+from test_resume import _check_no_loss, _cli, _kill_when, _state
+
+from db import ExplorationTrajectory, Structure, campaigns, exploration, init_db, make_engine, rounds, session_scope
+from tangentlab.config import ConfigError, load_config, make_config
+from tangentlab.structures import content_hash
+
+
+@pytest.mark.parametrize(("section", "named"), [
+    ({"engine": "langevin"}, "exploration.engine: unknown engine 'langevin'"),
+    ({"walkers": 0}, "exploration.walkers"),
+    ({"temperatures_K": []}, "exploration.temperatures_K: give at least one temperature"),
+    ({"temperatures_K": [300, -5]}, "exploration.temperatures_K: temperatures must be positive"),
+    ({"steps": 0}, "exploration.steps"),
+    ({"timestep_fs": 50}, "exploration.timestep_fs"),
+    ({"sigma_lower": {"value": 1.0, "quantile": 0.5}}, "exploration.sigma_lower: give exactly one of value or quantile"),
+    ({"sigma_upper": {"quantile": 1.5}}, "exploration.sigma_upper.quantile"),
+    ({"sigma_lower": {"value": 2.0}, "sigma_upper": {"value": 1.0}}, "sigma_lower 2 must be below sigma_upper 1"),
+    ({"engine": "neb"}, "engine 'neb' needs neb_endpoints"),
+    ({"neb_endpoints": ["a.xyz"]}, "neb_endpoints are for engine 'neb'"),
+    ({"max_candidates": -1}, "exploration.max_candidates"),
+    ({"walkrs": 3}, "unknown key 'exploration.walkrs'"),
+])
+def test_bad_exploration_settings_are_refused_naming_the_key(section, named):
+    with pytest.raises(ConfigError, match="exploration") as error:
+        make_config({"exploration": section})
+    assert named in str(error.value)
+
+
+def test_explored_target_needs_exploration():
+    with pytest.raises(ConfigError, match="acquisition.target 'explored' needs an exploration section"):
+        make_config({"acquisition": {"target": "explored"}})
+    assert make_config({"acquisition": {"target": "explored"}, "exploration": {}}).acquisition.target == "explored"
+
+
+def test_exploration_files_are_relative_to_the_config_and_checked_before_storing(tmp_path):
+    from tasks.setup import check_inputs
+
+    (tmp_path / "pool.xyz").write_text("")
+    ase.io.write(tmp_path / "pool.xyz", [molecule("H2O"), molecule("CH4")])
+    ase.io.write(tmp_path / "one.xyz", [molecule("H2O")])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "pool": ["pool.xyz"], "test_size": 1, "initial_size": 1, "oracle": {"name": "xtb"},
+        "exploration": {"engine": "neb", "neb_endpoints": ["one.xyz"], "seeds": "pool.xyz"}}))
+    config = load_config(tmp_path / "c.yaml")
+    assert config.exploration.seeds == str(tmp_path / "pool.xyz")
+    assert config.exploration.neb_endpoints == [str(tmp_path / "one.xyz")]
+    with pytest.raises(ConfigError, match=r"exploration.neb_endpoints: .*one.xyz holds 1 structures, not 2"):
+        check_inputs(config)
+
+
+def test_stored_candidates_are_unique_and_a_repeated_walker_adds_none(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    init_db(engine)
+    frames = [molecule("H2O"), molecule("H2O")]
+    frames[1].positions[0, 0] += 0.1
+    for frame in frames:
+        frame.info.update(charge=0, multiplicity=1)
+    hashes = [content_hash(f) for f in frames]
+
+    def store(session, walker):
+        return exploration.store_trajectory(
+            session, campaign_id, 1, walker=walker, engine="md", candidates=frames + frames[:1],
+            content_hashes=hashes + hashes[:1], provenance=[{"round": 1, "step": k} for k in (10, 20, 30)],
+            seed_structure_id=None, temperature_k=300.0, steps_run=30, frames_scored=3, stop_reason="steps",
+            sigma=[0.1, 0.2, 0.1], wall_s=1.0)
+
+    with session_scope(engine) as session:
+        campaign_id = campaigns.create_campaign(session, "c", {}).id
+        first = store(session, 0)
+        assert (first.frames_kept, first.candidates_added) == (3, 2)
+        second = store(session, 1)  # the same frames again (a resumed walker): nothing new
+        assert second.candidates_added == 0
+        stored = exploration.explored_structures(session, campaign_id, 1, split="pool")
+        assert [s.provenance["step"] for s in stored] == [10, 20]  # the first occurrence's provenance
+        summary = exploration.exploration_summary(exploration.round_trajectories(session, campaign_id, 1))
+        assert summary["candidates_added"] == 2 and summary["stops"] == {"steps": 2}
+
+
+NAME = "explored"
+
+
+def _exploring_config(tmp_path: Path) -> dict:
+    return xtb_campaign_config(
+        tmp_path, NAME, 20, seed=3,
+        acquisition={"batch_size": 3},
+        budgets={"max_rounds": 1, "max_labels": 30},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        finetune={"max_epochs": 3, "patience": 3, "min_steps_per_epoch": 3},
+        exploration={"walkers": 3, "batch_walkers": False, "steps": 150, "sample_every": 10,
+                     "temperatures_K": [500.0], "sigma_lower": {"quantile": 0.0},
+                     "sigma_upper": {"quantile": 1.0, "factor": 100.0}, "max_candidates": 30},
+    )
+
+
+@pytest.mark.slow
+def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_server, tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_exploring_config(tmp_path)))
+    engine = make_engine(url)
+
+    def first_walker_stored() -> bool:
+        with session_scope(engine) as session:
+            stored = session.scalar(select(func.count()).select_from(ExplorationTrajectory))
+            campaign = campaigns.get_campaign(session, NAME)
+            return stored >= 1 and rounds.get_round(session, campaign, 1) is None
+
+    first = _cli(["--db", url, "start", "c.yaml"], prefect_server, tmp_path, tmp_path / "first.log")
+    _kill_when(first, first_walker_stored, tmp_path / "first.log", "during exploration")
+    killed = _state(url)
+    assert killed["rounds"] == {0: "evaluated"}
+    with session_scope(engine) as session:
+        kept = {(t.walker, t.id, t.candidates_added) for t in session.scalars(select(ExplorationTrajectory))}
+        candidates_before = {s.content_hash for s in session.scalars(select(Structure).where(
+            Structure.provenance.is_not(None)))}
+    assert 1 <= len(kept) < 3 and all(added > 0 for _, _, added in kept)
+
+    second = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "second.log")
+    assert second.wait(timeout=600) == 3, (tmp_path / "second.log").read_text()[-5000:]
+    log = (tmp_path / "second.log").read_text()
+    assert f"resuming exploration: {len(kept)} of 3 walkers are stored and do not run again" in log
+    final = _state(url)
+    _check_no_loss(tmp_path, killed, final)  # no QM job lost or run twice
+    assert final["rounds"] == {0: "evaluated", 1: "evaluated"}
+    with session_scope(engine) as session:
+        rows = list(session.scalars(select(ExplorationTrajectory).order_by(ExplorationTrajectory.walker)))
+        assert [r.walker for r in rows] == [0, 1, 2]  # every walker once
+        assert kept <= {(r.walker, r.id, r.candidates_added) for r in rows}  # the stored ones untouched
+        explored = list(session.scalars(select(Structure).where(Structure.provenance.is_not(None))))
+        assert len({s.content_hash for s in explored}) == len(explored)
+        assert candidates_before <= {s.content_hash for s in explored}
+        assert sum(r.candidates_added for r in rows) == len(explored)
+        assert all(s.provenance["round"] == 1 and s.provenance["engine"] == "md"
+                   and s.provenance["temperature_K"] == 500.0 and s.provenance["step"] % 10 == 0
+                   and np.isfinite(s.provenance["sigma"]) for s in explored)
+        round_1 = rounds.get_round(session, campaigns.get_campaign(session, NAME), 1)
+        picked = {e["structure_id"] for e in round_1.selected}
+        assert len(picked) == 3
+        summary = round_1.parameters["exploration"]
+        assert summary["trajectories"] == 3 and summary["candidates_added"] == len(explored)
+        assert round_1.pool_size >= len(explored)  # the candidates were in the pool it picked from
+
+    status = subprocess.run([sys.executable, "-m", "cli", "--db", url, "status", NAME], capture_output=True,
+                            text=True, check=True)
+    assert "round 1 exploration: 3 trajectories" in status.stdout, status.stdout
+    report = json.loads(subprocess.run([sys.executable, "-m", "cli", "--db", url, "status", NAME, "--json"],
+                                       capture_output=True, text=True, check=True).stdout)[0]
+    detail = report["selected_structures"]["exploration"]["trajectories_detail"]
+    assert [d["walker"] for d in detail] == [0, 1, 2] and all(d["stop_reason"] for d in detail)
