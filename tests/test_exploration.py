@@ -164,3 +164,21 @@ def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_ser
                                        capture_output=True, text=True, check=True).stdout)[0]
     detail = report["selected_structures"]["exploration"]["trajectories_detail"]
     assert [d["walker"] for d in detail] == [0, 1, 2] and all(d["stop_reason"] for d in detail)
+
+
+def test_an_explored_round_becomes_selected_keeping_its_exploration(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaign_id = campaigns.create_campaign(session, "c", {}).id
+        rounds.create_explored_round(session, campaign_id, 1, parameters={"exploration": {"trajectories": 2}},
+                                     model_version_id=None, timings={"explore_s": 3.0})
+        assert rounds.get_round(session, campaign_id, 1).status == "explored"
+        with pytest.raises(rounds.RoundTransitionError, match="only selected follows explored"):
+            rounds.advance_round(session, rounds.get_round(session, campaign_id, 1), "labelled")
+        selected = rounds.create_round(session, campaign_id, 1, method="activation", parameters={"rule": "greedy"},
+                                       selected=[(5, 0.1, None)], timings={"acquire_s": 1.0})
+        assert selected.status == "selected" and selected.method == "activation"
+        assert selected.parameters == {"exploration": {"trajectories": 2}, "rule": "greedy"}
+        assert selected.timings == {"explore_s": 3.0, "acquire_s": 1.0}
+        assert [e["structure_id"] for e in selected.selected] == [5]
