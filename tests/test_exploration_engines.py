@@ -74,8 +74,11 @@ def test_md_runs_and_ends_every_walker_once(model, batch, steps):
 
     engine.run(walkers, model, settings, judge, ended.append, np.random.default_rng(1))
     assert sorted(t.walker.index for t in ended) == [0, 1, 2]
-    assert calls == [[0, 1, 2]] * len(calls)
     expected = [2, 4, 6] if steps == 6 else [2, 4, 5]
+    # Batched walkers step together; one at a time, each runs to its end (and is stored) before
+    # the next starts.
+    assert calls == ([[0, 1, 2]] * 3 if batch else [[0]] * 3 + [[1]] * 3 + [[2]] * 3)
+    assert [t.walker.index for t in ended] == [0, 1, 2]
     for trajectory in ended:
         assert [f.step for f in trajectory.frames] == expected
         assert trajectory.steps_run == steps and trajectory.stop_reason == "steps"

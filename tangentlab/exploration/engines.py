@@ -8,8 +8,8 @@ so that it can be stored before the others finish.
 
 The engines drive ASE's own integrator and optimisers (`ase.md.langevin.Langevin`,
 `ase.mep.NEB`) with `ModelCalculator`; none is written here. The md engine batches walkers:
-molecules are packed far apart (beyond the model's cutoff) into one structure, so that each
-time step is one model call for all walkers, with a per-atom temperature for the ladder
+molecules are packed far apart (beyond the model's cutoff) into one structure (`_Packed`), so
+that each time step is one model call for all walkers, with a per-atom temperature for the ladder
 (docs/benchmarks/exploration-speed.md measures it against one walker at a time).
 """
 
@@ -144,11 +144,13 @@ class MolecularDynamics:
             positions.append(atoms)
         active = list(zip(states, positions))
         start = time.perf_counter()
-        step = 0
+        step, packed = 0, None
         while active and step < settings.steps:
             n = min(settings.sample_every, settings.steps - step)
-            _langevin_segment([a for _, a in active], [s.walker.temperature_K for s, _ in active],
-                              calculator, settings, n, rng, cutoff)
+            group = [a for _, a in active]
+            if packed is None or packed.group != group or not packed.fits():
+                packed = _Packed(group, [s.walker.temperature_K for s, _ in active], calculator, settings, rng, cutoff)
+            packed.run(n)
             step += n
             frames = [_frame(a, s.walker.atoms) for s, a in active]
             verdicts = judge(frames, [s.walker for s, _ in active])
@@ -165,42 +167,58 @@ class MolecularDynamics:
             active = still
 
 
-def _langevin_segment(group: Sequence[Atoms], temperatures_K: Sequence[float], calculator: ModelCalculator, settings: Any, steps: int,
-                      rng: np.random.Generator, cutoff: float) -> None:
-    """``steps`` Langevin steps of the structures in ``group``, in one combined structure.
+class _Packed:
+    """The walkers of a group in one combined structure, integrated by one ASE ``Langevin``.
 
-    Each molecule is centred in its own cell of a cubic grid whose spacing is its largest
-    extent plus twice the model's cutoff, so no atom sees another walker; velocities go in and
-    come back out, and the combined centre of mass is not fixed (the walkers stay independent).
+    Each molecule sits in its own cell of a cubic grid whose spacing is the largest extent plus
+    twice the model's cutoff, so no atom sees another walker; a per-atom temperature array
+    gives each walker its temperature, and the combined centre of mass is not fixed (the walkers
+    stay independent). The combined structure and the integrator persist between segments, so
+    the forces at a segment's end serve the next one's first step; the group is packed again
+    only when a walker leaves it or one has moved too far from its cell (:meth:`fits`).
     """
-    extents = [float(np.ptp(a.positions, axis=0).max()) if len(a) > 1 else 0.0 for a in group]
-    spacing = max(extents) + 2 * cutoff + 1.0
-    side = math.ceil(len(group) ** (1 / 3) - 1e-9)
-    combined = Atoms()
-    offsets, temperatures = [], []
-    for atoms, temperature_K in zip(group, temperatures_K, strict=True):
-        temperatures.append(np.full(len(atoms), float(temperature_K)))
-    for k, atoms in enumerate(group):
-        slot = spacing * np.array([k % side, (k // side) % side, k // side**2], dtype=float)
-        offset = slot - atoms.positions.mean(axis=0)
-        part = Atoms(numbers=atoms.numbers, positions=atoms.positions + offset, cell=atoms.cell, pbc=atoms.pbc,
-                     masses=atoms.get_masses())
-        part.set_velocities(atoms.get_velocities())
-        combined += part
-        offsets.append(offset)
-    if len(group) == 1:
-        combined.cell, combined.pbc = group[0].cell, group[0].pbc
-    combined.calc = calculator
-    temperature = np.concatenate(temperatures)[:, None]
-    dynamics = Langevin(combined, settings.timestep_fs * units.fs, temperature_K=temperature,
-                        friction=settings.friction_per_fs / units.fs, fixcm=False, rng=rng)
-    dynamics.run(steps)
-    start = 0
-    for atoms, offset in zip(group, offsets, strict=True):
-        stop = start + len(atoms)
-        atoms.positions = combined.positions[start:stop] - offset
-        atoms.set_velocities(combined.get_velocities()[start:stop])
-        start = stop
+
+    def __init__(self, group, temperatures_K, calculator, settings, rng, cutoff) -> None:
+        self.group, self.cutoff = list(group), cutoff
+        extents = [float(np.ptp(a.positions, axis=0).max()) if len(a) > 1 else 0.0 for a in group]
+        self.spacing = max(extents) + 2 * cutoff + 1.0
+        side = math.ceil(len(group) ** (1 / 3) - 1e-9)
+        self.combined, self.offsets, self.slots = Atoms(), [], []
+        for k, atoms in enumerate(group):
+            slot = self.spacing * np.array([k % side, (k // side) % side, k // side**2], dtype=float)
+            offset = slot - atoms.positions.mean(axis=0)
+            part = Atoms(numbers=atoms.numbers, positions=atoms.positions + offset, cell=atoms.cell,
+                         pbc=atoms.pbc, masses=atoms.get_masses())
+            part.set_velocities(atoms.get_velocities())
+            self.combined += part
+            self.offsets.append(offset)
+            self.slots.append(slot)
+        if len(group) == 1:
+            self.combined.cell, self.combined.pbc = group[0].cell, group[0].pbc
+        self.combined.calc = calculator
+        temperature = np.concatenate([np.full(len(a), float(t)) for a, t in zip(group, temperatures_K, strict=True)])
+        self.dynamics = Langevin(self.combined, settings.timestep_fs * units.fs, temperature_K=temperature[:, None],
+                                 friction=settings.friction_per_fs / units.fs, fixcm=False, rng=rng)
+
+    def run(self, steps: int) -> None:
+        """Integrate ``steps`` steps and write positions and velocities back to the walkers."""
+        self.dynamics.run(steps)
+        positions, velocities = self.combined.positions, self.combined.get_velocities()
+        start = 0
+        for atoms, offset in zip(self.group, self.offsets, strict=True):
+            stop = start + len(atoms)
+            atoms.positions = positions[start:stop] - offset
+            atoms.set_velocities(velocities[start:stop])
+            start = stop
+
+    def fits(self) -> bool:
+        """Whether every walker still lies within reach of its cell: two neighbours' atoms then
+        stay more than a cutoff apart."""
+        if len(self.group) == 1:
+            return True
+        reach = max(float(np.abs(atoms.positions + offset - slot).max())
+                    for atoms, offset, slot in zip(self.group, self.offsets, self.slots, strict=True))
+        return 2 * reach + self.cutoff < self.spacing
 
 
 class Rattle:
