@@ -124,7 +124,7 @@ def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_ser
 
     first = _cli(["--db", url, "start", "c.yaml"], prefect_server, tmp_path, tmp_path / "first.log")
     _kill_when(first, first_walker_stored, tmp_path / "first.log", "during exploration")
-    killed = _state(url)
+    killed = _state(url, NAME)
     assert killed["rounds"] == {0: "evaluated"}
     with session_scope(engine) as session:
         kept = {(t.walker, t.id, t.candidates_added) for t in session.scalars(select(ExplorationTrajectory))}
@@ -136,8 +136,9 @@ def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_ser
     assert second.wait(timeout=600) == 3, (tmp_path / "second.log").read_text()[-5000:]
     log = (tmp_path / "second.log").read_text()
     assert f"resuming exploration: {len(kept)} of 3 walkers are stored and do not run again" in log
-    final = _state(url)
-    _check_no_loss(tmp_path, killed, final)  # no QM job lost or run twice
+    final = _state(url, NAME)
+    _check_no_loss(tmp_path, killed, final, NAME)  # no QM job lost or run twice
+    assert len(final["done"]) == len(killed["done"]) + 3  # the round's picks, nothing else
     assert final["rounds"] == {0: "evaluated", 1: "evaluated"}
     with session_scope(engine) as session:
         rows = list(session.scalars(select(ExplorationTrajectory).order_by(ExplorationTrajectory.walker)))

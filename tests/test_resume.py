@@ -117,15 +117,15 @@ def _latest_artifact(key: str) -> dict | None:
     return found[0] if found else None
 
 
-def _jobs(tmp_path: Path) -> list[int]:
-    log = tmp_path / "runs" / NAME / "qm_jobs.jsonl"
+def _jobs(tmp_path: Path, name: str = NAME) -> list[int]:
+    log = tmp_path / "runs" / name / "qm_jobs.jsonl"
     return [json.loads(line)["label_id"] for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def _state(url: str) -> dict:
+def _state(url: str, name: str = NAME) -> dict:
     """Done labels, registered models (id -> sha256, all verified on disk) and round statuses."""
     with session_scope(make_engine(url)) as session:
-        campaign = campaigns.get_campaign(session, NAME)
+        campaign = campaigns.get_campaign(session, name)
         done = {lab.id for lab in session.scalars(select(Label).where(Label.status == "done"))}
         models = {}
         for version in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
@@ -140,8 +140,8 @@ def _round_exists(url: str, number: int) -> bool:
         return rounds.get_round(session, campaigns.get_campaign(session, NAME), number) is not None
 
 
-def _check_no_loss(tmp_path: Path, before: dict, after: dict) -> None:
-    jobs = _jobs(tmp_path)
+def _check_no_loss(tmp_path: Path, before: dict, after: dict, name: str = NAME) -> None:
+    jobs = _jobs(tmp_path, name)
     assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
     assert set(jobs) == after["done"], "labels and finished QM jobs disagree"
     assert before["done"] <= after["done"], "a stored label was lost"
