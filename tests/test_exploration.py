@@ -16,7 +16,7 @@ import yaml
 from ase.build import molecule
 from conftest import xtb_campaign_config
 from sqlalchemy import func, select
-from test_resume import _check_no_loss, _cli, _kill_when, _state
+from test_resume import _check_no_loss, _cli, _kill_when, _latest_artifact, _state
 
 from db import ExplorationTrajectory, Structure, campaigns, exploration, init_db, make_engine, rounds, session_scope
 from tangentlab.config import ConfigError, load_config, make_config
@@ -183,3 +183,10 @@ def test_an_explored_round_becomes_selected_keeping_its_exploration(tmp_path):
         assert selected.parameters == {"exploration": {"trajectories": 2}, "rule": "greedy"}
         assert selected.timings == {"explore_s": 3.0, "acquire_s": 1.0}
         assert [e["structure_id"] for e in selected.selected] == [5]
+
+    # The Prefect UI shows it too: the round's selection artifact has the exploration section.
+    selection = _latest_artifact(f"campaign-{NAME}-round-1-selection")["data"]
+    section = selection.split("### Exploration\n")[1].split("###")[0]
+    assert "**md** with the model of the previous round: 3 trajectories" in section
+    rows = [line for line in section.splitlines() if line.startswith("|")][2:]
+    assert [row.split("|")[1].strip() for row in rows] == ["0", "1", "2"]
