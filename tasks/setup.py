@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +97,30 @@ def check_inputs(config: CampaignConfig) -> CampaignInputs:
     The oracle, the device, the starting model, every structure of the pool and test files (and
     of the acquisition target file, when one is named), and the pool's size against the test and
     initial sets. Raises :class:`ConfigError` or
-    ``InvalidStructureError`` naming the problem.
+    ``InvalidStructureError`` naming the problem; a starting model converted by this call is
+    then removed again, so a refused start leaves nothing behind.
     """
+    models = campaign_dir(config.work_dir, config.name, "models")
+    before = set(models.glob("starting-*")) if models.is_dir() else set()
+    try:
+        return _check_inputs(config)
+    except Exception:
+        _remove_new(models, before)
+        raise
+
+
+def _remove_new(models: Path, before: set[Path]) -> None:
+    """Remove the files a refused check created in ``models``, and the folders it left empty."""
+    if not models.is_dir():
+        return
+    for path in set(models.glob("starting-*")) - before:
+        path.unlink(missing_ok=True)
+    for folder in (models, models.parent):
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            folder.rmdir()
+
+
+def _check_inputs(config: CampaignConfig) -> CampaignInputs:
     try:
         oracle_for(config)
     except (ValueError, ImportError) as exc:

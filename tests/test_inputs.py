@@ -82,6 +82,7 @@ def refused_start(tmp_path: Path, url: str, capsys, config: dict | str, *extra: 
     assert err.splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
     assert stored_campaigns(url) == []
     assert not list((tmp_path / "runs").glob("*/qm"))  # no QM job ran
+    assert not list((tmp_path / "runs").glob("*/models/starting-*"))  # no converted model left
     return err.splitlines()[-1]
 
 
@@ -285,3 +286,14 @@ def test_the_setup_task_checks_inputs_before_storing(prefect_server, tmp_path, d
     with pytest.raises(ValueError, match="coordinates out of bounds"):
         set_up(base_config(tmp_path, tiny_model_file, pool=[str(pool)]))
     assert stored_campaigns(db_url) == []
+
+
+def test_a_refused_start_leaves_no_converted_starting_model(tmp_path, db_url, capsys):
+    """The user's pickled .model is converted while the inputs are checked; a later check that
+    fails (here the pool is too small) removes the converted file and the folders it made."""
+    from tangentlab.config import shipped_file
+
+    config = base_config(tmp_path, Path(shipped_file("tangentlab-hcno-xtb.model")), test_size=30)
+    err = refused_start(tmp_path, db_url, capsys, config)
+    assert "test_size 30 + initial_size 2 is larger than the pool of 8" in err
+    assert not (tmp_path / "runs" / "c1").exists()
