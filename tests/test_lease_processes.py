@@ -2,8 +2,8 @@
 
 Two `start`s at the same instant: one runs, the other exits 2 naming it. The runner is
 SIGKILLed while it labels; two `resume`s at the same instant: one takes the dead run's lease
-over, the other exits 2 naming the new holder; a `resume --wait` waits for it and then finds
-nothing left to do. In the end no QM job ran twice, no label was lost, and each round has
+over, the other exits 2 naming the new holder; a `start` while that resume runs exits 2 naming
+it too; a `resume --wait` waits for it and then finds nothing left to do. In the end no QM job ran twice, no label was lost, and each round has
 exactly one model version. On SQLite and, where ``TANGENTLAB_TEST_POSTGRES_URL`` is set,
 PostgreSQL.
 """
@@ -127,8 +127,13 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     assert refused.returncode == 2, refused_log.read_text()[-5000:]
     _check_refused(refused_log, runner.pid)
 
-    # 4. A resume with --wait queues behind the runner, then finds nothing left to do.
+    # 4. A start of the same campaign while the resume runs (a start finds the campaign stored
+    # and would resume it): refused, naming the runner. A resume with --wait queues behind the
+    # runner, then finds nothing left to do.
+    late_start = _cli(["start", "c.yaml"], prefect_server, url, tmp_path, tmp_path / "late-start.log")
     waiter = _cli(["resume", NAME, "--wait"], prefect_server, url, tmp_path, tmp_path / "wait.log")
+    assert late_start.wait(timeout=600) == 2, (tmp_path / "late-start.log").read_text()[-5000:]
+    _check_refused(tmp_path / "late-start.log", runner.pid)
     runner_log = tmp_path / f"resume{resumes.index(runner)}.log"
     assert runner.wait(timeout=900) == 3, runner_log.read_text()[-5000:]  # the round budget
     assert waiter.wait(timeout=600) == 3, (tmp_path / "wait.log").read_text()[-5000:]
@@ -147,6 +152,6 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
         versions = list(session.scalars(
             select(ModelVersion.round_number).order_by(ModelVersion.id)))
     assert versions == [None, 0, 1]
-    # The killed run shows Crashed (the lease holder that replaced it marked it), the two
+    # The killed run shows Crashed (the lease holder that replaced it marked it), the three
     # refused runs Failed, the runner and the waiter Completed; none is left Running.
-    assert _campaign_runs(started) == ["COMPLETED", "COMPLETED", "CRASHED", "FAILED", "FAILED"]
+    assert _campaign_runs(started) == ["COMPLETED", "COMPLETED", "CRASHED", "FAILED", "FAILED", "FAILED"]
