@@ -275,3 +275,17 @@ def test_bad_neb_endpoints_raise_naming_the_file(tmp_path):
         settings = Exploration(engine="neb", neb_endpoints=[str(good), str(path)])
         with pytest.raises(ValueError, match=path.name):
             engine.walkers(settings, [], np.random.default_rng(0))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+def test_md_on_a_gpu_matches_the_walkers_and_stays_finite(tiny_model_file):
+    """The md engine with the model on CUDA (the product's GPU path): every walker ends once,
+    every frame is finite. Skipped without a GPU (CI has none)."""
+    import torch
+
+    from tangentlab.mace_model import load_model
+
+    model = load_model(tiny_model_file, device="cuda", dtype=torch.float32)
+    walkers, ended = _explore(model, _settings(steps=20, sample_every=5))
+    assert sorted(ended) == [w.index for w in walkers] == [0, 1, 2]
+    assert all(_finite(f) for trajectory, _ in ended.values() for f in trajectory.frames)
