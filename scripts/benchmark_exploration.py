@@ -75,6 +75,42 @@ def measure(url: str, name: str, targets: dict) -> dict:
                                             and p["force_mae_meV_A"] <= targets["force_mae_mev_per_a"]), None)}
 
 
+def report(results: dict) -> str:
+    """Markdown: per seed and method the errors at every label count, labels to the targets,
+    the seed-paired difference at the end of the budget and where the time went."""
+    import numpy as np
+
+    runs = results["campaigns"]
+    seeds = sorted({r["seed"] for r in runs.values()})
+    methods = [m for m in ("explore", "rattled") if any(r["method"] == m for r in runs.values())]
+    by = {(r["method"], r["seed"]): r for r in runs.values()}
+    targets = results["targets_judged"]
+    lines = ["| method | seed | " + " | ".join(f"F @ {p['labels']}" for p in next(iter(runs.values()))["curve"])
+             + " | E @ end | labels to targets (E, F, both) | explore s | label s | acquire s | fine-tune s |",
+             "|---|---:|" + "---:|" * (len(next(iter(runs.values()))["curve"]) + 6)]
+    for method in methods:
+        for seed in seeds:
+            r = by.get((method, seed))
+            if r is None:
+                continue
+            t = r["times_s"]
+            lines.append(f"| {method} | {seed} | " + " | ".join(f"{p['force_mae_meV_A']:.1f}" for p in r["curve"])
+                         + f" | {r['curve'][-1]['energy_mae_meV_atom']:.1f} | {r['labels_to_energy_target']}, "
+                         f"{r['labels_to_force_target']}, {r['labels_to_both_targets']} | {t['explore_s']:.0f} | "
+                         f"{t['label_s']:.0f} | {t['acquire_s']:.0f} | {t['finetune_s']:.0f} |")
+    paired = [(by[("explore", s)], by[("rattled", s)]) for s in seeds if ("explore", s) in by and ("rattled", s) in by]
+    out = ["\n".join(lines), ""]
+    if paired:
+        for key, unit in (("force_mae_meV_A", "meV/Å"), ("energy_mae_meV_atom", "meV/atom")):
+            diff = np.array([e["curve"][-1][key] - r["curve"][-1][key] for e, r in paired])
+            spread = diff.std(ddof=1) if len(diff) > 1 else float("nan")
+            out.append(f"- {key} at the end of the budget, explore − rattled, paired by seed: mean "
+                       f"{diff.mean():+.1f} {unit} (per seed {', '.join(f'{d:+.1f}' for d in diff)}; sd {spread:.1f}).")
+    out.append(f"- Targets judged: {targets['energy_mae_mev_per_atom']:g} meV/atom and "
+               f"{targets['force_mae_mev_per_a']:g} meV/Å (the example's); None: not reached within the budget.")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -82,7 +118,17 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite:///benchmark-exploration.db")
     parser.add_argument("--work-dir", default="runs/benchmark-exploration")
     parser.add_argument("--out", default="docs/benchmarks/exploration.json")
+    parser.add_argument("--merge", nargs="*", default=[], help="result files to merge into --out, then report")
     args = parser.parse_args()
+    if args.merge:
+        merged = {"campaigns": {}}
+        for path in args.merge:
+            part = json.loads(Path(path).read_text())
+            merged.update({k: v for k, v in part.items() if k != "campaigns"})
+            merged["campaigns"].update(part["campaigns"])
+        Path(args.out).write_text(json.dumps(merged, indent=2))
+        print(report(merged))
+        return
 
     from db import init_db, make_engine
     from flows.campaign import campaign
