@@ -190,3 +190,14 @@ def test_an_explored_round_becomes_selected_keeping_its_exploration(tmp_path):
     assert "**md** with the model of the previous round: 3 trajectories" in section
     rows = [line for line in section.splitlines() if line.startswith("|")][2:]
     assert [row.split("|")[1].strip() for row in rows] == ["0", "1", "2"]
+
+
+def test_the_explored_target_is_the_rounds_candidates_or_the_pool_without_them():
+    from tasks.acquire import _target_atoms
+
+    config = make_config({"acquisition": {"target": "explored"}, "exploration": {}})
+    frames = [molecule("H2O"), molecule("CH4")]
+    assert _target_atoms(config, [], frames) == frames
+    assert _target_atoms(config, [], []) is None  # no candidates this round: the pool
+    greedy = make_config({"acquisition": {"target": "explored", "rule": "greedy"}, "exploration": {}})
+    assert _target_atoms(greedy, [], frames) is None  # only the transductive rule has a target
