@@ -166,6 +166,13 @@ def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_ser
     detail = report["selected_structures"]["exploration"]["trajectories_detail"]
     assert [d["walker"] for d in detail] == [0, 1, 2] and all(d["stop_reason"] for d in detail)
 
+    # The Prefect UI shows it too: the round's selection artifact has the exploration section.
+    selection = _latest_artifact(f"campaign-{NAME}-round-1-selection")["data"]
+    section = selection.split("### Exploration\n")[1].split("###")[0]
+    assert "**md** with the model of the previous round: 3 trajectories" in section
+    rows = [line for line in section.splitlines() if line.startswith("|")][2:]
+    assert [row.split("|")[1].strip() for row in rows] == ["0", "1", "2"]
+
 
 def test_an_explored_round_becomes_selected_keeping_its_exploration(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
@@ -183,13 +190,6 @@ def test_an_explored_round_becomes_selected_keeping_its_exploration(tmp_path):
         assert selected.parameters == {"exploration": {"trajectories": 2}, "rule": "greedy"}
         assert selected.timings == {"explore_s": 3.0, "acquire_s": 1.0}
         assert [e["structure_id"] for e in selected.selected] == [5]
-
-    # The Prefect UI shows it too: the round's selection artifact has the exploration section.
-    selection = _latest_artifact(f"campaign-{NAME}-round-1-selection")["data"]
-    section = selection.split("### Exploration\n")[1].split("###")[0]
-    assert "**md** with the model of the previous round: 3 trajectories" in section
-    rows = [line for line in section.splitlines() if line.startswith("|")][2:]
-    assert [row.split("|")[1].strip() for row in rows] == ["0", "1", "2"]
 
 
 def test_the_explored_target_is_the_rounds_candidates_or_the_pool_without_them():
