@@ -42,6 +42,13 @@ DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]+)?")
 QUICKSTART_POOL = "quickstart_pool.extxyz"
 
 
+def _registered(value: str, registry: dict, what: str) -> str:
+    """``value`` if the registry has it, else a ValueError naming the known ones."""
+    if value not in registry:
+        raise ValueError(f"unknown {what} {value!r}; choose from {sorted(registry)}")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -162,9 +169,7 @@ class Acquisition(_Section):
     def _known_rule(cls, value: str) -> str:
         from tangentlab.acquisition.rules import RULES
 
-        if value not in RULES:
-            raise ValueError(f"unknown batch rule {value!r}; choose from {sorted(RULES)}")
-        return value
+        return _registered(value, RULES, "batch rule")
 
     @model_validator(mode="after")
     def _options_belong_to_the_signal(self) -> Acquisition:
@@ -328,9 +333,7 @@ class Exploration(_Section):
     def _known_engine(cls, value: str) -> str:
         from tangentlab.exploration.engines import ENGINES
 
-        if value not in ENGINES:
-            raise ValueError(f"unknown engine {value!r}; choose from {sorted(ENGINES)}")
-        return value
+        return _registered(value, ENGINES, "engine")
 
     @field_validator("temperatures_K")
     @classmethod
