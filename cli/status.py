@@ -27,6 +27,10 @@ def _status_report(session, campaign, round_number: int | None) -> dict:
         "round": number, "structures": reports.selected_rows(session, campaign.id, number),
         "diagnostics": _round_diagnostics(session, campaign.id, number),
         "exploration": _round_exploration(session, campaign.id, number)}
+    upcoming = (numbers[-1] + 1) if numbers else None
+    report["exploring"] = None if upcoming is None else _round_exploration(session, campaign.id, upcoming)
+    if report["exploring"] is not None:
+        report["exploring"]["round"] = upcoming
     return report
 
 
@@ -59,7 +63,7 @@ def exploration_line(summary: dict) -> str:
         line += f"; σ q10 {sigma['q10']:.3g}, q50 {sigma['q50']:.3g}, q90 {sigma['q90']:.3g}, max {sigma['max']:.3g}"
     if bounds:
         line += f" (bounds {bounds['lower']:.3g}–{bounds['upper']:.3g})"
-    return line + (" — unfinished: a resume runs the other walkers" if summary.get("unfinished") else "")
+    return line + (" — not finished: the other walkers are running, or run on resume" if summary.get("unfinished") else "")
 
 
 def _round_diagnostics(session, campaign_id: int, number: int) -> dict | None:
@@ -130,6 +134,8 @@ def _print_status(camp: dict) -> None:
               f"{_fmt(r['labels'], 'd'):>6} {_fmt(r['energy_mae_meV_atom']):>8} {_fmt(r['force_mae_meV_A']):>8} "
               f"{_fmt(r['model_version'], 'd'):>5} {_fmt(r['acquire_s'], '.2f'):>9}")
     print("  (E MAE in meV/atom, F MAE in meV/Å, on the test set)")
+    if camp.get("exploring"):
+        print(f"  round {camp['exploring']['round']} exploring now: {exploration_line(camp['exploring'])}")
     selection = camp["selected_structures"]
     if selection:
         if selection.get("exploration"):

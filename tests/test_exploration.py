@@ -131,6 +131,10 @@ def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_ser
         candidates_before = {s.content_hash for s in session.scalars(select(Structure).where(
             Structure.provenance.is_not(None)))}
     assert 1 <= len(kept) < 3 and all(added > 0 for _, _, added in kept)
+    status = subprocess.run([sys.executable, "-m", "cli", "--db", url, "status", NAME], capture_output=True,
+                            text=True, check=True)
+    assert f"round 1 exploring now: {len(kept)} trajectories" in status.stdout, status.stdout
+    assert "not finished: the other walkers are running, or run on resume" in status.stdout
 
     second = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "second.log")
     assert second.wait(timeout=600) == 3, (tmp_path / "second.log").read_text()[-5000:]
