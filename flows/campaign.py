@@ -264,7 +264,7 @@ def _steps(url: str, campaign_id: int, cfg: CampaignConfig, lease: leases.Lease)
             _publish(url, campaign_id, cfg, decision=decision)
             return final_state(decision, data=summary(url, campaign_id))
         if cfg.exploration is not None:
-            explore_round.with_options(task_run_name=f"explore round {number + 1} ({cfg.exploration.engine})")(
+            explore_round.with_options(task_run_name=f"explore round {number + 1} ({cfg.exploration.engines()})")(
                 url, campaign_id, cfg, number + 1, trained_id)
             _checkpoint(lease, cfg.name)
         _acquire(url, campaign_id, cfg, number + 1, trained_id, lease)

@@ -281,6 +281,7 @@ class SigmaBound(_Section):
         return self
 
     def describe(self) -> str:
+        """``σ 0.2`` or ``4 × q1 of the labelled σ``."""
         if self.value is not None:
             return f"σ {self.value:g}"
         factor = "" if self.factor == 1.0 else f"{self.factor:g} × "
@@ -299,7 +300,9 @@ class Exploration(_Section):
     pool candidates (deduplicated, at most ``max_candidates`` per round).
     """
 
-    engine: str = Field("md", description="Engine: md (Langevin over a temperature ladder), neb or rattle.")
+    engine: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
+        default_factory=lambda: ["md"], description="Engine, or a list of engines run one after another each "
+        "round: md (Langevin over a temperature ladder), neb (between neb_endpoints) or rattle.")
     seeds: str = Field("labelled", description="Where trajectories start: 'labelled' (the labelled "
                        "structures of the campaign) or a structure file.")
     walkers: int = Field(8, gt=0, description="Trajectories per round (seeds and temperatures are cycled).")
@@ -330,10 +333,14 @@ class Exploration(_Section):
 
     @field_validator("engine")
     @classmethod
-    def _known_engine(cls, value: str) -> str:
+    def _known_engines(cls, value: list[str]) -> list[str]:
         from tangentlab.exploration.engines import ENGINES
 
-        return _registered(value, ENGINES, "engine")
+        if not value:
+            raise ValueError("give at least one engine")
+        if len(set(value)) < len(value):
+            raise ValueError(f"an engine is named twice: {value}")
+        return [_registered(name, ENGINES, "engine") for name in value]
 
     @field_validator("temperatures_K")
     @classmethod
@@ -346,10 +353,10 @@ class Exploration(_Section):
 
     @model_validator(mode="after")
     def _engine_inputs(self) -> Exploration:
-        if self.engine == "neb" and not self.neb_endpoints:
+        if "neb" in self.engine and not self.neb_endpoints:
             raise ValueError("engine 'neb' needs neb_endpoints (files of a reactant and a product)")
-        if self.engine != "neb" and self.neb_endpoints:
-            raise ValueError(f"neb_endpoints are for engine 'neb', not {self.engine!r}")
+        if "neb" not in self.engine and self.neb_endpoints:
+            raise ValueError(f"neb_endpoints are for engine 'neb', not {' + '.join(self.engine)}")
         lower, upper = self.sigma_lower, self.sigma_upper
         if lower.value is not None and upper.value is not None and lower.value >= upper.value:
             raise ValueError(f"sigma_lower {lower.value:g} must be below sigma_upper {upper.value:g}")
@@ -357,6 +364,10 @@ class Exploration(_Section):
                 and lower.factor >= upper.factor:
             raise ValueError("sigma_lower must be below sigma_upper (same quantile: give sigma_upper the larger factor)")
         return self
+
+    def engines(self) -> str:
+        """The engines in words: ``md`` or ``md + neb``."""
+        return " + ".join(self.engine)
 
 
 class CampaignConfig(_Section):

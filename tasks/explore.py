@@ -83,18 +83,18 @@ def explore_round(url: str, campaign_id: int, config: CampaignConfig, round_numb
                         **(acquisition.signal_keywords() if signal == acquisition.signal else {}))
     bounds = resolve_bounds(settings, np.sqrt(scorer.variance(labelled)))
     progress = Progress(artifact_key("campaign", config.name, "round", round_number, "exploration"),
-                        f"Campaign {config.name}, round {round_number}: exploration ({settings.engine}, "
+                        f"Campaign {config.name}, round {round_number}: exploration ({settings.engines()}, "
                         f"{total} walkers, σ bounds {bounds.lower:.3g}–{bounds.upper:.3g})")
     finished = [len(done)]
 
     def store(trajectory, frames) -> None:
         walker = trajectory.walker
-        provenance = [{"round": round_number, "engine": settings.engine, "walker": walker.index,
+        provenance = [{"round": round_number, "engine": walker.engine, "walker": walker.index,
                        "seed_structure_id": walker.seed_structure_id, "temperature_K": walker.temperature_K,
                        "step": frame.step, "sigma": frame.sigma} for frame in frames]
         with session_scope(engine) as session:
             row = exploration.store_trajectory(
-                session, campaign_id, round_number, walker=walker.index, engine=settings.engine,
+                session, campaign_id, round_number, walker=walker.index, engine=walker.engine,
                 candidates=[f.atoms for f in frames], content_hashes=[content_hash(f.atoms) for f in frames],
                 provenance=provenance, seed_structure_id=walker.seed_structure_id,
                 temperature_k=walker.temperature_K, steps_run=trajectory.steps_run,
@@ -115,7 +115,7 @@ def explore_round(url: str, campaign_id: int, config: CampaignConfig, round_numb
     with session_scope(engine) as session:
         summary = exploration.exploration_summary(
             exploration.round_trajectories(session, campaign_id, round_number))
-        summary.update(engine=settings.engine, signal=signal,
+        summary.update(engine=settings.engines(), signal=signal,
                        bounds={"lower": bounds.lower, "upper": bounds.upper,
                                "lower_rule": settings.sigma_lower.describe(),
                                "upper_rule": settings.sigma_upper.describe()})

@@ -289,3 +289,15 @@ def test_md_on_a_gpu_matches_the_walkers_and_stays_finite(tiny_model_file):
     walkers, ended = _explore(model, _settings(steps=20, sample_every=5))
     assert sorted(ended) == [w.index for w in walkers] == [0, 1, 2]
     assert all(_finite(f) for trajectory, _ in ended.values() for f in trajectory.frames)
+
+
+def test_several_engines_run_in_one_round_with_walkers_numbered_across_them(model):
+    settings = _settings(engine=["md", "rattle"], walkers=2)
+    walkers, ended = _explore(model, settings)
+    assert [(w.index, w.engine) for w in walkers] == [(0, "md"), (1, "md"), (2, "rattle"), (3, "rattle")]
+    assert sorted(ended) == [0, 1, 2, 3]
+    assert {ended[i][0].walker.engine for i in (2, 3)} == {"rattle"}
+    assert Exploration(engine="md").engine == ["md"] and settings.engines() == "md + rattle"
+    for bad, message in (([], "give at least one engine"), (["md", "md"], "an engine is named twice")):
+        with pytest.raises(ValueError, match=message):
+            Exploration(engine=bad)

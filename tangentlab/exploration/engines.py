@@ -46,6 +46,8 @@ class Walker:
         md: its temperature.
     endpoints
         neb: reactant and product.
+    engine
+        The engine that runs it (set by `tangentlab.exploration.plan_walkers`).
     """
 
     index: int
@@ -53,6 +55,7 @@ class Walker:
     seed_structure_id: int | None = None
     temperature_K: float | None = None
     endpoints: tuple[Atoms, Atoms] | None = None
+    engine: str = ""
 
 
 @dataclass
@@ -247,6 +250,6 @@ class Rattle:
 
 from tangentlab.exploration.neb import NudgedElasticBand  # noqa: E402  (neb.py imports this module lazily)
 
-#: Engines by the name ``exploration.engine`` gives.
+#: Engines by the names ``exploration.engine`` gives.
 ENGINES: dict[str, Engine] = {engine.name: engine
                               for engine in (MolecularDynamics(), Rattle(), NudgedElasticBand())}

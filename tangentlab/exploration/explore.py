@@ -79,9 +79,14 @@ def candidates(trajectory: Trajectory, bounds: Bounds, cap: int) -> list[Frame]:
 
 
 def plan_walkers(seeds: Sequence[tuple[int | None, Atoms]], settings: Any, seed: int) -> list[Walker]:
-    """The round's walkers, all of them (the same for the same ``seed``, so a resume knows
-    which ones it stored)."""
-    return ENGINES[settings.engine].walkers(settings, seeds, np.random.default_rng([seed, 0]))
+    """The round's walkers, all of them, numbered across the engines in the order they are
+    named (the same for the same ``seed``, so a resume knows which ones it stored)."""
+    walkers: list[Walker] = []
+    for k, name in enumerate(settings.engine):
+        for walker in ENGINES[name].walkers(settings, seeds, np.random.default_rng([seed, 0, k])):
+            walker.index, walker.engine = len(walkers), name
+            walkers.append(walker)
+    return walkers
 
 
 def explore(
@@ -123,7 +128,6 @@ def explore(
     list[Walker]
         The walkers run this time.
     """
-    engine = ENGINES[settings.engine]
     every = plan_walkers(seeds, settings, seed)
     walkers = [w for w in every if w.index not in skip]
     if not walkers:
@@ -151,5 +155,9 @@ def explore(
     def on_end(trajectory: Trajectory) -> None:
         on_trajectory(trajectory, candidates(trajectory, bounds, cap))
 
-    engine.run(walkers, model, settings, judge, on_end, np.random.default_rng([seed, 1]))
+    rng = np.random.default_rng([seed, 1])
+    for name in settings.engine:
+        mine = [w for w in walkers if w.engine == name]
+        if mine:
+            ENGINES[name].run(mine, model, settings, judge, on_end, rng)
     return walkers
