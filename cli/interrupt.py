@@ -50,6 +50,18 @@ class _SessionServer(SubprocessASGIServer):
             start_new_session=True, preexec_fn=_die_with_parent)
 
 
+def _drain_prefect_workers() -> None:
+    """Send the logs and events Prefect still holds before the temporary server stops; else they
+    are sent at exit, to a server that is gone ("Error logging to API ... All connection
+    attempts failed" after the campaign's result)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with suppress(Exception):  # monitoring never fails the command
+            worker.drain_all(timeout=10)
+
+
 def _kill_qm_jobs() -> None:
     for child in multiprocessing.active_children():
         try:
@@ -92,4 +104,5 @@ def ctrl_c_stops_cleanly(resume_hint: str) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         if server is not None:
+            _drain_prefect_workers()  # the run's last logs and events reach the server first
             server.stop()  # last: the flow has recorded its end

@@ -156,6 +156,9 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     third = subprocess.run([sys.executable, "-m", "cli", "--db", url, "resume", NAME], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=900)
     assert third.returncode == 3, (third.stdout + third.stderr)[-5000:]
+    # Prefect's last logs reached the temporary server before it stopped (no late send to a
+    # server that is gone after the result).
+    assert "Error logging to API" not in third.stdout + third.stderr, (third.stdout + third.stderr)[-3000:]
     jobs = _jobs(tmp_path)
     assert len(jobs) == len(set(jobs)), "a QM job ran twice"
     assert set(jobs) == _labels(url)["done"]
