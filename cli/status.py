@@ -25,20 +25,19 @@ def _status_report(session, campaign, round_number: int | None) -> dict:
         raise LookupError(f"campaign {campaign.name!r} has no round {number} (rounds: {numbers})")
     report["selected_structures"] = None if number is None else {
         "round": number, "structures": reports.selected_rows(session, campaign.id, number),
-        "diagnostics": _round_diagnostics(session, campaign.id, number),
-        "exploration": _round_exploration(session, campaign.id, number)}
+        **_round_extras(session, campaign.id, number)}
     upcoming = (numbers[-1] + 1) if numbers else None
-    report["exploring"] = None if upcoming is None else _round_exploration(session, campaign.id, upcoming)
+    report["exploring"] = None if upcoming is None else _round_exploration(session, campaign.id, upcoming, None)
     if report["exploring"] is not None:
         report["exploring"]["round"] = upcoming
     return report
 
 
-def _round_exploration(session, campaign_id: int, number: int) -> dict | None:
-    """The round's exploration summary with one row per trajectory (None: no exploration)."""
-    from db import exploration, rounds
+def _round_exploration(session, campaign_id: int, number: int, found) -> dict | None:
+    """Round ``number``'s (``found``: its row, or None before it is recorded) exploration summary
+    with one row per trajectory (None: no exploration)."""
+    from db import exploration
 
-    found = rounds.get_round(session, campaign_id, number)
     trajectories = exploration.round_trajectories(session, campaign_id, number)
     summary = None if found is None else (found.parameters or {}).get("exploration")
     if summary is None and not trajectories:
@@ -66,12 +65,14 @@ def exploration_line(summary: dict) -> str:
     return line + (" — not finished: the other walkers are running, or run on resume" if summary.get("unfinished") else "")
 
 
-def _round_diagnostics(session, campaign_id: int, number: int) -> dict | None:
-    """The round's stored picks-vs-pool diagnostics (None for the random initial round)."""
+def _round_extras(session, campaign_id: int, number: int) -> dict:
+    """The round's stored picks-vs-pool ``diagnostics`` (None for the random initial round) and
+    its ``exploration`` (:func:`_round_exploration`), from one read of the round."""
     from db import rounds
 
     found = rounds.get_round(session, campaign_id, number)
-    return None if found is None else (found.parameters or {}).get("diagnostics")
+    return {"diagnostics": None if found is None else (found.parameters or {}).get("diagnostics"),
+            "exploration": _round_exploration(session, campaign_id, number, found)}
 
 
 def _diagnostics_line(diagnostics: dict) -> str:

@@ -415,7 +415,7 @@ def exploration_markdown(session: Session, campaign_id: int, number: int, summar
                                            f"q90 {sigma['q90']:.4g}, max {sigma['max']:.4g}." if sigma else ""), ""]
     rows = []
     for t in exploration.round_trajectories(session, campaign_id, number):
-        seed = rounds_seed_formula(session, t.seed_structure_id)
+        seed = _seed_name(session, t.seed_structure_id)
         values = sorted(t.sigma)
         rows.append([_cell(t.walker), seed, _cell(t.temperature_k, ".0f"), _cell(t.steps_run),
                      STOP_REASONS.get(t.stop_reason, t.stop_reason), _cell(t.frames_scored), _cell(t.frames_kept),
@@ -424,7 +424,7 @@ def exploration_markdown(session: Session, campaign_id: int, number: int, summar
     return [*lines, markdown_table(EXPLORATION_HEADER, rows), ""]
 
 
-def rounds_seed_formula(session: Session, structure_id: int | None) -> str:
+def _seed_name(session: Session, structure_id: int | None) -> str:
     """``CH4O (structure 12)`` for a seed from the campaign, ``seed file`` otherwise."""
     if structure_id is None:
         return "seed file"

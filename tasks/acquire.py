@@ -142,6 +142,17 @@ def _diagnostics(config, model_path, picked_atoms, pool_atoms, target_atoms, rou
                                  seed=config.seed * 1000 + round_number)
 
 
+def fit_campaign_scorer(model, config: CampaignConfig, train: list, pool_atoms: list, signal: str | None = None):
+    """The campaign's posterior scorer: ``signal`` (default the acquisition's) fitted on the
+    training labels, with the first `REFERENCE_SIZE` pool structures in the row normalisation,
+    the acquisition's λ and, for its own signal, its signal options."""
+    settings = config.acquisition
+    signal = signal or settings.signal
+    options = settings.signal_keywords() if signal == settings.signal else {}
+    return fit_scorer(model, train, signal=signal, reference_atoms=pool_atoms[:REFERENCE_SIZE],
+                      regularization=settings.regularization, device=config.device, **options)
+
+
 def _kernel(config, round_number, model_path, train, valid, pool_atoms, target, progress):
     """Feature signals: fit the scorer on the training labels (progress 0 → 40 %), calibrate its
     scale on the validation split, then the batch rule over the pool (→ 100 %), without the
@@ -151,9 +162,7 @@ def _kernel(config, round_number, model_path, train, valid, pool_atoms, target, 
     model = load_model(model_path, device=config.device)
     progress.update(0.0, f"Round {round_number}: {settings.signal}: features of {len(train)} training "
                     "structures and the reference rows")
-    signal_options = settings.signal_keywords()
-    scorer = fit_scorer(model, train, signal=settings.signal, reference_atoms=pool_atoms[:REFERENCE_SIZE],
-                        regularization=settings.regularization, device=config.device, **signal_options)
+    scorer = fit_campaign_scorer(model, config, train, pool_atoms)
     scale = None
     if len(valid) >= 2:
         sigma = np.sqrt(scorer.variance(valid))

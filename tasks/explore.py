@@ -17,16 +17,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import exploration, labels, registry, rounds, session_scope, structures
-from tangentlab.acquisition import fit_scorer
 from tangentlab.config import FEATURELESS_METHODS, CampaignConfig
 from tangentlab.exploration import STOP_REASONS, explore, plan_walkers, resolve_bounds
 from tangentlab.mace_model import load_model
 from tangentlab.structures import content_hash, read_structures
 from tasks._db import engine_for
+from tasks.acquire import REFERENCE_SIZE, fit_campaign_scorer
 from tasks.interrupt import check_stop
 from tasks.progress import Progress, artifact_key
 
-REFERENCE_SIZE = 256  # pool structures that join the labelled set in normalising feature rows
 FALLBACK_SIGNAL = "activation"  # σ of exploration when the acquisition has no feature signal
 
 
@@ -65,10 +64,11 @@ def explore_round(url: str, campaign_id: int, config: CampaignConfig, round_numb
         seeds = _seeds(session, campaign_id, config)
         train = labels.labelled_atoms(session, campaign_id, ["train"])
         labelled = train + labels.labelled_atoms(session, campaign_id, ["valid"])
-        reference = [structures.structure_atoms(s) for s in
+        reference = [structures.structure_atoms(s) for s in  # only what the scorer's normalisation reads
                      structures.campaign_structures(session, campaign_id, split="pool")[:REFERENCE_SIZE]]
         model_path = registry.verified_model_path(session, model_version_id)
-    total = len(plan_walkers(seeds, settings, config.seed * 1000 + round_number))
+    round_seed = config.seed * 1000 + round_number  # the same walkers on a resume
+    total = len(plan_walkers(seeds, settings, round_seed))
     if done:
         logger.info("round %d: resuming exploration: %d of %d walkers are stored and do not run again",
                     round_number, len(done), total)
@@ -76,11 +76,8 @@ def explore_round(url: str, campaign_id: int, config: CampaignConfig, round_numb
     # The dynamics in float32: 1.5x the steps per second of float64 for 16 batched walkers on CPU
     # (docs/benchmarks/exploration-speed.md); the frames are only candidates, scored in float64.
     dynamics_model = load_model(model_path, device=config.device, dtype=torch.float32)
-    acquisition = config.acquisition
     signal = exploration_signal(config)
-    scorer = fit_scorer(model, train, signal=signal, reference_atoms=reference,
-                        regularization=acquisition.regularization, device=config.device,
-                        **(acquisition.signal_keywords() if signal == acquisition.signal else {}))
+    scorer = fit_campaign_scorer(model, config, train, reference, signal)
     bounds = resolve_bounds(settings, np.sqrt(scorer.variance(labelled)))
     progress = Progress(artifact_key("campaign", config.name, "round", round_number, "exploration"),
                         f"Campaign {config.name}, round {round_number}: exploration ({settings.engines()}, "
@@ -111,7 +108,7 @@ def explore_round(url: str, campaign_id: int, config: CampaignConfig, round_numb
         check_stop(config.name)  # Ctrl-C: this walker is stored, the others run on resume
 
     explore(dynamics_model, seeds, settings, lambda frames: np.sqrt(scorer.variance(frames)), bounds,
-            seed=config.seed * 1000 + round_number, on_trajectory=store, skip=done)
+            seed=round_seed, on_trajectory=store, skip=done)
     with session_scope(engine) as session:
         summary = exploration.exploration_summary(
             exploration.round_trajectories(session, campaign_id, round_number))
