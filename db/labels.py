@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db._query import campaign_id_of, chunks, rows_by_id, split_values
+from db.leases import database_now, process_gone
 from db.models import Campaign, Label, LabelStatus, Structure, utcnow
 from db.structures import structure_atoms
 
@@ -91,7 +92,7 @@ def claim_labels(
     list
         Ids of the claimed labels, oldest first.
     """
-    now = utcnow()
+    now = database_now(session.connection())
     claim = {"status": LabelStatus.RUNNING, "worker": worker, "claimed_at": now, "updated_at": now}
     if session.get_bind().dialect.name == "postgresql":
         query = _pending_ids(campaign_id, level_key, limit)
@@ -184,20 +185,67 @@ def fail_label(
     return label
 
 
-def reset_stale_running(session: Session, campaign_id: int) -> int:
-    """Return a campaign's running labels to pending (on resume); returns how many."""
+def heartbeat_label(session: Session, label_id: int, worker: str) -> bool:
+    """Mark ``worker``'s claim on a running label as alive now (its ``updated_at``, by the
+    database's clock); False if the label is no longer running for that worker."""
     result = session.execute(
         update(Label)
-        .where(
-            Label.status == LabelStatus.RUNNING,
-            Label.structure_id.in_(
-                select(Structure.id).where(Structure.campaign_id == campaign_id)
-            ),
-        )
-        .values(status=LabelStatus.PENDING, worker=None, claimed_at=None)
-        .execution_options(synchronize_session="fetch")
+        .where(Label.id == label_id, Label.status == LabelStatus.RUNNING, Label.worker == worker)
+        .values(updated_at=database_now(session.connection()))
+        .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    return result.rowcount == 1
+
+
+def worker_process(worker: str | None) -> tuple[str, int] | None:
+    """``(host, pid)`` of a label worker named ``host:pid:n`` (:func:`tasks.label.label_worker`)."""
+    parts = (worker or "").rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def reset_stale_running(
+    session: Session, campaign_id: int, stale_after_s: float,
+    structure_ids: Iterable[int] | None = None,
+) -> int:
+    """
+    Return a campaign's running labels whose worker is gone to pending; returns how many.
+
+    A claim is gone when its worker ran on this host and that process no longer exists, or
+    when it has had no heartbeat (:func:`heartbeat_label`) for ``stale_after_s`` seconds.
+    Claims of live workers are left alone: a label worker of an earlier run (on a deployment's
+    work pool, say) may still be computing, and resetting its label would run the job twice.
+
+    Parameters
+    ----------
+    structure_ids
+        Only the labels of these structures; None: every label of the campaign.
+    """
+    query = (
+        select(Label.id, Label.structure_id, Label.worker, Label.updated_at)
+        .join(Structure, Structure.id == Label.structure_id)
+        .where(Structure.campaign_id == campaign_id, Label.status == LabelStatus.RUNNING)
+    )
+    wanted = None if structure_ids is None else set(structure_ids)
+    now = database_now(session.connection())
+    reset = 0
+    for label_id, structure_id, worker, beat in session.execute(query).all():
+        if wanted is not None and structure_id not in wanted:
+            continue
+        process = worker_process(worker)
+        if beat is not None and beat.tzinfo is None:  # SQLite hands back naive UTC times
+            beat = beat.replace(tzinfo=now.tzinfo)
+        expired = beat is None or (now - beat).total_seconds() > stale_after_s
+        if not expired and (process is None or not process_gone(*process)):
+            continue
+        reset += session.execute(  # still this worker's claim: it did not finish meanwhile
+            update(Label)
+            .where(Label.id == label_id, Label.status == LabelStatus.RUNNING, Label.worker == worker)
+            .values(status=LabelStatus.PENDING, worker=None, claimed_at=None)
+            .execution_options(synchronize_session="fetch")
+        ).rowcount
+    return reset
 
 
 def open_structure_ids(session: Session, campaign_id: int, level_key: str) -> list[int]:

@@ -122,25 +122,32 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc)
 
 
-def _now(connection: Connection) -> datetime:
+def database_now(connection: Connection) -> datetime:
+    """Now, by the database server's clock on PostgreSQL (one clock for every host) and by
+    this host's UTC clock elsewhere (SQLite: one host)."""
     if connection.dialect.name == "postgresql":
         return connection.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
     return datetime.now(timezone.utc)
 
 
+def process_gone(host: str, pid: int) -> bool:
+    """True only when process ``pid`` ran on this host and no longer exists."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's live process
+        return False
+    return False
+
+
 def _alive_here(holder: Holder) -> bool:
     """False only when the holder ran on this host and its process is gone."""
-    if holder.host != socket.gethostname():
-        return True
-    if holder.pid == os.getpid():  # a lease of this process, or of a gone one whose pid it got
-        return holder.token in _HELD_HERE
-    try:
-        os.kill(holder.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+    if holder.host == socket.gethostname() and holder.pid == os.getpid():
+        return holder.token in _HELD_HERE  # a lease of this process, or of a gone one whose pid it got
+    return not process_gone(holder.host, holder.pid)
 
 
 def current_holder(engine: Engine, name: str) -> Holder | None:
@@ -184,7 +191,7 @@ def try_acquire(engine: Engine, name: str, ttl_s: float, *, flow_run_id: str | N
     lease = Lease(name, me["token"], me["host"], me["pid"], ttl_s)
     for _ in range(5):  # the holder may change between a look and a try; each try is atomic
         with engine.begin() as connection:
-            now = _now(connection)
+            now = database_now(connection)
             values = {**me, "acquired_at": now, "heartbeat_at": now,
                       "expires_at": now + timedelta(seconds=ttl_s)}
             if _insert_new(connection, {"name": name, **values}):
@@ -244,7 +251,7 @@ def acquire(engine: Engine, name: str, ttl_s: float, *, flow_run_id: str | None 
 def renew(engine: Engine, lease: Lease) -> bool:
     """Push the lease's expiry ``ttl_s`` ahead; False if it is no longer this lease's."""
     with engine.begin() as connection:
-        now = _now(connection)
+        now = database_now(connection)
         result = connection.execute(
             update(CampaignLease)
             .where(CampaignLease.name == lease.name, CampaignLease.token == lease.token)

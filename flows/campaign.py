@@ -38,6 +38,7 @@ from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model
 from tasks.explore import explore_round
 from tasks.interrupt import Interrupted, check_stop
+from tasks.label import claim_timeout_s
 from tasks.setup import setup_campaign, starting_model, stored_config
 from tasks.train import finetune_round
 
@@ -172,7 +173,7 @@ def _steps(url: str, campaign_id: int, cfg: CampaignConfig, lease: leases.Lease)
     engine = engine_for(url)
     run_start = time.perf_counter()
     with session_scope(engine) as session:
-        stale = labels.reset_stale_running(session, campaign_id)
+        stale = labels.reset_stale_running(session, campaign_id, claim_timeout_s())
         campaigns.set_campaign_status(session, campaign_id, CampaignStatus.RUNNING)
         test_ids = [s.id for s in structures.campaign_structures(session, campaign_id, split="test")]
         done = rounds.campaign_rounds(session, campaign_id)
@@ -181,7 +182,7 @@ def _steps(url: str, campaign_id: int, cfg: CampaignConfig, lease: leases.Lease)
         where = (last.number, last.status)
     if stale:
         logger.info("reset %d labels left running by a killed run to pending: they run again, "
-                    "finished labels are kept", stale)
+                    "finished labels are kept (labels whose workers still run are left to them)", stale)
     if where != (0, RoundStatus.SELECTED):
         logger.info("resuming campaign %r at round %d, which is %s: next step is %s", cfg.name, where[0],
                     where[1].value, NEXT_STEP[where[1]])

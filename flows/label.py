@@ -21,7 +21,8 @@ from db import campaigns, labels, reports, session_scope
 from tangentlab.config import CampaignConfig, QMSettings, make_config
 from tasks._db import database_url as environment_database_url
 from tasks._db import engine_for, has_password, redact_url
-from tasks.label import label_worker, oracle_for, queue_labels
+from tasks.interrupt import stop_requested
+from tasks.label import claim_timeout_s, label_worker, oracle_for, queue_labels
 from tasks.progress import Progress, artifact_key
 
 POLL_S = 0.2  # how often the flow checks whether its workers finished
@@ -131,24 +132,32 @@ def label(name: str, structure_ids: list[int] | None = None, database_url: str |
         logger.info("all %d labels already finished (%d done, %d failed): no QM job to run",
                     len(ids), before["done"], before["failed"])
         return {**before, "failed_labels": failed_before}
-    workers = min(cfg.qm.max_parallel, todo)
-    logger.info("%d labels to run (%d already done) on %d %s worker(s), oracle %s", todo, before["done"], workers,
-                cfg.qm.task_runner, oracle_for(cfg).level)
+    logger.info("%d labels to run (%d already done) on up to %d %s worker(s), oracle %s", todo, before["done"],
+                min(cfg.qm.max_parallel, todo), cfg.qm.task_runner, oracle_for(cfg).level)
     progress = Progress(artifact_key("campaign", name, purpose or "", "labelling"),
                         f"Campaign {name}{' · ' + purpose if purpose else ''}: labelling {todo} structures")
-    runner = qm_task_runner(cfg.qm)
-    with runner:
-        futures = [runner.submit(label_worker.with_options(task_run_name=f"label worker {w}"),
-                                 parameters={"url": url, "campaign_id": campaign_id, "config": cfg, "worker": w})
-                   for w in range(workers)]
-        shown = time.monotonic()
-        while not all(f.wrapped_future.done() for f in futures):
-            time.sleep(POLL_S)
-            if time.monotonic() - shown >= PROGRESS_S:
-                _show(progress, _label_counts(url, campaign_id, key, ids), before, todo)
-                shown = time.monotonic()
-        for future in futures:
-            future.result()
+    counts, waiting = before, False
+    while True:
+        if counts["pending"]:
+            _run_workers(url, campaign_id, cfg, min(cfg.qm.max_parallel, counts["pending"]),
+                         lambda: _show(progress, _label_counts(url, campaign_id, key, ids), before, todo))
+        counts = _label_counts(url, campaign_id, key, ids)
+        if not counts["running"] or stop_requested():
+            break
+        # Labels still running belong to workers of another run (a killed campaign's labelling
+        # on a work pool, say): wait for them rather than run their jobs twice; a claim whose
+        # worker dies (no heartbeat for claim_timeout_s) returns to pending and runs here.
+        if not waiting:
+            waiting = True
+            logger.info("waiting for %d labels being computed by workers of another run (a claim without "
+                        "a heartbeat for %.0f s is taken over)", counts["running"], claim_timeout_s())
+        time.sleep(max(POLL_S, min(PROGRESS_S, claim_timeout_s() / 3)))
+        with session_scope(engine_for(url)) as session:
+            taken = labels.reset_stale_running(session, campaign_id, claim_timeout_s(), ids)
+        if taken:
+            logger.info("took over %d labels whose workers stopped: they run here", taken)
+        counts = _label_counts(url, campaign_id, key, ids)
+        _show(progress, counts, before, todo)
     after = _label_counts(url, campaign_id, key, ids)
     _show(progress, after, before, todo)
     failed = [row for row in _failed(url, campaign_id) if row["structure_id"] in wanted]
@@ -160,6 +169,24 @@ def label(name: str, structure_ids: list[int] | None = None, database_url: str |
                        "is never selected again", row["label_id"], row["formula"], row["structure_id"],
                        row["attempts"], row["reason"], row["run_dir"])
     return {**after, "failed_labels": failed}
+
+
+def _run_workers(url: str, campaign_id: int, cfg: CampaignConfig, workers: int, show) -> None:
+    """Run ``workers`` label workers on the campaign's task runner until none finds a pending
+    label; ``show()`` updates the progress every ``PROGRESS_S``."""
+    runner = qm_task_runner(cfg.qm)
+    with runner:
+        futures = [runner.submit(label_worker.with_options(task_run_name=f"label worker {w}"),
+                                 parameters={"url": url, "campaign_id": campaign_id, "config": cfg, "worker": w})
+                   for w in range(workers)]
+        shown = time.monotonic()
+        while not all(f.wrapped_future.done() for f in futures):
+            time.sleep(POLL_S)
+            if time.monotonic() - shown >= PROGRESS_S:
+                show()
+                shown = time.monotonic()
+        for future in futures:
+            future.result()
 
 
 def _failed(url: str, campaign_id: int) -> list[dict[str, Any]]:

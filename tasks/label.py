@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import labels, session_scope
+from db import labels, leases, session_scope
 from tangentlab.config import CampaignConfig
 from tangentlab.oracles import Oracle, QMFailure, make_oracle
 from tangentlab.paths import campaign_dir
@@ -29,6 +32,36 @@ def oracle_for(config: CampaignConfig) -> Oracle:
     if spec.get("name") == "replay" and not spec.get("files"):
         spec["files"] = [*config.pool, *([config.test_file] if config.test_file else [])]
     return make_oracle(spec)
+
+
+def claim_timeout_s() -> float:
+    """Seconds without a heartbeat after which a label worker's claim counts as dead: the
+    campaign lease's (``MISSED_HEARTBEATS`` intervals of ``$TANGENTLAB_LEASE_HEARTBEAT_S``)."""
+    return leases.MISSED_HEARTBEATS * leases.heartbeat_interval()
+
+
+@contextmanager
+def _claim_heartbeat(engine, label_id: int, worker: str) -> Iterator[None]:
+    """Renew ``worker``'s claim on ``label_id`` every heartbeat interval while the QM job runs,
+    so that a new run of the campaign (or of its labelling) leaves the label to this worker."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(leases.heartbeat_interval()):
+            try:
+                with session_scope(engine) as session:
+                    if not labels.heartbeat_label(session, label_id, worker):
+                        return
+            except Exception:  # the database is away for a moment: try again next beat
+                continue
+
+    thread = threading.Thread(target=beat, name=f"label-{label_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @task(name="queue labels", cache_policy=NO_CACHE)
@@ -66,7 +99,8 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
         results_dir = qm_dir / f"label-{label_id}-attempt-{attempt}"
         results_dir.mkdir(parents=True, exist_ok=True)
         try:
-            result = oracle(atoms, results_dir=results_dir, timeout_s=config.qm.timeout_s, attempt=attempt)
+            with _claim_heartbeat(engine, label_id, name):
+                result = oracle(atoms, results_dir=results_dir, timeout_s=config.qm.timeout_s, attempt=attempt)
         except QMFailure as failure:
             with session_scope(engine) as session:
                 label = labels.fail_label(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import multiprocessing
 
 import numpy as np
@@ -28,6 +29,7 @@ from db import (
     session_scope,
     structures,
 )
+from db.models import utcnow
 from db.rounds import RoundTransitionError
 from tangentlab.structures import InvalidStructureError, charge_and_multiplicity, content_hash
 from tasks.setup import import_structures
@@ -202,7 +204,7 @@ def test_label_lifecycle_with_retries(engine, campaign_id):
         label = labels.fail_label(session, label_ids[1], "SCF again", "/runs/c", 2)
         assert (label.status, label.attempts, label.failure_reason) == ("failed", 2, "SCF again")
         assert labels.failed_structure_ids(session, campaign_id) == {label.structure_id}
-        assert labels.reset_stale_running(session, campaign_id) == 1
+        assert labels.reset_stale_running(session, campaign_id, stale_after_s=0) == 1  # 'w2': no heartbeat
         counts = reports.label_counts(session, campaign_id)
     assert counts == {"pending": 1, "running": 0, "done": 1, "failed": 1}
 
@@ -210,6 +212,41 @@ def test_label_lifecycle_with_retries(engine, campaign_id):
         pairs = labels.labelled(session, campaign_id, "pool")
         assert [label.id for _, label in pairs] == [label_ids[0]]
         np.testing.assert_array_equal(labels.label_forces(pairs[0][1], 3), forces)
+
+
+def test_only_claims_of_gone_workers_are_reset(engine, campaign_id):
+    """A running label returns to pending when its worker's process on this host is gone or
+    its heartbeat is older than the timeout; a live worker's claim (of this host, or of another
+    host with a fresh heartbeat) is left to it, so that its QM job never runs twice."""
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    label_ids, key = _labelled_campaign(engine, campaign_id, 4)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = socket.gethostname()
+    workers = [f"{here}:{gone.pid}:0", f"{here}:{os.getpid()}:0", "elsewhere:1:0", "elsewhere:2:0"]
+    with session_scope(engine) as session:
+        for worker in workers:
+            labels.claim_labels(session, campaign_id, key, 1, worker)
+        session.execute(update(Label).where(Label.id == label_ids[3])
+                        .values(updated_at=utcnow() - timedelta(hours=1)))
+        assert labels.heartbeat_label(session, label_ids[1], workers[1])
+        assert not labels.heartbeat_label(session, label_ids[1], workers[2])  # not its claim
+    with session_scope(engine) as session:
+        structure_of = {label.id: label.structure_id for label in session.scalars(select(Label))}
+        # Only the structures named: the gone worker's label is among them, the stale one not.
+        assert labels.reset_stale_running(session, campaign_id, 60, [structure_of[label_ids[0]]]) == 1
+        assert labels.reset_stale_running(session, campaign_id, 60) == 1  # the stale heartbeat
+        status = {label.id: (label.status, label.worker) for label in session.scalars(select(Label))}
+    assert status == {label_ids[0]: ("pending", None), label_ids[1]: ("running", workers[1]),
+                      label_ids[2]: ("running", workers[2]), label_ids[3]: ("pending", None)}
+    assert labels.worker_process(workers[2]) == ("elsewhere", 1)
+    assert labels.worker_process("w1") is None
 
 
 def _claim_until_empty(url, campaign_id, key, worker, barrier, queue):

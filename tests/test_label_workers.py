@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -145,3 +146,83 @@ def test_failing_hanging_and_killed_jobs_fail_alone(prefect_server, tmp_path):
     assert len(failed) == 3  # never offered to acquisition again
     jobs = (tmp_path / "runs" / "faults" / "qm_jobs.jsonl").read_text().splitlines()
     assert len(jobs) == 5
+
+
+FOREIGN_WORKER = """
+import json, sys
+from pathlib import Path
+from tangentlab.config import make_config
+from tasks.label import label_worker
+
+url, campaign_id, config_file = sys.argv[1:]
+config = make_config(json.loads(Path(config_file).read_text()))
+print(json.dumps(label_worker(url, int(campaign_id), config, worker=7)))
+"""
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["alive", "killed"])
+def test_labelling_waits_for_another_runs_live_worker_and_takes_over_a_dead_ones(
+        prefect_server, tmp_path, database_url, monkeypatch, killed):
+    """A label worker of another run (a killed campaign's labelling on a work pool, say) holds
+    the slow CO2 job when a new labelling of the same structures starts. While that worker's
+    heartbeats go on, its label is left to it (the new run waits, and the job runs once); when
+    its process dies, the label is taken over and run by the new labelling."""
+    import ase.io
+    from ase.build import molecule
+
+    from flows.label import label
+    from tasks.label import claim_timeout_s
+
+    monkeypatch.setenv("TANGENTLAB_LEASE_HEARTBEAT_S", "0.5")  # a claim is dead after 1.5 s
+    monkeypatch.setenv("TANGENTLAB_TEST_SLOW_JOB_S", "60" if killed else "8")
+    assert claim_timeout_s() == 1.5
+    frames = [molecule(n) for n in ("CO2", "H2O", "NH3", "CH4", "HCN")]
+    ase.io.write(tmp_path / "pool.extxyz", frames, format="extxyz")
+    name = f"foreign-{'killed' if killed else 'alive'}"
+    config = make_config({"name": name, "pool": [str(tmp_path / "pool.extxyz")],
+                          "model": shipped_file("tangentlab-hcno-xtb.model"),
+                          "work_dir": str(tmp_path / "runs"), "qm": {"timeout_s": 120, "max_attempts": 1},
+                          "oracle": {"name": "quacc", "recipe": "faulty_jobs.static_job"}})
+    engine = make_engine(database_url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaign = campaigns.create_campaign(session, name, config_json(config))
+        report = import_structures(session, campaign, tmp_path / "pool.extxyz")
+        labels.ensure_labels(session, report.structure_ids, oracle_for(config).level)
+        campaign_id, structure_ids = campaign.id, report.structure_ids
+    (tmp_path / "config.json").write_text(json.dumps(config_json(config)))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    foreign = subprocess.Popen([sys.executable, "-c", FOREIGN_WORKER, database_url, str(campaign_id),
+                                str(tmp_path / "config.json")], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def co2_label():
+        with session_scope(engine) as session:
+            row = next(row for row in session.scalars(select(Label)) if row.structure.formula == "CO2")
+            return row.status, row.worker
+
+    deadline = time.monotonic() + 240
+    while co2_label()[0] != LabelStatus.RUNNING:  # the foreign worker is in its slow job
+        assert foreign.poll() is None, foreign.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the foreign worker did not claim the CO2 label"
+        time.sleep(0.05)
+    foreign_name = co2_label()[1]
+    assert foreign_name.split(":")[1] == str(foreign.pid)
+    if killed:
+        killer = threading.Timer(4.0, foreign.kill)  # while the new labelling waits for it
+        killer.start()
+    try:
+        counts = label(name=name, structure_ids=structure_ids, database_url=database_url)
+    finally:
+        if killed:
+            killer.cancel()
+        foreign.wait(timeout=120)
+
+    assert counts["done"] == 5 and counts["running"] == counts["pending"] == 0
+    jobs = [json.loads(line)["label_id"] for line in
+            (tmp_path / "runs" / name / "qm_jobs.jsonl").read_text().splitlines()]
+    assert len(jobs) == len(set(jobs)) == 5, jobs  # every job once, none lost
+    status, worker = co2_label()
+    assert status == LabelStatus.DONE
+    assert (worker == foreign_name) is not killed  # the live worker kept its job

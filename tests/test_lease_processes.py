@@ -155,3 +155,78 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     # The killed run shows Crashed (the lease holder that replaced it marked it), the three
     # refused runs Failed, the runner and the waiter Completed; none is left Running.
     assert _campaign_runs(started) == ["COMPLETED", "COMPLETED", "CRASHED", "FAILED", "FAILED", "FAILED"]
+
+
+def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server, database_url, tmp_path):
+    """`python -m flows.serve --nightly` serves the campaign's nightly resume; its scheduled run
+    comes while a `tangentlab start` of that campaign labels. The nightly run fails at once
+    with a message naming the CLI run; the CLI run goes on undisturbed (no flow run of its
+    marked Crashed, no QM job twice, no label lost, one model version per round)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    from db import leases
+
+    name = "nightly-overlap"
+    config = xtb_campaign_config(
+        tmp_path, name, 20, seed=4, acquisition={"method": "activation", "batch_size": 4},
+        budgets={"max_rounds": 1, "max_labels": 30},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        finetune={"max_epochs": 3, "patience": 3, "min_steps_per_epoch": 4})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "TANGENTLAB_DATABASE_URL": database_url,
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root),
+           "TANGENTLAB_LEASE_HEARTBEAT_S": "1"}
+    with open(tmp_path / "serve.log", "w") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--nightly", name, "--cron", "0 1 1 1 *",
+                                  "--no-zombie-automation"], cwd=root, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cli = _cli(["start", "c.yaml"], prefect_server, database_url, tmp_path, tmp_path / "cli.log")
+        engine = make_engine(database_url)
+        deadline = time.time() + 600
+        while True:  # the CLI run holds the campaign and the nightly deployment is served
+            assert cli.poll() is None, (tmp_path / "cli.log").read_text()[-5000:]
+            assert serve.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-5000:]
+            try:
+                holder = leases.current_holder(engine, name)
+            except Exception:  # no lease table yet
+                holder = None
+            with get_client(sync_client=True) as client:
+                try:
+                    deployment = client.read_deployment_by_name(f"campaign/{name}-nightly")
+                except Exception:  # not registered yet
+                    deployment = None
+            if holder is not None and deployment is not None:
+                break
+            time.sleep(0.2)
+        assert holder.pid == cli.pid
+        with get_client(sync_client=True) as client:  # what the scheduler makes at 01:00
+            run = client.create_flow_run_from_deployment(deployment.id, state=Scheduled())
+            while True:
+                state = client.read_flow_run(run.id).state
+                if state.is_final() or time.time() > deadline:
+                    break
+                time.sleep(0.5)
+        assert state.is_failed(), (state, (tmp_path / "serve.log").read_text()[-5000:])
+        assert re.search(rf"campaign '{name}' is being run by pid {cli.pid} on {re.escape(socket.gethostname())}",
+                         state.message), state.message
+        assert cli.poll() is None  # the CLI run was still running when the nightly one gave up
+        assert cli.wait(timeout=900) == 3, (tmp_path / "cli.log").read_text()[-5000:]  # the round budget
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+    log = (tmp_path / "cli.log").read_text()
+    assert "Crashed" not in log and "Traceback" not in log
+    jobs = [json.loads(line)["label_id"] for line in
+            (tmp_path / "runs" / name / "qm_jobs.jsonl").read_text().splitlines()]
+    assert len(jobs) == len(set(jobs)), "a QM job ran twice"
+    with session_scope(engine) as session:
+        done = set(session.scalars(select(Label.id).where(Label.status == "done")))
+        versions = list(session.scalars(select(ModelVersion.round_number).order_by(ModelVersion.id)))
+    assert set(jobs) == done
+    assert versions == [None, 0, 1]
