@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db._query import campaign_id_of
+from db.leases import fence
 from db.models import Campaign, ExplorationTrajectory, Split, Structure
 from db.structures import import_atoms
 
@@ -49,6 +50,7 @@ def store_trajectory(
         The stored row (flushed).
     """
     campaign_id = campaign_id_of(campaign)
+    fence(session, campaign_id)
     known = set(session.scalars(select(Structure.id).where(
         Structure.campaign_id == campaign_id, Structure.content_hash.in_(set(content_hashes))))) \
         if content_hashes else set()

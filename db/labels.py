@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db._query import campaign_id_of, chunks, rows_by_id, split_values
-from db.leases import database_now, process_gone
+from db.leases import database_now, fence, process_gone
 from db.models import Campaign, Label, LabelStatus, Structure, utcnow
 from db.structures import structure_atoms
 
@@ -227,6 +227,7 @@ def reset_stale_running(
         .join(Structure, Structure.id == Label.structure_id)
         .where(Structure.campaign_id == campaign_id, Label.status == LabelStatus.RUNNING)
     )
+    fence(session, campaign_id)
     wanted = None if structure_ids is None else set(structure_ids)
     now = database_now(session.connection())
     reset = 0

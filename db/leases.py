@@ -27,8 +27,9 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from db.models import CampaignLease
+from db.models import Campaign, CampaignLease
 
 HEARTBEAT_ENV = "TANGENTLAB_LEASE_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 10.0
@@ -36,6 +37,12 @@ MISSED_HEARTBEATS = 3  # a lease expires after this many heartbeat intervals wit
 
 log = logging.getLogger(__name__)
 _HELD_HERE: set[str] = set()  # tokens of the leases this process holds now
+# The lease this process holds (or held, until it releases it) per (database, campaign name).
+_HELD_BY_NAME: dict[tuple[str, str], Lease] = {}
+
+
+def _key(bind: Engine | Connection, name: str) -> tuple[str, str]:
+    return bind.engine.url.render_as_string(hide_password=True), name
 
 
 def heartbeat_interval() -> float:
@@ -197,6 +204,7 @@ def try_acquire(engine: Engine, name: str, ttl_s: float, *, flow_run_id: str | N
             if _insert_new(connection, {"name": name, **values}):
                 lease.first = True
                 _HELD_HERE.add(lease.token)
+                _HELD_BY_NAME[_key(engine, name)] = lease
                 return lease, None
         holder = current_holder(engine, name)
         condition = [CampaignLease.name == name]
@@ -213,6 +221,7 @@ def try_acquire(engine: Engine, name: str, ttl_s: float, *, flow_run_id: str | N
             if taken.rowcount == 1:
                 lease.previous = holder
                 _HELD_HERE.add(lease.token)
+                _HELD_BY_NAME[_key(engine, name)] = lease
                 return lease, None
     holder = current_holder(engine, name)
     if holder is None:
@@ -262,6 +271,8 @@ def renew(engine: Engine, lease: Lease) -> bool:
 def release(engine: Engine, lease: Lease) -> bool:
     """Free the lease if this process still holds it; returns whether it did."""
     _HELD_HERE.discard(lease.token)
+    if _HELD_BY_NAME.get(_key(engine, lease.name)) is lease:
+        del _HELD_BY_NAME[_key(engine, lease.name)]
     with engine.begin() as connection:
         result = connection.execute(
             update(CampaignLease)
@@ -269,6 +280,36 @@ def release(engine: Engine, lease: Lease) -> bool:
             .values(token=None, host=None, pid=None, flow_run_id=None, acquired_at=None,
                     heartbeat_at=None, expires_at=None))
     return result.rowcount == 1
+
+
+def fence(session: Session, campaign_id: int) -> None:
+    """
+    Let a transaction write a campaign's results only while this process's lease is live.
+
+    Called inside the transaction that records a step's result (a round, a model version, an
+    exploration trajectory, a label reset). If this process holds (or held) the campaign's
+    lease, the lease row is renewed in that transaction, which keeps the row (PostgreSQL) or
+    the database (SQLite) locked until the commit, so no other run can take the lease over in
+    between; if another run has taken it, :class:`LeaseLostError` is raised and the
+    transaction rolls back. A process that never took the campaign's lease (tests, tools
+    calling the steps directly) is not fenced.
+    """
+    name = session.scalar(select(Campaign.name).where(Campaign.id == campaign_id))
+    lease = _HELD_BY_NAME.get(_key(session.connection(), name)) if name is not None else None
+    if lease is None:
+        return
+    now = database_now(session.connection())
+    renewed = session.execute(
+        update(CampaignLease)
+        .where(CampaignLease.name == name, CampaignLease.token == lease.token)
+        .values(heartbeat_at=now, expires_at=now + timedelta(seconds=lease.ttl_s))
+        .execution_options(synchronize_session=False))
+    if renewed.rowcount == 1:
+        return
+    if session.scalar(select(CampaignLease.name).where(CampaignLease.name == name)) is None:
+        return  # no lease row: a database made anew since (tests); nothing to take over
+    lease.lost.set()
+    raise LeaseLostError(lease)
 
 
 def _heartbeat(engine: Engine, lease: Lease, interval_s: float, stop: threading.Event) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db._query import campaign_id_of
+from db.leases import fence
 from db.models import Campaign, ModelVersion
 
 
@@ -39,6 +40,7 @@ def register_model(
     round_number: int | None = None,
 ) -> ModelVersion:
     """Register a model file (its sha256 is computed here) with its training set and metrics."""
+    fence(session, campaign_id_of(campaign))
     path = Path(path)
     model = ModelVersion(
         campaign_id=campaign_id_of(campaign),

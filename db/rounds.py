@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db._query import campaign_id_of
+from db.leases import fence
 from db.models import AcquisitionRound, Campaign, RoundStatus
 
 NEXT_STATUS: dict[RoundStatus, RoundStatus] = {
@@ -72,6 +73,7 @@ def create_round(
     those keys, stored as a JSON list of dicts. An ``explored`` round of that number moves to
     ``selected`` with these fields; its stored parameters (the exploration's) are kept.
     """
+    fence(session, campaign_id_of(campaign))
     explored = get_round(session, campaign, number)
     if explored is not None and explored.status == RoundStatus.EXPLORED:
         return advance_round(
@@ -102,6 +104,7 @@ def create_explored_round(
     model_version_id: int | None = None, timings: dict[str, Any] | None = None,
 ) -> AcquisitionRound:
     """Record round ``number`` as ``explored``: its candidates are stored, none is selected yet."""
+    fence(session, campaign_id_of(campaign))
     round_ = AcquisitionRound(
         campaign_id=campaign_id_of(campaign), number=number, status=RoundStatus.EXPLORED,
         method="exploration", parameters=dict(parameters), model_version_id=model_version_id,
@@ -179,6 +182,7 @@ def advance_round(
         )
     if "selected" in fields:
         fields["selected"] = [_selected_entry(entry) for entry in fields["selected"]]
+    fence(session, round_.campaign_id)
     round_.status = target
     for name, value in fields.items():
         setattr(round_, name, value)

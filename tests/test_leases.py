@@ -156,3 +156,36 @@ def _init_db(url: str, barrier) -> None:
     barrier.wait()
     init_db(engine)
     engine.dispose()
+
+
+def test_a_step_result_written_after_the_lease_was_taken_over_is_refused(engine, database_url, tmp_path):
+    """A run that stalled past its lease and was taken over cannot record a step's result:
+    the write's transaction checks (and renews) the lease in itself, so the model version and
+    the round move are refused with LeaseLostError and nothing of them is stored."""
+    from sqlalchemy import func, select
+
+    from db import AcquisitionRound, ModelVersion, campaigns, registry, rounds, session_scope
+
+    with session_scope(engine) as session:
+        campaign_id = campaigns.create_campaign(session, "fenced", {}).id
+    lease = leases.acquire(engine, "fenced", 60.0)
+    with session_scope(engine) as session:  # while it holds the lease, results are written
+        rounds.create_round(session, campaign_id, 0, method="initial")
+    with engine.begin() as connection:  # it stalled: its lease expired
+        connection.execute(update(CampaignLease).values(
+            expires_at=datetime.now(timezone.utc) - timedelta(seconds=60)))
+    subprocess.run([sys.executable, "-c", "import sys; from db import leases, make_engine; "
+                    "leases.acquire(make_engine(sys.argv[1]), 'fenced', 60.0)", database_url], check=True)
+    model = tmp_path / "round-000.pt"
+    model.write_bytes(b"weights")
+    with pytest.raises(leases.LeaseLostError, match="'fenced': this run .* lost its lease"):
+        with session_scope(engine) as session:
+            registry.register_model(session, campaign_id, model, round_number=0)
+    with pytest.raises(leases.LeaseLostError):
+        with session_scope(engine) as session:
+            rounds.advance_round(session, rounds.get_round(session, campaign_id, 0), "labelled")
+    assert lease.lost.is_set()
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(ModelVersion)) == 0
+        assert session.scalar(select(AcquisitionRound.status)) == "selected"
+    assert not leases.release(engine, lease)  # frees nothing: the lease is the other run's
