@@ -27,11 +27,22 @@ from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics
 
 
-def _errors(model_path: str, test) -> dict[str, float]:
+def test_errors(model_path: str, test) -> tuple[dict[str, float], list[tuple[float, np.ndarray]]]:
+    """Energy (meV/atom) and force (meV/Å) MAE of a model file on labelled structures, and
+    its predictions."""
     predictions = predict(load_model(model_path), test)
     references = [(a.info["energy"], a.arrays["forces"]) for a in test]
     metrics = error_metrics(predictions, references, [len(a) for a in test])
-    return {key: metrics[key] for key in ("energy_mae_mev_per_atom", "force_mae_mev_per_a")}
+    return {key: metrics[key] for key in ("energy_mae_mev_per_atom", "force_mae_mev_per_a")}, predictions
+
+
+def emit(results: dict, out: Path | None) -> dict:
+    """Print the results as JSON, and write them to ``out`` too when given."""
+    text = json.dumps(results, indent=1)
+    if out:
+        out.write_text(text)
+    print(text)
+    return results
 
 
 def measure(url: str, name: str, seeds: list[int], work: Path) -> dict:
@@ -53,7 +64,7 @@ def measure(url: str, name: str, seeds: list[int], work: Path) -> dict:
             tick = time.perf_counter()
             result = finetune(parent, train, valid, work / f"{start}-{seed}.model", hyper=hyper)
             rows.append({"seed": seed, "seconds": time.perf_counter() - tick,
-                         "best_epoch": result.best_epoch, **_errors(str(result.path), test)})
+                         "best_epoch": result.best_epoch, **test_errors(str(result.path), test)[0]})
         forces = [r["force_mae_mev_per_a"] for r in rows]
         energies = [r["energy_mae_mev_per_atom"] for r in rows]
         results[start] = {
@@ -79,11 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
         results = measure(args.db, args.campaign, args.seeds, Path(work))
-    text = json.dumps(results, indent=1)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
-    return results
+    return emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class FineTuneHyperparameters:
     patience: int = 12
     lr: float = 2e-3
     batch_size: int = 8
-    energy_weight: float = 1.0
+    energy_weight: float = 30.0  # per-atom energy MSE (eV²); see tangentlab.config.FineTune
     forces_weight: float = 10.0
     ema_decay: float = 0.95
     e0_refit_interval: int = 5
