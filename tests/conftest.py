@@ -153,3 +153,18 @@ def xtb_campaign_config(tmp_path: Path, name: str, pool_size: int, *, seed: int,
     }
     config.update(overrides)
     return config
+
+
+def stop_process_group(process, timeout: float = 30) -> None:
+    """SIGTERM a child started with ``start_new_session=True`` and its group; SIGKILL it if it
+    has not ended after ``timeout`` seconds."""
+    import os
+    import signal
+    import subprocess
+
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+

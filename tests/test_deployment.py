@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import xtb_campaign_config
+from conftest import stop_process_group, xtb_campaign_config
 
 from db import campaigns, make_engine, reports, session_scope, structures
 from tangentlab.config import make_config
@@ -100,11 +100,7 @@ def test_campaign_labels_on_a_cpu_pool_worker_through_the_yaml_deployment(prefec
     try:
         step = campaign_step(return_state=True)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_process_group(worker)
     assert step.is_completed(), f"{step}\n{worker_log.read_text()[-5000:]}"
     (run,) = _deployment_runs(prefect_server, "label-cpu")
     assert run["state_type"] == "COMPLETED" and run["parent_task_run_id"] is not None  # a subflow of the step

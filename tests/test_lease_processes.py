@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import xtb_campaign_config
+from conftest import stop_process_group, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, make_engine, session_scope
@@ -39,6 +39,16 @@ def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subpr
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
     return subprocess.Popen([sys.executable, "-m", "cli", "--db", url, *args], cwd=cwd, env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _one_round_campaign(tmp_path: Path, name: str, seed: int) -> None:
+    """``c.yaml``: a tiny xTB campaign of one acquisition round whose targets are never met."""
+    config = xtb_campaign_config(
+        tmp_path, name, 20, seed=seed, acquisition={"method": "activation", "batch_size": 4},
+        budgets={"max_rounds": 1, "max_labels": 30},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},
+        finetune={"max_epochs": 3, "patience": 3, "min_steps_per_epoch": 4})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
 
 
 def _first_to_end(processes: list[subprocess.Popen], timeout: float = 600) -> subprocess.Popen:
@@ -89,12 +99,7 @@ def _campaign_runs(since) -> list[str]:
 def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     url = database_url
     started = datetime.now(timezone.utc)
-    config = xtb_campaign_config(
-        tmp_path, NAME, 20, seed=3, acquisition={"method": "activation", "batch_size": 4},
-        budgets={"max_rounds": 1, "max_labels": 30},
-        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        finetune={"max_epochs": 3, "patience": 3, "min_steps_per_epoch": 4})
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    _one_round_campaign(tmp_path, NAME, seed=3)
 
     # 1. Two starts at the same instant, on a database neither has seen: one runs.
     starts = [_cli(["start", "c.yaml"], prefect_server, url, tmp_path, tmp_path / f"start{i}.log")
@@ -168,12 +173,7 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
     from db import leases
 
     name = "nightly-overlap"
-    config = xtb_campaign_config(
-        tmp_path, name, 20, seed=4, acquisition={"method": "activation", "batch_size": 4},
-        budgets={"max_rounds": 1, "max_labels": 30},
-        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        finetune={"max_epochs": 3, "patience": 3, "min_steps_per_epoch": 4})
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    _one_round_campaign(tmp_path, name, seed=4)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "TANGENTLAB_DATABASE_URL": database_url,
            "PREFECT_RUNNER_POLL_FREQUENCY": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root),
@@ -215,11 +215,7 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
         assert cli.poll() is None  # the CLI run was still running when the nightly one gave up
         assert cli.wait(timeout=900) == 3, (tmp_path / "cli.log").read_text()[-5000:]  # the round budget
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
+        stop_process_group(serve)
     log = (tmp_path / "cli.log").read_text()
     assert "Crashed" not in log and "Traceback" not in log
     jobs = [json.loads(line)["label_id"] for line in
