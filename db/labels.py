@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db._query import campaign_id_of, chunks, rows_by_id, split_values
-from db.leases import database_now, fence, process_gone
+from db.leases import as_utc, database_now, fence, process_gone
 from db.models import Campaign, Label, LabelStatus, Structure, utcnow
 from db.structures import structure_atoms
 
@@ -235,8 +235,7 @@ def reset_stale_running(
         if wanted is not None and structure_id not in wanted:
             continue
         process = worker_process(worker)
-        if beat is not None and beat.tzinfo is None:  # SQLite hands back naive UTC times
-            beat = beat.replace(tzinfo=now.tzinfo)
+        beat = as_utc(beat)
         expired = beat is None or (now - beat).total_seconds() > stale_after_s
         if not expired and (process is None or not process_gone(*process)):
             continue

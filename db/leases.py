@@ -122,8 +122,8 @@ def _show(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every time written here is UTC.
+def as_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` as an aware UTC time (SQLite hands back naive ones; every time written is UTC)."""
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=timezone.utc)
@@ -165,7 +165,7 @@ def current_holder(engine: Engine, name: str) -> Holder | None:
     if row is None or row["token"] is None:
         return None
     return Holder(row["host"], row["pid"], row["token"], row["flow_run_id"],
-                  _utc(row["acquired_at"]), _utc(row["heartbeat_at"]), _utc(row["expires_at"]))
+                  as_utc(row["acquired_at"]), as_utc(row["heartbeat_at"]), as_utc(row["expires_at"]))
 
 
 def _insert_new(connection: Connection, values: dict) -> bool:

@@ -141,7 +141,7 @@ def label(name: str, structure_ids: list[int] | None = None, database_url: str |
         if counts["pending"]:
             _run_workers(url, campaign_id, cfg, min(cfg.qm.max_parallel, counts["pending"]),
                          lambda: _show(progress, _label_counts(url, campaign_id, key, ids), before, todo))
-        counts = _label_counts(url, campaign_id, key, ids)
+            counts = _label_counts(url, campaign_id, key, ids)
         if not counts["running"] or stop_requested():
             break
         # Labels still running belong to workers of another run (a killed campaign's labelling
@@ -158,7 +158,7 @@ def label(name: str, structure_ids: list[int] | None = None, database_url: str |
             logger.info("took over %d labels whose workers stopped: they run here", taken)
         counts = _label_counts(url, campaign_id, key, ids)
         _show(progress, counts, before, todo)
-    after = _label_counts(url, campaign_id, key, ids)
+    after = counts
     _show(progress, after, before, todo)
     failed = [row for row in _failed(url, campaign_id) if row["structure_id"] in wanted]
     known = {row["label_id"] for row in failed_before}
