@@ -405,3 +405,23 @@ def test_paired_difference_has_a_t_interval_over_seeds():
     assert result["final"]["mean"] == pytest.approx(-17 / 3)
     assert result["final"]["half_width"] == pytest.approx(4.3027 * 4.0415 / np.sqrt(3), rel=1e-3)
     assert mean_with_interval([1.0])["half_width"] is None
+
+
+# ---------------------------------------------------------------- selection headroom script
+
+def test_selection_headroom_refuses_unknown_strategies_and_draws_file_picks_from_that_file():
+    from benchmarks.selection_headroom import check_strategy, choose
+
+    for good in ("random", "file:600K", "activation:transductive:test", "ntk:greedy"):
+        check_strategy(good)
+    for bad in ("file:", "foo:greedy", "activation:bar", "activation:greedy:elsewhere", "top"):
+        with pytest.raises(ValueError, match="unknown strategy"):
+            check_strategy(bad)
+    sources = ["train_300K.xyz"] * 10 + ["train_600K.xyz"] * 10
+    rest = np.arange(2, 20)
+    picked = choose("file:600K", rest, 6, pool=None, test=None, initial=[0, 1], sources=sources, model=None, seed=0)
+    assert len(set(picked)) == 6 and all(sources[i] == "train_600K.xyz" for i in picked)
+    drawn = choose("random", rest, 18, pool=None, test=None, initial=[0, 1], sources=sources, model=None, seed=0)
+    assert sorted(drawn) == list(rest)
+    with pytest.raises(ValueError, match="10 pool structures match, 11 needed"):
+        choose("file:600K", rest, 11, pool=None, test=None, initial=[0, 1], sources=sources, model=None, seed=0)

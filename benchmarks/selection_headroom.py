@@ -1,0 +1,151 @@
+"""Selection headroom: test errors of one fresh fine-tune per fixed label set, by how the set was chosen.
+
+A campaign mixes two things: which structures get labelled and how much the model is trained
+on them (a warm-started campaign trains every round again). This script takes the second out:
+for each seed it draws the preset's initial set (the same for every strategy), adds
+``labels - initial`` structures chosen by each strategy *in one shot* from the starting model,
+fine-tunes the starting model once on each set with the same hyperparameters, and prints the
+test errors (overall, and force MAE per test file) as JSON. If no strategy, not even one that
+knows the test distribution, beats random by much, acquisition has little to gain on that data
+at that training budget.
+
+Strategies:
+
+- ``random``: uniform over the rest of the pool;
+- ``file:<text>``: uniform over pool structures whose source file name contains ``<text>``
+  (e.g. ``file:600K``: an informed choice no acquisition is told about);
+- ``<signal>:<rule>[:<target>]``: `tangentlab.acquisition.select_batch` with the starting
+  model, the initial set as the labelled set, and target ``pool`` (default) or ``test`` (the
+  test structures' positions).
+
+    python -m benchmarks.selection_headroom acac-pool1000 --labels 50 --seeds 0 1 \
+        --strategies random file:600K activation:transductive:test --max-epochs 60 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.data import prepare_data
+from benchmarks.finetune_spread import emit, test_errors
+from benchmarks.finetune_weights import _read
+from benchmarks.spec import make_spec, preset
+from tangentlab.config import FineTune
+from tangentlab.finetune import FineTuneHyperparameters, finetune
+from tangentlab.model_files import starting_weights
+
+
+def check_strategy(strategy: str) -> None:
+    """Refuse an unknown strategy before any fine-tune runs."""
+    from tangentlab.acquisition.rules import RULES
+    from tangentlab.acquisition.signals import SIGNALS
+
+    if strategy == "random" or (strategy.startswith("file:") and len(strategy) > 5):
+        return
+    parts = strategy.split(":")
+    if (len(parts) not in (2, 3) or parts[0] not in SIGNALS or parts[1] not in RULES
+            or (len(parts) == 3 and parts[2] not in ("pool", "test"))):
+        raise ValueError(f"unknown strategy {strategy!r}: random, file:<text> or <signal>:<rule>[:pool|test] "
+                         f"(signals {', '.join(SIGNALS)}; rules {', '.join(RULES)})")
+
+
+def choose(strategy: str, rest: np.ndarray, count: int, *, pool, test, initial, sources, model, seed: int):
+    """``count`` positions of ``rest`` (pool indices not in the initial set) by ``strategy``."""
+    rng = np.random.default_rng([seed, 12])
+    if strategy == "random":
+        return rng.choice(rest, size=count, replace=False)
+    if strategy.startswith("file:"):
+        allowed = rest[[strategy[5:] in sources[i] for i in rest]]
+        if len(allowed) < count:
+            raise ValueError(f"strategy {strategy!r}: {len(allowed)} pool structures match, {count} needed")
+        return rng.choice(allowed, size=count, replace=False)
+    check_strategy(strategy)
+    parts = strategy.split(":")
+    from tangentlab.acquisition import select_batch
+
+    target = test if len(parts) == 3 and parts[2] == "test" else "pool"
+    picked, _, _ = select_batch(model, [pool[i] for i in initial], [pool[i] for i in rest], signal=parts[0],
+                                rule=parts[1], target=target, batch_size=count, seed=seed)
+    return rest[np.asarray(picked)]
+
+
+def _force_mae_by_file(test, predictions) -> dict[str, float]:
+    errors: dict[str, list[np.ndarray]] = {}
+    for atoms, (_, forces) in zip(test, predictions, strict=True):
+        errors.setdefault(atoms.info["source_file"], []).append(np.abs(forces - atoms.arrays["forces"]).ravel())
+    return {name: 1000 * float(np.mean(np.concatenate(rows))) for name, rows in sorted(errors.items())}
+
+
+def measure(name: str, data_root: str | None, strategies: list[str], seeds: list[int], labels: int,
+            work: Path, max_epochs: int | None = None) -> dict:
+    """Test errors of one fine-tune per seed and strategy (see the module docstring)."""
+    from tangentlab.mace_model import load_model
+
+    for strategy in strategies:
+        check_strategy(strategy)
+    spec = make_spec({**preset(name, data_root), "work_dir": str(work)})
+    if labels <= spec.initial_size:
+        raise ValueError(f"--labels {labels} must exceed the preset's initial set ({spec.initial_size})")
+    manifest = prepare_data(spec)
+    pool, test = _read(manifest["pool_file"]), _read(manifest["test_file"])
+    sources = [atoms.info.get("source_file", "") for atoms in pool]
+    start, _ = starting_weights(spec.model, work / "models")
+    model = load_model(str(start))
+    hyper = {**FineTune().hyperparameters(), **spec.finetune}
+    if max_epochs is not None:  # a fixed training budget: no early stop
+        hyper.update(max_epochs=max_epochs, patience=max_epochs)
+    results: dict = {"preset": name, "labels": labels, "initial": spec.initial_size, "pool": len(pool),
+                     "test": len(test), "finetune": hyper, "model": spec.model, "runs": []}
+    for seed in seeds:
+        initial = np.random.default_rng([seed, 11]).choice(len(pool), size=spec.initial_size, replace=False)
+        rest = np.setdiff1d(np.arange(len(pool)), initial)
+        for strategy in strategies:
+            extra = choose(strategy, rest, labels - spec.initial_size, pool=pool, test=test, initial=initial,
+                           sources=sources, model=model, seed=seed)
+            picks = np.random.default_rng([seed, 13]).permutation(np.concatenate([initial, extra]))
+            n_valid = round(spec.valid_fraction * labels)
+            train, valid = [pool[i] for i in picks[n_valid:]], [pool[i] for i in picks[:n_valid]]
+            tick = time.perf_counter()
+            result = finetune(start, train, valid, work / f"s{seed}-{len(results['runs'])}.model",
+                              hyper=FineTuneHyperparameters(**{**hyper, "seed": seed}))
+            errors, predictions = test_errors(str(result.path), test)
+            picked_from: dict[str, int] = {}
+            for i in extra:
+                picked_from[sources[i]] = picked_from.get(sources[i], 0) + 1
+            row = {"seed": seed, "strategy": strategy, "seconds": round(time.perf_counter() - tick, 1),
+                   "best_epoch": result.best_epoch, **errors,
+                   "force_mae_mev_per_a_by_file": _force_mae_by_file(test, predictions),
+                   "picked_from": dict(sorted(picked_from.items()))}
+            results["runs"].append(row)
+            print(row, flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset", help="benchmark preset (its pool, test set, initial size, model, fine-tune)")
+    parser.add_argument("--data-root", help="folder holding h2combustion/ and acac/ (default $TANGENTLAB_DATA)")
+    parser.add_argument("--strategies", nargs="+", default=["random", "activation:transductive:test"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--labels", type=int, required=True, help="labels per set, initial set included")
+    parser.add_argument("--max-epochs", type=int, help="a fixed number of epochs instead of the preset's")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as work:
+        results = measure(args.preset, args.data_root, args.strategies, args.seeds, args.labels, Path(work),
+                          args.max_epochs)
+    return emit(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
