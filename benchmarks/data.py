@@ -44,6 +44,21 @@ def _read(path: str | Path):
     return ase.io.read(path, ":")
 
 
+def read_labelled(path: str | Path):
+    """The structures of a labelled file with their stored energy and forces copied into
+    ``info["energy"]`` and ``arrays["forces"]`` (what the fine-tuning and the error metrics
+    read; a prepared replay file keeps them on a SinglePointCalculator)."""
+    from tangentlab.oracles.replay import stored_energy_forces
+
+    frames = _read(path)
+    for i, atoms in enumerate(frames):
+        energy, forces = stored_energy_forces(atoms)
+        if energy is None:
+            raise BenchmarkError(f"structure {i} of {path} has no stored energy and forces")
+        atoms.info["energy"], atoms.arrays["forces"] = energy, forces
+    return frames
+
+
 def _check_labels(frames, path: str | Path, forces: bool = True) -> None:
     for i, atoms in enumerate(frames):
         has_energy = "energy" in atoms.info or (

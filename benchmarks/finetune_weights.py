@@ -26,22 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.data import prepare_data
+from benchmarks.data import prepare_data, read_labelled
 from benchmarks.finetune_spread import emit, test_errors
 from benchmarks.spec import make_spec, preset
 from tangentlab.config import FineTune
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 from tangentlab.model_files import starting_weights
-
-
-def _read(path: str):
-    import ase.io
-
-    frames = ase.io.read(path, ":")
-    for atoms in frames:  # the replay files keep energy and forces on a SinglePointCalculator
-        atoms.info["energy"] = atoms.get_potential_energy()
-        atoms.arrays["forces"] = atoms.get_forces()
-    return frames
 
 
 def _errors(model_path: str, test) -> dict:
@@ -59,7 +49,7 @@ def measure(name: str, data_root: str | None, weights: list[float], seeds: list[
     """Test errors of fine-tunes on ``labels`` random pool frames, per seed and energy weight."""
     spec = make_spec({**preset(name, data_root), "work_dir": str(work)})
     manifest = prepare_data(spec)
-    pool, test = _read(manifest["pool_file"]), _read(manifest["test_file"])
+    pool, test = read_labelled(manifest["pool_file"]), read_labelled(manifest["test_file"])
     start, _ = starting_weights(spec.model, work / "models")  # the weights-only copy a campaign makes
     base = {**FineTune().hyperparameters(), **spec.finetune}
     if max_epochs is not None:

@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.data import prepare_data
+from benchmarks.data import prepare_data, read_labelled
 from benchmarks.finetune_spread import emit, test_errors
-from benchmarks.finetune_weights import _read
 from benchmarks.spec import make_spec, preset
 from tangentlab.config import FineTune
 from tangentlab.finetune import FineTuneHyperparameters, finetune
@@ -92,7 +91,7 @@ def measure(name: str, data_root: str | None, strategies: list[str], seeds: list
     if labels <= spec.initial_size:
         raise ValueError(f"--labels {labels} must exceed the preset's initial set ({spec.initial_size})")
     manifest = prepare_data(spec)
-    pool, test = _read(manifest["pool_file"]), _read(manifest["test_file"])
+    pool, test = read_labelled(manifest["pool_file"]), read_labelled(manifest["test_file"])
     sources = [atoms.info.get("source_file", "") for atoms in pool]
     start, _ = starting_weights(spec.model, work / "models")
     model = load_model(str(start))

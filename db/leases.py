@@ -59,6 +59,12 @@ def heartbeat_interval() -> float:
     return seconds
 
 
+def expiry_s(interval_s: float | None = None) -> float:
+    """Seconds without a heartbeat after which a holder counts as dead: ``MISSED_HEARTBEATS``
+    intervals (default :func:`heartbeat_interval`). Leases and label claims share it."""
+    return MISSED_HEARTBEATS * (heartbeat_interval() if interval_s is None else interval_s)
+
+
 @dataclass(frozen=True)
 class Holder:
     """The process that holds (or last held) a campaign's lease."""
@@ -349,7 +355,7 @@ def hold(engine: Engine, name: str, *, flow_run_id: str | None = None, wait: boo
         Call its ``check()`` between steps: it raises :class:`LeaseLostError` once lost.
     """
     interval = heartbeat_interval() if interval_s is None else interval_s
-    lease = acquire(engine, name, MISSED_HEARTBEATS * interval, flow_run_id=flow_run_id, wait=wait,
+    lease = acquire(engine, name, expiry_s(interval), flow_run_id=flow_run_id, wait=wait,
                     poll_s=min(interval, 5.0), on_wait=on_wait)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(engine, lease, interval, stop),

@@ -36,8 +36,8 @@ def oracle_for(config: CampaignConfig) -> Oracle:
 
 def claim_timeout_s() -> float:
     """Seconds without a heartbeat after which a label worker's claim counts as dead: the
-    campaign lease's (``MISSED_HEARTBEATS`` intervals of ``$TANGENTLAB_LEASE_HEARTBEAT_S``)."""
-    return leases.MISSED_HEARTBEATS * leases.heartbeat_interval()
+    campaign lease's (`db.leases.expiry_s`)."""
+    return leases.expiry_s()
 
 
 @contextmanager

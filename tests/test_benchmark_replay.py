@@ -425,3 +425,18 @@ def test_selection_headroom_refuses_unknown_strategies_and_draws_file_picks_from
     assert sorted(drawn) == list(rest)
     with pytest.raises(ValueError, match="10 pool structures match, 11 needed"):
         choose("file:600K", rest, 11, pool=None, test=None, initial=[0, 1], sources=sources, model=None, seed=0)
+
+
+def test_read_labelled_puts_stored_labels_where_fine_tuning_reads_them(tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from benchmarks.data import read_labelled
+
+    labelled = molecule("H2O")
+    labelled.calc = SinglePointCalculator(labelled, energy=-1.5, forces=np.full((3, 3), 0.25))
+    ase.io.write(tmp_path / "ok.extxyz", [labelled])
+    (frame,) = read_labelled(tmp_path / "ok.extxyz")
+    assert frame.info["energy"] == -1.5 and np.allclose(frame.arrays["forces"], 0.25)
+    ase.io.write(tmp_path / "bare.extxyz", [labelled, molecule("CO")])
+    with pytest.raises(BenchmarkError, match="structure 1 of .*bare.extxyz has no stored energy"):
+        read_labelled(tmp_path / "bare.extxyz")

@@ -125,13 +125,15 @@ def stored_labels(files: tuple[str, ...]) -> dict[str, tuple[float, np.ndarray]]
     labels: dict[str, tuple[float, np.ndarray]] = {}
     for path in files:
         for atoms in read(path, ":"):
-            energy, forces = _stored_energy_forces(atoms)
+            energy, forces = stored_energy_forces(atoms)
             if energy is not None and forces is not None:
                 labels[content_hash(atoms)] = (energy, forces)
     return labels
 
 
-def _stored_energy_forces(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
+def stored_energy_forces(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
+    """A structure's stored energy (eV) and forces (natoms × 3, eV/Å): its calculator's
+    results first, else ``info["energy"]`` / ``arrays["forces"]``; (None, None) unless both."""
     results = atoms.calc.results if atoms.calc is not None else {}
     energy = results.get("energy", atoms.info.get("energy"))
     forces = results.get("forces", atoms.arrays.get("forces"))
