@@ -45,6 +45,29 @@ def emit(results: dict, out: Path | None) -> dict:
     return results
 
 
+def preset_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line the fixed-training-set scripts share: a preset, its data root, seeds,
+    an epoch override, threads and an output file."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("preset", help="benchmark preset (its pool, test set, initial size, model, fine-tune)")
+    parser.add_argument("--data-root", help="folder holding h2combustion/ and acac/ (default $TANGENTLAB_DATA)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--max-epochs", type=int, help="instead of the preset's")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    return parser
+
+
+def run_in_work_dir(threads: int, out: Path | None, measure_in) -> dict:
+    """``measure_in(work)`` in a temporary folder with ``threads`` torch threads; emit its JSON."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as work:
+        results = measure_in(Path(work))
+    return emit(results, out)
+
+
 def measure(url: str, name: str, seeds: list[int], work: Path) -> dict:
     """Test errors of fine-tunes on the campaign's final labels, per start and seed."""
     with session_scope(make_engine(url)) as session:

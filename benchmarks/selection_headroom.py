@@ -24,15 +24,13 @@ Strategies:
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.data import prepare_data, read_labelled
-from benchmarks.finetune_spread import emit, test_errors
+from benchmarks.finetune_spread import preset_parser, run_in_work_dir, test_errors
 from benchmarks.spec import make_spec, preset
 from tangentlab.config import FineTune
 from tangentlab.finetune import FineTuneHyperparameters, finetune
@@ -127,23 +125,12 @@ def measure(name: str, data_root: str | None, strategies: list[str], seeds: list
 
 def main(argv: list[str] | None = None) -> dict:
     """Command line: see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("preset", help="benchmark preset (its pool, test set, initial size, model, fine-tune)")
-    parser.add_argument("--data-root", help="folder holding h2combustion/ and acac/ (default $TANGENTLAB_DATA)")
+    parser = preset_parser(__doc__)
     parser.add_argument("--strategies", nargs="+", default=["random", "activation:transductive:test"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--labels", type=int, required=True, help="labels per set, initial set included")
-    parser.add_argument("--max-epochs", type=int, help="a fixed number of epochs instead of the preset's")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as work:
-        results = measure(args.preset, args.data_root, args.strategies, args.seeds, args.labels, Path(work),
-                          args.max_epochs)
-    return emit(results, args.out)
+    return run_in_work_dir(args.threads, args.out, lambda work: measure(
+        args.preset, args.data_root, args.strategies, args.seeds, args.labels, work, args.max_epochs))
 
 
 if __name__ == "__main__":

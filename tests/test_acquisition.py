@@ -40,7 +40,7 @@ FAST = {
 }
 
 
-@pytest.mark.parametrize("signal", ["activation", "ntk", "energy_force_ntk"])
+@pytest.mark.parametrize("signal", ["activation", "atom_activation", "ntk", "energy_force_ntk"])
 def test_chunked_equals_unchunked_and_any_source(model, signal):
     pool = _pool(14)
     options = {"signal": signal, "batch_size": 4, "reference_size": 5, **FAST.get(signal, {})}
@@ -61,7 +61,7 @@ def test_chunked_equals_unchunked_and_any_source(model, signal):
     json.dumps(info)
 
 
-@pytest.mark.parametrize("signal", ["activation", "force_ntk"])
+@pytest.mark.parametrize("signal", ["activation", "atom_activation", "force_ntk"])
 def test_scores_are_posterior_variance_given_the_labelled_set(model, signal):
     pool = _pool(10)
     options = FAST.get(signal, {})

@@ -113,3 +113,20 @@ def test_standardizer():
         scaler.transform(other[:, :3])
     with pytest.raises(ValueError, match="non-empty"):
         Standardizer.fit(np.zeros((0, 4)))
+
+
+def test_atom_features_are_the_unpooled_sums_and_follow_atom_order(model_path):
+    from tangentlab.acquisition.activations import atom_features
+
+    model = load_model(model_path)
+    structures = _rattled(HCO_NAMES, seed=3)
+    rows = atom_features(model, structures, batch_size=2)
+    sums = activation_features(model, structures, pooling="sum")
+    offsets = np.cumsum([0] + [len(atoms) for atoms in structures])
+    assert rows.shape == (offsets[-1], sums.shape[1])
+    for i in range(len(structures)):
+        np.testing.assert_allclose(rows[offsets[i]:offsets[i + 1]].sum(axis=0), sums[i], rtol=1e-10, atol=1e-10)
+    atoms = structures[-1]
+    order = np.random.default_rng(1).permutation(len(atoms))
+    np.testing.assert_allclose(atom_features(model, [atoms[order]]), atom_features(model, [atoms])[order],
+                               rtol=1e-10, atol=1e-10)

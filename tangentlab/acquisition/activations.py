@@ -93,11 +93,47 @@ def activation_features(
         pooling block the layers come in order.
     """
     poolings = _parse_pooling(pooling)
+    rows = []
+    for batch, invariant in _invariant_node_features(model, atoms_list, batch_size, device):
+        sums = scatter_sum(invariant, batch.batch, dim=0, dim_size=batch.num_graphs)
+        counts = (batch.ptr[1:] - batch.ptr[:-1]).to(sums.dtype).unsqueeze(-1)
+        pooled = {"sum": sums, "mean": sums / counts}
+        rows.append(torch.cat([pooled[name] for name in poolings], dim=-1).cpu().numpy().astype(np.float64))
+    if not rows:
+        return np.zeros((0, len(poolings) * len(invariant_columns(model))))
+    return np.concatenate(rows, axis=0)
+
+
+def atom_features(
+    model: torch.nn.Module,
+    atoms_list: Sequence[Atoms],
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """
+    Unpooled activation features: one row per atom, the invariant (0e) node features of
+    every MACE layer ``h_i^(l)`` concatenated (the local-environment rows of the
+    ``atom_activation`` signal).
+
+    Returns
+    -------
+    np.ndarray
+        Rows (total number of atoms, n_invariant_features), float64, structure after
+        structure and within a structure in atom order.
+    """
+    rows = [invariant.cpu().numpy().astype(np.float64)
+            for _, invariant in _invariant_node_features(model, atoms_list, batch_size, device)]
+    if not rows:
+        return np.zeros((0, len(invariant_columns(model))))
+    return np.concatenate(rows, axis=0)
+
+
+def _invariant_node_features(model, atoms_list, batch_size, device):
+    """(batch, invariant node features of its atoms) per forward pass of ``batch_size`` structures."""
     columns = torch.as_tensor(invariant_columns(model))
     if device is None:
         device = next(model.parameters()).device
     columns = columns.to(device)
-    rows = []
     with default_dtype(model_dtype(model)), torch.no_grad():
         for batch in iter_batches(model, atoms_list, batch_size, device):
             output = model(batch.to_dict(), training=False, compute_force=False)
@@ -107,20 +143,7 @@ def activation_features(
                     f"node_feats has {node_feats.shape[1]} columns, expected the "
                     f"product blocks' {int(columns.max()) + 1}"
                 )
-            invariant = node_feats.index_select(1, columns)
-            num_graphs = batch.num_graphs
-            sums = scatter_sum(invariant, batch.batch, dim=0, dim_size=num_graphs)
-            counts = (batch.ptr[1:] - batch.ptr[:-1]).to(sums.dtype).unsqueeze(-1)
-            pooled = {"sum": sums, "mean": sums / counts}
-            rows.append(
-                torch.cat([pooled[name] for name in poolings], dim=-1)
-                .cpu()
-                .numpy()
-                .astype(np.float64)
-            )
-    if not rows:
-        return np.zeros((0, len(poolings) * len(columns)))
-    return np.concatenate(rows, axis=0)
+            yield batch, node_feats.index_select(1, columns)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ campaign configuration can set them and a typo is refused with the option named.
 signal                 rows per structure                                    module
 =====================  ====================================================  ==============
 ``activation``         pooled invariant node features of every layer (1)     activations
+``atom_activation``    the same, unpooled: one row per atom (N)              activations
 ``ntk``                ``S ∂E/∂θ`` (1)                                       ntk
 ``force_ntk``          ``S ∂F/∂θ`` (3N)                                      ntk
 ``energy_force_ntk``   ``(w_E/N) S ∂E/∂θ`` and ``w_F S ∂F/∂θ`` (1 + 3N)      ntk
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from tangentlab.acquisition.activations import activation_features
+from tangentlab.acquisition.activations import activation_features, atom_features
 from tangentlab.acquisition.descriptors import SymmetryFunctions
 from tangentlab.acquisition.ntk import NTKFeaturizer
 from tangentlab.mace_model import model_elements
@@ -113,6 +114,13 @@ def _activation(model, *, forward_batch_size=32, pooling="sum+mean") -> Featuriz
     )
 
 
+def _atom_activation(model, *, forward_batch_size=32) -> Featurizer:
+    def featurize(atoms_list):
+        return (atom_features(model, atoms_list, forward_batch_size),
+                np.asarray([len(atoms) for atoms in atoms_list], dtype=np.int64))
+    return featurize
+
+
 def _random_mace(model, *, forward_batch_size=32, pooling="sum+mean", descriptor_seed=0):
     return _activation(
         random_mace_copy(model, descriptor_seed),
@@ -167,6 +175,7 @@ SIGNALS: dict[str, Signal] = {
     signal.name: signal
     for signal in (
         Signal("activation", _activation, {"forward_batch_size": 32, "pooling": "sum+mean"}, True),
+        Signal("atom_activation", _atom_activation, {"forward_batch_size": 32}, True, True),
         Signal("ntk", _energy_ntk, {**_NTK_OPTIONS, "sketch_dim": 256}, False),
         Signal("force_ntk", _force_ntk, {**_NTK_OPTIONS, "sketch_dim": 64}, False, True),
         Signal(
