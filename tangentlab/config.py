@@ -110,7 +110,7 @@ class Acquisition(_Section):
 
     signal: str = Field(
         "activation",
-        description="Feature map (activation, ntk, force_ntk, energy_force_ntk, random_mace, "
+        description="Feature map (activation, atom_activation, ntk, force_ntk, energy_force_ntk, random_mace, "
         "fixed_descriptor) or a baseline without features (random, committee).",
     )
     rule: str = Field(
