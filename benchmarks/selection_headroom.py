@@ -25,6 +25,7 @@ Strategies:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +112,10 @@ def measure(name: str, data_root: str | None, strategies: list[str], seeds: list
             result = finetune(start, train, valid, work / f"s{seed}-{len(results['runs'])}.model",
                               hyper=FineTuneHyperparameters(**{**hyper, "seed": seed}))
             errors, predictions = test_errors(str(result.path), test)
-            picked_from: dict[str, int] = {}
-            for i in extra:
-                picked_from[sources[i]] = picked_from.get(sources[i], 0) + 1
             row = {"seed": seed, "strategy": strategy, "seconds": round(time.perf_counter() - tick, 1),
                    "best_epoch": result.best_epoch, **errors,
                    "force_mae_mev_per_a_by_file": _force_mae_by_file(test, predictions),
-                   "picked_from": dict(sorted(picked_from.items()))}
+                   "picked_from": dict(sorted(Counter(sources[i] for i in extra).items()))}
             results["runs"].append(row)
             print(row, flush=True)
     return results
