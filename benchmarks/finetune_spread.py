@@ -16,15 +16,19 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.data import prepare_data, read_labelled
+from benchmarks.spec import BenchmarkSpec, make_spec, preset
 from db import campaigns, labels, make_engine, registry, session_scope
-from tangentlab.config import make_config
+from tangentlab.config import FineTune, make_config
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics
+from tangentlab.model_files import starting_weights
 
 
 def test_errors(model_path: str, test) -> tuple[dict[str, float], list[tuple[float, np.ndarray]]]:
@@ -52,10 +56,37 @@ def preset_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("preset", help="benchmark preset (its pool, test set, initial size, model, fine-tune)")
     parser.add_argument("--data-root", help="folder holding h2combustion/ and acac/ (default $TANGENTLAB_DATA)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--max-epochs", type=int, help="instead of the preset's")
+    parser.add_argument("--max-epochs", type=int,
+                        help="instead of the preset's, with no early stop (a fixed training budget)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     return parser
+
+
+@dataclass(frozen=True)
+class FixedSetup:
+    """What the fixed-training-set scripts fine-tune with: a preset's spec, its labelled pool
+    and test structures, the starting weights and the fine-tune hyperparameters."""
+
+    spec: BenchmarkSpec
+    pool: list
+    test: list
+    start: Path
+    hyper: dict
+
+
+def fixed_setup(name: str, data_root: str | None, work: Path, max_epochs: int | None = None) -> FixedSetup:
+    """The preset's data prepared in ``work``, the weights-only starting model a campaign
+    makes, and the product's fine-tune defaults updated by the preset's; ``max_epochs`` sets a
+    fixed training budget (no early stop)."""
+    spec = make_spec({**preset(name, data_root), "work_dir": str(work)})
+    manifest = prepare_data(spec)
+    start, _ = starting_weights(spec.model, work / "models")
+    hyper = {**FineTune().hyperparameters(), **spec.finetune}
+    if max_epochs is not None:
+        hyper.update(max_epochs=max_epochs, patience=max_epochs)
+    return FixedSetup(spec, read_labelled(manifest["pool_file"]), read_labelled(manifest["test_file"]),
+                      start, hyper)
 
 
 def run_in_work_dir(threads: int, out: Path | None, measure_in) -> dict:

@@ -24,12 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.data import prepare_data, read_labelled
-from benchmarks.finetune_spread import preset_parser, run_in_work_dir, test_errors
-from benchmarks.spec import make_spec, preset
-from tangentlab.config import FineTune
+from benchmarks.finetune_spread import fixed_setup, preset_parser, run_in_work_dir, test_errors
 from tangentlab.finetune import FineTuneHyperparameters, finetune
-from tangentlab.model_files import starting_weights
 
 
 def _errors(model_path: str, test) -> dict:
@@ -45,13 +41,8 @@ def _errors(model_path: str, test) -> dict:
 def measure(name: str, data_root: str | None, weights: list[float], seeds: list[int], labels: int,
             work: Path, max_epochs: int | None = None) -> dict:
     """Test errors of fine-tunes on ``labels`` random pool frames, per seed and energy weight."""
-    spec = make_spec({**preset(name, data_root), "work_dir": str(work)})
-    manifest = prepare_data(spec)
-    pool, test = read_labelled(manifest["pool_file"]), read_labelled(manifest["test_file"])
-    start, _ = starting_weights(spec.model, work / "models")  # the weights-only copy a campaign makes
-    base = {**FineTune().hyperparameters(), **spec.finetune}
-    if max_epochs is not None:
-        base["max_epochs"] = max_epochs
+    setup = fixed_setup(name, data_root, work, max_epochs)
+    spec, pool, test, start, base = setup.spec, setup.pool, setup.test, setup.start, setup.hyper
     results: dict = {"preset": name, "labels": labels, "pool": len(pool), "test": len(test),
                      "finetune": base, "model": spec.model, "runs": []}
     for seed in seeds:

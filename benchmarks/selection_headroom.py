@@ -30,12 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.data import prepare_data, read_labelled
-from benchmarks.finetune_spread import preset_parser, run_in_work_dir, test_errors
-from benchmarks.spec import make_spec, preset
-from tangentlab.config import FineTune
+from benchmarks.finetune_spread import fixed_setup, preset_parser, run_in_work_dir, test_errors
 from tangentlab.finetune import FineTuneHyperparameters, finetune
-from tangentlab.model_files import starting_weights
 
 
 def check_strategy(strategy: str) -> None:
@@ -86,17 +82,12 @@ def measure(name: str, data_root: str | None, strategies: list[str], seeds: list
 
     for strategy in strategies:
         check_strategy(strategy)
-    spec = make_spec({**preset(name, data_root), "work_dir": str(work)})
+    setup = fixed_setup(name, data_root, work, max_epochs)
+    spec, pool, test, start, hyper = setup.spec, setup.pool, setup.test, setup.start, setup.hyper
     if labels <= spec.initial_size:
         raise ValueError(f"--labels {labels} must exceed the preset's initial set ({spec.initial_size})")
-    manifest = prepare_data(spec)
-    pool, test = read_labelled(manifest["pool_file"]), read_labelled(manifest["test_file"])
     sources = [atoms.info.get("source_file", "") for atoms in pool]
-    start, _ = starting_weights(spec.model, work / "models")
     model = load_model(str(start))
-    hyper = {**FineTune().hyperparameters(), **spec.finetune}
-    if max_epochs is not None:  # a fixed training budget: no early stop
-        hyper.update(max_epochs=max_epochs, patience=max_epochs)
     results: dict = {"preset": name, "labels": labels, "initial": spec.initial_size, "pool": len(pool),
                      "test": len(test), "finetune": hyper, "model": spec.model, "runs": []}
     for seed in seeds:

@@ -14,7 +14,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import molecule
-from conftest import write_pool
+from conftest import SHARED, write_pool
 
 from db import (
     campaigns,
@@ -34,7 +34,7 @@ from benchmarks.report import write_outputs
 from benchmarks.spec import BenchmarkError, make_spec
 from tangentlab.acquisition import spearman
 from tangentlab.acquisition.descriptors import SymmetryFunctions
-from tangentlab.config import make_config
+from tangentlab.config import FineTune, make_config
 
 # ---------------------------------------------------------------- fixed descriptor
 
@@ -440,3 +440,17 @@ def test_read_labelled_puts_stored_labels_where_fine_tuning_reads_them(tmp_path)
     ase.io.write(tmp_path / "bare.extxyz", [labelled, molecule("CO")])
     with pytest.raises(BenchmarkError, match="structure 1 of .*bare.extxyz has no stored energy"):
         read_labelled(tmp_path / "bare.extxyz")
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "acac").is_dir(), reason="needs ../shared/data/acac")
+def test_fixed_setup_reads_the_presets_labelled_sets_and_a_max_epochs_budget_has_no_early_stop(tmp_path):
+    from benchmarks.finetune_spread import fixed_setup
+
+    setup = fixed_setup("acac", str(SHARED / "data"), tmp_path)
+    assert (len(setup.pool), len(setup.test)) == (200, 120)
+    assert all("energy" in a.info and "forces" in a.arrays for a in setup.pool + setup.test)
+    assert setup.start.is_file() and setup.start.parent == tmp_path / "models"
+    assert (setup.hyper["max_epochs"], setup.hyper["patience"]) == (15, 5)  # the preset's over the product's
+    assert setup.hyper["energy_weight"] == FineTune().energy_weight  # the product's where the preset is silent
+    fixed = fixed_setup("acac", str(SHARED / "data"), tmp_path / "fixed", max_epochs=7)
+    assert (fixed.hyper["max_epochs"], fixed.hyper["patience"]) == (7, 7)
