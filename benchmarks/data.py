@@ -60,28 +60,13 @@ def read_labelled(path: str | Path):
 
 
 def _check_labels(frames, path: str | Path, forces: bool = True) -> None:
+    from tangentlab.oracles.replay import stored_energy, stored_forces
+
     for i, atoms in enumerate(frames):
-        has_energy = "energy" in atoms.info or (
-            atoms.calc is not None and "energy" in atoms.calc.results
-        )
-        if not has_energy:
-            raise BenchmarkError(
-                f"structure {i} of {path} has no stored energy (replay needs labels)"
-            )
-        if (
-            forces
-            and "forces" not in atoms.arrays
-            and (atoms.calc is None or "forces" not in atoms.calc.results)
-        ):
-            raise BenchmarkError(
-                f"structure {i} of {path} has no stored forces (replay needs labels)"
-            )
-
-
-def _energy(atoms) -> float:
-    if "energy" in atoms.info:
-        return float(atoms.info["energy"])
-    return float(atoms.calc.results["energy"])
+        if stored_energy(atoms) is None:
+            raise BenchmarkError(f"structure {i} of {path} has no stored energy (replay needs labels)")
+        if forces and stored_forces(atoms) is None:
+            raise BenchmarkError(f"structure {i} of {path} has no stored forces (replay needs labels)")
 
 
 def even_draw(
@@ -168,6 +153,8 @@ def prepare_data(spec: BenchmarkSpec) -> dict[str, Any]:
         return manifest
     import ase.io
 
+    from tangentlab.oracles.replay import stored_energy
+
     data = spec.data
     rng = np.random.default_rng([data.data_seed, 7])
     pool_frames, pool_counts = [], {}
@@ -177,7 +164,7 @@ def prepare_data(spec: BenchmarkSpec) -> dict[str, Any]:
         _check_labels(frames, path)
         keep = np.arange(len(frames))
         if data.pool_filter == "low_energy":
-            energies = np.array([_energy(a) for a in frames])
+            energies = np.array([stored_energy(a) for a in frames])
             keep = keep[energies <= np.quantile(energies, data.low_energy_quantile)]
         groups.append(keep)
         loaded.append(frames)
@@ -191,7 +178,7 @@ def prepare_data(spec: BenchmarkSpec) -> dict[str, Any]:
     loaded = [_read(p) for p in data.test_files]
     for path, frames in zip(data.test_files, loaded):
         _check_labels(frames, path)
-        energies = np.array([_energy(a) for a in frames])
+        energies = np.array([stored_energy(a) for a in frames])
         high = energies.max() - data.ts_fraction * (energies.max() - energies.min())
         for atoms, energy in zip(frames, energies):
             atoms.info["ts_region"] = bool(energy >= high)

@@ -253,6 +253,12 @@ def test_prepare_data_is_reproducible_and_checked(labelled_files, tmp_path):
     with pytest.raises(BenchmarkError, match="no stored energy"):
         prepare_data(make_spec(bad))
     assert not (tmp_path / "bad" / "tiny" / "data" / "manifest.json").exists()
+    energy_only = molecule("H2O")
+    energy_only.info["energy"] = -1.0
+    ase.io.write(unlabelled, [energy_only], format="extxyz")
+    with pytest.raises(BenchmarkError, match="structure 0 of .*unlabelled.extxyz has no stored forces"):
+        prepare_data(make_spec(bad))
+    assert not (tmp_path / "bad" / "tiny" / "data" / "manifest.json").exists()
 
 
 @pytest.mark.slow

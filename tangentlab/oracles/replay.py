@@ -131,15 +131,29 @@ def stored_labels(files: tuple[str, ...]) -> dict[str, tuple[float, np.ndarray]]
     return labels
 
 
-def stored_energy_forces(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
-    """A structure's stored energy (eV) and forces (natoms × 3, eV/Å): its calculator's
-    results first, else ``info["energy"]`` / ``arrays["forces"]``; (None, None) unless both."""
+def stored_energy(atoms: Atoms) -> float | None:
+    """A structure's stored energy (eV): its calculator's result first, else
+    ``info["energy"]``; None when it has neither."""
     results = atoms.calc.results if atoms.calc is not None else {}
     energy = results.get("energy", atoms.info.get("energy"))
+    return None if energy is None else float(energy)
+
+
+def stored_forces(atoms: Atoms) -> np.ndarray | None:
+    """A structure's stored forces (natoms × 3, eV/Å): its calculator's result first, else
+    ``arrays["forces"]``; None when it has neither."""
+    results = atoms.calc.results if atoms.calc is not None else {}
     forces = results.get("forces", atoms.arrays.get("forces"))
+    return None if forces is None else np.asarray(forces, dtype=np.float64).reshape(-1, 3)
+
+
+def stored_energy_forces(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
+    """A structure's stored energy and forces (`stored_energy`, `stored_forces`); (None,
+    None) unless both."""
+    energy, forces = stored_energy(atoms), stored_forces(atoms)
     if energy is None or forces is None:
         return None, None
-    return float(energy), np.asarray(forces, dtype=np.float64).reshape(-1, 3)
+    return energy, forces
 
 
 @register
