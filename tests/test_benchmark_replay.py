@@ -460,3 +460,21 @@ def test_fixed_setup_reads_the_presets_labelled_sets_and_a_max_epochs_budget_has
     assert setup.hyper["energy_weight"] == FineTune().energy_weight  # the product's where the preset is silent
     fixed = fixed_setup("acac", str(SHARED / "data"), tmp_path / "fixed", max_epochs=7)
     assert (fixed.hyper["max_epochs"], fixed.hyper["patience"]) == (7, 7)
+
+
+def test_finetune_sweep_grid_casts_values_refuses_unknown_keys_and_fixes_the_budget():
+    from benchmarks.finetune_sweep import main, parse_grid, settings_of
+
+    grid = parse_grid(["lr=0.002,0.01", "max_epochs=30,120"])
+    assert grid == {"lr": [0.002, 0.01], "max_epochs": [30, 120]}
+    assert isinstance(grid["max_epochs"][0], int)
+    settings = settings_of(grid)
+    assert len(settings) == 4 and {"lr": 0.01, "max_epochs": 120, "patience": 120} in settings
+    assert settings_of(parse_grid(["max_epochs=50", "patience=5"])) == [{"max_epochs": 50, "patience": 5}]
+    assert settings_of({}) == [{}]
+    for bad, message in (("lr", "write KEY=V1"), ("learning_rate=1", "not a fine-tuning hyperparameter"),
+                         ("max_epochs=ten", "invalid literal"), ("seed=3", "not a fine-tuning hyperparameter")):
+        with pytest.raises(ValueError, match=message):
+            parse_grid([bad])
+    with pytest.raises(SystemExit):  # argparse's error, before any data is read
+        main(["h2-validation", "--set", "energy_weight=1", "--weights", "30"])
