@@ -82,7 +82,7 @@ def fixed_setup(name: str, data_root: str | None, work: Path, max_epochs: int | 
     spec = make_spec({**preset(name, data_root), "work_dir": str(work)})
     manifest = prepare_data(spec)
     start, _ = starting_weights(spec.model, work / "models")
-    hyper = {**FineTune().hyperparameters(), **spec.finetune}
+    hyper = FineTune(**spec.finetune).hyperparameters()  # checked; ``start`` is a campaign's, not a fine-tune's
     if max_epochs is not None:
         hyper.update(max_epochs=max_epochs, patience=max_epochs)
     return FixedSetup(spec, read_labelled(manifest["pool_file"]), read_labelled(manifest["test_file"]),
