@@ -75,6 +75,11 @@ class FixedSetup:
     hyper: dict
 
 
+def fixed_budget(max_epochs: int) -> dict[str, int]:
+    """A fixed training budget: ``max_epochs`` epochs with no early stop (patience = max_epochs)."""
+    return {"max_epochs": max_epochs, "patience": max_epochs}
+
+
 def fixed_setup(name: str, data_root: str | None, work: Path, max_epochs: int | None = None) -> FixedSetup:
     """The preset's data prepared in ``work``, the weights-only starting model a campaign
     makes, and the product's fine-tune defaults updated by the preset's; ``max_epochs`` sets a
@@ -84,7 +89,7 @@ def fixed_setup(name: str, data_root: str | None, work: Path, max_epochs: int | 
     start, _ = starting_weights(spec.model, work / "models")
     hyper = FineTune(**spec.finetune).hyperparameters()  # checked; ``start`` is a campaign's, not a fine-tune's
     if max_epochs is not None:
-        hyper.update(max_epochs=max_epochs, patience=max_epochs)
+        hyper.update(fixed_budget(max_epochs))
     return FixedSetup(spec, read_labelled(manifest["pool_file"]), read_labelled(manifest["test_file"]),
                       start, hyper)
 

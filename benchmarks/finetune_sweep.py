@@ -33,7 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.finetune_spread import fixed_setup, preset_parser, run_in_work_dir, test_errors
+from benchmarks.finetune_spread import (
+    fixed_budget,
+    fixed_setup,
+    preset_parser,
+    run_in_work_dir,
+    test_errors,
+)
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 
 
@@ -51,7 +57,7 @@ def parse_grid(settings: list[str]) -> dict[str, list]:
     """``["lr=0.002,0.01", "max_epochs=30"]`` → ``{"lr": [0.002, 0.01], "max_epochs": [30]}``,
     each value cast to the field's type; unknown fields and malformed entries are refused."""
     fields = {f.name: f.type for f in dataclasses.fields(FineTuneHyperparameters) if f.name != "seed"}
-    casts = {"int": int, "float": float, int: int, float: float}
+    casts = {"int": int, "float": float}  # the dataclass's annotations are strings (postponed evaluation)
     grid: dict[str, list] = {}
     for setting in settings:
         key, sep, values = setting.partition("=")
@@ -71,10 +77,7 @@ def settings_of(grid: dict[str, list]) -> list[dict]:
     """Every combination of the grid (one empty setting for an empty grid); ``max_epochs``
     without ``patience`` means a fixed budget (``patience = max_epochs``)."""
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
-    for combo in combos:
-        if "max_epochs" in combo and "patience" not in combo:
-            combo["patience"] = combo["max_epochs"]
-    return combos
+    return [{**fixed_budget(combo["max_epochs"]), **combo} if "max_epochs" in combo else combo for combo in combos]
 
 
 def measure(name: str, data_root: str | None, grid: dict[str, list], seeds: list[int], labels: int,
