@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from benchmarks.methods import METHODS, method_acquisition
-from tangentlab.config import SHIPPED_MODEL, shipped_file
+from tangentlab.config import SHIPPED_MODEL, FineTune, shipped_file
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 DATA_VARIABLE = "TANGENTLAB_DATA"
@@ -86,6 +86,18 @@ class BenchmarkSpec(_Section):
     valid_fraction: float = Field(0.15, ge=0, lt=1)
     finetune: dict[str, Any] = Field(default_factory=lambda: {"max_epochs": 15, "patience": 5})
 
+    @field_validator("finetune")
+    @classmethod
+    def _finetune_is_a_campaigns_finetune_section(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Checked here, before any data is prepared or campaign stored: a typo in a key would
+        # otherwise surface only when the first campaign starts.
+        try:
+            FineTune.model_validate(value)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+            raise ValueError("; ".join(problems)) from None
+        return value
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: list[str]) -> list[str]:
@@ -118,8 +130,9 @@ def make_spec(data: dict[str, Any]) -> BenchmarkSpec:
     try:
         return BenchmarkSpec.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+        problems = [  # our own validators' words, without pydantic's "Value error, "
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+            f"{e['ctx']['error'] if e['type'] == 'value_error' else e['msg']}"
             for e in exc.errors()
         ]
         raise BenchmarkError("invalid benchmark specification: " + "; ".join(problems)) from None

@@ -395,6 +395,25 @@ def test_presets_read_the_data_root_from_the_environment(monkeypatch, tmp_path):
     assert make_spec(preset("h2-heldout")).data.pool_size >= 1000
 
 
+def test_every_shipped_preset_and_stored_config_is_a_valid_specification(monkeypatch, tmp_path):
+    """The presets and docs/benchmarks/configs are what the reported numbers were run with."""
+    from benchmarks.spec import load_spec_data, preset, preset_names
+
+    monkeypatch.setenv("TANGENTLAB_DATA", str(tmp_path))
+    configs = sorted((Path(__file__).parents[1] / "docs" / "benchmarks" / "configs").glob("*.yaml"))
+    assert configs
+    specs = [make_spec(preset(name)) for name in preset_names()]
+    specs += [make_spec(load_spec_data(path)) for path in configs]
+    assert all("random" in spec.methods for spec in specs)
+
+
+def test_a_bad_finetune_key_is_refused_with_the_specification():
+    with pytest.raises(BenchmarkError, match="finetune: max_epoch: Extra inputs are not permitted"):
+        make_spec({"finetune": {"max_epoch": 30}})
+    with pytest.raises(BenchmarkError, match="finetune: start: Input should be"):
+        make_spec({"finetune": {"start": "yesterday"}})
+
+
 def test_paired_difference_has_a_t_interval_over_seeds():
     from benchmarks.analysis import mean_with_interval, paired_difference
 
