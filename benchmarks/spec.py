@@ -94,8 +94,7 @@ class BenchmarkSpec(_Section):
         try:
             FineTune.model_validate(value)
         except ValidationError as exc:
-            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-            raise ValueError("; ".join(problems)) from None
+            raise ValueError("; ".join(_problems(exc))) from None
         return value
 
     @field_validator("methods")
@@ -125,17 +124,21 @@ class BenchmarkError(ValueError):
     """A benchmark specification or data set that cannot be used; the message says why."""
 
 
+def _problems(exc: ValidationError) -> list[str]:
+    """``where: what`` for each error; our own validators' words without pydantic's "Value error, "."""
+    return [
+        f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+        f"{e['ctx']['error'] if e['type'] == 'value_error' else e['msg']}"
+        for e in exc.errors()
+    ]
+
+
 def make_spec(data: dict[str, Any]) -> BenchmarkSpec:
     """Validate a specification mapping; raise :class:`BenchmarkError` naming each problem."""
     try:
         return BenchmarkSpec.model_validate(data)
     except ValidationError as exc:
-        problems = [  # our own validators' words, without pydantic's "Value error, "
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
-            f"{e['ctx']['error'] if e['type'] == 'value_error' else e['msg']}"
-            for e in exc.errors()
-        ]
-        raise BenchmarkError("invalid benchmark specification: " + "; ".join(problems)) from None
+        raise BenchmarkError("invalid benchmark specification: " + "; ".join(_problems(exc))) from None
 
 
 def _expand(value: Any, data_root: str | None) -> Any:
