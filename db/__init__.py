@@ -7,6 +7,8 @@ The engine is always passed in: ``engine = make_engine(url)``, ``init_db(engine)
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,8 +64,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _journal_mode_wal(cursor)
     cursor.close()
+
+
+def _journal_mode_wal(cursor: Any) -> None:
+    # Switching a new file to WAL needs its exclusive lock. When several processes open a new
+    # database at once, SQLite answers "database is locked" at once, without waiting out the
+    # busy timeout, to the ones that would otherwise deadlock: retry them until that timeout.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:

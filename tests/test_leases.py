@@ -158,6 +158,30 @@ def _init_db(url: str, barrier) -> None:
     engine.dispose()
 
 
+def test_many_processes_open_a_new_sqlite_file_at_once(tmp_path):
+    """Switching a new file to WAL: SQLite refuses some of several processes that try at once
+    with 'database is locked' without waiting out the busy timeout (CI saw it in the test
+    above); each must get its connection. Without the retry, about one round in four failed."""
+    context = multiprocessing.get_context("fork")  # cheap processes: many rounds in a second
+    for attempt in range(30):
+        url = f"sqlite:///{tmp_path}/new-{attempt}.db"
+        barrier = context.Barrier(6)
+        processes = [context.Process(target=_connect, args=(url, barrier)) for _ in range(6)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+        assert [process.exitcode for process in processes] == [0] * 6, f"round {attempt}"
+
+
+def _connect(url: str, barrier) -> None:
+    engine = make_engine(url)
+    barrier.wait()
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+
+
 def test_a_step_result_written_after_the_lease_was_taken_over_is_refused(engine, database_url, tmp_path):
     """A run that stalled past its lease and was taken over cannot record a step's result:
     the write's transaction checks (and renews) the lease in itself, so the model version and
