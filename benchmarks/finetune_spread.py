@@ -40,6 +40,15 @@ def test_errors(model_path: str, test) -> tuple[dict[str, float], list[tuple[flo
     return {key: metrics[key] for key in ("energy_mae_mev_per_atom", "force_mae_mev_per_a")}, predictions
 
 
+def by_source_file(test, rows) -> dict[str, list]:
+    """``rows`` (one per test structure, in order) grouped by the structures' ``source_file``,
+    files in sorted order: the per-file error breakdowns of the fixed-set scripts."""
+    groups: dict[str, list] = {}
+    for atoms, row in zip(test, rows, strict=True):
+        groups.setdefault(atoms.info["source_file"], []).append(row)
+    return dict(sorted(groups.items()))
+
+
 def emit(results: dict, out: Path | None) -> dict:
     """Print the results as JSON, and write them to ``out`` too when given."""
     text = json.dumps(results, indent=1)

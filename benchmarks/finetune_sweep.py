@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.finetune_spread import (
+    by_source_file,
     fixed_budget,
     fixed_setup,
     preset_parser,
@@ -45,11 +46,10 @@ from tangentlab.finetune import FineTuneHyperparameters, finetune
 
 def _errors(model_path: str, test) -> dict:
     out, predictions = test_errors(model_path, test)
-    by_file: dict[str, list[float]] = {}
-    for atoms, (energy, _) in zip(test, predictions, strict=True):
-        by_file.setdefault(atoms.info["source_file"], []).append(
-            1000 * (float(energy) - atoms.info["energy"]) / len(atoms))
-    out["energy_mean_signed_mev_per_atom_by_file"] = {f: float(np.mean(v)) for f, v in sorted(by_file.items())}
+    signed = [1000 * (float(energy) - atoms.info["energy"]) / len(atoms)
+              for atoms, (energy, _) in zip(test, predictions, strict=True)]
+    out["energy_mean_signed_mev_per_atom_by_file"] = {
+        name: float(np.mean(rows)) for name, rows in by_source_file(test, signed).items()}
     return out
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.finetune_spread import fixed_setup, preset_parser, run_in_work_dir, test_errors
+from benchmarks.finetune_spread import by_source_file, fixed_setup, preset_parser, run_in_work_dir, test_errors
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 
 
@@ -69,10 +69,8 @@ def choose(strategy: str, rest: np.ndarray, count: int, *, pool, test, initial, 
 
 
 def _force_mae_by_file(test, predictions) -> dict[str, float]:
-    errors: dict[str, list[np.ndarray]] = {}
-    for atoms, (_, forces) in zip(test, predictions, strict=True):
-        errors.setdefault(atoms.info["source_file"], []).append(np.abs(forces - atoms.arrays["forces"]).ravel())
-    return {name: 1000 * float(np.mean(np.concatenate(rows))) for name, rows in sorted(errors.items())}
+    errors = [np.abs(forces - atoms.arrays["forces"]).ravel() for atoms, (_, forces) in zip(test, predictions, strict=True)]
+    return {name: 1000 * float(np.mean(np.concatenate(rows))) for name, rows in by_source_file(test, errors).items()}
 
 
 def measure(name: str, data_root: str | None, strategies: list[str], seeds: list[int], labels: int,

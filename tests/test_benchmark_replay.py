@@ -453,6 +453,19 @@ def test_selection_headroom_refuses_unknown_strategies_and_draws_file_picks_from
         choose("file:600K", rest, 11, pool=None, test=None, initial=[0, 1], sources=sources, model=None, seed=0)
 
 
+def test_force_errors_by_file_group_the_test_structures_by_their_source_file():
+    from benchmarks.selection_headroom import _force_mae_by_file
+
+    test = []
+    for name, offset in (("b.xyz", 0.1), ("a.xyz", 0.3), ("b.xyz", 0.3)):
+        atoms = molecule("H2O")
+        atoms.info["source_file"], atoms.arrays["forces"] = name, np.zeros((3, 3))
+        test.append((atoms, np.full((3, 3), offset)))
+    by_file = _force_mae_by_file([a for a, _ in test], [(0.0, f) for _, f in test])
+    assert list(by_file) == ["a.xyz", "b.xyz"]  # sorted names, structures pooled per file
+    assert by_file == pytest.approx({"a.xyz": 300.0, "b.xyz": 200.0})
+
+
 def test_read_labelled_puts_stored_labels_where_fine_tuning_reads_them(tmp_path):
     from ase.calculators.singlepoint import SinglePointCalculator
 
