@@ -30,7 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.finetune_spread import by_source_file, fixed_setup, preset_parser, run_in_work_dir, test_errors
+from benchmarks.finetune_spread import (
+    by_source_file,
+    fixed_setup,
+    preset_parser,
+    run_in_work_dir,
+    test_errors,
+)
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 
 
