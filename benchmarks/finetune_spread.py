@@ -16,6 +16,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +90,15 @@ def fixed_budget(max_epochs: int) -> dict[str, int]:
     return {"max_epochs": max_epochs, "patience": max_epochs}
 
 
-def fixed_setup(name: str, data_root: str | None, work: Path, max_epochs: int | None = None) -> FixedSetup:
+def fixed_setup(name: str, data_root: str | None, work: Path, max_epochs: int | None = None,
+                check: Callable[[BenchmarkSpec], None] | None = None) -> FixedSetup:
     """The preset's data prepared in ``work``, the weights-only starting model a campaign
     makes, and the product's fine-tune defaults updated by the preset's; ``max_epochs`` sets a
-    fixed training budget (no early stop)."""
+    fixed training budget (no early stop). ``check(spec)`` runs before any data is prepared
+    (a script's own argument checks that need the preset)."""
     spec = make_spec({**preset(name, data_root), "work_dir": str(work)})
+    if check is not None:
+        check(spec)
     manifest = prepare_data(spec)
     start, _ = starting_weights(spec.model, work / "models")
     hyper = FineTune(**spec.finetune).hyperparameters()  # checked; ``start`` is a campaign's, not a fine-tune's

@@ -86,10 +86,12 @@ def measure(name: str, data_root: str | None, strategies: list[str], seeds: list
 
     for strategy in strategies:
         check_strategy(strategy)
-    setup = fixed_setup(name, data_root, work, max_epochs)
+    def check_labels(spec) -> None:
+        if labels <= spec.initial_size:
+            raise ValueError(f"--labels {labels} must exceed the preset's initial set ({spec.initial_size})")
+
+    setup = fixed_setup(name, data_root, work, max_epochs, check=check_labels)
     spec, pool, test, start, hyper = setup.spec, setup.pool, setup.test, setup.start, setup.hyper
-    if labels <= spec.initial_size:
-        raise ValueError(f"--labels {labels} must exceed the preset's initial set ({spec.initial_size})")
     sources = [atoms.info.get("source_file", "") for atoms in pool]
     model = load_model(str(start))
     results: dict = {"preset": name, "labels": labels, "initial": spec.initial_size, "pool": len(pool),

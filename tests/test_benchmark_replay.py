@@ -16,6 +16,10 @@ import pytest
 from ase.build import molecule
 from conftest import SHARED, write_pool
 
+from benchmarks.analysis import comparison_table, labels_to_reach, path_errors
+from benchmarks.data import even_draw, prepare_data
+from benchmarks.report import write_outputs
+from benchmarks.spec import BenchmarkError, make_spec
 from db import (
     campaigns,
     init_db,
@@ -28,10 +32,6 @@ from db import (
     session_scope,
     structures,
 )
-from benchmarks.analysis import comparison_table, labels_to_reach, path_errors
-from benchmarks.data import even_draw, prepare_data
-from benchmarks.report import write_outputs
-from benchmarks.spec import BenchmarkError, make_spec
 from tangentlab.acquisition import spearman
 from tangentlab.acquisition.descriptors import SymmetryFunctions
 from tangentlab.config import FineTune, make_config
@@ -493,6 +493,15 @@ def test_fixed_setup_reads_the_presets_labelled_sets_and_a_max_epochs_budget_has
     assert setup.hyper["energy_weight"] == FineTune().energy_weight  # the product's where the preset is silent
     fixed = fixed_setup("acac", str(SHARED / "data"), tmp_path / "fixed", max_epochs=7)
     assert (fixed.hyper["max_epochs"], fixed.hyper["patience"]) == (7, 7)
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "acac").is_dir(), reason="needs ../shared/data/acac")
+def test_selection_headroom_refuses_too_few_labels_before_preparing_data(tmp_path):
+    from benchmarks.selection_headroom import measure
+
+    with pytest.raises(ValueError, match=r"--labels 20 must exceed the preset's initial set \(20\)"):
+        measure("acac", str(SHARED / "data"), ["random"], [0], 20, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing prepared
 
 
 def test_finetune_sweep_grid_casts_values_refuses_unknown_keys_and_fixes_the_budget():
