@@ -75,8 +75,10 @@ def choose(strategy: str, rest: np.ndarray, count: int, *, pool, test, initial, 
 
 
 def _force_mae_by_file(test, predictions) -> dict[str, float]:
-    errors = [np.abs(forces - atoms.arrays["forces"]).ravel() for atoms, (_, forces) in zip(test, predictions, strict=True)]
-    return {name: 1000 * float(np.mean(np.concatenate(rows))) for name, rows in by_source_file(test, errors).items()}
+    errors = [np.abs(forces - atoms.arrays["forces"]).ravel()
+              for atoms, (_, forces) in zip(test, predictions, strict=True)]
+    return {name: 1000 * float(np.mean(np.concatenate(rows)))
+            for name, rows in by_source_file(test, errors).items()}
 
 
 def measure(name: str, data_root: str | None, strategies: list[str], seeds: list[int], labels: int,
@@ -86,7 +88,8 @@ def measure(name: str, data_root: str | None, strategies: list[str], seeds: list
 
     for strategy in strategies:
         check_strategy(strategy)
-    def check_labels(spec) -> None:
+
+    def check_labels(spec) -> None:  # before any data is prepared
         if labels <= spec.initial_size:
             raise ValueError(f"--labels {labels} must exceed the preset's initial set ({spec.initial_size})")
 
