@@ -16,7 +16,12 @@ Strategies:
   (e.g. ``file:600K``: an informed choice no acquisition is told about);
 - ``<signal>:<rule>[:<target>]``: `tangentlab.acquisition.select_batch` with the starting
   model, the initial set as the labelled set, and target ``pool`` (default) or ``test`` (the
-  test structures' positions).
+  test structures' positions);
+- ``oracle:top`` / ``oracle:weighted``: an upper bound no acquisition can reach, because it
+  reads the pool's labels. The starting model is fine-tuned on the initial set (same
+  hyperparameters); ``top`` takes the structures where that model's force MAE against the
+  stored labels is largest (perfect uncertainty sampling), ``weighted`` draws them with
+  probability proportional to that error (keeps some of random's spread).
 
     python -m benchmarks.selection_headroom acac-pool1000 --labels 50 --seeds 0 1 \
         --strategies random file:600K activation:transductive:test --max-epochs 60 --threads 1
@@ -40,25 +45,42 @@ from benchmarks.finetune_spread import (
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 
 
+ORACLES = ("oracle:top", "oracle:weighted")
+
+
+def oracle_pick(strategy: str, rest: np.ndarray, count: int, errors: np.ndarray, rng) -> np.ndarray:
+    """``count`` positions of ``rest`` by a label-reading oracle: the largest ``errors`` (one per
+    pool structure, indexed like the pool) or a draw weighted by them."""
+    weights = np.asarray(errors, dtype=float)[rest]
+    if strategy == "oracle:top":
+        return rest[np.argsort(-weights, kind="stable")[:count]]
+    return rng.choice(rest, size=count, replace=False, p=weights / weights.sum())
+
+
 def check_strategy(strategy: str) -> None:
     """Refuse an unknown strategy before any fine-tune runs."""
     from tangentlab.acquisition.rules import RULES
     from tangentlab.acquisition.signals import SIGNALS
 
-    if strategy == "random" or (strategy.startswith("file:") and len(strategy) > 5):
+    if strategy == "random" or strategy in ORACLES or (strategy.startswith("file:") and len(strategy) > 5):
         return
     parts = strategy.split(":")
     if (len(parts) not in (2, 3) or parts[0] not in SIGNALS or parts[1] not in RULES
             or (len(parts) == 3 and parts[2] not in ("pool", "test"))):
-        raise ValueError(f"unknown strategy {strategy!r}: random, file:<text> or <signal>:<rule>[:pool|test] "
+        raise ValueError(f"unknown strategy {strategy!r}: random, file:<text>, {', '.join(ORACLES)} or "
+                         f"<signal>:<rule>[:pool|test] "
                          f"(signals {', '.join(SIGNALS)}; rules {', '.join(RULES)})")
 
 
-def choose(strategy: str, rest: np.ndarray, count: int, *, pool, test, initial, sources, model, seed: int):
-    """``count`` positions of ``rest`` (pool indices not in the initial set) by ``strategy``."""
+def choose(strategy: str, rest: np.ndarray, count: int, *, pool, test, initial, sources, model, seed: int,
+           errors=None):
+    """``count`` positions of ``rest`` (pool indices not in the initial set) by ``strategy``;
+    ``errors()`` gives the oracles' per-structure force errors."""
     rng = np.random.default_rng([seed, 12])
     if strategy == "random":
         return rng.choice(rest, size=count, replace=False)
+    if strategy in ORACLES:
+        return oracle_pick(strategy, rest, count, errors(), rng)
     if strategy.startswith("file:"):
         allowed = rest[[strategy[5:] in sources[i] for i in rest]]
         if len(allowed) < count:
@@ -97,6 +119,24 @@ def measure(name: str, data_root: str | None, strategies: list[str], seeds: list
     spec, pool, test, start, hyper = setup.spec, setup.pool, setup.test, setup.start, setup.hyper
     sources = [atoms.info.get("source_file", "") for atoms in pool]
     model = load_model(str(start))
+
+    def fit(indices, seed: int, path: Path):
+        """One fine-tune of the starting model on the pool structures ``indices``."""
+        picks = np.random.default_rng([seed, 13]).permutation(indices)
+        n_valid = round(spec.valid_fraction * len(picks))
+        train, valid = [pool[i] for i in picks[n_valid:]], [pool[i] for i in picks[:n_valid]]
+        return finetune(start, train, valid, path, hyper=FineTuneHyperparameters(**{**hyper, "seed": seed}))
+
+    cached: dict[int, np.ndarray] = {}
+
+    def oracle_errors(seed: int, initial) -> np.ndarray:
+        """Force MAE (meV/Å) per pool structure of the starting model fine-tuned on the initial set."""
+        if seed not in cached:
+            _, predictions = test_errors(str(fit(initial, seed, work / f"s{seed}-initial.model").path), pool)
+            cached[seed] = np.array([1000 * np.mean(np.abs(forces - atoms.arrays["forces"]))
+                                     for atoms, (_, forces) in zip(pool, predictions, strict=True)])
+        return cached[seed]
+
     results: dict = {"preset": name, "labels": labels, "initial": spec.initial_size, "pool": len(pool),
                      "test": len(test), "finetune": hyper, "model": spec.model, "runs": []}
     for seed in seeds:
@@ -104,13 +144,9 @@ def measure(name: str, data_root: str | None, strategies: list[str], seeds: list
         rest = np.setdiff1d(np.arange(len(pool)), initial)
         for strategy in strategies:
             extra = choose(strategy, rest, labels - spec.initial_size, pool=pool, test=test, initial=initial,
-                           sources=sources, model=model, seed=seed)
-            picks = np.random.default_rng([seed, 13]).permutation(np.concatenate([initial, extra]))
-            n_valid = round(spec.valid_fraction * labels)
-            train, valid = [pool[i] for i in picks[n_valid:]], [pool[i] for i in picks[:n_valid]]
+                           sources=sources, model=model, seed=seed, errors=lambda: oracle_errors(seed, initial))
             tick = time.perf_counter()
-            result = finetune(start, train, valid, work / f"s{seed}-{len(results['runs'])}.model",
-                              hyper=FineTuneHyperparameters(**{**hyper, "seed": seed}))
+            result = fit(np.concatenate([initial, extra]), seed, work / f"s{seed}-{len(results['runs'])}.model")
             errors, predictions = test_errors(str(result.path), test)
             row = {"seed": seed, "strategy": strategy, "seconds": round(time.perf_counter() - tick, 1),
                    "best_epoch": result.best_epoch, **errors,

@@ -453,6 +453,29 @@ def test_selection_headroom_refuses_unknown_strategies_and_draws_file_picks_from
         choose("file:600K", rest, 11, pool=None, test=None, initial=[0, 1], sources=sources, model=None, seed=0)
 
 
+def test_selection_headroom_oracles_pick_the_largest_errors_or_draw_by_them():
+    from benchmarks.selection_headroom import check_strategy, choose
+
+    for oracle in ("oracle:top", "oracle:weighted"):
+        check_strategy(oracle)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        check_strategy("oracle:best")
+    errors = np.array([9.0, 8.0, 1.0, 7.0, 0.0, 5.0, 0.0, 3.0])  # pool structure 0 is in the initial set
+    rest = np.arange(1, 8)
+    calls = []
+
+    def oracle_errors():
+        calls.append(1)
+        return errors
+
+    common = dict(pool=None, test=None, initial=[0], sources=None, model=None, seed=0, errors=oracle_errors)
+    assert list(choose("oracle:top", rest, 3, **common)) == [1, 3, 5]
+    for seed in range(20):
+        drawn = choose("oracle:weighted", rest, 5, **{**common, "seed": seed})
+        assert len(set(drawn)) == 5 and not {4, 6} & set(drawn)  # zero error: never drawn
+    assert choose("random", rest, 2, **common) is not None and len(calls) == 21  # only oracles read errors
+
+
 def test_force_errors_by_file_group_the_test_structures_by_their_source_file():
     from benchmarks.selection_headroom import _force_mae_by_file
 
