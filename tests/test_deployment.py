@@ -99,6 +99,14 @@ def test_campaign_labels_on_a_cpu_pool_worker_through_the_yaml_deployment(prefec
 
     try:
         step = campaign_step(return_state=True)
+        # The flow-run process ships its last log lines after its final state, and it is in the
+        # worker's process group: stopping the worker before they arrive would lose them.
+        deadline = time.monotonic() + 120
+        while step.is_completed() and time.monotonic() < deadline:
+            runs = _deployment_runs(prefect_server, "label-cpu")
+            if runs and "labelling finished:" in _flow_run_logs(prefect_server, runs[0]["id"]):
+                break
+            time.sleep(0.5)
     finally:
         stop_process_group(worker)
     assert step.is_completed(), f"{step}\n{worker_log.read_text()[-5000:]}"
@@ -110,13 +118,7 @@ def test_campaign_labels_on_a_cpu_pool_worker_through_the_yaml_deployment(prefec
     with session_scope(make_engine(url)) as session:
         counts = reports.label_counts(session, campaigns.get_campaign(session, "deployed").id)
     assert counts["done"] == len(jobs) == len(set(jobs)) and counts["done"] + counts["failed"] == len(ids)
-    expected = f"labelling finished: {counts['done']} done"
-    for _ in range(50):  # the flow run's last logs may reach the API just after its final state
-        logs = _flow_run_logs(prefect_server, run["id"])
-        if expected in logs:
-            break
-        time.sleep(0.2)
-    assert expected in logs
+    assert f"labelling finished: {counts['done']} done" in _flow_run_logs(prefect_server, run["id"])
 
 
 def test_served_deployments_and_prefect_yaml_entrypoints(prefect_server):
