@@ -1,7 +1,7 @@
 """Throughput and memory of the acquisition engine, against the obvious implementations.
 
 Prints one JSON document (``--json``) or a short table. Not a test: numbers depend on the
-machine. Example (see ``docs/performance.md`` for measured runs)::
+machine. Example (see ``docs/reference/performance.md`` for measured runs)::
 
     python -m tangentlab.benchmark_acquisition --json --model MODEL \\
         --replicate acac/train_300K.xyz --pool-size 10000 --signals activation ntk

@@ -3,7 +3,7 @@
 One reactive system, as a user's pool would be (`REACTIVE_RECIPE`): small C/H/N/O combustion
 species, distorted, bonds stretched to 1.15-1.6x, hydrogens removed, fragments meeting at
 1.5-3 Å. A pool spread over all of G2, or with fully dissociated bonds, needs far more labels
-to generalise (docs/notes.md).
+to generalise (CONTRIBUTING.md).
 
     python scripts/make_quickstart_pool.py tangentlab/data/quickstart_pool.extxyz
 """

@@ -99,7 +99,7 @@ TARGET_KEYWORDS = ("pool", "test", "explored")
 
 
 class Acquisition(_Section):
-    """How each round chooses the structures to label (docs/acquisition.md).
+    """How each round chooses the structures to label (docs/reference/acquisition.md).
 
     ``signal`` is a feature map of `tangentlab.acquisition.signals.SIGNALS`, or one of the
     baselines without feature rows (``random``, ``committee``). ``method`` is the old name of

@@ -408,7 +408,7 @@ def test_stability_analysis_leaves_an_excited_open_shell_solution(tmp_path):
 
     From the default guess the UHF lands in an excited state (3.6 eV above the ground state
     at UHF/STO-3G; at ωB97X-V/cc-pVTZ the same frame was 0.99 eV above the published label,
-    docs/qm_validation.md). Internal stability analysis finds the lower solution.
+    docs/reference/qm_validation.md). Internal stability analysis finds the lower solution.
     """
     atoms = Atoms("O2H", [[0.4508, 0.27415, 0.0], [-0.67359, -0.14918, 0.0], [1.78723, -1.00025, 0.0]])
     settings = {"xc": "hf", "basis": "sto-3g", "num_threads": 1}

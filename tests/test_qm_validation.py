@@ -13,7 +13,7 @@ from tangentlab.oracles.pyscf import pyscf_static
 
 H2COMBUSTION = Path(__file__).resolve().parents[2] / "shared" / "data" / "h2combustion"
 
-# Tolerances from docs/qm_validation.md: PySCF (default grids) against Q-Chem agreed to
+# Tolerances from docs/reference/qm_validation.md: PySCF (default grids) against Q-Chem agreed to
 # <= 0.1 meV/atom in energy and <= 1 meV/Å in forces on the validated frames; these bounds
 # leave room for grid and SCF-convergence noise while staying far below what would matter
 # for fitting a potential (model errors are tens of meV/Å).

@@ -93,7 +93,7 @@ class PySCFCalculator(Calculator):
         For unrestricted (open-shell) runs: after the SCF converges, run PySCF's internal
         stability analysis and, while it finds a lower solution, restart the SCF from it
         (at most `MAX_STABILITY_RESTARTS` times). Without it an open-shell SCF can settle in
-        an excited state without any warning (see docs/qm_validation.md). The number of
+        an excited state without any warning (see docs/reference/qm_validation.md). The number of
         restarts is kept in `stability_restarts`.
     verbose
         PySCF verbosity of the log file.
