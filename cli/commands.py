@@ -55,20 +55,10 @@ def quiet_prefect() -> None:
 
 
 def _print_result(result: dict) -> None:
-    """The end of ``start``/``resume``: outcome, reason, each model's test errors and the label
-    counts, in the words ``tangentlab status`` uses."""
-    from cli.status import LABEL_ORDER, _counts  # cli.status imports this module
+    """The end of ``start``/``resume`` (:func:`flows.rendering.result_lines`)."""
+    from flows.rendering import result_lines
 
-    models = result["models"]
-    print(f"\ncampaign {result['name']!r}: {result['status'].replace('_', ' ')}")
-    print(f"  {result['reason']}")
-    print(f"  {'model':>5} {'round':>5} {'energy MAE (meV/atom)':>22} {'force MAE (meV/Å)':>18}")
-    for m in models:
-        test = m["test"] or {}
-        rnd = "start" if m["round"] is None else m["round"]
-        e, f = test.get("energy_mae_mev_per_atom"), test.get("force_mae_mev_per_a")
-        print(f"  {m['id']:>5} {rnd!s:>5} {'' if e is None else f'{e:.1f}':>22} {'' if f is None else f'{f:.1f}':>18}")
-    print(f"  labels: {_counts(result['labels'], LABEL_ORDER)}")
+    print("\n".join(result_lines(result)))
 
 
 def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | None) -> int:

@@ -77,16 +77,14 @@ def _publish(url: str, campaign_id: int, cfg: CampaignConfig, error: str | None 
              decision: StopDecision | None = None) -> None:
     """The campaign overview artifact (monitoring never stops the campaign: a failure is a warning)."""
     try:
-        with session_scope(engine_for(url)) as session:
-            publish_overview(session, campaign_id, cfg, error=error, decision=decision)
+        publish_overview(url, campaign_id, cfg, error=error, decision=decision)
     except Exception as exc:
         get_run_logger().warning("campaign overview artifact not published: %s", exc)
 
 
 def _publish_selection(url: str, campaign_id: int, cfg: CampaignConfig, number: int, *, log: bool = True) -> None:
     try:
-        with session_scope(engine_for(url)) as session:
-            rows = publish_selection(session, campaign_id, cfg.name, number)
+        rows = publish_selection(url, campaign_id, cfg.name, number)
     except Exception as exc:
         get_run_logger().warning("selection artifact of round %d not published: %s", number, exc)
         return

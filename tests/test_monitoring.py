@@ -22,7 +22,8 @@ from prefect import flow
 
 from db import campaigns, init_db, labels, make_engine, registry, rounds, session_scope, structures
 from flows.label import run_name
-from flows.monitoring import (
+from flows.monitoring import overview_key, publish_overview, publish_selection, selection_key
+from flows.rendering import (
     BUDGET_EXHAUSTED,
     BUDGET_STATE_NAMES,
     LABEL_BUDGET,
@@ -33,10 +34,8 @@ from flows.monitoring import (
     decision_name,
     learning_curve_png,
     outcome_name,
-    overview_key,
-    publish_overview,
-    publish_selection,
-    selection_key,
+    overview_markdown,
+    selection_markdown,
     wants_log_axis,
 )
 from tangentlab.stopping import BUDGETS, StopDecision, stop_decision
@@ -150,9 +149,8 @@ def test_selection_artifacts_are_titled_and_show_the_labels_once_they_finish(pre
     def publish(numbers):
         from prefect.runtime import flow_run
 
-        with session_scope(engine) as session:
-            for number in numbers:
-                publish_selection(session, campaign_id, "uicheck", number)
+        for number in numbers:
+            publish_selection(url, campaign_id, "uicheck", number)
         return flow_run.id
 
     publish([0, 1])
@@ -208,8 +206,7 @@ def test_overview_shows_outcome_targets_test_failures_and_the_starting_model(pre
 
     @flow
     def publish(decision=None):
-        with session_scope(engine) as session:
-            return publish_overview(session, campaign_id, config, decision=decision)
+        return publish_overview(url, campaign_id, config, decision=decision)
 
     path = publish()
     assert path.read_bytes()[:4] == b"\x89PNG"
@@ -351,3 +348,22 @@ def test_status_prints_words_and_flags_failed_test_structures(lab, capsys):
     assert main(["--db", url, "status", "uicheck", "--json"]) == 0
     (report,) = __import__("json").loads(capsys.readouterr().out)
     assert report["test_set"] == {"structures": 4, "pending": 0, "running": 0, "done": 3, "failed": 1}
+
+
+def test_overview_and_selection_render_from_the_status_report_without_a_server(lab, tmp_path):
+    # the artifacts and `tangentlab status` render one report (tasks.report): no Prefect server here
+    from tasks.report import campaign_view
+
+    url, campaign_id, ids = lab
+    with session_scope(make_engine(url)) as session:
+        view = campaign_view(session, campaigns.campaign_by_id(session, campaign_id))
+    text = overview_markdown(view, _config(tmp_path, "uicheck"))
+    assert text.splitlines()[0] == "## Campaign uicheck: Running"
+    assert "**Running**, round 1 selected." in text
+    assert "### Learning curve" not in text  # no PNG given: no image
+    rounds_table, _, failed = _tables(text)
+    assert rounds_table[-1]["Model version"] == "" and failed[0]["Split"] == "test"
+    selection = selection_markdown(view["selected_structures"], "uicheck")
+    assert selection.startswith("## Campaign uicheck · round 1 · selection")
+    assert [int(r["Structure"]) for r in _tables(selection)[-1]] == ids["picks"]
+    assert view["labels_used"] == 3 and view["selected_structures"]["validation_labels_before"] == 1
