@@ -59,9 +59,10 @@ def method_acquisition(method: str) -> dict[str, Any]:
     section: dict[str, Any] = {"signal": parts[0]}
     if parts[0] not in FEATURELESS_METHODS:
         section["rule"] = parts[1] if len(parts) > 1 else "greedy"
-        # a name keeps the meaning it had when its results were stored: no target part means
-        # the pool (the only target before `test` existed), whatever the product default is now
-        section["target"] = "pool"
+        if section["rule"] == "transductive":
+            # a name keeps the meaning it had when its results were stored: no target part means
+            # the pool (the only target before `test` existed), whatever the product default is now
+            section["target"] = "pool"
     elif len(parts) > 1:
         raise ValueError(f"method {method!r}: {parts[0]!r} takes no rule")
     for extra in parts[2:]:

@@ -94,6 +94,8 @@ OracleSettings = Annotated[
 
 #: Acquisition methods without feature rows (the baselines).
 FEATURELESS_METHODS = ("random", "committee")
+#: Oracles whose jobs take ``qm.num_threads``.
+QM_THREADS_ORACLES = ("pyscf",)
 #: ``acquisition.target`` values that name a set of the campaign itself rather than a file.
 TARGET_KEYWORDS = ("pool", "test", "explored")
 
@@ -122,7 +124,8 @@ class Acquisition(_Section):
         description="What the transductive rule reduces the uncertainty on: 'pool'; 'test' (the "
         "campaign's test_file structures, positions only, never their labels; the pool when the test set "
         "is drawn from it); 'explored' (the round's exploration candidates; needs an exploration section); "
-        "or a file of unlabelled structures the potential must serve (MD frames, a NEB guess).",
+        "or a file of unlabelled structures the potential must serve (MD frames, a NEB guess). Only the "
+        "transductive rule has a target: another value than the default with another rule is refused.",
     )
     sigma_quantile: float | None = Field(
         None, gt=0, le=1,
@@ -185,6 +188,15 @@ class Acquisition(_Section):
                              f"its options are {sorted(SIGNALS[self.signal].options)}")
         return self
 
+    @model_validator(mode="after")
+    def _target_needs_the_transductive_rule(self) -> Acquisition:
+        # The default target is tolerated with any rule: written-out and stored configurations
+        # carry every key. Any other value would be silently ignored, so it is refused.
+        if self.rule != "transductive" and self.target != type(self).model_fields["target"].default:
+            raise ValueError(f"target {self.target!r} has no effect with rule {self.rule!r}: only the "
+                             "transductive rule has a target (remove target, or use rule: transductive)")
+        return self
+
     def rule_description(self) -> str:
         """The rule with its target and guards, e.g. ``transductive over test, σ² ≤ q0.9``."""
         target = f" over {self.target}" if self.rule == "transductive" and self.target != "pool" else ""
@@ -213,7 +225,9 @@ class QMSettings(_Section):
     max_attempts: int = Field(2, gt=0, description="Tries per label before it is marked failed.")
     timeout_s: float = Field(600.0, gt=0, description="Wall-time limit of one QM job (s).")
     max_parallel: int = Field(1, gt=0, description="QM jobs run at the same time.")
-    num_threads: int | None = Field(None, gt=0, description="Threads per QM job (None: library default).")
+    num_threads: int | None = Field(
+        None, gt=0, description="OpenMP threads per QM job (None: the library's default). Honoured by the "
+        "pyscf oracle only; set with another oracle it is refused.")
     task_runner: Literal["threads", "dask"] = Field(
         "threads", description="Where the `max_parallel` label workers run: threads of the flow's process, "
         "or Dask workers (a LocalCluster, `dask_address`, or `dask_cluster_class`, e.g. Slurm).")
@@ -245,16 +259,20 @@ class QMSettings(_Section):
 class FineTune(_Section):
     """Fine-tuning settings (see tangentlab.finetune.FineTuneHyperparameters)."""
 
-    max_epochs: int = Field(40, gt=0)
-    patience: int = Field(8, gt=0)
-    lr: float = Field(2e-3, gt=0)
-    batch_size: int = Field(8, gt=0)
+    max_epochs: int = Field(40, gt=0, description="Epochs per round at most.")
+    patience: int = Field(8, gt=0, description="Stop a round after this many epochs without a lower "
+                          "validation loss and keep the best epoch's model (patience = max_epochs: a "
+                          "fixed budget).")
+    lr: float = Field(2e-3, gt=0, description="Learning rate (Adam).")
+    batch_size: int = Field(8, gt=0, description="Structures per optimiser step.")
     energy_weight: float = Field(
-        30.0, ge=0, description="Weight of the per-atom energy MSE (eV²); 30 since session 7, chosen on "
-        "h2-validation (docs/benchmarks/README.md): at 1 energies were < 2 % of the loss.")
+        30.0, ge=0, description="Weight of the per-atom energy MSE (eV²). Chosen on the h2-validation "
+        "benchmark: with 1, energies were < 2 % of the loss and drifted between reaction channels.")
     forces_weight: float = Field(10.0, ge=0, description="Weight of the force MSE (eV²/Å²).")
-    ema_decay: float = Field(0.95, ge=0, lt=1)
-    e0_refit_interval: int = Field(5, gt=0)
+    ema_decay: float = Field(0.95, ge=0, lt=1, description="Decay of the exponential moving average "
+                             "of the weights that is evaluated and kept.")
+    e0_refit_interval: int = Field(5, gt=0, description="Epochs between refits of the per-element "
+                                   "reference energies (E0) by least squares on the training set.")
     min_steps_per_epoch: int = Field(10, gt=0, description="Optimiser steps per epoch at least (small sets are cycled).")
     min_valid: int = Field(5, gt=0, description="Validation structures needed to early-stop on them (else the train loss).")
     start: Literal["previous", "pretrained"] = Field(
@@ -386,12 +404,16 @@ class CampaignConfig(_Section):
     work_dir: str = Field("runs", description="Folder for model versions and QM run directories.")
     seed: int = Field(0, ge=0, description="Seed for the test/initial draws and training.")
     device: str = Field("cpu", description="Torch device for acquisition and fine-tuning (cpu, cuda, cuda:1, mps).")
-    targets: Targets = Field(default_factory=Targets)
-    budgets: Budgets = Field(default_factory=Budgets)
-    oracle: OracleSettings = Field(default_factory=lambda: PySCFSettings(name="pyscf", xc="wb97x", basis="6-31g*"))
-    acquisition: Acquisition = Field(default_factory=Acquisition)
-    qm: QMSettings = Field(default_factory=QMSettings)
-    finetune: FineTune = Field(default_factory=FineTune)
+    targets: Targets = Field(default_factory=Targets, description="Test-set errors at which the campaign stops.")
+    budgets: Budgets = Field(default_factory=Budgets, description="Limits at which the campaign stops.")
+    oracle: OracleSettings = Field(default_factory=lambda: PySCFSettings(name="pyscf", xc="wb97x", basis="6-31g*"),
+                                   description="The QM oracle that labels structures; `name` picks the kind "
+                                   "(pyscf, xtb, quacc, replay), the other keys are its settings.")
+    acquisition: Acquisition = Field(default_factory=Acquisition,
+                                     description="How each round chooses the structures to label.")
+    qm: QMSettings = Field(default_factory=QMSettings, description="How QM jobs run: attempts, time limit, "
+                           "parallel workers, Dask, a Prefect deployment.")
+    finetune: FineTune = Field(default_factory=FineTune, description="How each round fine-tunes the model.")
     exploration: Exploration | None = Field(None, description="Make candidates with the current model "
                                             "each round (None: choose from the pool only).")
 
@@ -415,6 +437,15 @@ class CampaignConfig(_Section):
                              f"{self.budgets.max_labels} (test labels are not counted)")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
+        return self
+
+    @model_validator(mode="after")
+    def _qm_threads_need_an_oracle_that_takes_them(self) -> CampaignConfig:
+        # Only PySCF's job takes a thread count (tasks.label passes qm.num_threads to it); the
+        # xTB, quacc-recipe and replay oracles would silently ignore it.
+        if self.qm.num_threads is not None and self.oracle.name not in QM_THREADS_ORACLES:
+            raise ValueError(f"qm.num_threads has no effect with oracle {self.oracle.name!r}: only "
+                             f"{', '.join(QM_THREADS_ORACLES)} takes a thread count (remove qm.num_threads)")
         return self
 
     def check_pool_size(self, pool_size: int) -> None:

@@ -364,9 +364,9 @@ def test_method_names_map_to_acquisition_sections():
 
     assert method_acquisition("default") == {}
     assert method_acquisition("random") == {"signal": "random"}
-    assert method_acquisition("ntk") == {"signal": "ntk", "rule": "greedy", "target": "pool"}
+    assert method_acquisition("ntk") == {"signal": "ntk", "rule": "greedy"}
     assert method_acquisition("activation:lcmd:q0.95") == {
-        "signal": "activation", "rule": "lcmd", "sigma_quantile": 0.95, "target": "pool",
+        "signal": "activation", "rule": "lcmd", "sigma_quantile": 0.95,
     }
     # without a target part a name means the pool, as it did before the default became `test`
     assert method_acquisition("activation:transductive")["target"] == "pool"
@@ -377,7 +377,8 @@ def test_method_names_map_to_acquisition_sections():
     assert method_label("ntk:transductive:pool") == "energy NTK, transductive"
     assert method_acquisition("ntk:transductive:f4.5")["max_force"] == 4.5
     assert method_label("default").startswith("default (")
-    for bad in ("soap", "activation:best", "random:greedy", "ntk:greedy:x1", "ntk:transductive:tests"):
+    for bad in ("soap", "activation:best", "random:greedy", "ntk:greedy:x1", "ntk:transductive:tests",
+                "ntk:greedy:pool"):
         with pytest.raises(ValueError):
             method_acquisition(bad)
 

@@ -149,3 +149,31 @@ def test_finetune_start_is_not_a_trainer_keyword():
     FineTuneHyperparameters(**section.hyperparameters())
     with pytest.raises(ConfigError, match="finetune.start"):
         make_config({"finetune": {"start": "yesterday"}})
+
+
+@pytest.mark.parametrize("target", ["pool", "explored", "frames.extxyz"])
+@pytest.mark.parametrize("rule", ["greedy", "lcmd", "top"])
+def test_a_target_without_the_transductive_rule_is_refused_by_name(rule, target):
+    data = {"acquisition": {"rule": rule, "target": target}, "exploration": {}}
+    with pytest.raises(ConfigError, match=f"acquisition: target '{target}' has no effect with rule '{rule}'"):
+        make_config(data)
+    assert make_config({**data, "acquisition": {"rule": "transductive", "target": target}})
+
+
+def test_the_default_target_is_kept_with_any_rule():
+    # init-config writes every key and the database stores every key: the default target with
+    # another rule is what such a file holds after the rule was changed, and it reads back
+    config = make_config({"acquisition": {"rule": "greedy", "target": "test"}})
+    assert make_config(config_json(config)) == config
+
+
+@pytest.mark.parametrize("oracle", [{"name": "xtb"}, {"name": "replay"},
+                                    {"name": "quacc", "recipe": "quacc.recipes.emt.core.static_job"}])
+def test_qm_threads_with_an_oracle_that_ignores_them_are_refused_by_name(oracle):
+    with pytest.raises(ConfigError, match=f"qm.num_threads has no effect with oracle '{oracle['name']}'"):
+        make_config({"oracle": oracle, "qm": {"num_threads": 2}})
+    assert make_config({"oracle": oracle}).qm.num_threads is None
+
+
+def test_qm_threads_are_taken_by_the_pyscf_oracle():
+    assert make_config({"qm": {"num_threads": 2}}).qm.num_threads == 2

@@ -203,5 +203,5 @@ def test_the_explored_target_is_the_rounds_candidates_or_the_pool_without_them()
     frames = [molecule("H2O"), molecule("CH4")]
     assert _target_atoms(config, [], frames) == frames
     assert _target_atoms(config, [], []) is None  # no candidates this round: the pool
-    greedy = make_config({"acquisition": {"target": "explored", "rule": "greedy"}, "exploration": {}})
+    greedy = make_config({"acquisition": {"rule": "greedy"}, "exploration": {}})
     assert _target_atoms(greedy, [], frames) is None  # only the transductive rule has a target
