@@ -8,8 +8,8 @@ on (all walkers packed far apart into one structure, one model call per step). W
 with ``torch_sim.models.mace.MaceModel``) on the same walkers, a candidate engine that is not a
 dependency of tangentlab: install it into a scratch folder and name it with ``--torch-sim-path``::
 
-    pip install --target /tmp/tsim-pkgs --no-deps torch-sim-atomistic==0.3.0 vesin vesin-torch \\
-        tables numexpr blosc2 py-cpuinfo
+    pip install --target "$TMPDIR/tsim-pkgs" --no-deps torch-sim-atomistic==0.3.0 vesin \\
+        vesin-torch tables numexpr blosc2 py-cpuinfo
     python -m benchmarks.exploration_speed --walkers 1 2 4 8 16 --steps 50 --threads 1 \\
         --device cpu --torch-sim --out docs/benchmarks/exploration-speed.json
 
@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ with contextlib.redirect_stdout(sys.stderr):
 
 SHIPPED = "tangentlab/data/tangentlab-hcno-xtb.model"
 SEEDS = "examples/exploration/seeds.extxyz"
-MODELS_DIR = "/tmp/explore-speed-model"
+MODELS_DIR = os.path.join(tempfile.gettempdir(), "explore-speed-model")
 
 
 class _CountingCalculator(engines_module.ModelCalculator):
@@ -312,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--torch-sim-path",
-        default="/tmp/tsim-pkgs",
+        default=os.path.join(tempfile.gettempdir(), "tsim-pkgs"),
         help="folder torch-sim is installed in (pip install --target)",
     )
     parser.add_argument("--no-judge-cost", action="store_true", help="skip the σ-scoring cost")

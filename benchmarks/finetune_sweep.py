@@ -10,10 +10,9 @@ options over the fields of `tangentlab.finetune.FineTuneHyperparameters` (``lr``
 ``--set energy_weight=W1,W2``. A setting with ``max_epochs`` and no ``patience`` gets
 ``patience = max_epochs`` (a fixed training budget), like ``--max-epochs``.
 
-Session 7 chose the energy weight with it (the trainer weighs the per-atom energy MSE by
+The product's energy weight was chosen with it (the trainer weighs the per-atom energy MSE by
 ``energy_weight`` and the force MSE by ``forces_weight``; at weight 1 energies were under 2 %
-of the loss); session 9 measured the training budget (docs/benchmarks/README.md). Named
-``finetune_weights.py`` until session 9.
+of the loss), and the training budget was measured with it (docs/benchmarks/).
 
     python -m benchmarks.finetune_sweep h2-validation --weights 1 10 100 --seeds 0 1 \
         --labels 100 --threads 1 --out docs/benchmarks/finetune-weights.json

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,7 +81,7 @@ class BenchmarkSpec(_Section):
     batch_size: int = Field(15, gt=0)
     rounds: int = Field(3, gt=0, description="Acquisition rounds after the initial set.")
     device: str = "cpu"
-    work_dir: str = "/tmp/tangentlab-benchmark"
+    work_dir: str = os.path.join(tempfile.gettempdir(), "tangentlab-benchmark")
     committee_size: int = Field(3, ge=2)
     regularization: float | None = Field(None, gt=0, description="λ; None: the product default.")
     valid_fraction: float = Field(0.15, ge=0, lt=1)

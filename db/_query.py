@@ -1,4 +1,4 @@
-"""Small helpers the aggregate modules share: campaign ids, split values, chunked IN queries."""
+"""Small functions the aggregate modules share: campaign ids, split values, chunked IN queries."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exploration against a fixed pool of rattled seeds, at the same label budget (issue 16).
+"""Exploration against a fixed pool of rattled seeds, at the same label budget.
 
 For each seed, two campaigns of the exploration example (examples/exploration.yaml) run to the
 full label budget with targets no campaign meets, so their learning curves can be compared

@@ -25,6 +25,8 @@ frames' labels come from the MD run) and prints the shipped pretrained model's e
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 from time import perf_counter
 
@@ -193,7 +195,8 @@ def measure(name: str, atoms_list: list[Atoms], labels: list[tuple[float, np.nda
     from tangentlab.model_files import starting_weights
 
     path, _ = starting_weights(
-        "tangentlab/data/tangentlab-hcno-xtb.model", "/tmp/explore-data-model"
+        "tangentlab/data/tangentlab-hcno-xtb.model",
+        os.path.join(tempfile.gettempdir(), "explore-data-model"),
     )
     results = predict(load_model(path, dtype=torch.float32), atoms_list)
     n = np.array([len(a) for a in atoms_list])

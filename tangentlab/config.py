@@ -124,8 +124,9 @@ class Acquisition(_Section):
         description="What the transductive rule reduces the uncertainty on: 'pool'; 'test' (the "
         "campaign's test_file structures, positions only, never their labels; the pool when the test set "
         "is drawn from it); 'explored' (the round's exploration candidates; needs an exploration section); "
-        "or a file of unlabelled structures the potential must serve (MD frames, a NEB guess). Only the "
-        "transductive rule has a target: another value than the default with another rule is refused.",
+        "or a file of unlabelled structures the potential must serve (MD frames, a NEB guess). "
+        "Only the transductive rule has a target: another value than the default with another "
+        "rule is refused.",
     )
     sigma_quantile: float | None = Field(
         None, gt=0, le=1,
@@ -193,8 +194,9 @@ class Acquisition(_Section):
         # The default target is tolerated with any rule: written-out and stored configurations
         # carry every key. Any other value would be silently ignored, so it is refused.
         if self.rule != "transductive" and self.target != type(self).model_fields["target"].default:
-            raise ValueError(f"target {self.target!r} has no effect with rule {self.rule!r}: only the "
-                             "transductive rule has a target (remove target, or use rule: transductive)")
+            raise ValueError(f"target {self.target!r} has no effect with rule {self.rule!r}: only "
+                             "the transductive rule has a target (remove target, or use rule: "
+                             "transductive)")
         return self
 
     def rule_description(self) -> str:
@@ -226,8 +228,8 @@ class QMSettings(_Section):
     timeout_s: float = Field(600.0, gt=0, description="Wall-time limit of one QM job (s).")
     max_parallel: int = Field(1, gt=0, description="QM jobs run at the same time.")
     num_threads: int | None = Field(
-        None, gt=0, description="OpenMP threads per QM job (None: the library's default). Honoured by the "
-        "pyscf oracle only; set with another oracle it is refused.")
+        None, gt=0, description="OpenMP threads per QM job (None: the library's default). "
+        "Honoured by the pyscf oracle only; set with another oracle it is refused.")
     task_runner: Literal["threads", "dask"] = Field(
         "threads", description="Where the `max_parallel` label workers run: threads of the flow's process, "
         "or Dask workers (a LocalCluster, `dask_address`, or `dask_cluster_class`, e.g. Slurm).")
@@ -260,24 +262,25 @@ class FineTune(_Section):
     """Fine-tuning settings (see tangentlab.finetune.FineTuneHyperparameters)."""
 
     max_epochs: int = Field(40, gt=0, description="Epochs per round at most.")
-    patience: int = Field(8, gt=0, description="Stop a round after this many epochs without a lower "
-                          "validation loss and keep the best epoch's model (patience = max_epochs: a "
-                          "fixed budget).")
+    patience: int = Field(8, gt=0, description="Stop a round after this many epochs without a "
+                          "lower validation loss and keep the best epoch's model (patience = "
+                          "max_epochs: a fixed budget).")
     lr: float = Field(2e-3, gt=0, description="Learning rate (Adam).")
     batch_size: int = Field(8, gt=0, description="Structures per optimiser step.")
     energy_weight: float = Field(
-        30.0, ge=0, description="Weight of the per-atom energy MSE (eV²). Chosen on the h2-validation "
-        "benchmark: with 1, energies were < 2 % of the loss and drifted between reaction channels.")
+        30.0, ge=0, description="Weight of the per-atom energy MSE (eV²). Chosen on the "
+        "h2-validation benchmark: with 1, energies were < 2 % of the loss and drifted between "
+        "reaction channels.")
     forces_weight: float = Field(10.0, ge=0, description="Weight of the force MSE (eV²/Å²).")
-    ema_decay: float = Field(0.95, ge=0, lt=1, description="Decay of the exponential moving average "
-                             "of the weights that is evaluated and kept.")
+    ema_decay: float = Field(0.95, ge=0, lt=1, description="Decay of the exponential moving "
+                             "average of the weights that is evaluated and kept.")
     e0_refit_interval: int = Field(5, gt=0, description="Epochs between refits of the per-element "
                                    "reference energies (E0) by least squares on the training set.")
     min_steps_per_epoch: int = Field(10, gt=0, description="Optimiser steps per epoch at least (small sets are cycled).")
     min_valid: int = Field(5, gt=0, description="Validation structures needed to early-stop on them (else the train loss).")
     start: Literal["previous", "pretrained"] = Field(
         "previous", description="Start each round from the previous round's model (warm start) or afresh "
-        "from the campaign's starting model (no path dependence; docs/benchmarks/README.md).")
+        "from the campaign's starting model (no path dependence between rounds).")
 
     def hyperparameters(self) -> dict[str, Any]:
         """The keywords of `tangentlab.finetune.FineTuneHyperparameters` (everything but ``start``)."""
@@ -404,16 +407,20 @@ class CampaignConfig(_Section):
     work_dir: str = Field("runs", description="Folder for model versions and QM run directories.")
     seed: int = Field(0, ge=0, description="Seed for the test/initial draws and training.")
     device: str = Field("cpu", description="Torch device for acquisition and fine-tuning (cpu, cuda, cuda:1, mps).")
-    targets: Targets = Field(default_factory=Targets, description="Test-set errors at which the campaign stops.")
-    budgets: Budgets = Field(default_factory=Budgets, description="Limits at which the campaign stops.")
-    oracle: OracleSettings = Field(default_factory=lambda: PySCFSettings(name="pyscf", xc="wb97x", basis="6-31g*"),
-                                   description="The QM oracle that labels structures; `name` picks the kind "
-                                   "(pyscf, xtb, quacc, replay), the other keys are its settings.")
+    targets: Targets = Field(default_factory=Targets,
+                             description="Test-set errors at which the campaign stops.")
+    budgets: Budgets = Field(default_factory=Budgets,
+                             description="Limits at which the campaign stops.")
+    oracle: OracleSettings = Field(
+        default_factory=lambda: PySCFSettings(name="pyscf", xc="wb97x", basis="6-31g*"),
+        description="The QM oracle that labels structures; `name` picks the kind (pyscf, xtb, "
+        "quacc, replay), the other keys are its settings.")
     acquisition: Acquisition = Field(default_factory=Acquisition,
                                      description="How each round chooses the structures to label.")
-    qm: QMSettings = Field(default_factory=QMSettings, description="How QM jobs run: attempts, time limit, "
-                           "parallel workers, Dask, a Prefect deployment.")
-    finetune: FineTune = Field(default_factory=FineTune, description="How each round fine-tunes the model.")
+    qm: QMSettings = Field(default_factory=QMSettings, description="How QM jobs run: attempts, "
+                           "time limit, parallel workers, Dask, a Prefect deployment.")
+    finetune: FineTune = Field(default_factory=FineTune,
+                               description="How each round fine-tunes the model.")
     exploration: Exploration | None = Field(None, description="Make candidates with the current model "
                                             "each round (None: choose from the pool only).")
 
@@ -444,8 +451,9 @@ class CampaignConfig(_Section):
         # Only PySCF's job takes a thread count (tasks.label passes qm.num_threads to it); the
         # xTB, quacc-recipe and replay oracles would silently ignore it.
         if self.qm.num_threads is not None and self.oracle.name not in QM_THREADS_ORACLES:
-            raise ValueError(f"qm.num_threads has no effect with oracle {self.oracle.name!r}: only "
-                             f"{', '.join(QM_THREADS_ORACLES)} takes a thread count (remove qm.num_threads)")
+            raise ValueError(f"qm.num_threads has no effect with oracle {self.oracle.name!r}: "
+                             f"only {', '.join(QM_THREADS_ORACLES)} takes a thread count (remove "
+                             "qm.num_threads)")
         return self
 
     def check_pool_size(self, pool_size: int) -> None:

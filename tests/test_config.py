@@ -155,7 +155,8 @@ def test_finetune_start_is_not_a_trainer_keyword():
 @pytest.mark.parametrize("rule", ["greedy", "lcmd", "top"])
 def test_a_target_without_the_transductive_rule_is_refused_by_name(rule, target):
     data = {"acquisition": {"rule": rule, "target": target}, "exploration": {}}
-    with pytest.raises(ConfigError, match=f"acquisition: target '{target}' has no effect with rule '{rule}'"):
+    message = f"acquisition: target '{target}' has no effect with rule '{rule}'"
+    with pytest.raises(ConfigError, match=message):
         make_config(data)
     assert make_config({**data, "acquisition": {"rule": "transductive", "target": target}})
 
@@ -167,10 +168,13 @@ def test_the_default_target_is_kept_with_any_rule():
     assert make_config(config_json(config)) == config
 
 
-@pytest.mark.parametrize("oracle", [{"name": "xtb"}, {"name": "replay"},
-                                    {"name": "quacc", "recipe": "quacc.recipes.emt.core.static_job"}])
+EMT_RECIPE = {"name": "quacc", "recipe": "quacc.recipes.emt.core.static_job"}
+
+
+@pytest.mark.parametrize("oracle", [{"name": "xtb"}, {"name": "replay"}, EMT_RECIPE])
 def test_qm_threads_with_an_oracle_that_ignores_them_are_refused_by_name(oracle):
-    with pytest.raises(ConfigError, match=f"qm.num_threads has no effect with oracle '{oracle['name']}'"):
+    message = f"qm.num_threads has no effect with oracle '{oracle['name']}'"
+    with pytest.raises(ConfigError, match=message):
         make_config({"oracle": oracle, "qm": {"num_threads": 2}})
     assert make_config({"oracle": oracle}).qm.num_threads is None
 

@@ -91,7 +91,7 @@ def test_an_empty_configuration_file_is_refused(tmp_path, db_url, capsys):
     assert "is empty" in err
 
 
-@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a" * 300, "runs/x", ".hidden", ""])
+@pytest.mark.parametrize("name", ["../../x", "/srv/abs", "a" * 300, "runs/x", ".hidden", ""])
 def test_unsafe_campaign_names_are_refused(tmp_path, db_url, capsys, tiny_model_file, name):
     err = refused_start(tmp_path, db_url, capsys, base_config(tmp_path, tiny_model_file, name=name))
     assert "name:" in err

@@ -1,7 +1,7 @@
 """The obvious per-structure NTK computations: references for tests and benchmarks (slow).
 
 `per_structure_gradients` and `per_structure_force_jacobians` loop over structures with
-``torch.autograd.grad``; the ``*_ntk_features`` helpers build a one-off `NTKFeaturizer`.
+``torch.autograd.grad``; the ``*_ntk_features`` functions build a one-off `NTKFeaturizer`.
 """
 
 from __future__ import annotations
