@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.paths import path_roots, portable_paths
+
 with contextlib.redirect_stdout(sys.stderr):
     import mace  # mace must be imported before e3nn
     import torch
@@ -387,7 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ntorch-sim not measured: {ts_error}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        roots = [
+            *path_roots(out=Path(args.out).parent),
+            (str(Path(MODELS_DIR).resolve()), "<models_dir>"),
+            (str(Path(args.torch_sim_path).resolve()), "<torch_sim_path>"),
+        ]
+        roots.sort(key=lambda pair: len(pair[0]), reverse=True)
+        Path(args.out).write_text(json.dumps(portable_paths(results, roots), indent=2) + "\n")
         print(f"\nwrote {args.out}")
     return 0
 

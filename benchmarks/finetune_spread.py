@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.data import prepare_data, read_labelled
-from benchmarks.spec import BenchmarkSpec, make_spec, preset
+from benchmarks.paths import path_roots, portable_paths
+from benchmarks.spec import DATA_VARIABLE, BenchmarkSpec, make_spec, preset
 from db import campaigns, labels, make_engine, registry, session_scope
 from tangentlab.config import FineTune, make_config
 from tangentlab.finetune import FineTuneHyperparameters, finetune
@@ -51,7 +53,11 @@ def by_source_file(test, rows) -> dict[str, list]:
 
 
 def emit(results: dict, out: Path | None) -> dict:
-    """Print the results as JSON, and write them to ``out`` too when given."""
+    """Print the results as JSON, and write them to ``out`` too when given.
+
+    Paths are stored relative to the data root and the repository (:mod:`benchmarks.paths`).
+    """
+    results = portable_paths(results, path_roots(data_root=os.environ.get(DATA_VARIABLE)))
     text = json.dumps(results, indent=1)
     if out:
         out.write_text(text)

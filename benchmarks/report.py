@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import numpy as np
 from benchmarks.analysis import _mean_curves, comparison_table, learning_curve
 from benchmarks.data import campaign_name
 from benchmarks.methods import method_label
-from benchmarks.spec import BenchmarkSpec
+from benchmarks.paths import path_roots, portable_paths
+from benchmarks.spec import DATA_VARIABLE, BenchmarkSpec
 
 
 def plot_learning_curves(
@@ -231,11 +233,24 @@ def summarize(
     return results
 
 
-def write_outputs(results: dict[str, Any], out: Path, command: str) -> list[Path]:
-    """Results JSON (with the command), learning-curve PNG and the markdown table."""
+def write_outputs(
+    results: dict[str, Any], out: Path, command: str, data_root: str | Path | None = None
+) -> list[Path]:
+    """Results JSON (with the command), learning-curve PNG and the markdown table.
+
+    Paths in the JSON are stored relative to the data root, the work folder, the output
+    folder or the repository (:mod:`benchmarks.paths`); ``data_root`` defaults to the
+    ``TANGENTLAB_DATA`` environment variable.
+    """
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = results["name"]
-    results = {**results, "command": command}
+    roots = path_roots(
+        data_root=data_root or os.environ.get(DATA_VARIABLE),
+        work_dir=(results.get("spec") or {}).get("work_dir"),
+        out=out,
+    )
+    results = portable_paths({**results, "command": command}, roots)
     json_path = out / f"{name}.json"
     json_path.write_text(json.dumps(results, indent=1, default=float))
     written = [json_path]

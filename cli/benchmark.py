@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     command = "tangentlab benchmark replay " + " ".join(sys.argv[3:] if argv is None else argv)
     if args.out:
-        results["outputs"] = [str(p) for p in write_outputs(results, args.out, command)]
+        written = write_outputs(results, args.out, command, data_root=args.data_root)
+        results["outputs"] = [str(p) for p in written]
     if args.json:
         print(json.dumps(results, indent=1, default=float))
     else:
