@@ -1,4 +1,4 @@
-"""Extra tables for docs/benchmarks/README.md from a replay-benchmark JSON.
+"""Extra tables for the benchmark pages (docs/benchmarks/*.md) from a replay-benchmark JSON.
 
     python scripts/benchmark_tables.py docs/benchmarks/h2combustion.json
     python scripts/benchmark_tables.py docs/benchmarks/h2combustion.json --compare docs/benchmarks/h2combustion-shift.json
