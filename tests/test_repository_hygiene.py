@@ -63,12 +63,15 @@ def test_no_tracked_file_names_an_absolute_path_of_a_machine():
 
 
 def test_the_patterns_find_what_they_are_for():
-    for text in ("as measured in Session 7", "sessions 4-6", "see issue #14", "issue 13 leftover",
-                 "the second help" + "er", "not available to this " + "task"):
+    # the examples are split so that this file holds none of them
+    for text in ("as measured in Sess" + "ion 7", "sess" + "ions 4-6", "see iss" + "ue #14",
+                 "iss" + "ue 13 leftover", "the second help" + "er",
+                 "not available to this " + "task"):
         assert HISTORY.search(text), text
     for text in ("the session's Prefect server", "session_scope(engine)", "an issue with SCF"):
         assert not HISTORY.search(text), text
-    for text in ("/work/shared/data", "PGDATA=/tmp/x", "/root/.cache", "cd /home/me"):
+    for text in ("/wo" + "rk/shared/data", "PGDATA=/t" + "mp/x", "/ro" + "ot/.cache",
+                 "cd /ho" + "me/me"):
         assert MACHINE_PATH.search(text), text
     for text in ("tangentlab/work/x", "docs/tmp/y", "~/.cache", "http://example.org/home/x"):
         assert not MACHINE_PATH.search(text), text
