@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from ase import Atoms, units
@@ -27,81 +26,20 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from tangentlab.exploration.calculator import ModelCalculator
+from tangentlab.exploration.neb import NudgedElasticBand
+from tangentlab.exploration.trajectory import (
+    Engine,
+    Frame,
+    Judge,
+    OnEnd,
+    Trajectory,
+    Walker,
+    bare_frame,
+)
 from tangentlab.mace_model import model_cutoff
 
-
-@dataclass
-class Walker:
-    """One trajectory to run.
-
-    Attributes
-    ----------
-    index
-        Its number in the round (stable across resumes: the walker list is seeded).
-    atoms
-        The starting structure (a copy; ``info`` holds charge and multiplicity).
-    seed_structure_id
-        The campaign structure it starts from (None for a seed file).
-    temperature_K
-        md: its temperature.
-    endpoints
-        neb: reactant and product.
-    engine
-        The engine that runs it (set by `tangentlab.exploration.plan_walkers`).
-    """
-
-    index: int
-    atoms: Atoms
-    seed_structure_id: int | None = None
-    temperature_K: float | None = None
-    endpoints: tuple[Atoms, Atoms] | None = None
-    engine: str = ""
-
-
-@dataclass
-class Frame:
-    """A scored frame: its step, structure, σ, and why it is unphysical or out of bounds (None: fine)."""
-
-    step: int
-    atoms: Atoms
-    sigma: float
-    reason: str | None = None
-
-
-@dataclass
-class Trajectory:
-    """A finished walker: every scored frame, the steps run and why it stopped."""
-
-    walker: Walker
-    frames: list[Frame] = field(default_factory=list)
-    steps_run: int = 0
-    stop_reason: str = "steps"
-    wall_s: float = 0.0
-
-
-#: ``judge(frames, walkers)``: per frame its σ and a stop reason (None: go on).
-Judge = Callable[[Sequence[Atoms], Sequence[Walker]], list[tuple[float, str | None]]]
-OnEnd = Callable[[Trajectory], None]
-
-
-class Engine(Protocol):
-    name: str
-
-    def walkers(self, settings: Any, seeds: Sequence[tuple[int | None, Atoms]], rng: np.random.Generator) -> list[Walker]:
-        """The round's walkers from the seeds (deterministic for a given ``rng`` state)."""
-
-    def run(self, walkers: Sequence[Walker], model: Any, settings: Any, judge: Judge, on_end: OnEnd,
-            rng: np.random.Generator) -> None:
-        """Run the walkers; call ``on_end`` once per walker as it finishes."""
-
-
-def _frame(atoms: Atoms, like: Atoms) -> Atoms:
-    """A bare copy of a frame (positions, cell, pbc) with the seed's charge and multiplicity."""
-    frame = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell.copy(), pbc=atoms.pbc)
-    for key in ("charge", "multiplicity"):
-        if key in like.info:
-            frame.info[key] = like.info[key]
-    return frame
+__all__ = ["ENGINES", "Engine", "Frame", "Judge", "MolecularDynamics", "NudgedElasticBand", "OnEnd",
+           "Rattle", "Trajectory", "Walker"]
 
 
 def _ladder(settings: Any, seeds: Sequence[tuple[int | None, Atoms]], rng: np.random.Generator,
@@ -155,7 +93,7 @@ class MolecularDynamics:
                 packed = _Packed(group, [s.walker.temperature_K for s, _ in active], calculator, settings, rng, cutoff)
             packed.run(n)
             step += n
-            frames = [_frame(a, s.walker.atoms) for s, a in active]
+            frames = [bare_frame(a, s.walker.atoms) for s, a in active]
             verdicts = judge(frames, [s.walker for s, _ in active])
             still = []
             for (state, atoms), frame, (sigma, reason) in zip(active, frames, verdicts, strict=True):
@@ -238,7 +176,7 @@ class Rattle:
             trajectory = Trajectory(walker=walker)
             frames = []
             for _ in range(max(1, settings.steps // settings.sample_every)):
-                frame = _frame(walker.atoms, walker.atoms)
+                frame = bare_frame(walker.atoms, walker.atoms)
                 frame.positions += rng.normal(scale=settings.rattle_stdev, size=frame.positions.shape)
                 frames.append(frame)
             for k, (frame, (sigma, reason)) in enumerate(zip(frames, judge(frames, [walker] * len(frames)), strict=True)):
@@ -246,9 +184,6 @@ class Rattle:
             trajectory.steps_run = len(frames) * settings.sample_every
             trajectory.wall_s = time.perf_counter() - start
             on_end(trajectory)
-
-
-from tangentlab.exploration.neb import NudgedElasticBand  # noqa: E402  (neb.py imports this module lazily)
 
 #: Engines by the names ``exploration.engine`` gives.
 ENGINES: dict[str, Engine] = {engine.name: engine

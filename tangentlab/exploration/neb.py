@@ -7,8 +7,8 @@ one `ModelCalculator` per image over the shared model) and optimises the band wi
 images are scored; the band stops when a frame is out of bounds or unphysical, when it
 converges (``fmax``) or after ``steps`` steps.
 
-`tangentlab.exploration.engines` registers it; this module imports that one only inside its
-functions, so that neither import depends on the other's order.
+`tangentlab.exploration.engines` registers it; both take their walker and trajectory types
+from `tangentlab.exploration.trajectory`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ase.io
 import numpy as np
@@ -25,9 +25,7 @@ from ase.mep import NEB
 from ase.optimize import FIRE
 
 from tangentlab.exploration.calculator import ModelCalculator
-
-if TYPE_CHECKING:
-    from tangentlab.exploration.engines import Judge, OnEnd, Walker
+from tangentlab.exploration.trajectory import Frame, Judge, OnEnd, Trajectory, Walker, bare_frame
 
 
 def read_endpoints(path: str | Path) -> tuple[Atoms, Atoms]:
@@ -77,8 +75,6 @@ class NudgedElasticBand:
         ValueError
             An endpoints file is malformed (:func:`read_endpoints`), or there is none.
         """
-        from tangentlab.exploration.engines import Walker
-
         if not settings.neb_endpoints:
             raise ValueError("engine 'neb' needs neb_endpoints (files of a reactant and a product)")
         walkers = []
@@ -90,8 +86,6 @@ class NudgedElasticBand:
     def run(self, walkers: Sequence[Walker], model: Any, settings: Any, judge: Judge, on_end: OnEnd,
             rng: np.random.Generator) -> None:
         """Optimise each walker's band in turn; ``on_end`` gets its trajectory when it stops."""
-        from tangentlab.exploration.engines import Frame, Trajectory, _frame
-
         for walker in walkers:
             start = time.perf_counter()
             reactant, product = walker.endpoints
@@ -107,7 +101,7 @@ class NudgedElasticBand:
                 last = converged or step >= settings.steps
                 if not last and (step == 0 or step % settings.sample_every):
                     continue
-                frames = [_frame(image, walker.atoms) for image in images[1:-1]]
+                frames = [bare_frame(image, walker.atoms) for image in images[1:-1]]
                 verdicts = judge(frames, [walker] * len(frames))
                 trajectory.frames += [Frame(step, frame, sigma, reason) for frame, (sigma, reason)
                                       in zip(frames, verdicts, strict=True)]
