@@ -12,11 +12,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from tangentlab.acquisition.posterior import (
-    _argmax_lowest_index,
-    _available_mask,
-    _check_groups,
-    _reduce_rows,
-    _whitened,
+    argmax_lowest_index,
+    available_mask,
+    check_row_groups,
+    reduce_rows,
+    whiten,
 )
 
 
@@ -72,13 +72,13 @@ def kmeans_pp_selection(
         raise ValueError(f"batch_size must be non-negative, got {batch_size}")
     if embedding not in ("linear", "outer"):
         raise ValueError(f"embedding must be 'linear' or 'outer', got {embedding!r}")
-    rows, counts = _check_groups(rows, counts, chol.shape[0])
+    rows, counts = check_row_groups(rows, counts, chol.shape[0])
     if embedding == "linear" and np.any(counts != 1):
         raise ValueError("the 'linear' embedding needs one row per structure; use 'outer'")
-    available = _available_mask(counts.size, exclude)
+    available = available_mask(counts.size, exclude)
     n_picks = min(batch_size, int(available.sum()))
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    z = _whitened(chol, rows).T
+    z = whiten(chol, rows).T
     if embedding == "linear":
         self_kernel = np.einsum("ij,ij->i", z, z)
     else:
@@ -90,15 +90,15 @@ def kmeans_pp_selection(
         block = z[starts[center] : starts[center + 1]]
         if embedding == "linear":
             return z @ block[0]
-        return _reduce_rows(np.sum((z @ block.T) ** 2, axis=1), counts, "mean") / len(block)
+        return reduce_rows(np.sum((z @ block.T) ** 2, axis=1), counts, "mean") / len(block)
 
     rng = np.random.default_rng(seed)
     indices = np.empty(n_picks, dtype=np.int64)
     nearest = np.full(counts.size, np.inf)
     for step in range(n_picks):
         if step == 0:
-            prior = _reduce_rows(np.einsum("ij,ij->i", z, z), counts, "mean")
-            pick = _argmax_lowest_index(prior, available)
+            prior = reduce_rows(np.einsum("ij,ij->i", z, z), counts, "mean")
+            pick = argmax_lowest_index(prior, available)
         else:
             weights = np.where(available, nearest, 0.0)
             total = weights.sum()
@@ -174,7 +174,7 @@ def lcmd_selection(
         raise ValueError(f"batch_size must be non-negative, got {batch_size}")
     counts = np.asarray(counts, dtype=np.int64)
     labelled_counts = np.asarray(labelled_counts, dtype=np.int64)
-    available = _available_mask(counts.size, exclude)
+    available = available_mask(counts.size, exclude)
     n_picks = min(batch_size, int(available.sum()))
     self_kernel = _self_kernel(rows, counts)
     nearest = np.full(counts.size, np.inf)
@@ -196,11 +196,11 @@ def lcmd_selection(
     for step in range(n_picks):
         spread = np.where(available, np.maximum(nearest, 0.0), 0.0)
         if not np.isfinite(spread).all():  # no centre yet: the largest self-kernel first
-            pick = _argmax_lowest_index(self_kernel, available)
+            pick = argmax_lowest_index(self_kernel, available)
         else:
             sizes = np.bincount(owner + 1, weights=spread)
             largest = int(np.argmax(sizes)) - 1
-            pick = _argmax_lowest_index(np.where(owner == largest, spread, -np.inf), available)
+            pick = argmax_lowest_index(np.where(owner == largest, spread, -np.inf), available)
         indices[step] = pick
         available[pick] = False
         block = slice(cand_starts[pick], cand_starts[pick + 1])

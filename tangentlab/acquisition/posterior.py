@@ -8,7 +8,9 @@ but costs O(d³ + n d²) and never forms candidate-by-candidate or candidate-by-
 
 A structure may own several rows (force NTK: 3N); its σ² is then the mean (or sum) over
 its rows. Everything is float64. `PosteriorScorer` ties a feature map, its row
-normalisation and the factor of A together (`tangentlab.acquisition.scorer`).
+normalisation and the factor of A together (`tangentlab.acquisition.scorer`). The checks and
+the tie-breaking argmax at the end are shared by the greedy rules (`rules`, `diversity`,
+`transductive`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def _as_rows(phi: np.ndarray | None, name: str, d: int | None = None) -> np.ndar
     return phi
 
 
-def _check_lam(lam: float) -> float:
+def check_noise_variance(lam: float) -> float:
+    """λ as a float; a ValueError unless it is positive."""
     if not lam > 0:
         raise ValueError(f"lam (noise variance) must be positive, got {lam}")
     return float(lam)
@@ -59,14 +62,14 @@ def precision_cholesky(phi_train: np.ndarray, lam: float, d: int) -> np.ndarray:
     np.ndarray
         L (d, d) with ``L Lᵀ = A``.
     """
-    lam = _check_lam(lam)
+    lam = check_noise_variance(lam)
     phi_train = _as_rows(phi_train, "phi_train", d)
     precision = phi_train.T @ phi_train
     precision[np.diag_indices(d)] += lam
     return cholesky(precision, lower=True)
 
 
-def _whitened(chol: np.ndarray, phi_cand: np.ndarray) -> np.ndarray:
+def whiten(chol: np.ndarray, phi_cand: np.ndarray) -> np.ndarray:
     """Columns z_x = L⁻¹ φ_xᵀ (d, n), so that φ_x A⁻¹ φ_xᵀ = ||z_x||²."""
     return solve_triangular(chol, phi_cand.T, lower=True, check_finite=False)
 
@@ -91,9 +94,9 @@ def variance_from_cholesky(chol: np.ndarray, phi_cand: np.ndarray, lam: float) -
     np.ndarray
         σ² per candidate (n,).
     """
-    lam = _check_lam(lam)
+    lam = check_noise_variance(lam)
     phi_cand = _as_rows(phi_cand, "phi_cand", chol.shape[0])
-    z = _whitened(chol, phi_cand)
+    z = whiten(chol, phi_cand)
     return lam * np.einsum("ij,ij->j", z, z)
 
 
@@ -129,7 +132,9 @@ def posterior_variance(phi_train: np.ndarray, phi_cand: np.ndarray, lam: float) 
 REDUCTIONS = ("mean", "sum")
 
 
-def _check_groups(rows: np.ndarray, counts: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+def check_row_groups(rows: np.ndarray, counts: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows (R, d) as float64 and ``counts`` (rows per structure, summing to R) as int64;
+    a ValueError when they do not fit together."""
     rows = _as_rows(rows, "rows", d)
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 1 or (counts.size and counts.min() < 1):
@@ -139,13 +144,15 @@ def _check_groups(rows: np.ndarray, counts: np.ndarray, d: int) -> tuple[np.ndar
     return rows, counts
 
 
-def _check_reduce(reduce: str) -> str:
+def check_reduction(reduce: str) -> str:
+    """``reduce`` if it is one of `REDUCTIONS`, else a ValueError."""
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     return reduce
 
 
-def _reduce_rows(row_values: np.ndarray, counts: np.ndarray, reduce: str) -> np.ndarray:
+def reduce_rows(row_values: np.ndarray, counts: np.ndarray, reduce: str) -> np.ndarray:
+    """Per structure, the mean (or sum) of its consecutive ``counts`` row values."""
     if counts.size == 0:
         return np.zeros(0)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -180,18 +187,20 @@ def grouped_variance_from_cholesky(
     np.ndarray
         σ² per structure (n,).
     """
-    lam = _check_lam(lam)
-    reduce = _check_reduce(reduce)
-    rows, counts = _check_groups(rows, counts, chol.shape[0])
-    z = _whitened(chol, rows)
-    return _reduce_rows(lam * np.einsum("ij,ij->j", z, z), counts, reduce)
+    lam = check_noise_variance(lam)
+    reduce = check_reduction(reduce)
+    rows, counts = check_row_groups(rows, counts, chol.shape[0])
+    z = whiten(chol, rows)
+    return reduce_rows(lam * np.einsum("ij,ij->j", z, z), counts, reduce)
 
 
 #: Scores within this relative distance of the maximum count as tied; ties go to the
 #: lowest index, so picks do not depend on the last bits of BLAS rounding.
 TIE_TOLERANCE = 1e-12
 
-def _available_mask(n_candidates: int, exclude: Iterable[int] | None) -> np.ndarray:
+
+def available_mask(n_candidates: int, exclude: Iterable[int] | None) -> np.ndarray:
+    """A boolean mask of the candidates not in ``exclude`` (indices checked against the range)."""
     available = np.ones(n_candidates, dtype=bool)
     if exclude is not None:
         excluded = np.asarray(list(exclude), dtype=np.int64)
@@ -201,7 +210,9 @@ def _available_mask(n_candidates: int, exclude: Iterable[int] | None) -> np.ndar
     return available
 
 
-def _argmax_lowest_index(scores: np.ndarray, available: np.ndarray) -> int:
+def argmax_lowest_index(scores: np.ndarray, available: np.ndarray) -> int:
+    """The best available candidate; scores within `TIE_TOLERANCE` of the best count as tied
+    and the lowest index wins."""
     masked = np.where(available, scores, -np.inf)
     best = masked.max()
     return int(np.flatnonzero(masked >= best - TIE_TOLERANCE * abs(best))[0])

@@ -29,13 +29,13 @@ from scipy.linalg import cholesky, solve_triangular
 
 from tangentlab.acquisition.diversity import kmeans_pp_selection, lcmd_selection
 from tangentlab.acquisition.posterior import (
-    _argmax_lowest_index,
-    _available_mask,
-    _check_groups,
-    _check_lam,
-    _check_reduce,
-    _reduce_rows,
-    _whitened,
+    argmax_lowest_index,
+    available_mask,
+    check_noise_variance,
+    check_reduction,
+    check_row_groups,
+    reduce_rows,
+    whiten,
 )
 from tangentlab.acquisition.transductive import transductive_selection
 
@@ -64,7 +64,7 @@ def random_selection(
     """
     if batch_size < 0:
         raise ValueError(f"batch_size must be non-negative, got {batch_size}")
-    available = np.flatnonzero(_available_mask(n_candidates, exclude))
+    available = np.flatnonzero(available_mask(n_candidates, exclude))
     rng = np.random.default_rng(seed)
     size = min(batch_size, available.size)
     return rng.choice(available, size=size, replace=False).astype(np.int64)
@@ -119,13 +119,13 @@ def greedy_grouped_posterior_variance(
     """
     if batch_size < 0:
         raise ValueError(f"batch_size must be non-negative, got {batch_size}")
-    lam = _check_lam(lam)
-    reduce = _check_reduce(reduce)
-    rows, counts = _check_groups(rows, counts, chol.shape[0])
-    available = _available_mask(counts.size, exclude)
+    lam = check_noise_variance(lam)
+    reduce = check_reduction(reduce)
+    rows, counts = check_row_groups(rows, counts, chol.shape[0])
+    available = available_mask(counts.size, exclude)
     n_picks = min(batch_size, int(available.sum()))
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    z = _whitened(chol, rows).T
+    z = whiten(chol, rows).T
     row_variance = np.einsum("ij,ij->i", z, z)
     picked_rows = int(np.sort(counts[available])[::-1][:n_picks].sum()) if n_picks else 0
     corrections = np.empty((rows.shape[0], picked_rows), order="F")
@@ -133,8 +133,8 @@ def greedy_grouped_posterior_variance(
     indices = np.empty(n_picks, dtype=np.int64)
     scores = np.empty(n_picks, dtype=np.float64)
     for step in range(n_picks):
-        variances = lam * _reduce_rows(row_variance, counts, reduce)
-        pick = _argmax_lowest_index(variances, available)
+        variances = lam * reduce_rows(row_variance, counts, reduce)
+        pick = argmax_lowest_index(variances, available)
         indices[step], scores[step] = pick, variances[pick]
         available[pick] = False
         block = slice(starts[pick], starts[pick + 1])

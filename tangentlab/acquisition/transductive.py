@@ -37,10 +37,10 @@ import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 
 from tangentlab.acquisition.posterior import (
-    _argmax_lowest_index,
-    _available_mask,
-    _check_groups,
-    _check_lam,
+    argmax_lowest_index,
+    available_mask,
+    check_noise_variance,
+    check_row_groups,
 )
 
 
@@ -69,7 +69,7 @@ class TargetCovariance:
         counts
             Rows per structure.
         """
-        rows, counts = _check_groups(rows, counts, self.sum.shape[0])
+        rows, counts = check_row_groups(rows, counts, self.sum.shape[0])
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         norms = np.add.reduceat(np.einsum("ij,ij->i", rows, rows), starts) if counts.size else counts
         weights = np.repeat(np.divide(1.0, norms, out=np.zeros(counts.size), where=norms > 0), counts)
@@ -130,8 +130,8 @@ def transductive_gain(
     np.ndarray
         gain per candidate (n,), non-negative.
     """
-    lam = _check_lam(lam)
-    rows, counts = _check_groups(rows, counts, chol.shape[0])
+    lam = check_noise_variance(lam)
+    rows, counts = check_row_groups(rows, counts, chol.shape[0])
     z = solve_triangular(chol, rows.T, lower=True, check_finite=False).T
     return np.maximum(_gains(z, _whitened_target(chol, target), counts, lam), 0.0)
 
@@ -175,9 +175,9 @@ def transductive_selection(
     """
     if batch_size < 0:
         raise ValueError(f"batch_size must be non-negative, got {batch_size}")
-    lam = _check_lam(lam)
-    rows, counts = _check_groups(rows, counts, chol.shape[0])
-    available = _available_mask(counts.size, exclude)
+    lam = check_noise_variance(lam)
+    rows, counts = check_row_groups(rows, counts, chol.shape[0])
+    available = available_mask(counts.size, exclude)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     precision = chol @ chol.T
     n_picks = min(batch_size, int(available.sum()))
@@ -187,7 +187,7 @@ def transductive_selection(
         factor = chol if step == 0 else cholesky(precision, lower=True)
         z = solve_triangular(factor, rows.T, lower=True, check_finite=False).T
         scores = _gains(z, _whitened_target(factor, target), counts, lam)
-        pick = _argmax_lowest_index(scores, available)
+        pick = argmax_lowest_index(scores, available)
         indices[step], gains[step] = pick, max(float(scores[pick]), 0.0)
         available[pick] = False
         block = rows[starts[pick] : starts[pick + 1]]
