@@ -31,6 +31,7 @@ from ase import Atoms
 from mace import data as mace_data
 from mace.tools import torch_geometric
 
+from tangentlab.config import FineTune
 from tangentlab.mace_model import atoms_to_graphs, default_dtype, load_model, model_elements
 from tangentlab.model_files import write_model
 
@@ -45,20 +46,29 @@ def labelled_batches(model, atoms_list, batch_size, device, *, shuffle=False, ge
     )
 
 
+#: A campaign's fine-tuning settings are the one source of the defaults, so that a direct call
+#: of `finetune` trains like a campaign round.
+_CAMPAIGN = FineTune()
+
+
 @dataclass
 class FineTuneHyperparameters:
-    """Optimiser and stopping settings for one fine-tuning run."""
+    """Optimiser and stopping settings for one fine-tuning run.
 
-    max_epochs: int = 60
-    patience: int = 12
-    lr: float = 2e-3
-    batch_size: int = 8
-    energy_weight: float = 30.0  # per-atom energy MSE (eV²); see tangentlab.config.FineTune
-    forces_weight: float = 10.0
-    ema_decay: float = 0.95
-    e0_refit_interval: int = 5
-    min_steps_per_epoch: int = 10
-    min_valid: int = 5
+    The defaults are those of a campaign's ``finetune`` section (`tangentlab.config.FineTune`);
+    ``weight_decay`` and ``seed`` are set only here (a campaign passes its own seed).
+    """
+
+    max_epochs: int = _CAMPAIGN.max_epochs
+    patience: int = _CAMPAIGN.patience
+    lr: float = _CAMPAIGN.lr
+    batch_size: int = _CAMPAIGN.batch_size
+    energy_weight: float = _CAMPAIGN.energy_weight  # per-atom energy MSE (eV²)
+    forces_weight: float = _CAMPAIGN.forces_weight
+    ema_decay: float = _CAMPAIGN.ema_decay
+    e0_refit_interval: int = _CAMPAIGN.e0_refit_interval
+    min_steps_per_epoch: int = _CAMPAIGN.min_steps_per_epoch
+    min_valid: int = _CAMPAIGN.min_valid
     weight_decay: float = 0.0
     seed: int = 0
 

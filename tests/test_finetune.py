@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import write_pool
 
+from tangentlab.config import FineTune
 from tangentlab.finetune import FineTuneHyperparameters, finetune, refit_e0s
 from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics
@@ -28,6 +29,14 @@ def test_refit_e0s_is_defined_for_an_absent_element():
     fitted = refit_e0s(counts, counts @ np.array([-5.0, 0.0]), prior=np.array([-1.0, -7.0]))
     assert fitted[0] == pytest.approx(-5.0, abs=1e-3)
     assert fitted[1] == pytest.approx(-7.0 - 4.0, abs=1e-2)  # prior moved by the mean per-atom shift
+
+
+def test_a_direct_fine_tune_has_a_campaigns_defaults():
+    # A benchmark that calls finetune() without hyperparameters trains like a campaign round.
+    campaign = FineTune().hyperparameters()
+    direct = vars(FineTuneHyperparameters())
+    assert {key: direct[key] for key in campaign} == campaign
+    assert (direct["max_epochs"], direct["patience"]) == (40, 8)
 
 
 @pytest.fixture(scope="module")
