@@ -18,7 +18,7 @@ from tangentlab.mace_model import atoms_to_batch, default_dtype, iter_batches, m
 
 
 @contextlib.contextmanager
-def _gradients_enabled(parameters: Sequence[torch.nn.Parameter]) -> Iterator[None]:
+def gradients_enabled(parameters: Sequence[torch.nn.Parameter]) -> Iterator[None]:
     """Turn requires_grad on for the parameters and restore the previous flags after."""
     previous = [parameter.requires_grad for parameter in parameters]
     try:
@@ -93,7 +93,7 @@ def per_structure_gradients(
             batches = list(iter_batches(model, structures, batch_size, device))
     rows = []
     for batch in batches:
-        with default_dtype(model_dtype(model)), _gradients_enabled(chosen):
+        with default_dtype(model_dtype(model)), gradients_enabled(chosen):
             energy = model(batch.to_dict(), training=False, compute_force=False)["energy"]
             for b in range(batch.num_graphs):
                 grads = torch.autograd.grad(energy[b], chosen, retain_graph=True, allow_unused=True)
@@ -128,7 +128,7 @@ def per_structure_force_jacobians(
     device = next(model.parameters()).device
     batch = _as_batch(model, structures, device)
     jacobians = []
-    with default_dtype(model_dtype(model)), _gradients_enabled(chosen):
+    with default_dtype(model_dtype(model)), gradients_enabled(chosen):
         forces = model(batch.to_dict(), training=True, compute_force=True)["forces"]
         ptr = batch.ptr.cpu().numpy()
         for b in range(batch.num_graphs):
