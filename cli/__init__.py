@@ -6,7 +6,6 @@ This is the top layer: it may import flows, tasks, db and the science core; noth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import traceback
@@ -16,12 +15,12 @@ import traceback
 # its settings; a value the user set wins.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-# mace prints a notice ("cuequivariance ... not available") on stdout when it is first imported;
-# stdout is for the commands' output (`status --json`), so it goes to stderr.
-with contextlib.redirect_stdout(sys.stderr):
-    import mace  # noqa: F401  (mace must be imported before e3nn)
-    import mace.tools.cg  # noqa: F401  (the module that prints the notice)
+# `--debug` also shows the libraries' warnings and notices that `tangentlab._quiet` hides when
+# tangentlab is first imported (below); the processes a campaign starts inherit the variable.
+if "--debug" in sys.argv[1:]:
+    os.environ["TANGENTLAB_DEBUG"] = "1"
 
+import tangentlab  # noqa: E402,F401  (imports mace before e3nn, without its notices on stdout)
 from cli.commands import (  # noqa: E402
     DEFAULT_DB,
     cmd_benchmark,
@@ -49,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", help="database URL (default: $TANGENTLAB_DATABASE_URL, else the Prefect Secret "
                         f"block named by $TANGENTLAB_DATABASE_SECRET, else {DEFAULT_DB})")
     parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of a failure instead of only its `error:` line")
+                        help="show the traceback of a failure instead of only its `error:` line, "
+                        "and the libraries' warnings")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("quickstart", help="run (or resume) the built-in quick-start campaign")
@@ -115,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     from cli.errors import EXIT_ERROR, hide_prefect_tracebacks, is_expected, message
+    from tangentlab import _quiet
 
-    if not args.debug:
+    if args.debug:
+        os.environ[_quiet.DEBUG_ENV] = "1"
+        _quiet.show_library_warnings()
+    else:
         hide_prefect_tracebacks()
     try:
         return args.func(args)
