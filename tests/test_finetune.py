@@ -83,20 +83,35 @@ def test_finetune_needs_training_data(tiny_model_file, tmp_path):
 
 
 def test_committee_disagrees_where_members_differ(tiny_model_file, xtb_data, tmp_path):
-    from tangentlab.acquisition.committee import committee_disagreement, committee_selection, train_committee
+    from tangentlab.acquisition.committee import (
+        CommitteeScorer,
+        committee_disagreement,
+        committee_selection,
+        fit_committee,
+        train_committee,
+    )
 
     energy_std, force_std = committee_disagreement([tiny_model_file, tiny_model_file], xtb_data[:4])
     np.testing.assert_allclose(energy_std, 0.0, atol=1e-12)
     np.testing.assert_allclose(force_std, 0.0, atol=1e-12)
-    members = train_committee(tiny_model_file, xtb_data[:10], xtb_data[10:12], tmp_path, size=2,
-                              hyper=FineTuneHyperparameters(max_epochs=2, patience=2))
+    scorer = fit_committee(tiny_model_file, xtb_data[:10], xtb_data[10:12], tmp_path, size=2,
+                           hyper=FineTuneHyperparameters(max_epochs=2, patience=2))
+    assert scorer.signal == "committee" and len(scorer.members) == 2
     molecules = [a for a in xtb_data[12:] if len(a) >= 2]  # a lone atom feels no force
-    energy_std, force_std = committee_disagreement(members, molecules)
+    energy_std, force_std = committee_disagreement(scorer.members, molecules)
     assert (force_std > 0).all() and (energy_std > 0).all()
     picked = committee_selection(force_std, 2)
     assert list(picked) == list(np.argsort(-force_std)[:2])
+    # The scorer: σ² is the squared force spread, its picks the committee's.
+    np.testing.assert_array_equal(scorer.variance(molecules), force_std**2)
+    chosen, scores = scorer.select(molecules, 2, exclude=[int(picked[0])])
+    assert list(chosen) == [i for i in np.argsort(-force_std, kind="stable") if i != picked[0]][:2]
+    np.testing.assert_array_equal(scores, force_std[chosen] ** 2)
+    assert CommitteeScorer.from_dir(tmp_path).members == scorer.members
     with pytest.raises(ValueError, match="at least 2 members"):
         train_committee(tiny_model_file, xtb_data, [], tmp_path, size=1)
+    with pytest.raises(ValueError, match="0 committee member files"):
+        CommitteeScorer.from_dir(tmp_path / "none")
 
 
 def test_rounds_start_from_the_latest_or_the_starting_model():

@@ -3,14 +3,16 @@
 One entry point, `select_batch`; the pieces are found by name:
 
 - ``signals.py``: the registry of feature maps (activation kernel, energy/force/joint NTK,
-  random-init MACE, fixed descriptor); ``activations.py``, ``ntk.py`` (with ``sketch.py``
-  and the slow references in ``ntk_reference.py``), ``descriptors.py`` compute the rows;
+  random-init MACE, fixed descriptor); ``activations.py``, ``ntk.py`` (with ``sketch.py``,
+  its two methods in ``ntk_per_sample.py`` and ``ntk_double_backward.py`` and the slow
+  references in ``ntk_reference.py``), ``descriptors.py`` compute the rows;
 - ``posterior.py``: σ² in feature space and the fitted `PosteriorScorer`;
 - ``rules.py``: the registry of batch rules (greedy, transductive, LCMD, k-means++, top)
   and ``transductive.py``: target-aware selection;
 - ``select.py``: the streamed, chunked shortlist and the batch;
 - ``calibration.py``: σ as a predicted error;
-- ``committee.py`` and `random_selection`: the two baselines without feature rows.
+- ``committee.py`` (`CommitteeScorer`, a scorer like `PosteriorScorer`) and `random_selection`:
+  the two baselines without feature rows.
 """
 
 from tangentlab.acquisition.calibration import calibrate_uncertainty, spearman, uncertainty_quality

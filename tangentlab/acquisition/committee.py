@@ -4,11 +4,18 @@ K models are fine-tuned from the same parent on bootstrap resamples of the train
 with different seeds; a candidate's score is the committee's disagreement on it. This costs K
 fine-tunes per round (the kernel signals cost one forward or backward pass per candidate),
 which is the point of comparing against it.
+
+`fit_committee` trains the members and returns a `CommitteeScorer`, a scorer like the feature
+signals' `tangentlab.acquisition.scorer.PosteriorScorer` (the `Scorer` protocol): its
+``variance`` is the squared force disagreement, so that its root plays the part of σ (the
+calibrated predicted error, the stored score), and its ``select`` picks the largest
+disagreements.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -78,3 +85,87 @@ def committee_selection(force_std: np.ndarray, batch_size: int, exclude: Sequenc
     scores[list(exclude)] = -np.inf
     order = np.lexsort((np.arange(len(scores)), -scores))
     return order[: min(batch_size, int(np.isfinite(scores).sum()))]
+
+
+@dataclass
+class CommitteeScorer:
+    """
+    A trained committee as a scorer (see `tangentlab.acquisition.scorer.Scorer`).
+
+    Attributes
+    ----------
+    members
+        The members' weights-only model files.
+    device
+        Torch device of the members' predictions.
+    signal
+        ``"committee"``.
+    """
+
+    members: list[Path]
+    device: str = "cpu"
+    signal: str = "committee"
+
+    @classmethod
+    def from_dir(cls, out_dir: str | Path, device: str = "cpu") -> CommitteeScorer:
+        """The committee `fit_committee` wrote to ``out_dir`` (its weights-only member files)."""
+        members = sorted(Path(out_dir).glob("member-*.pt"))
+        if len(members) < 2:
+            raise ValueError(f"{out_dir} holds {len(members)} committee member files, not at least 2")
+        return cls(members=members, device=device)
+
+    def disagreement(self, atoms_list: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+        """Energy std per atom (eV/atom) and the largest per-atom force std (eV/Å) per structure
+        (`committee_disagreement`)."""
+        return committee_disagreement(self.members, atoms_list, device=self.device)
+
+    def variance(self, atoms_list: Sequence[Atoms], chunk_size: int = 256) -> np.ndarray:
+        """
+        The squared force disagreement per structure ((eV/Å)²); its root is the committee's σ.
+
+        Parameters
+        ----------
+        atoms_list
+            Structures.
+        chunk_size
+            Not used: every member predicts all structures in turn (kept for the interface).
+        """
+        return self.disagreement(atoms_list)[1] ** 2
+
+    def select(self, atoms_list: Sequence[Atoms], batch_size: int,
+               exclude: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """
+        The ``batch_size`` structures with the largest force disagreement and their scores.
+
+        Returns
+        -------
+        picked
+            Indices into ``atoms_list`` (ties: lowest index first).
+        scores
+            Their `variance`.
+        """
+        force_std = self.disagreement(atoms_list)[1]
+        picked = committee_selection(force_std, batch_size, list(exclude))
+        return picked, force_std[picked] ** 2
+
+
+def fit_committee(
+    parent_model: str | Path,
+    train: Sequence[Atoms],
+    valid: Sequence[Atoms],
+    out_dir: str | Path,
+    *,
+    size: int = 3,
+    hyper: FineTuneHyperparameters | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: Callable[[int, int, int, dict], None] | None = None,
+) -> CommitteeScorer:
+    """
+    Train a committee (`train_committee`) and return it as a scorer.
+
+    Parameters are those of `train_committee`; ``device`` also serves the predictions.
+    """
+    members = train_committee(parent_model, train, valid, out_dir, size=size, hyper=hyper,
+                              seed=seed, device=device, progress=progress)
+    return CommitteeScorer(members=list(members), device=device)

@@ -3,6 +3,10 @@
 `fit_scorer` builds one from labelled (and unlabelled reference) structures; the same scorer
 gives the pool scores in `tangentlab.acquisition.select_batch` and the σ of validation
 structures for `tangentlab.acquisition.calibration`.
+
+Every scorer follows the `Scorer` protocol: the signal's name and σ² of any structures. The
+feature signals' scorer is `PosteriorScorer`; the committee baseline's is
+`tangentlab.acquisition.committee.CommitteeScorer` (`fit_committee`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import mace  # noqa: F401  (mace must be imported before e3nn)
 import numpy as np
@@ -20,6 +25,16 @@ from scipy.linalg import cholesky
 from tangentlab.acquisition.activations import Standardizer
 from tangentlab.acquisition.posterior import grouped_variance_from_cholesky
 from tangentlab.acquisition.signals import Featurizer, Rows, get_signal, make_featurizer
+
+
+class Scorer(Protocol):
+    """What acquisition and calibration ask of a fitted scorer."""
+
+    signal: str
+
+    def variance(self, atoms_list: Sequence[Atoms], chunk_size: int = 256) -> np.ndarray:
+        """σ² per structure: a posterior variance, or a committee's squared disagreement."""
+        ...
 
 
 @dataclass(frozen=True)

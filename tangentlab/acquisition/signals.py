@@ -19,8 +19,8 @@ signal                 rows per structure                                    mod
 =====================  ====================================================  ==============
 
 ``random`` (no features) and ``committee`` (disagreement of fine-tuned models) are the
-two baselines without feature rows; they are acquisition *methods* (see
-`tangentlab.config.Acquisition`), not signals.
+two baselines without feature rows (see `tangentlab.config.Acquisition`), not signals; the
+committee has a scorer like the signals' (`tangentlab.acquisition.committee.CommitteeScorer`).
 """
 
 from __future__ import annotations
