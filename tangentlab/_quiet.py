@@ -47,16 +47,17 @@ def hide_library_warnings() -> None:
 def show_library_warnings() -> None:
     """Remove the filters `hide_library_warnings` added (``tangentlab --debug``)."""
     hidden = set(HIDDEN_WARNINGS)
-    warnings.filters[:] = [f for f in warnings.filters
-                           if not (f[0] == "ignore" and f[1] is not None and f[1].pattern in hidden)]
+    warnings.filters[:] = [
+        f for f in warnings.filters
+        if not (f[0] == "ignore" and f[1] is not None and f[1].pattern in hidden)
+    ]
 
 
 def _import_mace() -> None:
     """Import MACE's tools (which print the cuequivariance notice on stdout, once)."""
     notice = sys.stderr if debug() else io.StringIO()
     with contextlib.redirect_stdout(notice):
-        import mace  # noqa: F401  (mace must be imported before e3nn)
-        import mace.tools.cg  # noqa: F401  (the module that prints the notice)
+        import mace.tools.cg  # noqa: F401  (mace before e3nn; cg prints the notice)
 
 
 if not debug():

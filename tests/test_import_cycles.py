@@ -25,7 +25,8 @@ def import_cycles(graph) -> list[list[str]]:
                     index[child] = low[child] = len(index)
                     stack.append(child)
                     on_stack.add(child)
-                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                    imported = sorted(graph.find_modules_directly_imported_by(child))
+                    work.append((child, iter(imported)))
                 elif child in on_stack:
                     low[module] = min(low[module], index[child])
                 continue

@@ -111,7 +111,9 @@ class CommitteeScorer:
         """The committee `fit_committee` wrote to ``out_dir`` (its weights-only member files)."""
         members = sorted(Path(out_dir).glob("member-*.pt"))
         if len(members) < 2:
-            raise ValueError(f"{out_dir} holds {len(members)} committee member files, not at least 2")
+            raise ValueError(
+                f"{out_dir} holds {len(members)} committee member files, not at least 2"
+            )
         return cls(members=members, device=device)
 
     def disagreement(self, atoms_list: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,8 @@ class Walker:
 
 @dataclass
 class Frame:
-    """A scored frame: its step, structure, σ, and why it is unphysical or out of bounds (None: fine)."""
+    """A scored frame: its step, structure, σ, and why it is unphysical or out of bounds
+    (None: fine)."""
 
     step: int
     atoms: Atoms
@@ -71,7 +72,8 @@ OnEnd = Callable[[Trajectory], None]
 class Engine(Protocol):
     name: str
 
-    def walkers(self, settings: Any, seeds: Sequence[tuple[int | None, Atoms]], rng: np.random.Generator) -> list[Walker]:
+    def walkers(self, settings: Any, seeds: Sequence[tuple[int | None, Atoms]],
+                rng: np.random.Generator) -> list[Walker]:
         """The round's walkers from the seeds (deterministic for a given ``rng`` state)."""
 
     def run(self, walkers: Sequence[Walker], model: Any, settings: Any, judge: Judge, on_end: OnEnd,
@@ -81,7 +83,8 @@ class Engine(Protocol):
 
 def bare_frame(atoms: Atoms, like: Atoms) -> Atoms:
     """A bare copy of a frame (positions, cell, pbc) with the seed's charge and multiplicity."""
-    frame = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell.copy(), pbc=atoms.pbc)
+    frame = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell.copy(),
+                  pbc=atoms.pbc)
     for key in ("charge", "multiplicity"):
         if key in like.info:
             frame.info[key] = like.info[key]
