@@ -14,9 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -26,9 +24,37 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from tangentlab.config.acquisition import FEATURELESS_METHODS, TARGET_KEYWORDS, Acquisition
+from tangentlab.config.base import Section, registered
+from tangentlab.config.exploration import Exploration, SigmaBound
 from tangentlab.oracles import ORACLES
 from tangentlab.oracles.pyscf import PySCFSettings
 from tangentlab.paths import check_campaign_name
+
+__all__ = [
+    "DEVICE",
+    "FEATURELESS_METHODS",
+    "QM_THREADS_ORACLES",
+    "QUICKSTART_POOL",
+    "SHIPPED_MODEL",
+    "TARGET_KEYWORDS",
+    "Acquisition",
+    "Budgets",
+    "CampaignConfig",
+    "ConfigError",
+    "Exploration",
+    "FineTune",
+    "OracleSettings",
+    "QMSettings",
+    "Section",
+    "SigmaBound",
+    "Targets",
+    "config_json",
+    "load_config",
+    "make_config",
+    "registered",
+    "shipped_file",
+]
 
 
 def shipped_file(name: str) -> str:
@@ -40,27 +66,18 @@ SHIPPED_MODEL = "tangentlab-hcno-xtb.model"
 #: Torch devices a campaign may name; whether the device exists is checked where it runs.
 DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]+)?")
 QUICKSTART_POOL = "quickstart_pool.extxyz"
+#: Oracles whose jobs take ``qm.num_threads``.
+QM_THREADS_ORACLES = ("pyscf",)
 
 
-def _registered(value: str, registry: dict, what: str) -> str:
-    """``value`` if the registry has it, else a ValueError naming the known ones."""
-    if value not in registry:
-        raise ValueError(f"unknown {what} {value!r}; choose from {sorted(registry)}")
-    return value
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class Targets(_Section):
+class Targets(Section):
     """Stop when the test-set errors are at or below both targets."""
 
     energy_mae_mev_per_atom: float = Field(160.0, gt=0, description="Energy MAE target (meV/atom).")
     force_mae_mev_per_a: float = Field(450.0, gt=0, description="Force MAE target (meV/Å).")
 
 
-class Budgets(_Section):
+class Budgets(Section):
     """Stop when any budget is used up (whichever comes first)."""
 
     max_labels: int = Field(90, gt=0, description="Training+validation labels (test labels not counted).")
@@ -92,136 +109,7 @@ OracleSettings = Annotated[
 ]
 
 
-#: Acquisition methods without feature rows (the baselines).
-FEATURELESS_METHODS = ("random", "committee")
-#: Oracles whose jobs take ``qm.num_threads``.
-QM_THREADS_ORACLES = ("pyscf",)
-#: ``acquisition.target`` values that name a set of the campaign itself rather than a file.
-TARGET_KEYWORDS = ("pool", "test", "explored")
-
-
-class Acquisition(_Section):
-    """How each round chooses the structures to label (docs/reference/acquisition.md).
-
-    ``signal`` is a feature map of `tangentlab.acquisition.signals.SIGNALS`, or one of the
-    baselines without feature rows (``random``, ``committee``). ``method`` is the old name of
-    this key and is still read (configurations stored by earlier versions). The defaults
-    (activation kernel + transductive over the test structures) were chosen on the
-    h2-validation benchmark split and reported on h2-heldout (docs/benchmarks/README.md).
-    """
-
-    signal: str = Field(
-        "activation",
-        description="Feature map (activation, atom_activation, ntk, force_ntk, energy_force_ntk, random_mace, "
-        "fixed_descriptor) or a baseline without features (random, committee).",
-    )
-    rule: str = Field(
-        "transductive",
-        description="Batch rule on the shortlist: transductive, greedy, lcmd, kmeans++ or top.",
-    )
-    target: str = Field(
-        "test",
-        description="What the transductive rule reduces the uncertainty on: 'pool'; 'test' (the "
-        "campaign's test_file structures, positions only, never their labels; the pool when the test set "
-        "is drawn from it); 'explored' (the round's exploration candidates; needs an exploration section); "
-        "or a file of unlabelled structures the potential must serve (MD frames, a NEB guess). "
-        "Only the transductive rule has a target: another value than the default with another "
-        "rule is refused.",
-    )
-    sigma_quantile: float | None = Field(
-        None, gt=0, le=1,
-        description="Outlier guard: never label a candidate whose σ² lies above this quantile of "
-        "the pool's σ² (None: no guard).",
-    )
-    max_force: float | None = Field(
-        None, gt=0,
-        description="Outlier guard on forces: never label a candidate whose largest force component, "
-        "as the current model predicts it, exceeds this bound (eV/Å; the upper trust level of DP-GEN on "
-        "predicted forces). None: no guard.",
-    )
-    signal_options: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Options of the signal (e.g. sketch_dim, parameters for the NTKs).",
-    )
-    committee_size: int = Field(3, ge=2, description="Members fine-tuned per round for signal 'committee'.")
-    batch_size: int = Field(10, gt=0, description="Structures labelled per round.")
-    regularization: float = Field(1e-2, gt=0, description="λ of the feature-space posterior A = ΦᵀΦ + λI.")
-    feature_batch_size: int = Field(64, gt=0, description="Structures per MACE forward pass.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _method_is_the_old_name_of_signal(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "method" in data:
-            if "signal" in data:
-                raise ValueError("give 'signal' or its old name 'method', not both")
-            data = {**data, "signal": data["method"]}
-            del data["method"]
-        return data
-
-    @field_validator("signal")
-    @classmethod
-    def _known_signal(cls, value: str) -> str:
-        from tangentlab.acquisition.signals import ALIASES, SIGNALS
-
-        value = ALIASES.get(value, value)
-        if value not in SIGNALS and value not in FEATURELESS_METHODS:
-            raise ValueError(f"unknown signal {value!r}; choose from {[*SIGNALS, *FEATURELESS_METHODS]}")
-        return value
-
-    @field_validator("rule")
-    @classmethod
-    def _known_rule(cls, value: str) -> str:
-        from tangentlab.acquisition.rules import RULES
-
-        return _registered(value, RULES, "batch rule")
-
-    @model_validator(mode="after")
-    def _options_belong_to_the_signal(self) -> Acquisition:
-        from tangentlab.acquisition.signals import SIGNALS
-
-        if self.signal in FEATURELESS_METHODS:
-            if self.signal_options:
-                raise ValueError(f"signal {self.signal!r} takes no signal_options")
-            return self
-        unknown = sorted(set(self.signal_options) - set(SIGNALS[self.signal].options))
-        if unknown:
-            raise ValueError(f"signal_options {unknown} are not options of {self.signal!r}; "
-                             f"its options are {sorted(SIGNALS[self.signal].options)}")
-        return self
-
-    @model_validator(mode="after")
-    def _target_needs_the_transductive_rule(self) -> Acquisition:
-        # The default target is tolerated with any rule: written-out and stored configurations
-        # carry every key. Any other value would be silently ignored, so it is refused.
-        if self.rule != "transductive" and self.target != type(self).model_fields["target"].default:
-            raise ValueError(f"target {self.target!r} has no effect with rule {self.rule!r}: only "
-                             "the transductive rule has a target (remove target, or use rule: "
-                             "transductive)")
-        return self
-
-    def rule_description(self) -> str:
-        """The rule with its target and guards, e.g. ``transductive over test, σ² ≤ q0.9``."""
-        target = f" over {self.target}" if self.rule == "transductive" and self.target != "pool" else ""
-        guard = f", σ² ≤ q{self.sigma_quantile:g}" if self.sigma_quantile is not None else ""
-        guard += f", max force ≤ {self.max_force:g} eV/Å" if self.max_force is not None else ""
-        return f"{self.rule}{target}{guard}"
-
-    def signal_keywords(self) -> dict[str, Any]:
-        """The signal's own options (`make_featurizer` keywords), with the forward batch size."""
-        from tangentlab.acquisition.signals import SIGNALS
-
-        options = dict(self.signal_options)
-        if "forward_batch_size" in SIGNALS[self.signal].options:
-            options.setdefault("forward_batch_size", self.feature_batch_size)
-        return options
-
-    def select_options(self) -> dict[str, Any]:
-        """Keywords of `tangentlab.acquisition.select_batch` for this section (feature signals)."""
-        return {"signal": self.signal, "rule": self.rule, "regularization": self.regularization,
-                "sigma_quantile": self.sigma_quantile, **self.signal_keywords()}
-
-
-class QMSettings(_Section):
+class QMSettings(Section):
     """Running QM jobs."""
 
     max_attempts: int = Field(2, gt=0, description="Tries per label before it is marked failed.")
@@ -258,7 +146,7 @@ class QMSettings(_Section):
         return self
 
 
-class FineTune(_Section):
+class FineTune(Section):
     """Fine-tuning settings (see tangentlab.finetune.FineTuneHyperparameters)."""
 
     max_epochs: int = Field(40, gt=0, description="Epochs per round at most.")
@@ -287,113 +175,7 @@ class FineTune(_Section):
         return self.model_dump(exclude={"start"})
 
 
-class SigmaBound(_Section):
-    """A bound on an exploration frame's σ: an absolute ``value``, or ``factor`` × the
-    ``quantile`` of σ over the campaign's labelled structures (computed each round)."""
-
-    value: float | None = Field(None, gt=0, description="Absolute σ (the acquisition scorer's units).")
-    quantile: float | None = Field(None, ge=0, le=1, description="Quantile of σ on the labelled set.")
-    factor: float = Field(1.0, gt=0, description="Multiplies the quantile (not used with value).")
-
-    @model_validator(mode="after")
-    def _value_or_quantile(self) -> SigmaBound:
-        if (self.value is None) == (self.quantile is None):
-            raise ValueError("give exactly one of value or quantile")
-        if self.value is not None and self.factor != 1.0:
-            raise ValueError("factor applies to a quantile, not to an absolute value")
-        return self
-
-    def describe(self) -> str:
-        """``σ 0.2`` or ``4 × q1 of the labelled σ``."""
-        if self.value is not None:
-            return f"σ {self.value:g}"
-        factor = "" if self.factor == 1.0 else f"{self.factor:g} × "
-        return f"{factor}q{self.quantile:g} of the labelled σ"
-
-
-class Exploration(_Section):
-    """The campaign makes its own candidates by running the current model (docs/exploration.md).
-
-    Each round, before acquisition, ``walkers`` trajectories start from the seed structures
-    and run the current fine-tuned model with an engine of
-    `tangentlab.exploration.engines.ENGINES`. Every sampled frame gets σ from the acquisition
-    scorer; a trajectory stops when σ passes ``sigma_upper`` or the geometry becomes unphysical
-    (atoms closer than ``min_distance``, or the structure falls apart into more fragments than
-    its seed, at ``fragment_cutoff``). Frames with ``sigma_lower`` ≤ σ ≤ ``sigma_upper`` become
-    pool candidates (deduplicated, at most ``max_candidates`` per round).
-    """
-
-    engine: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
-        default_factory=lambda: ["md"], description="Engine, or a list of engines run one after another each "
-        "round: md (Langevin over a temperature ladder), neb (between neb_endpoints) or rattle.")
-    seeds: str = Field("labelled", description="Where trajectories start: 'labelled' (the labelled "
-                       "structures of the campaign) or a structure file.")
-    walkers: int = Field(8, gt=0, description="Trajectories per round (seeds and temperatures are cycled).")
-    temperatures_K: list[float] = Field(default_factory=lambda: [300.0, 600.0, 900.0],
-                                        description="Temperature ladder of the md engine (K).")
-    steps: int = Field(400, gt=0, description="Steps per trajectory (md: time steps; neb: optimiser steps; "
-                       "rattle: frames × sample_every).")
-    timestep_fs: float = Field(0.5, gt=0, le=5, description="md time step (fs).")
-    friction_per_fs: float = Field(0.02, gt=0, description="md Langevin friction (1/fs).")
-    sample_every: int = Field(10, gt=0, description="Steps between scored frames.")
-    batch_walkers: bool = Field(True, description="md: integrate walkers together, one model call per step "
-                                "for a group of walkers_per_call (molecules only; periodic seeds run one at a time).")
-    walkers_per_call: int = Field(16, gt=0, description="md: walkers per group when batched; groups run one "
-                                  "after another, and each walker is stored when it ends.")
-    sigma_lower: SigmaBound = Field(default_factory=lambda: SigmaBound(quantile=1.0),
-                                    description="Frames below this σ are known ground, not candidates.")
-    sigma_upper: SigmaBound = Field(default_factory=lambda: SigmaBound(quantile=1.0, factor=4.0),
-                                    description="A frame above this σ stops its trajectory and is not kept.")
-    min_distance: float = Field(0.6, gt=0, description="Two atoms closer than this (Å) stop a trajectory.")
-    fragment_cutoff: float | None = Field(None, gt=0, description="Atoms within this distance (Å) are "
-                                          "connected; None: the model's cutoff.")
-    max_candidates: int = Field(100, gt=0, description="Candidates stored per round at most.")
-    rattle_stdev: float = Field(0.1, gt=0, description="rattle engine: displacement standard deviation (Å).")
-    neb_endpoints: list[str] = Field(default_factory=list, description="neb engine: files of two "
-                                     "structures each (reactant, product).")
-    neb_images: int = Field(7, ge=3, description="neb engine: images including the endpoints.")
-    fmax: float = Field(0.05, gt=0, description="neb engine: converged below this largest force (eV/Å).")
-
-    @field_validator("engine")
-    @classmethod
-    def _known_engines(cls, value: list[str]) -> list[str]:
-        from tangentlab.exploration.engines import ENGINES
-
-        if not value:
-            raise ValueError("give at least one engine")
-        if len(set(value)) < len(value):
-            raise ValueError(f"an engine is named twice: {value}")
-        return [_registered(name, ENGINES, "engine") for name in value]
-
-    @field_validator("temperatures_K")
-    @classmethod
-    def _positive_temperatures(cls, value: list[float]) -> list[float]:
-        if not value:
-            raise ValueError("give at least one temperature")
-        if any(not t > 0 for t in value):
-            raise ValueError(f"temperatures must be positive (K), got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _engine_inputs(self) -> Exploration:
-        if "neb" in self.engine and not self.neb_endpoints:
-            raise ValueError("engine 'neb' needs neb_endpoints (files of a reactant and a product)")
-        if "neb" not in self.engine and self.neb_endpoints:
-            raise ValueError(f"neb_endpoints are for engine 'neb', not {' + '.join(self.engine)}")
-        lower, upper = self.sigma_lower, self.sigma_upper
-        if lower.value is not None and upper.value is not None and lower.value >= upper.value:
-            raise ValueError(f"sigma_lower {lower.value:g} must be below sigma_upper {upper.value:g}")
-        if lower.quantile is not None and upper.quantile is not None and lower.quantile == upper.quantile \
-                and lower.factor >= upper.factor:
-            raise ValueError("sigma_lower must be below sigma_upper (same quantile: give sigma_upper the larger factor)")
-        return self
-
-    def engines(self) -> str:
-        """The engines in words: ``md`` or ``md + neb``."""
-        return " + ".join(self.engine)
-
-
-class CampaignConfig(_Section):
+class CampaignConfig(Section):
     """Everything a campaign needs; stored verbatim (as JSON) with the campaign."""
 
     name: str = Field("quickstart", min_length=1, description="Campaign name (unique in the database).")
