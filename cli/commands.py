@@ -75,7 +75,7 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
     # The flow reads the URL from the environment, so that a password in it never becomes a
     # flow parameter (which the Prefect server stores in the clear).
     os.environ["TANGENTLAB_DATABASE_URL"] = database_url(args)
-    from cli.interrupt import EXIT_INTERRUPTED, ctrl_c_stops_cleanly
+    from cli.interrupt import ctrl_c_stops_cleanly, exit_code
     from tasks._db import redact_url
     from tasks.interrupt import Interrupted
 
@@ -86,7 +86,7 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
             result = campaign(config=config, name=name, wait=getattr(args, "wait", False))
     except Interrupted as exc:
         print(f"{exc}\nto continue: {hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code()
     _print_result(result)
     return 0 if result["status"] == "targets_met" else 3
 
@@ -128,12 +128,11 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from db import campaigns, session_scope
-    from tangentlab.config import make_config
-    from tasks.setup import import_structures, starting_model_elements
+    from tasks.setup import campaign_model_elements, import_structures
 
     with session_scope(open_database(args, create=True)) as session:
         campaign = campaigns.get_campaign(session, args.name)
-        elements = starting_model_elements(make_config(campaign.config))
+        elements = campaign_model_elements(session, campaign)
         report = import_structures(session, campaign, args.file, split=args.split, allowed_elements=elements)
     print(f"imported {report.added} structures into {args.name!r} ({report.duplicates} already there)")
     return 0

@@ -1,29 +1,39 @@
-"""MACE model files that cannot run code, and the one pickled file tangentlab ever reads.
+"""MACE model files, read without running any code they hold.
 
-A MACE ``.model`` file is a pickled module: loading it can run any code the file holds. So
-tangentlab loads models only from a **weights-only file** (suffix ``.pt``): the MACE
-architecture configuration as JSON (the arguments ``mace.tools.scripts_utils.
-extract_config_mace_model`` returns, classes and gates named from MACE's own registries) and
-the state dict's tensors, read with ``torch.load(weights_only=True)`` and rebuilt through
-MACE's own constructor.
+A MACE ``.model`` file is a pickled module: a plain ``torch.load`` of it can run any code the
+file holds. tangentlab never does one. Every model file goes through :func:`load_file`, the
+one place that calls ``torch.load``, always with ``weights_only=True``:
 
-The one exception is the starting model the user names in a campaign's configuration:
-:func:`starting_weights` unpickles it once, logs and returns its sha256, and writes the
-weights-only file that every later load uses. Fine-tuned models are also written as standard
-``.model`` files beside their weights-only file, for users (``MACECalculator`` loads them);
-tangentlab never reads those back.
+- **weights-only files** (suffix ``.pt``, every registered model version): the MACE
+  architecture configuration as JSON (the arguments ``mace.tools.scripts_utils.
+  extract_config_mace_model`` returns, classes and gates named from MACE's own registries) and
+  the state dict's tensors, rebuilt through MACE's own constructor. Nothing but tensors and
+  plain data may be in them.
+- **the starting model** the user names (a MACE ``.model``): read with an allow-list of the
+  MACE, e3nn and torch classes a ScaleShiftMACE is made of (:data:`MACE_GLOBALS`), so a file
+  that needs anything else is refused before any of it runs. The pickled TorchScript and
+  ``torch.fx`` code inside a real model (e3nn's compiled tensor products, opt_einsum graphs)
+  is neither compiled nor run: the model read is only a skeleton from which
+  :func:`starting_weights` takes the configuration and the weights, once, into a weights-only
+  file that every later load uses.
+
+Fine-tuned models are also written as standard ``.model`` files beside their weights-only file,
+for users (``MACECalculator`` loads them); tangentlab never reads those back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
 import json
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +61,58 @@ _IRREPS = ("hidden_irreps", "MLP_irreps", "edge_irreps")
 _ARRAYS = ("atomic_energies", "atomic_inter_scale", "atomic_inter_shift")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+#: What a pickled ScaleShiftMACE is made of, by the names its pickle uses (MACE 0.3, e3nn 0.4,
+#: torch 2): checked on tangentlab's shipped model, MACE-MP-0-style (ZBL repulsion, Agnesi
+#: transform) and MACE-OFF-style models built with MACE's constructor, and the MACE tutorial's
+#: model. Constructing any of them runs no code from the file; names missing from the installed
+#: versions are skipped.
+MACE_GLOBALS = (
+    "mace.modules.models.ScaleShiftMACE",
+    "mace.modules.blocks.AtomicEnergiesBlock",
+    "mace.modules.blocks.EquivariantProductBasisBlock",
+    "mace.modules.blocks.LinearNodeEmbeddingBlock",
+    "mace.modules.blocks.LinearReadoutBlock",
+    "mace.modules.blocks.NonLinearReadoutBlock",
+    "mace.modules.blocks.RadialEmbeddingBlock",
+    "mace.modules.blocks.RealAgnosticInteractionBlock",
+    "mace.modules.blocks.RealAgnosticResidualInteractionBlock",
+    "mace.modules.blocks.ScaleShiftBlock",
+    "mace.modules.irreps_tools.reshape_irreps",
+    "mace.modules.radial.AgnesiTransform",
+    "mace.modules.radial.BesselBasis",
+    "mace.modules.radial.ChebychevBasis",
+    "mace.modules.radial.GaussianBasis",
+    "mace.modules.radial.PolynomialCutoff",
+    "mace.modules.radial.SoftTransform",
+    "mace.modules.radial.ZBLBasis",
+    "mace.modules.symmetric_contraction.Contraction",
+    "mace.modules.symmetric_contraction.SymmetricContraction",
+    "e3nn.math._normalize_activation.normalize2mom",
+    "e3nn.nn._activation.Activation",
+    "e3nn.nn._fc.FullyConnectedNet",
+    "e3nn.nn._fc._Layer",
+    "e3nn.o3._irreps.Irrep",
+    "e3nn.o3._irreps.Irreps",
+    "e3nn.o3._irreps._MulIr",
+    "e3nn.o3._linear.Instruction",
+    "e3nn.o3._linear.Linear",
+    "e3nn.o3._spherical_harmonics.SphericalHarmonics",
+    "e3nn.o3._tensor_product._instruction.Instruction",
+    "e3nn.o3._tensor_product._sub.FullyConnectedTensorProduct",
+    "e3nn.o3._tensor_product._tensor_product.TensorProduct",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.modules.container.ParameterList",
+    "torch.nn.functional.silu",
+    "torch.nn.functional.tanh",
+    "torch.nn.functional.relu",
+    "torch.nn.functional.sigmoid",
+    "torch.abs",
+    "torch.tanh",
+)
+# Compiled code inside a real model, replaced by inert stand-ins that never compile or run it:
+# torch.fx graph modules (opt_einsum contractions) are rebuilt by exec-ing their pickled source.
+_NOT_RUN = ("torch.fx.graph_module.reduce_graph_module", "torch.fx._symbolic_trace.Tracer")
+
 logger = logging.getLogger(__name__)
 
 
@@ -74,6 +136,99 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+class _NotRun(torch.nn.Module):
+    """Stands in for compiled code of a pickled model (a ``torch.fx`` graph module, its tracer):
+    keeps its tensors, never compiles or runs its source."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+
+def _graph_module_stand_in(body: dict, _import_block: str) -> torch.nn.Module:
+    stand_in = _NotRun()
+    for key in ("_parameters", "_buffers"):
+        values = body.get(key)
+        if isinstance(values, dict):
+            tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+            getattr(stand_in, key).update({k: v for k, v in tensors.items() if isinstance(k, str)})
+    return stand_in
+
+
+def _without_code(cls: type) -> type:
+    """``cls`` with the plain ``torch.nn.Module.__setstate__``: e3nn's code-generating modules
+    otherwise load the TorchScript stored in their state."""
+    if getattr(cls, "__setstate__", None) is torch.nn.Module.__setstate__:
+        return cls
+
+    def __setstate__(self, state: dict) -> None:
+        state = {k: v for k, v in dict(state).items() if k != "__codegen__"}
+        torch.nn.Module.__setstate__(self, state)
+
+    return type(cls.__name__, (cls,), {"__setstate__": __setstate__, "__module__": cls.__module__})
+
+
+@cache
+def _mace_globals() -> tuple[tuple[Any, str], ...]:
+    """The allow-list for ``torch.serialization.safe_globals``: (object, name in the pickle)."""
+    allowed = []
+    for name in MACE_GLOBALS:
+        module, _, attribute = name.rpartition(".")
+        try:
+            value = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(value, type) and issubclass(value, torch.nn.Module):
+            value = _without_code(value)
+        allowed.append((value, name))
+    allowed.append((_graph_module_stand_in, _NOT_RUN[0]))
+    allowed.append((_NotRun, _NOT_RUN[1]))
+    return tuple(allowed)
+
+
+def load_file(file: str | Path | io.BytesIO, path: str | Path, *, mace_model: bool = False) -> Any:
+    """
+    Read a torch file with ``torch.load(weights_only=True)``: the one place tangentlab calls
+    ``torch.load``. Nothing in the file can run code.
+
+    Parameters
+    ----------
+    file
+        The file, or its bytes.
+    path
+        The file's name, for errors.
+    mace_model
+        Also allow the classes a pickled MACE model is made of (:data:`MACE_GLOBALS`); their
+        compiled code is not loaded, so the model read can only give its configuration and
+        weights (:func:`starting_weights`).
+
+    Returns
+    -------
+    Any
+        What the file holds.
+
+    Raises
+    ------
+    pickle.UnpicklingError
+        If the file needs anything not allowed (``torch.load``'s error).
+    """
+    if not mace_model:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    # Always explicit: `import mace` sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, which turns every
+    # torch.load that leaves out weights_only into a full (code-running) unpickle.
+    with torch.serialization.safe_globals(list(_mace_globals())):
+        return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _refusal(exc: Exception) -> tuple[str | None, str]:
+    """The global a weights-only load refused (None if it failed otherwise), and torch's reason
+    without its advice to load the file with ``weights_only=False``."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", text, re.S)
+    return (found.group(1) if found else None,
+            " ".join(reason.group(1).split()) if reason else text.splitlines()[0])
 
 
 def _config_json(model: torch.nn.Module) -> str:
@@ -203,14 +358,12 @@ def _read_payload(path: Path, file: io.BytesIO | None = None) -> dict:
             head = handle.read(4)
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip container, a bare pickle
         raise ModelFileError(f"{path} is not a model file (neither weights-only nor a MACE .model)")
-    # Always explicit: `import mace` sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, which turns every
-    # torch.load that leaves out weights_only into a full (code-running) unpickle.
     try:
-        payload = torch.load(path if file is None else file, map_location="cpu", weights_only=True)
+        payload = load_file(path if file is None else file, path)
     except pickle.UnpicklingError as exc:
         raise ModelFileError(
             f"{path} is a pickled file (e.g. a MACE .model), not a weights-only model file: "
-            "unpickling it could run code, so it is not loaded. tangentlab unpickles a .model only "
+            "unpickling it could run code, so it is not loaded. tangentlab reads a .model only "
             "as the starting model named in a campaign's configuration (see docs/operations.md, "
             "'Model files')"
         ) from exc
@@ -281,12 +434,13 @@ def model_source(path: str | Path) -> dict:
 
 def starting_weights(source: str | Path, models_dir: str | Path) -> tuple[Path, dict]:
     """
-    The user's starting model as a weights-only file: the one pickled file tangentlab loads.
+    The user's starting model as a weights-only file.
 
-    A weights-only ``source`` is used as it is. A pickled ``source`` (a MACE ``.model``) is
-    unpickled once, from the very bytes whose sha256 is logged and returned, and converted to
-    ``<models_dir>/starting-<sha256[:16]>.pt``; later calls find that file and unpickle
-    nothing. Only call this with a path the user named.
+    A weights-only ``source`` is used as it is. A pickled ``source`` (a MACE ``.model``) is read
+    once, from the very bytes whose sha256 is logged and returned, with the MACE allow-list of
+    :func:`load_file` (nothing in it runs), and converted to
+    ``<models_dir>/starting-<sha256[:16]>.pt``; later calls find that file and read the
+    ``.model`` no more.
 
     Parameters
     ----------
@@ -306,7 +460,8 @@ def starting_weights(source: str | Path, models_dir: str | Path) -> tuple[Path, 
     FileNotFoundError
         If ``source`` does not exist.
     ModelFileError
-        If it is not a MACE model that can be stored weights-only.
+        If it is not a MACE model that can be stored weights-only, or needs anything beyond
+        :data:`MACE_GLOBALS` (then nothing of it ran).
     """
     source = Path(source).resolve()
     if not source.is_file():
@@ -322,22 +477,54 @@ def starting_weights(source: str | Path, models_dir: str | Path) -> tuple[Path, 
     with contextlib.suppress(ModelFileError, OSError, json.JSONDecodeError):
         if model_source(dest).get("source_sha256") == record["source_sha256"]:
             return dest, {**record, "pickled": True}
-    logger.warning(
-        "unpickling the starting model %s (sha256 %s), the one pickled file tangentlab loads; "
-        "converting it to %s",
-        source,
-        record["source_sha256"],
-        dest,
-    )
-    with default_dtype(torch.get_default_dtype()):  # MACE's unpickling may change the default dtype
-        try:
-            model = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ModelFileError(f"{source} is not a readable MACE model file: {exc}") from exc
-    if not isinstance(model, tuple(MODEL_CLASSES.values())):
-        raise ModelFileError(
-            f"{source} does not hold a MACE model tangentlab can store weights-only "
-            f"(got {type(model).__name__}; supported: {', '.join(MODEL_CLASSES)})"
-        )
+    model = read_mace_model(source, data)
+    logger.info("converting the starting model %s (sha256 %s) to the weights-only file %s",
+                source, record["source_sha256"], dest)
     save_weights(model, dest, source=record)
     return dest, {**record, "pickled": True}
+
+
+def read_mace_model(path: str | Path, data: bytes | None = None) -> torch.nn.Module:
+    """
+    Read a pickled MACE ``.model`` without running anything in it: its configuration and
+    weights, for :func:`save_weights` (its compiled code is not loaded, so it cannot predict).
+
+    Parameters
+    ----------
+    path
+        The file.
+    data
+        Its bytes, already read (``path`` then only names it in errors).
+
+    Raises
+    ------
+    ModelFileError
+        If the file is unreadable, needs anything beyond :data:`MACE_GLOBALS` (refused before
+        any of it ran), or holds something other than a model of :data:`MODEL_CLASSES`.
+    """
+    path = Path(path)
+    data = path.read_bytes() if data is None else data
+    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip container, a bare pickle
+        raise ModelFileError(f"{path} is not a readable MACE model file: neither a torch file "
+                             "nor a pickle")
+    with default_dtype(torch.get_default_dtype()):  # MACE's constructors may change it
+        try:
+            model = load_file(io.BytesIO(data), path, mace_model=True)
+        except pickle.UnpicklingError as exc:
+            name, reason = _refusal(exc)
+            if name is None:
+                raise ModelFileError(
+                    f"{path} is not a readable MACE model file: {reason}") from None
+            raise ModelFileError(
+                f"{path} does not hold a MACE model tangentlab can read: it needs {name}, which "
+                "is not among the MACE, e3nn and torch classes a MACE model is made of; refused "
+                "before anything in it ran"
+            ) from None
+        except Exception as exc:
+            raise ModelFileError(f"{path} is not a readable MACE model file: {exc}") from exc
+    if not isinstance(model, tuple(MODEL_CLASSES.values())):
+        raise ModelFileError(
+            f"{path} does not hold a MACE model tangentlab can store weights-only "
+            f"(got {type(model).__name__}; supported: {', '.join(MODEL_CLASSES)})"
+        )
+    return model

@@ -12,7 +12,7 @@ from ase import Atoms
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import campaigns, init_db, rounds, session_scope, structures
+from db import campaigns, init_db, registry, rounds, session_scope, structures
 from db.structures import ImportReport
 from tangentlab.config import TARGET_KEYWORDS, CampaignConfig, ConfigError, config_json, make_config
 from tangentlab.mace_model import load_model, model_elements
@@ -64,6 +64,22 @@ def starting_model_elements(config: CampaignConfig) -> list[str]:
     """The elements of the campaign's starting model; :class:`ConfigError` if it is unusable."""
     try:
         return model_elements(load_model(starting_model(config)[0]))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"model: {exc}") from None
+
+
+def campaign_model_elements(session, campaign) -> list[str]:
+    """The elements of a stored campaign's starting model, read from its registered weights-only
+    file (its sha256 checked), never from the file the configuration names, which may have been
+    replaced since; before the first model version is registered (a campaign stopped while
+    labelling its test set), from the configuration's file through the same safe reading as at
+    the start. :class:`ConfigError` if the model is unusable."""
+    versions = registry.model_versions(session, campaign)
+    if not versions:
+        config = make_config(campaign.config, source=f"of campaign {campaign.name!r}")
+        return starting_model_elements(config)
+    try:
+        return model_elements(load_model(registry.verified_model_path(session, versions[0].id)))
     except (ValueError, OSError) as exc:
         raise ConfigError(f"model: {exc}") from None
 

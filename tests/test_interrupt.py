@@ -1,8 +1,10 @@
-"""Ctrl-C through a pseudo-terminal, as a user presses it, with Prefect's temporary server.
+"""Ctrl-C through a pseudo-terminal, as a user presses it, with Prefect's temporary server,
+and SIGTERM.
 
 The first Ctrl-C stops the campaign after its running QM job: the state is recorded (no label
 left `running`, the lease free), the temporary server is gone, the way to resume is printed.
-Two Ctrl-Cs exit at once. A resume then finishes the campaign with no QM job run twice.
+Two Ctrl-Cs exit at once. A resume then finishes the campaign with no QM job run twice. A QM
+job starting when Ctrl-C is pressed finishes and is stored. SIGTERM stops like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import fcntl
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import termios
@@ -165,3 +168,113 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     with session_scope(make_engine(url)) as session:
         rounds = list(session.scalars(select(ModelVersion.round_number).order_by(ModelVersion.id)))
     assert rounds == [None, 0, 1]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if proc.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(proc.name))
+    return found
+
+
+def _fork_server(pid: int) -> int | None:
+    """The QM fork server started by process ``pid``, once it exists."""
+    for child in _children(pid):
+        try:
+            if b"multiprocessing.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def _attempts(url: str) -> dict[int, int]:
+    with session_scope(make_engine(url)) as session:
+        return dict(session.execute(select(Label.id, Label.attempts)).all())
+
+
+def test_ctrl_c_while_a_qm_job_starts_lets_it_finish_and_stores_it(tmp_path):
+    """Ctrl-C in the terminal while the first QM job starts (its label claimed, the fork server
+    that starts QM jobs importing PySCF and quacc): the SIGINT reaches the campaign process
+    only. The job finishes and is stored, no attempt is counted, nothing is left running."""
+    name = "ctrl-c-job"
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    config = xtb_campaign_config(tmp_path, name, 20, seed=5,
+                                 qm={"timeout_s": 300, "max_attempts": 1})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",
+               PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
+    terminal = Terminal(["--db", url, "start", "c.yaml"], tmp_path, env)
+    deadline = time.time() + 600
+    while (server := _fork_server(terminal.process.pid)) is None:
+        assert terminal.process.poll() is None and time.time() < deadline, terminal.text()[-3000:]
+        time.sleep(0.02)
+    state = _labels(url)
+    assert len(state.get("running", ())) == 1 and not state.get("done"), state  # job starting
+    terminal.ctrl_c()
+    assert terminal.wait(timeout=600) == 130, terminal.text()[-5000:]
+    out = terminal.text()
+    assert "Traceback" not in out and "EOFError" not in out, out[-5000:]
+    assert "stopping after the QM jobs running now" in out, out[-5000:]
+    assert f"to continue: tangentlab --db {url} resume {name}" in out, out[-5000:]
+    state = _labels(url)
+    assert not state.get("running") and not state.get("failed"), state
+    jobs = []
+    log = tmp_path / "runs" / name / "qm_jobs.jsonl"
+    if log.exists():
+        jobs = [json.loads(line)["label_id"] for line in log.read_text().splitlines()]
+    assert jobs and set(jobs) == state["done"], (jobs, state)  # the starting job was stored
+    assert set(_attempts(url).values()) == {0}  # no attempt counted, none failed
+    deadline = time.time() + 30  # the fork server ends when the campaign process is gone
+    while Path(f"/proc/{server}").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{server}").exists()
+
+
+def test_sigterm_stops_like_ctrl_c_and_names_the_running_step(tmp_path):
+    """SIGTERM to the campaign's process group (what `kill -- -PGID` or a service manager
+    sends) during a fine-tune: the fine-tune finishes and is registered, the message names it,
+    the command prints how to resume and exits 143, without a traceback."""
+    name = "terminated"
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    config = xtb_campaign_config(
+        tmp_path, name, 20, seed=6, acquisition={"method": "activation", "batch_size": 4},
+        budgets={"max_rounds": 2, "max_labels": 30},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        finetune={"max_epochs": 4, "patience": 4, "min_steps_per_epoch": 8})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",
+               PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
+    output = tmp_path / "output.txt"
+    with output.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "cli", "--db", url, "start", "c.yaml"],
+                                   cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while "round 0: fine-tuning model" not in output.read_text(errors="replace"):
+            assert process.poll() is None and time.time() < deadline, output.read_text()[-5000:]
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=600) == 143, output.read_text()[-5000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    out = output.read_text(errors="replace")
+    assert "SIGTERM: stopping after the fine-tune round 0 running now" in out, out[-5000:]
+    assert "QM jobs running now" not in out, out[-5000:]
+    assert f"campaign {name!r} stopped by SIGTERM between two steps" in out, out[-5000:]
+    assert f"to continue: tangentlab --db {url} resume {name}" in out, out[-5000:]
+    assert "Traceback" not in out, out[-5000:]
+    with session_scope(make_engine(url)) as session:
+        rounds = list(session.scalars(select(ModelVersion.round_number).order_by(ModelVersion.id)))
+    assert rounds == [None, 0]  # the fine-tune that ran was finished and registered
+    assert not _labels(url).get("running")
+    assert leases.current_holder(make_engine(url), name) is None

@@ -1,19 +1,26 @@
-"""Model files that cannot run code: the weights-only format, and the one pickled file loaded."""
+"""Model files that cannot run code: the weights-only format, and the starting model read with
+an allow-list of MACE's classes."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny_model import rattled_molecules
+import yaml
+from conftest import write_pool
+from tiny_model import FOUNDATION_STYLES, make_foundation_style_model, rattled_molecules
 
 from db import campaigns, init_db, labels, make_engine, registry, session_scope, structures
 from flows.campaign import _starting_model
-from tangentlab.config import make_config, shipped_file
+from tangentlab.config import config_json, make_config, shipped_file
 from tangentlab.finetune import finetune
 from tangentlab.mace_model import default_dtype, load_model, predict
 from tangentlab.model_files import ModelFileError, model_source, save_weights, starting_weights
@@ -21,6 +28,7 @@ from tangentlab.structures import content_hash
 from tasks.setup import starting_model
 
 SHIPPED = Path(shipped_file("tangentlab-hcno-xtb.model"))
+REPO = Path(__file__).resolve().parents[1]
 STRUCTURES = ["CH4", "H2O", "NH3", "CH3OH", "HCN", "CH3CHO"]
 
 
@@ -51,10 +59,25 @@ def _pickled_reference(path: Path, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture(scope="module")
+def foundation_style_files(tmp_path_factory) -> dict[str, Path]:
+    """MACE-MP-style and MACE-OFF-style .model files, built with MACE's constructor."""
+    folder = tmp_path_factory.mktemp("foundation")
+    return {style: make_foundation_style_model(folder / f"{style}.model", style)
+            for style in FOUNDATION_STYLES}
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("which", ["tiny", "shipped"])
-def test_weights_only_round_trip_is_exact(which, dtype, tiny_model_file, tmp_path):
-    pickled = tiny_model_file.with_suffix(".model") if which == "tiny" else SHIPPED
+@pytest.mark.parametrize("which", ["tiny", "shipped", "mace-mp", "mace-off"])
+def test_weights_only_round_trip_is_exact(which, dtype, tiny_model_file, tmp_path, request):
+    """Every architecture tangentlab starts from is read with the allow-list alone (no code of
+    the file compiled or run) into a model that predicts exactly as the fully unpickled one."""
+    if which == "tiny":
+        pickled = tiny_model_file.with_suffix(".model")
+    elif which == "shipped":
+        pickled = SHIPPED
+    else:
+        pickled = request.getfixturevalue("foundation_style_files")[which]
     reference = _pickled_reference(pickled, dtype)
     weights, source = starting_weights(pickled, tmp_path)
     assert source["pickled"] and weights.parent == tmp_path
@@ -92,7 +115,7 @@ def test_pickled_file_is_never_loaded_as_a_model(tiny_model_file, tmp_path):
         load_model(hostile)
     with pytest.raises(ModelFileError, match=r"round-001\.pt is a pickled file"):
         finetune(hostile, rattled_molecules(["CH4"]), [], tmp_path / "child.model")
-    # A genuine MACE .model is refused the same way: only the starting model is ever unpickled.
+    # A genuine MACE .model is refused the same way: only the starting model is ever read.
     with pytest.raises(ModelFileError, match=r"tiny\.model is a pickled file"):
         load_model(tiny_model_file.with_suffix(".model"))
     assert not marker.exists()
@@ -132,16 +155,12 @@ def test_hostile_registry_model_is_refused_and_runs_no_code(tiny_model_file, tmp
     assert not marker.exists()
 
 
-def test_starting_model_is_the_one_pickle_loaded_once_and_its_sha256_recorded(
-    tiny_model_file, tmp_path
-):
-    marker = tmp_path / "marker"
-    hostile = _hostile_model(
-        tmp_path / "start.model", marker, tiny_model_file.with_suffix(".model")
-    )
-    digest = hashlib.sha256(hostile.read_bytes()).hexdigest()
+def test_starting_model_is_converted_once_and_its_sha256_recorded(tiny_model_file, tmp_path):
+    pickled = tmp_path / "start.model"
+    pickled.write_bytes(tiny_model_file.with_suffix(".model").read_bytes())
+    digest = hashlib.sha256(pickled.read_bytes()).hexdigest()
     config = make_config(
-        {"name": "trusted", "model": str(hostile), "work_dir": str(tmp_path / "runs")}
+        {"name": "trusted", "model": str(pickled), "work_dir": str(tmp_path / "runs")}
     )
     url = f"sqlite:///{tmp_path / 'lab.db'}"
     engine = make_engine(url)
@@ -149,30 +168,55 @@ def test_starting_model_is_the_one_pickle_loaded_once_and_its_sha256_recorded(
     with session_scope(engine) as session:
         campaign_id = campaigns.create_campaign(session, "trusted", {}).id
 
-    # The named starting model is the documented trust boundary: unpickled (its code runs) once.
     weights, source = starting_model(config)
-    assert marker.read_text() == "code ran"
     assert source == {
-        "source_path": str(hostile.resolve()),
-        "source_sha256": digest,
-        "pickled": True,
+        "source_path": str(pickled.resolve()), "source_sha256": digest, "pickled": True
     }
     assert weights == tmp_path / "runs" / "trusted" / "models" / f"starting-{digest[:16]}.pt"
-    assert model_source(weights) == {"source_path": str(hostile.resolve()), "source_sha256": digest}
+    assert model_source(weights) == {"source_path": str(pickled.resolve()), "source_sha256": digest}
 
-    # Later uses read the converted file: nothing is unpickled again.
-    marker.unlink()
+    # Later uses read the converted file, not the .model.
+    converted = weights.stat().st_mtime_ns
     version_id, _ = _starting_model(url, campaign_id, config)
-    assert starting_model(config)[0] == weights
-    assert not marker.exists()
+    assert starting_model(config)[0] == weights and weights.stat().st_mtime_ns == converted
     with session_scope(engine) as session:
         version = registry.model_versions(session, campaign_id)[0]
         assert version.id == version_id and version.path == str(weights)
         assert version.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
         assert version.hyperparameters["source_sha256"] == digest
-        assert version.hyperparameters["source_path"] == str(hostile.resolve())
+        assert version.hyperparameters["source_path"] == str(pickled.resolve())
         load_model(registry.verified_model_path(session, version_id))
-    assert not marker.exists()
+
+
+def _hostile_files(tmp_path: Path, marker: Path, real_model: Path) -> dict[str, Path]:
+    """Starting models whose reading would write ``marker``: a bare pickle (protocols 2 and 5),
+    a torch.save zip, and a real MACE model with the payload as one more attribute."""
+    code = f"__import__('pathlib').Path({str(marker)!r}).write_text('code ran')"
+    files = {}
+    for protocol in (2, 5):
+        files[f"pickle-{protocol}"] = tmp_path / f"pickle-{protocol}.model"
+        files[f"pickle-{protocol}"].write_bytes(pickle.dumps(_Payload(code), protocol=protocol))
+    files["torch-zip"] = _hostile_model(tmp_path / "zip.model", marker)
+    with default_dtype(torch.float64):
+        model = torch.load(real_model, weights_only=False)  # the test's own file: trusted
+    model.payload = _Payload(code)
+    files["inside-a-real-model"] = tmp_path / "inside.model"
+    torch.save(model, files["inside-a-real-model"])
+    return files
+
+
+def test_hostile_starting_model_is_refused_before_any_of_it_runs(tiny_model_file, tmp_path):
+    marker = tmp_path / "marker"
+    files = _hostile_files(tmp_path, marker, tiny_model_file.with_suffix(".model"))
+    for kind, path in files.items():
+        message = r"is not a readable MACE model file" if kind == "pickle-5" else (
+            r"does not hold a MACE model tangentlab can read: it needs eval, which is not among "
+            r"the MACE, e3nn and torch classes a MACE model is made of; refused before anything "
+            r"in it ran")
+        with pytest.raises(ModelFileError, match=rf"{path.name} {message}"):
+            starting_weights(path, tmp_path / "models")
+        assert not marker.exists(), kind
+    assert not (tmp_path / "models").exists()
 
 
 def test_weights_only_starting_model_is_used_as_it_is(tiny_model_file, tmp_path):
@@ -218,3 +262,65 @@ def test_configuration_names_only_mace_registry_entries(tiny_model_file, tmp_pat
     torch.save(payload, tmp_path / "partial.pt")
     with pytest.raises(ModelFileError, match=r"partial\.pt: the stored weights do not fit"):
         load_model(tmp_path / "partial.pt")
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`tangentlab ARGS` as a process of its own, in ``tmp_path``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_start_with_a_hostile_starting_model_runs_none_of_it(tiny_model_file, tmp_path):
+    """`tangentlab start` with a starting model whose unpickling writes a marker: one `error:`
+    line naming what the file needs, exit 2, nothing stored, the marker never written."""
+    marker = tmp_path / "marker"
+    hostile = _hostile_files(tmp_path, marker, tiny_model_file.with_suffix(".model"))
+    pool = write_pool(tmp_path / "pool.extxyz", 12)
+    config = {"name": "hostile", "model": str(hostile["inside-a-real-model"]), "pool": [str(pool)],
+              "work_dir": str(tmp_path / "runs"), "test_size": 2, "initial_size": 2,
+              "oracle": {"name": "xtb", "method": "GFN2-xTB"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    done = _cli(tmp_path, "--db", f"sqlite:///{tmp_path / 'lab.db'}", "start", "c.yaml")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: model: ")
+    assert "it needs eval" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_import_reads_the_registered_model_not_the_file_named_at_the_start(
+    tiny_model_file, tmp_path
+):
+    """The starting `.model` replaced, after the campaign started, by a hostile pickle:
+    `tangentlab import` reads the registered weights-only file and never the replaced file.
+    Before a model is registered (a campaign stopped while labelling its test set) the replaced
+    file is read with the allow-list: refused, its code not run."""
+    marker = tmp_path / "marker"
+    start = tmp_path / "start.model"
+    start.write_bytes(tiny_model_file.with_suffix(".model").read_bytes())
+    pool = write_pool(tmp_path / "pool.extxyz", 12)
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    engine = make_engine(url)
+    init_db(engine)
+    for name in ("registered", "early"):
+        config = make_config({"name": name, "model": str(start), "pool": [str(pool)],
+                              "work_dir": str(tmp_path / "runs")})
+        with session_scope(engine) as session:
+            campaign_id = campaigns.create_campaign(session, name, config_json(config)).id
+        if name == "registered":
+            _starting_model(url, campaign_id, config)  # as the campaign flow registers it
+    hostile = _hostile_files(tmp_path, marker, tiny_model_file.with_suffix(".model"))
+    start.write_bytes(hostile["inside-a-real-model"].read_bytes())
+
+    more = write_pool(tmp_path / "more.extxyz", 5, seed=9)
+    done = _cli(tmp_path, "--db", url, "import", "registered", str(more))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "imported 5 structures into 'registered'" in done.stdout
+    assert not marker.exists()
+
+    done = _cli(tmp_path, "--db", url, "import", "early", str(more))
+    assert done.returncode == 2, done.stdout + done.stderr
+    refused = "start.model does not hold a MACE model tangentlab can read: it needs eval"
+    assert refused in done.stderr, done.stderr
+    assert not marker.exists()
