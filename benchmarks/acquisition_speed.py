@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    with tempfile.TemporaryDirectory() as tmp:  # --model is the user's file: unpickled once, converted
+    with tempfile.TemporaryDirectory() as tmp:  # --model is the user's file: read once (allow-list), converted
         model = load_model(starting_weights(model_path, tmp)[0], device=args.device, dtype=dtype)
     stream = _stream_factory(args)
     labelled = list(itertools.islice(stream(), args.labelled))

@@ -52,10 +52,10 @@ def check_device(device: str) -> None:
 def starting_model(config: CampaignConfig) -> tuple[Path, dict]:
     """The campaign's starting model as a weights-only file, and where it came from.
 
-    The file the user named in ``model`` is the one pickled file tangentlab loads: on first
-    use it is unpickled and converted into the campaign's ``models`` folder (its sha256 logged
-    and returned); every later call finds the converted file (see
-    `tangentlab.model_files.starting_weights`).
+    The file the user named in ``model`` (a MACE ``.model``) is read on first use, with the
+    allow-list of MACE's classes (nothing in it runs), and converted into the campaign's
+    ``models`` folder (its sha256 logged and returned); every later call finds the converted
+    file (see `tangentlab.model_files.starting_weights`).
     """
     return starting_weights(config.model, campaign_dir(config.work_dir, config.name, "models"))
 
