@@ -24,7 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # A `tangentlab` process the tests start without PREFECT_API_URL starts Prefect's temporary
 # server and gives up after 20 s by default: too short on a busy machine (two workers, each
 # with a campaign running, measured 21 s), so such a test fails before it checks anything.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 # quacc's default RESULTS_DIR is the working directory: a job run without an explicit
 # results_dir would leave a quacc-* folder in the checkout.
 os.environ["QUACC_RESULTS_DIR"] = tempfile.mkdtemp(prefix="tangentlab-quacc-results-")
@@ -54,7 +54,7 @@ def prefect_server():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):  # a loaded machine: minutes
         yield PREFECT_API_URL.value()
 
 
@@ -133,26 +133,92 @@ def write_pool(path: Path, n: int, seed: int = 0, max_atoms: int = 4) -> Path:
     return path
 
 
-def xtb_campaign_config(tmp_path: Path, name: str, pool_size: int, *, seed: int, max_atoms: int = 4,
-                        **overrides) -> dict:
-    """A small campaign on a generated pool, labelled with GFN2-xTB (fast real QM jobs).
+_LABELLED: dict[tuple[int, int, int], list] = {}
 
-    ``overrides`` replace top-level keys (e.g. ``qm``, ``acquisition``, ``test_size``).
-    """
-    from tangentlab.config import shipped_file
 
+def write_labelled_pool(path: Path, n: int, seed: int = 0, max_atoms: int = 4) -> Path:
+    """``write_pool``'s molecules with GFN2-xTB energies and forces stored in the file (what the
+    replay oracle reveals). A structure whose SCF fails is written without labels, so that its
+    replayed QM job fails as the real one would. Labelled once per process for each pool."""
+    from tangentlab.pretrain_data import REACTIVE_RECIPE, generate_structures
+
+    key = (n, seed, max_atoms)
+    if key not in _LABELLED:
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from tblite.ase import TBLite
+
+        from tangentlab.structures import spin_state
+
+        labelled = []
+        for atoms in generate_structures(n, seed=seed, max_atoms=max_atoms, **REACTIVE_RECIPE):
+            charge, multiplicity = spin_state(atoms)
+            atoms.calc = TBLite(method="GFN2-xTB", charge=charge, multiplicity=multiplicity,
+                                verbosity=0)
+            try:
+                energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            except Exception:  # not converged: no stored label
+                atoms.calc = None
+            else:
+                atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+            labelled.append(atoms)
+        _LABELLED[key] = labelled
+    ase.io.write(path, _LABELLED[key], format="extxyz")
+    return path
+
+
+_TINY_MODEL: list[Path] = []
+
+
+def tiny_model_path() -> str:
+    """This test process's tiny H/C/N/O MACE model (tests/tiny_model.py), built on first use:
+    the starting model of the subprocess campaigns (fine-tuning it takes a fraction of the time
+    the shipped model takes)."""
+    if not _TINY_MODEL:
+        from tiny_model import make_tiny_model
+
+        folder = Path(tempfile.mkdtemp(prefix="tangentlab-tiny-model-"))
+        _TINY_MODEL.append(make_tiny_model(folder / "tiny.model"))
+    return str(_TINY_MODEL[0])
+
+
+#: One short fine-tuning per round: what a campaign test checks is the round loop, not how
+#: well a model learns (tests/test_finetune.py and the PySCF campaign check that).
+ONE_EPOCH = {"max_epochs": 1, "patience": 1, "min_steps_per_epoch": 2}
+
+
+def _campaign_config(tmp_path: Path, name: str, pool: Path, oracle: dict, overrides: dict) -> dict:
     config = {
         "name": name,
-        "pool": [str(write_pool(tmp_path / "pool.extxyz", pool_size, seed=seed, max_atoms=max_atoms))],
-        "model": shipped_file("tangentlab-hcno-xtb.model"),
+        "pool": [str(pool)],
+        "model": tiny_model_path(),
         "work_dir": str(tmp_path / "runs"),
         "test_size": 6,
         "initial_size": 6,
-        "oracle": {"name": "xtb", "method": "GFN2-xTB"},
+        "oracle": oracle,
         "qm": {"timeout_s": 120},
+        "finetune": dict(ONE_EPOCH),
     }
     config.update(overrides)
     return config
+
+
+def xtb_campaign_config(tmp_path: Path, name: str, pool_size: int, *, seed: int, max_atoms: int = 4,
+                        **overrides) -> dict:
+    """A small campaign on a generated pool, labelled with GFN2-xTB (fast real QM jobs, each in
+    a process of its own), starting from the tiny model, one epoch per round.
+
+    ``overrides`` replace top-level keys (e.g. ``qm``, ``acquisition``, ``test_size``).
+    """
+    pool = write_pool(tmp_path / "pool.extxyz", pool_size, seed=seed, max_atoms=max_atoms)
+    return _campaign_config(tmp_path, name, pool, {"name": "xtb", "method": "GFN2-xTB"}, overrides)
+
+
+def replay_campaign_config(tmp_path: Path, name: str, pool_size: int, *, seed: int,
+                           max_atoms: int = 4, **overrides) -> dict:
+    """``xtb_campaign_config`` with the GFN2-xTB labels stored with the pool and revealed by the
+    replay oracle (no QM process): for tests of the round loop rather than of QM jobs."""
+    pool = write_labelled_pool(tmp_path / "pool.extxyz", pool_size, seed=seed, max_atoms=max_atoms)
+    return _campaign_config(tmp_path, name, pool, {"name": "replay"}, overrides)
 
 
 def stop_process_group(process, timeout: float = 30) -> None:

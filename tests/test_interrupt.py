@@ -114,8 +114,7 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     config = xtb_campaign_config(
         tmp_path, NAME, 20, seed=4, acquisition={"method": "activation", "batch_size": 4},
         budgets={"max_rounds": 1, "max_labels": 30},
-        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        finetune={"max_epochs": 3, "patience": 3, "min_steps_per_epoch": 4})
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01})  # never met
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",

@@ -50,7 +50,8 @@ print(json.dumps(label_worker(url, int(campaign_id), config, worker=int(worker))
 @pytest.mark.parametrize("workers", [4])
 def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tmp_path, database_url, workers):
     name = f"workers-{uuid.uuid4().hex[:8]}"
-    config = make_config(xtb_campaign_config(tmp_path, name, 40, seed=3, qm={"timeout_s": 60, "max_attempts": 1}))
+    config = make_config(xtb_campaign_config(tmp_path, name, 24, seed=3,
+                                             qm={"timeout_s": 60, "max_attempts": 1}))
     engine = make_engine(database_url)
     init_db(engine)
     with session_scope(engine) as session:
@@ -58,7 +59,7 @@ def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tm
         report = import_structures(session, campaign, config.pool[0])
         label_ids = sorted(set(labels.ensure_labels(session, report.structure_ids, oracle_for(config).level)))
         campaign_id = campaign.id
-    assert len(label_ids) >= 30
+    assert len(label_ids) >= 20
 
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config_json(config)))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import xtb_campaign_config
+from conftest import replay_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, campaigns, make_engine, registry, rounds, session_scope
@@ -32,12 +32,14 @@ NAME = "resumed"
 
 
 def _config(tmp_path: Path) -> dict:
-    return xtb_campaign_config(
+    # Labels replayed from the pool (the kills are not during labelling); two short epochs, so
+    # that a fine-tuning is caught between its first epoch and its end.
+    return replay_campaign_config(
         tmp_path, NAME, 30, seed=2,
         acquisition={"method": "committee", "committee_size": 2, "batch_size": 4},
         budgets={"max_rounds": 1, "max_labels": 30},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        finetune={"max_epochs": 6, "patience": 6, "min_steps_per_epoch": 6},
+        finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 6},
     )
 
 
@@ -50,7 +52,7 @@ def _cli(args: list[str], api_url: str, cwd: Path, log: Path) -> subprocess.Pope
 
 def _kill_when(process: subprocess.Popen, ready: Callable[[], bool], log: Path, what: str) -> None:
     """Poll ``ready()`` and SIGKILL the process group as soon as it holds."""
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # a loaded machine takes minutes to start a campaign
     error = None
     while time.time() < deadline and process.poll() is None:
         try:
