@@ -60,8 +60,9 @@ def store_trajectory(
     new_ids = set(report.structure_ids) - known
     by_id = {s.id: s for s in session.scalars(select(Structure).where(Structure.id.in_(new_ids)))} if new_ids else {}
     for structure_id, info in zip(report.structure_ids, provenance, strict=True):
-        if structure_id in by_id and by_id[structure_id].provenance is None:  # the first of repeats
-            by_id[structure_id].provenance = dict(info)
+        stored = by_id.get(structure_id)
+        if stored is not None and "round" not in (stored.provenance or {}):  # the first of repeats
+            stored.provenance = {**(stored.provenance or {}), **info}  # keeps its constraints
     row = ExplorationTrajectory(
         campaign_id=campaign_id, round_number=round_number, walker=walker, engine=engine,
         seed_structure_id=seed_structure_id, temperature_k=temperature_k, steps_run=steps_run,

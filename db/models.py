@@ -139,7 +139,8 @@ class Structure(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     origin: Mapped[str] = mapped_column(Text, default="")
     #: Where an explored candidate came from (round, engine, seed structure, temperature, step,
-    #: σ); None for structures read from files.
+    #: σ), and the structure's ASE constraints (``constraints``, ASE's ``todict`` form, e.g.
+    #: ``FixAtoms`` on a slab's bottom layers); None for unconstrained structures read from files.
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     split: Mapped[Split] = mapped_column(_enum_column(Split), default=Split.POOL)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

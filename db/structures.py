@@ -2,16 +2,21 @@
 
 The database stores and never judges: callers check structures (``tangentlab.structures``
 validates them and computes their content hashes) before handing them here. A structure goes
-in and comes out as :class:`ase.Atoms` with ``info["charge"]`` and ``info["multiplicity"]``.
+in and comes out as :class:`ase.Atoms` with ``info["charge"]`` and ``info["multiplicity"]``,
+its cell, pbc and constraints (``FixAtoms`` on a slab's bottom layers, ...; stored as
+``provenance["constraints"]``, ASE's ``todict`` form).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
+from ase.constraints import dict2constraint
+from ase.io.jsonio import decode, encode
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -38,10 +43,24 @@ def _spin(atoms: Atoms, index: int) -> tuple[int, int]:
         ) from None
 
 
+def _constraints_to_json(atoms: Atoms) -> list[dict] | None:
+    """A structure's ASE constraints as JSON-ready dicts (ASE's ``todict`` form, NumPy arrays
+    encoded as ASE's JSON does), or None without constraints."""
+    if not atoms.constraints:
+        return None
+    return [json.loads(encode(constraint.todict())) for constraint in atoms.constraints]
+
+
+def _constraints_from_json(data: list[dict] | None) -> list:
+    """The ASE constraints of :func:`_constraints_to_json`'s dicts (none for None)."""
+    return [dict2constraint(decode(json.dumps(item))) for item in data or []]
+
+
 def _structure_row(
     atoms: Atoms, index: int, campaign_id: int, hash_: str, origin: str, split: Split
 ) -> Structure:
     charge, multiplicity = _spin(atoms, index)
+    constraints = _constraints_to_json(atoms)
     return Structure(
         campaign_id=campaign_id,
         numbers=np.asarray(atoms.numbers, dtype="<i8").tobytes(),
@@ -54,6 +73,7 @@ def _structure_row(
         natoms=len(atoms),
         content_hash=hash_,
         origin=origin,
+        provenance=None if constraints is None else {"constraints": constraints},
         split=split,
     )
 
@@ -126,13 +146,15 @@ def import_atoms(
 
 
 def structure_atoms(structure: Structure) -> Atoms:
-    """The structure as :class:`ase.Atoms` with ``info`` structure_id, charge, multiplicity."""
+    """The structure as :class:`ase.Atoms` (cell, pbc, constraints) with ``info`` structure_id,
+    charge, multiplicity."""
     n = structure.natoms
     atoms = Atoms(
         numbers=np.frombuffer(structure.numbers, dtype="<i8").copy(),
         positions=np.frombuffer(structure.positions, dtype="<f8").reshape(n, 3).copy(),
         cell=np.frombuffer(structure.cell, dtype="<f8").reshape(3, 3).copy(),
         pbc=list(structure.pbc),
+        constraint=_constraints_from_json((structure.provenance or {}).get("constraints")),
     )
     atoms.info.update(
         structure_id=structure.id, charge=structure.charge, multiplicity=structure.multiplicity

@@ -24,12 +24,16 @@ def _energy_errors_per_atom(
 
 
 def _force_errors(
-    pred_forces: Sequence[np.ndarray], ref_forces: Sequence[np.ndarray]
+    pred_forces: Sequence[np.ndarray],
+    ref_forces: Sequence[np.ndarray],
+    free: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     if len(pred_forces) != len(ref_forces):
         raise ValueError(
             f"{len(pred_forces)} predicted and {len(ref_forces)} reference force arrays"
         )
+    if free is not None and len(free) != len(ref_forces):
+        raise ValueError(f"{len(free)} free-component masks for {len(ref_forces)} structures")
     errors = []
     for index, (pred, ref) in enumerate(zip(pred_forces, ref_forces)):
         pred = np.asarray(pred, dtype=np.float64)
@@ -39,7 +43,15 @@ def _force_errors(
                 f"structure {index}: forces must both be (natoms, 3), got {pred.shape} "
                 f"and {ref.shape}"
             )
-        errors.append((pred - ref).ravel())
+        error = pred - ref
+        if free is not None:
+            mask = np.asarray(free[index], dtype=bool)
+            if mask.shape != error.shape:
+                raise ValueError(
+                    f"structure {index}: free-component mask {mask.shape}, forces {error.shape}"
+                )
+            error = error[mask]
+        errors.append(error.ravel())
     return np.concatenate(errors) if errors else np.zeros(0)
 
 
@@ -95,7 +107,8 @@ def error_metrics(
     preds: Sequence[tuple[float, np.ndarray]],
     refs: Sequence[tuple[float, np.ndarray | None]],
     natoms: Sequence[int],
-) -> dict[str, float | int | None]:
+    free: Sequence[np.ndarray] | None = None,
+) -> dict[str, float | int | str | None]:
     """
     Energy and force MAE and RMSE of predictions against references.
 
@@ -109,12 +122,17 @@ def error_metrics(
         labelled with energies only (they are left out of the force metrics).
     natoms
         Atom count of each structure.
+    free
+        Per structure, a boolean (natoms, 3) mask of the force components to score (e.g.
+        `tangentlab.structures.free_components`: the atoms a slab's ``FixAtoms`` does not
+        hold); None scores every component.
 
     Returns
     -------
     dict
         ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``, ``force_mae_mev_per_a``,
-        ``force_rmse_mev_per_a`` (None when no reference has forces) and ``n_structures``.
+        ``force_rmse_mev_per_a`` (None when no reference has forces or no component is free),
+        ``force_atoms`` (``"free"`` with masks, ``"all"`` without) and ``n_structures``.
     """
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
@@ -125,7 +143,9 @@ def error_metrics(
     )
     with_forces = [i for i, (_, forces) in enumerate(refs) if forces is not None]
     force_errors = _force_errors(
-        [preds[i][1] for i in with_forces], [refs[i][1] for i in with_forces]
+        [preds[i][1] for i in with_forces],
+        [refs[i][1] for i in with_forces],
+        None if free is None else [free[i] for i in with_forces],
     )
     has_forces = force_errors.size > 0
     return {
@@ -135,5 +155,6 @@ def error_metrics(
         "force_rmse_mev_per_a": (
             float(np.sqrt(np.mean(force_errors**2))) * 1e3 if has_forces else None
         ),
+        "force_atoms": "all" if free is None else "free",
         "n_structures": len(preds),
     }

@@ -111,7 +111,9 @@ def validate_atoms(
     Raises
     ------
     InvalidStructureError
-        Naming the first problem found: no atoms, non-finite positions or cell, coordinates,
+        Naming the first problem found: no atoms, non-finite positions or cell, a periodic
+        direction whose cell vector is zero or that spans no volume with the other periodic
+        ones (:func:`_check_periodic_cell`), coordinates,
         extent or periodic cell lengths over :data:`MAX_COORDINATE`, an unknown or disallowed
         element, overlapping atoms, or a charge/multiplicity impossible for the
         electron count.
@@ -125,6 +127,7 @@ def validate_atoms(
         )
     if not np.isfinite(atoms.cell.array).all():
         raise InvalidStructureError(_prefix(where, "non-finite cell"))
+    _check_periodic_cell(atoms, where)
     _check_extent(atoms, where)
 
     numbers = atoms.numbers
@@ -156,6 +159,39 @@ def validate_atoms(
         spin_state(atoms)
     except InvalidStructureError as error:
         raise InvalidStructureError(_prefix(where, str(error))) from None
+
+
+#: Shortest periodic cell vector accepted (Å); a shorter one is taken for a cell left unset.
+MIN_CELL_LENGTH = 1e-3
+#: Smallest volume (area, for two periodic directions) of the periodic cell vectors accepted,
+#: relative to the product of their lengths (1 for orthogonal vectors, 0 for dependent ones).
+MIN_CELL_SHAPE = 1e-3
+
+
+def _check_periodic_cell(atoms: Atoms, where: str) -> None:
+    """Refuse pbc along a zero cell vector, or along cell vectors that are linearly dependent.
+
+    Non-periodic directions may have any cell vector (a slab's or a molecule's may be zero):
+    neighbour lists ignore them. A periodic one must be a real lattice vector, or the
+    neighbour lists (MACE's, the oracle's) would silently use another cell or fail.
+    """
+    periodic = np.flatnonzero(atoms.pbc)
+    if periodic.size == 0:
+        return
+    vectors = atoms.cell.array[periodic]
+    lengths = np.linalg.norm(vectors, axis=1)
+    names = ["xyz"[int(k)] for k in periodic]
+    short = [name for name, length in zip(names, lengths, strict=True) if length < MIN_CELL_LENGTH]
+    if short:
+        raise InvalidStructureError(_prefix(
+            where, f"pbc is set along {', '.join(short)} but the cell vector there is zero "
+            f"(cell lengths {np.round(atoms.cell.lengths(), 6).tolist()} Å): give the lattice "
+            "vectors or set pbc to False"))
+    volume = float(np.sqrt(max(np.linalg.det(vectors @ vectors.T), 0.0)))
+    if volume / float(np.prod(lengths)) < MIN_CELL_SHAPE:
+        raise InvalidStructureError(_prefix(
+            where, f"degenerate cell: the periodic cell vectors ({', '.join(names)}) are "
+            f"linearly dependent (cell {np.round(atoms.cell.array, 6).tolist()} Å)"))
 
 
 def _check_extent(atoms: Atoms, where: str) -> None:
@@ -247,6 +283,32 @@ def read_structures(
         validate_atoms(atoms, allowed_elements=elements, min_distance=min_distance, where=where)
         atoms.info["charge"], atoms.info["multiplicity"] = charge_and_multiplicity(atoms)
     return atoms_list
+
+
+def free_components(atoms: Atoms) -> np.ndarray:
+    """
+    Which force components of a structure are free: not held by ``FixAtoms`` or ``FixCartesian``.
+
+    Parameters
+    ----------
+    atoms
+        The structure.
+
+    Returns
+    -------
+    np.ndarray
+        Boolean mask, shape (natoms, 3); all True without such constraints. Other constraints
+        (fixed bond lengths, ...) leave the atoms free.
+    """
+    from ase.constraints import FixAtoms, FixCartesian
+
+    free = np.ones((len(atoms), 3), dtype=bool)
+    for constraint in atoms.constraints:
+        if isinstance(constraint, FixAtoms):
+            free[constraint.index] = False
+        elif isinstance(constraint, FixCartesian):
+            free[constraint.index] &= ~np.asarray(constraint.mask, dtype=bool)
+    return free
 
 
 def _grid(values: np.ndarray) -> bytes:

@@ -195,7 +195,7 @@ class CampaignConfig(Section):
                              description="Limits at which the campaign stops.")
     oracle: OracleSettings = Field(
         default_factory=lambda: PySCFSettings(name="pyscf", xc="wb97x", basis="6-31g*"),
-        description="The QM oracle that labels structures; `name` picks the kind (pyscf, xtb, "
+        description="The QM oracle that labels structures; `name` picks the kind (pyscf, xtb, emt, "
         "quacc, replay), the other keys are its settings.")
     acquisition: Acquisition = Field(default_factory=Acquisition,
                                      description="How each round chooses the structures to label.")

@@ -1,6 +1,7 @@
 """Oracles: where labels come from, one module per kind, like quacc's recipes.
 
-- `xtb`: GFN-xTB through quacc's tblite recipe.
+- `xtb`: GFN-xTB through quacc's tblite recipe (molecules and periodic cells).
+- `emt`: ASE's EMT through quacc's emt recipe (fast periodic labels for tests and examples).
 - `pyscf`: molecular HF/DFT with PySCF (`pyscf_calculator`), with an SCF stability step.
 - `recipe`: any quacc recipe by import path.
 - `replay`: labels stored with the pool files (benchmarks).
@@ -14,6 +15,7 @@ registered in `ORACLES` (`base.register`), imported here.
 from __future__ import annotations
 
 from tangentlab.oracles.base import ORACLES, Oracle, make_oracle
+from tangentlab.oracles.emt import EMTOracle
 from tangentlab.oracles.pyscf import PySCFOracle
 from tangentlab.oracles.recipe import RecipeOracle
 from tangentlab.oracles.replay import ReplayOracle
@@ -22,6 +24,7 @@ from tangentlab.oracles.xtb import XTBOracle
 
 __all__ = [
     "ORACLES",
+    "EMTOracle",
     "Oracle",
     "PySCFOracle",
     "QMFailure",

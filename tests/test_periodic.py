@@ -1,0 +1,358 @@
+"""Periodic structures (slabs, bulk cells) through every stage, with real components.
+
+Real oracles (ASE's EMT through quacc's `emt` recipe, GFN1-xTB through tblite), a real SQLite
+database, a tiny real Cu/O/H MACE model (tests/tiny_model.py) and, in the slow test, a real
+campaign process (`python -m cli start`) to its end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+from ase import Atoms
+from ase.build import add_adsorbate, bulk, fcc111, molecule
+from ase.constraints import FixAtoms
+
+from cli import main
+from db import campaigns, init_db, labels, make_engine, registry, reports, session_scope, structures
+from tangentlab.oracles import QMFailure, make_oracle
+from tangentlab.structures import (
+    InvalidStructureError,
+    content_hash,
+    free_components,
+    read_structures,
+)
+
+ADSORBATES = ("O", "H", "OH")
+SITES = ("fcc", "hcp", "ontop", "bridge")
+
+
+def cu_slab(
+    adsorbate: str = "O", site: str = "fcc", *, rattle: float = 0.0, seed: int = 0
+) -> Atoms:
+    """A 2x2x2 Cu(111) slab (8 Cu, periodic in x and y) with an adsorbate; the bottom layer
+    held by ``FixAtoms``."""
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=5.0)
+    bottom = slab.positions[:, 2] < slab.positions[:, 2].min() + 0.5
+    if adsorbate == "OH":
+        add_adsorbate(slab, molecule("OH"), 1.6, site)
+    else:
+        add_adsorbate(slab, adsorbate, 1.2 if adsorbate == "H" else 1.5, site)
+    slab.set_constraint(FixAtoms(mask=np.r_[bottom, np.zeros(len(slab) - len(bottom), bool)]))
+    slab.info.pop("adsorbate_info", None)
+    if rattle:
+        slab.rattle(rattle, seed=seed)
+    return slab
+
+
+def slab_pool(n: int, seed: int = 0) -> list[Atoms]:
+    """``n`` rattled slabs: every adsorbate on every site, in turn, each with its own rattle."""
+    rng = np.random.default_rng(seed)
+    pool = []
+    for i in range(n):
+        adsorbate, site = ADSORBATES[i % 3], SITES[(i // 3) % 4]
+        pool.append(
+            cu_slab(adsorbate, site, rattle=float(rng.uniform(0.03, 0.15)), seed=seed * 1000 + i)
+        )
+    return pool
+
+
+@pytest.fixture(scope="module")
+def cu_model_file(tmp_path_factory) -> Path:
+    """A tiny real (randomly initialised) H/O/Cu MACE model file."""
+    from tiny_model import make_tiny_model
+
+    return make_tiny_model(
+        tmp_path_factory.mktemp("cu-model") / "tiny-cuoh.model", elements=(1, 8, 29)
+    )
+
+
+# --- oracles ------------------------------------------------------------------------------------
+
+
+def test_emt_oracle_labels_a_constrained_slab_as_ase_does(tmp_path):
+    from ase.calculators.emt import EMT
+
+    slab = cu_slab("OH", "fcc", rattle=0.1, seed=3)
+    oracle = make_oracle({"name": "emt"})
+    result = oracle(slab, results_dir=tmp_path, timeout_s=60)  # in a child process
+
+    reference = slab.copy()
+    reference.calc = EMT()
+    assert result.energy == pytest.approx(reference.get_potential_energy(), abs=1e-10)
+    np.testing.assert_allclose(
+        result.forces, reference.get_forces(apply_constraint=False), atol=1e-10
+    )
+    fixed = ~free_components(slab).any(axis=1)
+    assert fixed.sum() == 4 and np.abs(result.forces[fixed]).max() > 1e-3  # raw forces, not zeroed
+    assert oracle.level["method"] == "EMT" and oracle.level["code"] == "ase"
+
+
+def test_emt_oracle_refuses_what_emt_cannot_label(tmp_path):
+    oracle = make_oracle({"name": "emt"})
+    with pytest.raises(QMFailure, match="EMT has no parameters for Fe"):
+        oracle(bulk("Fe"), results_dir=tmp_path)
+    charged = cu_slab("O")
+    charged.info["charge"] = -2
+    with pytest.raises(QMFailure, match="charge -2"):
+        oracle(charged, results_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown keyword"):
+        make_oracle({"name": "emt", "method": "GFN1-xTB"})
+
+
+def test_gfn1_xtb_oracle_labels_a_periodic_cell(tmp_path):
+    """The xtb oracle passes the cell and pbc to tblite: its label is tblite's periodic one,
+    not the molecular one, and its forces are the derivative of its energy."""
+    from tblite.ase import TBLite
+
+    cell = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cell.rattle(0.05, seed=1)
+    oracle = make_oracle({"name": "xtb", "method": "GFN1-xTB"})
+    result = oracle(cell, results_dir=tmp_path)
+
+    direct = cell.copy()
+    direct.calc = TBLite(method="GFN1-xTB", verbosity=0)
+    assert result.energy == pytest.approx(direct.get_potential_energy(), abs=1e-8)
+    np.testing.assert_allclose(result.forces, direct.get_forces(), atol=1e-8)
+    molecular = cell.copy()
+    molecular.pbc = False
+    molecular.calc = TBLite(method="GFN1-xTB", verbosity=0)
+    assert abs(molecular.get_potential_energy() - result.energy) > 1.0
+
+    step = 1e-3
+    energies = []
+    for sign in (1, -1):
+        moved = cell.copy()
+        moved.positions[1, 0] += sign * step
+        energies.append(oracle(moved, results_dir=tmp_path).energy)
+    assert result.forces[1, 0] == pytest.approx(-(energies[0] - energies[1]) / (2 * step), abs=2e-3)
+
+
+# --- structures: cells, hashes, constraints ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cell", "pbc", "message"),
+    [
+        (np.zeros((3, 3)), True, "pbc is set along x, y, z but the cell vector there is zero"),
+        (
+            [[6, 0, 0], [0, 6, 0], [0, 0, 0]],
+            True,
+            "pbc is set along z but the cell vector there is zero",
+        ),
+        (
+            [[6, 0, 0], [12, 0, 0], [0, 0, 6]],
+            True,
+            "degenerate cell: the periodic cell vectors (x, y, z)",
+        ),
+        (
+            [[6, 0, 0], [6, 1e-4, 0], [0, 0, 0]],
+            [True, True, False],
+            "degenerate cell: the periodic cell vectors (x, y)",
+        ),
+    ],
+)
+def test_pbc_on_a_zero_or_degenerate_cell_is_refused_by_name(tmp_path, cell, pbc, message):
+    path = tmp_path / "cells.extxyz"
+    bad = Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.3, 0.9, 0]], cell=cell, pbc=pbc)
+    ase.io.write(path, [cu_slab("O"), bad])
+    with pytest.raises(InvalidStructureError, match=r"cells\.extxyz, structure 1: ") as error:
+        read_structures(path)
+    assert message in str(error.value)
+
+
+def test_a_slab_may_leave_its_non_periodic_cell_vector_unset(tmp_path):
+    slab = fcc111("Cu", size=(2, 2, 2))  # no vacuum: the z cell vector is zero, pbc (T, T, F)
+    assert list(slab.pbc) == [True, True, False] and slab.cell.lengths()[2] == 0
+    path = tmp_path / "slab.extxyz"
+    ase.io.write(path, slab)
+    (read,) = read_structures(path)
+    assert list(read.pbc) == [True, True, False]
+
+
+def test_content_hash_tells_cells_and_periodicity_apart():
+    slab = cu_slab("O")
+    wider = slab.copy()
+    wider.cell[0] *= 1.01
+    molecular = slab.copy()
+    molecular.pbc = False
+    assert len({content_hash(slab), content_hash(wider), content_hash(molecular)}) == 3
+    assert content_hash(slab) == content_hash(cu_slab("O"))
+
+
+def test_bad_cell_on_import_is_an_error_line_and_stores_nothing(tmp_path, cu_model_file, capsys):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = make_engine(url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaigns.create_campaign(
+            session, "slab", {"model": str(cu_model_file), "oracle": {"name": "emt"}}
+        )
+    path = tmp_path / "pool.extxyz"
+    ase.io.write(path, [*slab_pool(3), Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]], pbc=True)])
+    assert main(["--db", url, "import", "slab", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pool.extxyz, structure 3: pbc is set along x, y, z" in err
+    with session_scope(engine) as session:
+        assert (
+            structures.campaign_structures(session, campaigns.get_campaign(session, "slab")) == []
+        )
+
+
+def test_constraints_cell_and_pbc_survive_database_and_export(tmp_path, cu_model_file, capsys):
+    """import (extxyz with FixAtoms) -> database -> EMT label -> `tangentlab export` -> extxyz."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = make_engine(url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaigns.create_campaign(
+            session, "slab", {"model": str(cu_model_file), "oracle": {"name": "emt"}}
+        )
+    pool = slab_pool(4)
+    path = tmp_path / "pool.extxyz"
+    ase.io.write(path, pool)
+    assert main(["--db", url, "import", "slab", str(path)]) == 0
+    oracle = make_oracle({"name": "emt"})
+    with session_scope(engine) as session:
+        stored = [structures.structure_atoms(s) for s in structures.campaign_structures(session, 1)]
+        ids = labels.ensure_labels(session, [a.info["structure_id"] for a in stored], oracle.level)
+        for label_id, atoms in zip(ids, stored, strict=True):
+            assert atoms.constraints  # read back from the database with the structure
+            result = oracle(atoms, results_dir=tmp_path / "qm")
+            labels.complete_label(session, label_id, result.energy, result.forces)
+    out = tmp_path / "export" / "labelled.extxyz"
+    assert main(["--db", url, "export", "slab", str(out)]) == 0
+    exported = ase.io.read(out, ":")
+    assert len(exported) == len(pool)
+    for original, written in zip(pool, exported, strict=True):
+        np.testing.assert_allclose(written.cell.array, original.cell.array, atol=1e-8)
+        assert list(written.pbc) == [True, True, False]
+        (constraint,) = written.constraints
+        assert isinstance(constraint, FixAtoms)
+        assert sorted(constraint.index) == sorted(original.constraints[0].index)
+        assert content_hash(written) == content_hash(original)
+        # labels are the raw forces on every atom, the fixed ones too
+        assert np.abs(written.calc.results["forces"][constraint.index]).max() > 1e-3
+    with session_scope(engine) as session:
+        assert reports.export_extxyz(session, 1, tmp_path / "again.extxyz") == len(pool)
+
+
+def test_force_errors_are_over_free_atoms_and_say_so():
+    from tangentlab.metrics import error_metrics
+
+    slab = cu_slab("O")
+    ref = np.zeros((len(slab), 3))
+    pred = np.zeros((len(slab), 3))
+    fixed = ~free_components(slab).any(axis=1)
+    pred[fixed] = 1.0  # errors on the fixed atoms only
+    pred[~fixed] = 0.1
+    free = error_metrics([(0.0, pred)], [(0.0, ref)], [len(slab)], [free_components(slab)])
+    every = error_metrics([(0.0, pred)], [(0.0, ref)], [len(slab)])
+    assert free["force_atoms"] == "free" and free["force_mae_mev_per_a"] == pytest.approx(100.0)
+    assert every["force_atoms"] == "all"
+    assert every["force_mae_mev_per_a"] == pytest.approx((4 * 1000.0 + 5 * 100.0) / 9)
+
+
+# --- the model: periodic neighbour lists, mixed pools ---------------------------------------------
+
+
+def test_model_uses_the_cell_and_mixes_periodic_and_molecular_structures(cu_model_file):
+    """Predictions and activation features see periodic images (a slab differs from the same
+    atoms without pbc), and a batch mixing slabs with a molecule gives each structure what
+    it gets alone: mixed pools are supported."""
+    from tangentlab.acquisition.activations import activation_features
+    from tangentlab.mace_model import load_model, predict
+
+    model = load_model(cu_model_file)
+    slab = cu_slab("OH", "hcp", rattle=0.05, seed=2)
+    cluster = slab.copy()
+    cluster.pbc = False
+    water = molecule("H2O")
+    mixed = [slab, water, cluster, *slab_pool(2)]
+
+    together = predict(model, mixed, batch_size=len(mixed))
+    alone = [predict(model, [atoms])[0] for atoms in mixed]
+    for (energy, forces), (energy_alone, forces_alone) in zip(together, alone, strict=True):
+        assert energy == pytest.approx(energy_alone, abs=1e-8)
+        np.testing.assert_allclose(forces, forces_alone, atol=1e-8)
+    assert abs(together[0][0] - together[2][0]) > 1e-3  # periodic images count
+    features = activation_features(model, mixed)
+    assert np.abs(features[0] - features[2]).max() > 1e-6
+
+
+# --- a periodic campaign, as a user runs it ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_periodic_campaign_runs_to_its_end_and_exports_cells_and_constraints(
+    prefect_server, tmp_path, cu_model_file
+):
+    pool = tmp_path / "pool.extxyz"
+    ase.io.write(pool, slab_pool(30, seed=1))
+    config = {
+        "name": "cu-slab",
+        "pool": [str(pool)],
+        "model": str(cu_model_file),
+        "work_dir": str(tmp_path / "runs"),
+        "test_size": 6,
+        "initial_size": 6,
+        "oracle": {"name": "emt"},
+        "acquisition": {"method": "activation", "batch_size": 4},
+        "budgets": {"max_rounds": 1, "max_labels": 30},
+        "targets": {"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        "finetune": {"max_epochs": 1, "patience": 1, "min_steps_per_epoch": 2},
+        "qm": {"timeout_s": 60},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "--db", url, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    started = cli("start", "c.yaml")
+    # exit code 3: the campaign ended without meeting its targets (here: its round budget)
+    assert started.returncode == 3, started.stdout[-3000:] + started.stderr[-3000:]
+    assert "campaign 'cu-slab': budget exhausted" in started.stdout
+
+    status = cli("status", "cu-slab", "--json")
+    assert status.returncode == 0, status.stderr
+    report = yaml.safe_load(status.stdout)
+    report = report[0] if isinstance(report, list) else report
+    assert report["name"] == "cu-slab" and report["status"] == "budget_exhausted"
+    assert report["labels"]["done"] == 6 + 6 + 4 and report["labels"]["failed"] == 0
+    human = cli("status", "cu-slab")
+    assert human.returncode == 0 and "cu-slab" in human.stdout
+
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        campaign = campaigns.get_campaign(session, "cu-slab")
+        versions = [v.metrics["test"] for v in registry.model_versions(session, campaign)]
+    assert len(versions) >= 2 and all(m["force_atoms"] == "free" for m in versions)
+    assert all(np.isfinite(m["force_mae_mev_per_a"]) for m in versions)
+
+    out = tmp_path / "labelled.extxyz"
+    exported = cli("export", "cu-slab", str(out))
+    assert exported.returncode == 0, exported.stderr
+    frames = ase.io.read(out, ":")
+    assert len(frames) == 16
+    originals = {content_hash(a): a for a in ase.io.read(pool, ":")}
+    for frame in frames:
+        original = originals[content_hash(frame)]  # same cell, pbc and positions
+        assert list(frame.pbc) == [True, True, False]
+        assert isinstance(frame.constraints[0], FixAtoms)
+        assert sorted(frame.constraints[0].index) == sorted(original.constraints[0].index)
