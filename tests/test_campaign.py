@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_pool
+from conftest import ONE_EPOCH, tiny_model_path, write_pool
 from sqlalchemy import func, select
 
 from db import Label, campaigns, init_db, make_engine, reports, rounds, session_scope
@@ -121,13 +121,13 @@ def _cli(args: list[str], api_url: str, cwd: Path, **popen) -> subprocess.Popen:
 def test_killed_campaign_resumes_without_repeating_or_losing_qm_jobs(prefect_server, tmp_path):
     """SIGKILL the campaign process while it labels round 1, then resume it to the end."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    # The targets are never met, so how well the rounds train does not matter here: short
-    # fine-tuning (the kill and the resume are what is checked).
+    # The targets are never met, so how well the rounds train does not matter here: the tiny
+    # model and one epoch a round (the kill and the resume are what is checked).
     config = campaign_config(tmp_path, "killed", targets={"energy_mae_mev_per_atom": 0.01,
                                                           "force_mae_mev_per_a": 0.01},
                              budgets={"max_rounds": 2, "max_labels": 30},
                              acquisition={"method": "activation", "batch_size": 6},
-                             finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 4})
+                             model=tiny_model_path(), finetune=dict(ONE_EPOCH))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     log = open(tmp_path / "first.log", "w")
     first = _cli(["--db", url, "start", "c.yaml"], prefect_server, tmp_path, stdout=log, stderr=log)
