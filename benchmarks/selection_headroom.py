@@ -88,11 +88,14 @@ def choose(strategy: str, rest: np.ndarray, count: int, *, pool, test, initial, 
         return rng.choice(allowed, size=count, replace=False)
     check_strategy(strategy)
     parts = strategy.split(":")
-    from tangentlab.acquisition import select_batch
+    from tangentlab.acquisition import fit_scorer, select_batch
+    from tangentlab.acquisition.policy import reference_structures
 
-    target = test if len(parts) == 3 and parts[2] == "test" else "pool"
-    picked, _, _ = select_batch(model, [pool[i] for i in initial], [pool[i] for i in rest], signal=parts[0],
-                                rule=parts[1], target=target, batch_size=count, seed=seed)
+    candidates = [pool[i] for i in rest]
+    scorer = fit_scorer(model, [pool[i] for i in initial], signal=parts[0],
+                        reference_atoms=reference_structures(candidates))
+    target = test if len(parts) == 3 and parts[2] == "test" else None
+    picked, _, _ = select_batch(scorer, candidates, rule=parts[1], target=target, batch_size=count, seed=seed)
     return rest[np.asarray(picked)]
 
 

@@ -38,29 +38,13 @@ def default_within() -> int:
     return 3 * heartbeat_seconds() + 60
 
 
-def ensure_zombie_automation(within_s: int | None = None):
-    """Create the automation on the current Prefect server, or update it to ``within_s``.
-
-    Idempotent: one automation named :data:`NAME` per server. ``within_s`` must exceed the
-    heartbeat interval of the flow runs it watches, or it would crash healthy runs between two
-    heartbeats; it defaults to :func:`default_within`. Returns the automation.
-
-    Raises
-    ------
-    ValueError
-        ``within_s`` is not longer than this process's heartbeat interval.
-    """
-    from prefect.automations import Automation
+def _trigger_and_action(within_s: int):
+    """The trigger (no heartbeat of a flow run for ``within_s``) and its action (Crashed)."""
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    within_s = default_within() if within_s is None else int(within_s)
-    if within_s <= heartbeat_seconds():
-        raise ValueError(f"within_s={within_s} s is not longer than the flow-run heartbeat interval "
-                         f"({heartbeat_seconds()} s, PREFECT_FLOWS_HEARTBEAT_FREQUENCY): healthy runs would be "
-                         "marked Crashed between two heartbeats")
     trigger = EventTrigger(
         after={"prefect.flow-run.heartbeat"},
         expect={"prefect.flow-run.heartbeat", *TERMINAL_EVENTS},
@@ -74,6 +58,29 @@ def ensure_zombie_automation(within_s: int | None = None):
         state=StateType.CRASHED,
         message=f"no heartbeat for {within_s} s: the flow run's process died (killed, out of memory, node lost). "
                 "Resume the campaign to continue; finished labels and models are kept.")
+    return trigger, action
+
+
+def ensure_zombie_automation(within_s: int | None = None):
+    """Create the automation on the current Prefect server, or update it to ``within_s``.
+
+    Idempotent: one automation named :data:`NAME` per server. ``within_s`` must exceed the
+    heartbeat interval of the flow runs it watches, or it would crash healthy runs between two
+    heartbeats; it defaults to :func:`default_within`. Returns the automation.
+
+    Raises
+    ------
+    ValueError
+        ``within_s`` is not longer than this process's heartbeat interval.
+    """
+    from prefect.automations import Automation
+
+    within_s = default_within() if within_s is None else int(within_s)
+    if within_s <= heartbeat_seconds():
+        raise ValueError(f"within_s={within_s} s is not longer than the flow-run heartbeat interval "
+                         f"({heartbeat_seconds()} s, PREFECT_FLOWS_HEARTBEAT_FREQUENCY): healthy runs would be "
+                         "marked Crashed between two heartbeats")
+    trigger, action = _trigger_and_action(within_s)
     existing = _read(NAME)
     if existing is not None:
         if existing.trigger.within == trigger.within and existing.enabled:

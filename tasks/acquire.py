@@ -8,10 +8,9 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import exploration, labels, registry, rounds, session_scope, structures
+from db import exploration, labels, rounds, session_scope, structures
 from tangentlab.acquisition import (
     calibrate_uncertainty,
-    fit_scorer,
     iter_structure_files,
     random_selection,
     select_batch,
@@ -25,13 +24,12 @@ from tangentlab.acquisition.diagnostics import selection_diagnostics
 from tangentlab.acquisition.guards import force_guard
 from tangentlab.config import FEATURELESS_METHODS, CampaignConfig
 from tangentlab.finetune import FineTuneHyperparameters
-from tangentlab.mace_model import load_model, predict
+from tangentlab.mace_model import predict
 from tangentlab.paths import campaign_dir
 from tasks._db import engine_for
+from tasks.context import release_context, round_context
 from tasks.progress import Progress, artifact_key
 from tasks.setup import assign_splits
-
-REFERENCE_SIZE = 256  # pool structures that join the labelled set in normalising feature rows
 
 
 def _force_errors(model, atoms_list) -> np.ndarray:
@@ -57,9 +55,6 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
         failed = labels.failed_structure_ids(session, campaign_id)
         pool = [s for s in structures.campaign_structures(session, campaign_id, split="pool") if s.id not in failed]
         pool_atoms = [structures.structure_atoms(s) for s in pool]
-        train = labels.labelled_atoms(session, campaign_id, ["train"])
-        valid = labels.labelled_atoms(session, campaign_id, ["valid"])
-        model_path = registry.verified_model_path(session, model_version_id)
         pool_ids = [s.id for s in pool]
         test_atoms = ([structures.structure_atoms(s) for s in
                        structures.campaign_structures(session, campaign_id, split="test")]
@@ -72,21 +67,20 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
                        round_number)
     target_atoms = _target_atoms(config, test_atoms, explored)
     start = time.perf_counter()
+    context = round_context(url, campaign_id, config, round_number, model_version_id)
     progress = Progress(artifact_key("campaign", config.name, "round", round_number, "acquisition"),
                         f"Campaign {config.name}, round {round_number}: acquisition progress, "
                         f"{_describe(settings)} over {len(pool_ids)} pool structures (model {model_version_id})")
     if settings.signal == "committee":
-        picked, scores, info, scale = _committee(config, round_number, model_path, train, valid, pool_atoms,
-                                                 progress)
+        picked, scores, info, scale = _committee(context, round_number, pool_atoms, progress)
     elif settings.signal == "random":
         picked = random_selection(len(pool_atoms), settings.batch_size, config.seed * 1000 + round_number)
         scores, info, scale = np.full(len(picked), np.nan), {}, None
     else:
-        picked, scores, info, scale = _kernel(config, round_number, model_path, train, valid, pool_atoms,
-                                              target_atoms, progress)
+        picked, scores, info, scale = _kernel(context, round_number, pool_atoms, target_atoms, progress)
     timings = {"acquire_s": time.perf_counter() - start, **info.get("timings", {})}
-    diagnostics = _diagnostics(config, model_path, [pool_atoms[int(i)] for i in picked], pool_atoms,
-                               target_atoms, round_number)
+    diagnostics = selection_diagnostics(context.model, [pool_atoms[int(i)] for i in picked], pool_atoms,
+                                        target_atoms, seed=config.seed * 1000 + round_number)
     selected = []
     for index, score in zip(picked, scores):
         score = None if not np.isfinite(score) else float(score)
@@ -102,6 +96,7 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
                         "diagnostics": diagnostics},
             model_version_id=model_version_id, pool_size=len(pool_ids), selected=selected, timings=timings,
         )
+    release_context()  # the round is selected: its scorer and model are not needed again
     progress.update(100.0, f"Campaign {config.name}, round {round_number}: {_describe(settings)} selected "
                     f"{len(selected)} of {len(pool_ids)} pool structures in {timings['acquire_s']:.1f} s")
     logger.info("round %d: %s selected %d of %d pool structures in %.1f s; predicted max force of the picks "
@@ -135,61 +130,42 @@ def _target_atoms(config: CampaignConfig, test_atoms: list, explored_atoms: list
     return list(iter_structure_files([settings.target]))
 
 
-def _diagnostics(config, model_path, picked_atoms, pool_atoms, target_atoms, round_number) -> dict:
-    """Predicted energy/atom and max-force distributions of the picks against the pool's (and target's)."""
-    model = load_model(model_path, device=config.device)
-    return selection_diagnostics(model, picked_atoms, pool_atoms, target_atoms,
-                                 seed=config.seed * 1000 + round_number)
-
-
-def fit_campaign_scorer(model, config: CampaignConfig, train: list, pool_atoms: list, signal: str | None = None):
-    """The campaign's posterior scorer: ``signal`` (default the acquisition's) fitted on the
-    training labels, with the first `REFERENCE_SIZE` pool structures in the row normalisation,
-    the acquisition's λ and, for its own signal, its signal options."""
+def _kernel(context, round_number, pool_atoms, target, progress):
+    """Feature signals: the round's scorer (progress 0 → 40 %), its scale calibrated on the
+    validation split, then the batch rule over the pool (→ 100 %), without the candidates the
+    force guard removes."""
+    config = context.config
     settings = config.acquisition
-    signal = signal or settings.signal
-    options = settings.signal_keywords() if signal == settings.signal else {}
-    return fit_scorer(model, train, signal=signal, reference_atoms=pool_atoms[:REFERENCE_SIZE],
-                      regularization=settings.regularization, device=config.device, **options)
-
-
-def _kernel(config, round_number, model_path, train, valid, pool_atoms, target, progress):
-    """Feature signals: fit the scorer on the training labels (progress 0 → 40 %), calibrate its
-    scale on the validation split, then the batch rule over the pool (→ 100 %), without the
-    candidates the force guard removes."""
-    settings = config.acquisition
-    options = settings.select_options()
-    model = load_model(model_path, device=config.device)
-    progress.update(0.0, f"Round {round_number}: {settings.signal}: features of {len(train)} training "
+    progress.update(0.0, f"Round {round_number}: {settings.signal}: features of {len(context.train)} training "
                     "structures and the reference rows")
-    scorer = fit_campaign_scorer(model, config, train, pool_atoms)
+    scorer = context.scorer()
     scale = None
-    if len(valid) >= 2:
-        sigma = np.sqrt(scorer.variance(valid))
-        scale = calibrate_uncertainty(sigma, _force_errors(model, valid))
+    if len(context.valid) >= 2:
+        sigma = np.sqrt(scorer.variance(context.valid))
+        scale = calibrate_uncertainty(sigma, _force_errors(context.model, context.valid))
     progress.update(40.0, f"Round {round_number}: {_describe(settings)}: scoring {len(pool_atoms)} pool "
                     f"structures and selecting {settings.batch_size}")
-    exclude = force_guard(model, pool_atoms, settings.max_force, config.device)
+    exclude = force_guard(context.model, pool_atoms, settings.max_force, config.device)
     if len(exclude) == len(pool_atoms) > 0:
         get_run_logger().warning("acquisition.max_force %g eV/Å excludes every pool structure: not applied "
                                  "this round", settings.max_force)
         exclude = []
     picked, scores, info = select_batch(
-        model, train, pool_atoms, batch_size=settings.batch_size, seed=config.seed * 1000 + round_number,
-        device=config.device, scorer=scorer, target="pool" if target is None else target,
-        exclude=exclude, **options,
+        scorer, pool_atoms, batch_size=settings.batch_size, rule=settings.rule,
+        target=target, sigma_quantile=settings.sigma_quantile, exclude=exclude,
+        seed=config.seed * 1000 + round_number,
     )
     info["force_guarded"] = len(exclude)
     return picked, scores, info, scale
 
 
-
-def _committee(config, round_number, model_path, train, valid, pool_atoms, progress):
+def _committee(context, round_number, pool_atoms, progress):
     """Fine-tune the committee, then pick the largest force disagreements.
 
     Progress: the members' epochs take 0 → 90 %, scoring the pool the rest. The stored score is the squared force std (so that ``scale·√score`` is comparable with
     the kernel signals' ``scale·σ``).
     """
+    config, train, valid = context.config, context.train, context.valid
     settings = config.acquisition
     tick = time.perf_counter()
     out = campaign_dir(config.work_dir, config.name, "committee", f"round-{round_number:03d}")
@@ -201,7 +177,7 @@ def _committee(config, round_number, model_path, train, valid, pool_atoms, progr
                         f"Round {round_number}: committee member {member + 1}/{size}, epoch {epoch}/{total}, "
                         f"validation loss {record['valid_loss']:.4g}")
 
-    members = train_committee(model_path, train, valid, out, size=size, hyper=hyper,
+    members = train_committee(context.model_path, train, valid, out, size=size, hyper=hyper,
                               seed=config.seed * 1000 + round_number, device=config.device,
                               progress=member_epoch)
     progress.update(90.0, f"Round {round_number}: committee of {size} trained; scoring "
@@ -212,6 +188,6 @@ def _committee(config, round_number, model_path, train, valid, pool_atoms, progr
     scale = None
     if len(valid) >= 2:
         _, valid_std = committee_disagreement(members, valid, device=config.device)
-        scale = calibrate_uncertainty(valid_std, _force_errors(load_model(model_path, device=config.device), valid))
+        scale = calibrate_uncertainty(valid_std, _force_errors(context.model, valid))
     info = {"timings": {"committee_training_s": train_s, "scoring_s": time.perf_counter() - tick - train_s}}
     return picked, force_std[picked] ** 2, info, scale

@@ -16,13 +16,13 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import exploration, labels, registry, rounds, session_scope, structures
+from db import exploration, labels, rounds, session_scope
 from tangentlab.config import FEATURELESS_METHODS, CampaignConfig
 from tangentlab.exploration import STOP_REASONS, explore, plan_walkers, resolve_bounds
 from tangentlab.mace_model import load_model
 from tangentlab.structures import content_hash, read_structures
 from tasks._db import engine_for
-from tasks.acquire import REFERENCE_SIZE, fit_campaign_scorer
+from tasks.context import round_context
 from tasks.interrupt import check_stop
 from tasks.progress import Progress, artifact_key
 
@@ -48,8 +48,8 @@ def explore_round(url: str, campaign_id: int, config: CampaignConfig, round_numb
                   model_version_id: int) -> dict:
     """Run round ``round_number``'s exploration with model ``model_version_id``; return its summary.
 
-    σ comes from the acquisition's scorer fitted on the training labels (as in
-    `tasks.acquire.acquire`); quantile bounds are taken over σ of the labelled (train and
+    σ comes from the round's scorer (:func:`tasks.context.round_context`, which the
+    acquisition after it uses too); quantile bounds are taken over σ of the labelled (train and
     validation) structures. An ``explored`` round is not explored again.
     """
     logger = get_run_logger()
@@ -62,23 +62,18 @@ def explore_round(url: str, campaign_id: int, config: CampaignConfig, round_numb
             return (existing.parameters or {}).get("exploration", {})
         done = {t.walker for t in exploration.round_trajectories(session, campaign_id, round_number)}
         seeds = _seeds(session, campaign_id, config)
-        train = labels.labelled_atoms(session, campaign_id, ["train"])
-        labelled = train + labels.labelled_atoms(session, campaign_id, ["valid"])
-        reference = [structures.structure_atoms(s) for s in  # only what the scorer's normalisation reads
-                     structures.campaign_structures(session, campaign_id, split="pool")[:REFERENCE_SIZE]]
-        model_path = registry.verified_model_path(session, model_version_id)
     round_seed = config.seed * 1000 + round_number  # the same walkers on a resume
     total = len(plan_walkers(seeds, settings, round_seed))
     if done:
         logger.info("round %d: resuming exploration: %d of %d walkers are stored and do not run again",
                     round_number, len(done), total)
-    model = load_model(model_path, device=config.device)  # σ in float64, as the acquisition
+    context = round_context(url, campaign_id, config, round_number, model_version_id)  # σ in float64
     # The dynamics in float32: 1.5x the steps per second of float64 for 16 batched walkers on CPU
     # (docs/benchmarks/exploration-speed.md); the frames are only candidates, scored in float64.
-    dynamics_model = load_model(model_path, device=config.device, dtype=torch.float32)
+    dynamics_model = load_model(context.model_path, device=config.device, dtype=torch.float32)
     signal = exploration_signal(config)
-    scorer = fit_campaign_scorer(model, config, train, reference, signal)
-    bounds = resolve_bounds(settings, np.sqrt(scorer.variance(labelled)))
+    scorer = context.scorer(signal)
+    bounds = resolve_bounds(settings, np.sqrt(scorer.variance(context.train + context.valid)))
     progress = Progress(artifact_key("campaign", config.name, "round", round_number, "exploration"),
                         f"Campaign {config.name}, round {round_number}: exploration ({settings.engines()}, "
                         f"{total} walkers, σ bounds {bounds.lower:.3g}–{bounds.upper:.3g})")

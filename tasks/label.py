@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import labels, leases, session_scope
-from tangentlab.config import CampaignConfig
+from db import campaigns, labels, leases, reports, session_scope
+from tangentlab.config import CampaignConfig, make_config
 from tangentlab.oracles import Oracle, QMFailure, make_oracle
 from tangentlab.paths import campaign_dir
 from tasks._db import engine_for
@@ -32,6 +32,50 @@ def oracle_for(config: CampaignConfig) -> Oracle:
     if spec.get("name") == "replay" and not spec.get("files"):
         spec["files"] = [*config.pool, *([config.test_file] if config.test_file else [])]
     return make_oracle(spec)
+
+
+def label_level_key(config: CampaignConfig) -> str:
+    """The level-of-theory key of the campaign's labels (:func:`db.labels.level_key`)."""
+    return labels.level_key(oracle_for(config).level)
+
+
+def campaign_config(url: str, name: str) -> tuple[int, CampaignConfig]:
+    """Campaign ``name``'s id and stored configuration."""
+    with session_scope(engine_for(url)) as session:
+        campaign = campaigns.get_campaign(session, name)
+        return campaign.id, make_config(campaign.config, source=f"of campaign {name!r}")
+
+
+def campaign_id_of(url: str, name: str) -> int:
+    """Campaign ``name``'s id."""
+    with session_scope(engine_for(url)) as session:
+        return campaigns.get_campaign(session, name).id
+
+
+def label_counts(url: str, campaign_id: int, key: str, structure_ids: list[int] | None) -> dict[str, int]:
+    """Labels per status at the level ``key``, for ``structure_ids`` (None: all of the campaign)."""
+    with session_scope(engine_for(url)) as session:
+        return reports.label_counts(session, campaign_id, key, structure_ids)
+
+
+def open_structure_ids(url: str, campaign_id: int, key: str) -> list[int]:
+    """Structures whose label at the level ``key`` is pending or running."""
+    with session_scope(engine_for(url)) as session:
+        return labels.open_structure_ids(session, campaign_id, key)
+
+
+def failed_labels(url: str, campaign_id: int, structure_ids: set[int] | None = None) -> list[dict]:
+    """Labels that failed for good (:func:`db.reports.failed_label_rows`), of ``structure_ids``
+    (None: all)."""
+    with session_scope(engine_for(url)) as session:
+        rows = reports.failed_label_rows(session, campaign_id)
+    return [row for row in rows if structure_ids is None or row["structure_id"] in structure_ids]
+
+
+def take_over_stale(url: str, campaign_id: int, structure_ids: list[int]) -> int:
+    """Return the labels of ``structure_ids`` whose workers stopped heartbeating to pending."""
+    with session_scope(engine_for(url)) as session:
+        return labels.reset_stale_running(session, campaign_id, claim_timeout_s(), structure_ids)
 
 
 def claim_timeout_s() -> float:

@@ -40,9 +40,13 @@ def campaign_view(session, campaign, round_number: int | None = None) -> dict[st
     number = numbers[-1] if round_number is None and numbers else round_number
     if number is not None and number not in numbers:
         raise LookupError(f"campaign {report['name']!r} has no round {number} (rounds: {numbers})")
-    report["selected_structures"] = None if number is None else selection_view(session, campaign_id, number)
+    report["selected_structures"] = (
+        None if number is None else selection_view(session, campaign_id, number)
+    )
     upcoming = (numbers[-1] + 1) if numbers else None
-    report["exploring"] = None if upcoming is None else round_exploration(session, campaign_id, upcoming, None)
+    report["exploring"] = (
+        None if upcoming is None else round_exploration(session, campaign_id, upcoming, None)
+    )
     if report["exploring"] is not None:
         report["exploring"]["round"] = upcoming
     return report
@@ -61,12 +65,19 @@ def selection_view(session, campaign_id: int, number: int) -> dict[str, Any]:
     rows = reports.selected_rows(session, campaign_id, number)
     found = rounds.get_round(session, campaign_id, number)
     parameters = found.parameters or {}
-    return {"round": number, "structures": rows, "method": found.method, "rule": parameters.get("rule"),
-            "pool_size": found.pool_size, "model_version_id": found.model_version_id,
-            "seed": parameters.get("seed"), "uncertainty_scale": parameters.get("uncertainty_scale"),
-            "validation_labels_before": reports.validation_labels_before(session, campaign_id, number),
-            "diagnostics": parameters.get("diagnostics"),
-            "exploration": round_exploration(session, campaign_id, number, found)}
+    return {
+        "round": number,
+        "structures": rows,
+        "method": found.method,
+        "rule": parameters.get("rule"),
+        "pool_size": found.pool_size,
+        "model_version_id": found.model_version_id,
+        "seed": parameters.get("seed"),
+        "uncertainty_scale": parameters.get("uncertainty_scale"),
+        "validation_labels_before": reports.validation_labels_before(session, campaign_id, number),
+        "diagnostics": parameters.get("diagnostics"),
+        "exploration": round_exploration(session, campaign_id, number, found),
+    }
 
 
 def round_exploration(session, campaign_id: int, number: int, found) -> dict[str, Any] | None:
@@ -78,11 +89,22 @@ def round_exploration(session, campaign_id: int, number: int, found) -> dict[str
         return None
     summary = dict(summary or exploration.exploration_summary(trajectories) | {"unfinished": True})
     summary["trajectories_detail"] = [
-        {"walker": t.walker, "seed_structure_id": t.seed_structure_id, "seed": _seed_name(session, t.seed_structure_id),
-         "temperature_K": t.temperature_k, "steps_run": t.steps_run, "frames_scored": t.frames_scored,
-         "frames_kept": t.frames_kept, "candidates_added": t.candidates_added, "stop_reason": t.stop_reason,
-         "sigma_q50": _median(t.sigma), "sigma_max": max(t.sigma) if t.sigma else None, "wall_s": t.wall_s}
-        for t in trajectories]
+        {
+            "walker": t.walker,
+            "seed_structure_id": t.seed_structure_id,
+            "seed": _seed_name(session, t.seed_structure_id),
+            "temperature_K": t.temperature_k,
+            "steps_run": t.steps_run,
+            "frames_scored": t.frames_scored,
+            "frames_kept": t.frames_kept,
+            "candidates_added": t.candidates_added,
+            "stop_reason": t.stop_reason,
+            "sigma_q50": _median(t.sigma),
+            "sigma_max": max(t.sigma) if t.sigma else None,
+            "wall_s": t.wall_s,
+        }
+        for t in trajectories
+    ]
     return summary
 
 
@@ -102,8 +124,10 @@ def _seed_name(session, structure_id: int | None) -> str:
 def _failed_labels(session, campaign_id: int) -> list[dict[str, Any]]:
     """:func:`db.reports.failed_label_rows`, each with its structure's split."""
     failed = reports.failed_label_rows(session, campaign_id)
-    split = {s.id: str(getattr(s.split, "value", s.split))
-             for s in structures.structures_by_id(session, [f["structure_id"] for f in failed])}
+    split = {
+        s.id: str(getattr(s.split, "value", s.split))
+        for s in structures.structures_by_id(session, [f["structure_id"] for f in failed])
+    }
     return [{**row, "split": split.get(row["structure_id"], "")} for row in failed]
 
 

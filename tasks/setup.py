@@ -157,13 +157,23 @@ def _check_inputs(config: CampaignConfig) -> CampaignInputs:
 
 @task(name="set up campaign", cache_policy=NO_CACHE)
 def setup_campaign(url: str, config: CampaignConfig) -> int:
-    """Create the campaign (or reopen it) and return its id.
+    """Create the campaign (or reopen it) and return its id (see :func:`set_up`)."""
+    return _set_up(url, config)[0]
+
+
+@task(name="set up campaign", cache_policy=NO_CACHE)
+def set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
+    """Create the campaign (or reopen it); return its id and the configuration it runs with.
 
     A new campaign's inputs are checked first (:func:`check_inputs`), then everything
     happens in one transaction: the pool import, the test set and the initial round are
     stored together or not at all. A campaign that exists already is left as it is (its
     stored configuration wins).
     """
+    return _set_up(url, config)
+
+
+def _set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
     logger = get_run_logger()
     engine = engine_for(url)
     init_db(engine)
@@ -174,7 +184,7 @@ def setup_campaign(url: str, config: CampaignConfig) -> int:
                 logger.warning("campaign %r exists with another configuration: resuming it with its "
                                "stored configuration (start a new campaign under a new name)", config.name)
             logger.info("resuming campaign %r (id %d)", config.name, campaign.id)
-            return campaign.id
+            return campaign.id, make_config(campaign.config, source=f"of campaign {config.name!r}")
         except LookupError:
             pass
     inputs = check_inputs(config)  # an unusable input stops here, before anything is stored
@@ -199,7 +209,7 @@ def setup_campaign(url: str, config: CampaignConfig) -> int:
         )
         logger.info("campaign %r created (id %d): %d pool, %d initial", config.name, campaign.id,
                     len(pool_ids), len(initial))
-        return campaign.id
+        return campaign.id, make_config(campaign.config, source=f"of campaign {config.name!r}")
 
 
 def _store(session, campaign, atoms_list: list[Atoms], *, origin: str, split: str) -> ImportReport:

@@ -40,18 +40,20 @@ FAST = {
 }
 
 
+def _scorer(model, pool, signal="activation", reference_size=256, device=None, **signal_options):
+    """The scorer select_batch takes: fitted on LABELLED with the pool's first structures."""
+    return fit_scorer(model, LABELLED, signal=signal, reference_atoms=pool[:reference_size], device=device,
+                      **signal_options)
+
+
 @pytest.mark.parametrize("signal", ["activation", "atom_activation", "ntk", "energy_force_ntk"])
 def test_chunked_equals_unchunked_and_any_source(model, signal):
     pool = _pool(14)
-    options = {"signal": signal, "batch_size": 4, "reference_size": 5, **FAST.get(signal, {})}
-    whole, whole_scores, info = select_batch(model, LABELLED, pool, chunk_size=100, **options)
-    chunked, chunked_scores, _ = select_batch(model, LABELLED, pool, chunk_size=3, **options)
-    streamed, _, streamed_info = select_batch(
-        model, LABELLED, (atoms for atoms in pool), chunk_size=5, **options
-    )
-    factory, _, _ = select_batch(
-        model, LABELLED, lambda: [pool[:6], pool[6:]], chunk_size=4, **options
-    )
+    scorer = _scorer(model, pool, signal, reference_size=5, **FAST.get(signal, {}))
+    whole, whole_scores, info = select_batch(scorer, pool, batch_size=4, chunk_size=100)
+    chunked, chunked_scores, _ = select_batch(scorer, pool, batch_size=4, chunk_size=3)
+    streamed, _, streamed_info = select_batch(scorer, (atoms for atoms in pool), batch_size=4, chunk_size=5)
+    factory, _, _ = select_batch(scorer, lambda: [pool[:6], pool[6:]], batch_size=4, chunk_size=4)
     for other in (chunked, streamed, factory):
         np.testing.assert_array_equal(whole, other)
     np.testing.assert_allclose(whole_scores, chunked_scores, rtol=1e-8)
@@ -65,9 +67,8 @@ def test_chunked_equals_unchunked_and_any_source(model, signal):
 def test_scores_are_posterior_variance_given_the_labelled_set(model, signal):
     pool = _pool(10)
     options = FAST.get(signal, {})
-    indices, scores, info = select_batch(
-        model, LABELLED, pool, signal=signal, batch_size=3, reference_size=5, **options
-    )
+    indices, scores, info = select_batch(_scorer(model, pool, signal, reference_size=5, **options), pool,
+                                         batch_size=3)
     scorer = fit_scorer(model, LABELLED, signal=signal, reference_atoms=pool[:5], **options)
     variance = scorer.variance(pool)
     np.testing.assert_allclose(scores, variance[indices], rtol=1e-8)
@@ -78,26 +79,22 @@ def test_scores_are_posterior_variance_given_the_labelled_set(model, signal):
 
 def test_shortlist_and_exclude(model):
     pool = _pool(12)
-    top, _, _ = select_batch(model, LABELLED, pool, rule="top", batch_size=3, shortlist_size=3)
     scorer = fit_scorer(model, LABELLED, reference_atoms=pool[:256])
+    top, _, _ = select_batch(scorer, pool, rule="top", batch_size=3, shortlist_size=3)
     expected = np.argsort(-scorer.variance(pool), kind="stable")[:3]
     np.testing.assert_array_equal(top, expected)
-    greedy, _, info = select_batch(
-        model, LABELLED, pool, batch_size=3, shortlist_size=5, exclude=[int(expected[0])]
-    )
+    greedy, _, info = select_batch(scorer, pool, batch_size=3, shortlist_size=5, exclude=[int(expected[0])])
     assert info["shortlist_size"] == 5
     assert int(expected[0]) not in greedy
 
 
 def test_kmeans_rule_is_reproducible(model):
     pool = _pool(12)
-    first, _, _ = select_batch(model, LABELLED, pool, rule="kmeans++", batch_size=4, seed=3)
-    again, _, _ = select_batch(model, LABELLED, pool, rule="kmeans++", batch_size=4, seed=3)
+    first, _, _ = select_batch(_scorer(model, pool), pool, rule="kmeans++", batch_size=4, seed=3)
+    again, _, _ = select_batch(_scorer(model, pool), pool, rule="kmeans++", batch_size=4, seed=3)
     np.testing.assert_array_equal(first, again)
     assert len(set(first)) == 4
-    multi, _, _ = select_batch(
-        model, LABELLED, pool, signal="force_ntk", rule="kmeans++", batch_size=4, sketch_dim=4
-    )
+    multi, _, _ = select_batch(_scorer(model, pool, "force_ntk", sketch_dim=4), pool, rule="kmeans++", batch_size=4)
     assert len(set(multi)) == 4
 
 
@@ -112,7 +109,7 @@ def test_random_mace_descriptor_baseline(model):
         activation_features(clone, pool[:3]), activation_features(model, pool[:3])
     )
     # "descriptor" is the old name, still accepted for stored configurations
-    indices, _, info = select_batch(model, LABELLED, pool, signal="descriptor", batch_size=3)
+    indices, _, info = select_batch(_scorer(model, pool, "descriptor"), pool, batch_size=3)
     assert len(set(indices)) == 3 and info["signal"] == "random_mace"
 
 
@@ -127,18 +124,22 @@ def test_iter_pool_chunks_regroups():
 
 def test_input_validation(model):
     pool = _pool(3)
+    scorer = _scorer(model, pool)
     with pytest.raises(ValueError, match="signal"):
-        select_batch(model, LABELLED, pool, signal="soap")
+        _scorer(model, pool, "soap")
     with pytest.raises(ValueError, match="rule"):
-        select_batch(model, LABELLED, pool, rule="best")
+        select_batch(scorer, pool, rule="best")
     with pytest.raises(ValueError, match="normalise"):
         fit_scorer(model, [])
     with pytest.raises(ValueError, match="has no option 'sketchdim'"):
-        select_batch(model, LABELLED, pool, signal="ntk", sketchdim=4)
+        _scorer(model, pool, "ntk", sketchdim=4)
     with pytest.raises(ValueError, match="target"):
-        select_batch(model, LABELLED, pool, rule="transductive", target="test")
+        select_batch(scorer, pool, rule="transductive", target="test")
+    # a target the rule would ignore is refused, not dropped
+    with pytest.raises(ValueError, match="rule 'greedy' has no target"):
+        select_batch(scorer, pool, rule="greedy", target=pool)
     with pytest.raises(ValueError, match="sigma_quantile"):
-        select_batch(model, LABELLED, pool, sigma_quantile=1.5)
+        select_batch(scorer, pool, sigma_quantile=1.5)
     assert "random" not in SIGNALS  # random and committee are methods without feature rows
 
 
@@ -159,9 +160,11 @@ def test_calibration_recovers_the_scale():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_same_batch_on_cuda(model):
     pool = _pool(10)
-    options = {"signal": "energy_force_ntk", "batch_size": 3, "sketch_dim": 6}
-    cpu, cpu_scores, _ = select_batch(model, LABELLED, pool, device="cpu", **options)
-    gpu, gpu_scores, _ = select_batch(model, LABELLED, pool, device="cuda", **options)
+    options = {"sketch_dim": 6}
+    cpu, cpu_scores, _ = select_batch(_scorer(model, pool, "energy_force_ntk", device="cpu", **options), pool,
+                                      batch_size=3)
+    gpu, gpu_scores, _ = select_batch(_scorer(model, pool, "energy_force_ntk", device="cuda", **options), pool,
+                                      batch_size=3)
     np.testing.assert_array_equal(cpu, gpu)
     np.testing.assert_allclose(cpu_scores, gpu_scores, rtol=1e-6)
 
@@ -180,7 +183,7 @@ def test_force_guard_removes_candidates_the_model_predicts_far_out(model):
     assert exclude == [int(i) for i in np.flatnonzero(largest > bound)] and 5 in exclude
     assert 0 < len(exclude) < len(pool)
     assert force_guard(model, pool, None) == []
-    picked, _, _ = select_batch(model, LABELLED, pool, batch_size=4, exclude=exclude)
+    picked, _, _ = select_batch(_scorer(model, pool), pool, batch_size=4, exclude=exclude)
     assert not set(picked.tolist()) & set(exclude)
     with pytest.raises(ValueError, match="max_force must be positive"):
         force_guard(model, pool, -1.0)

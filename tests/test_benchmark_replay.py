@@ -75,12 +75,10 @@ def test_fixed_descriptor_is_an_acquisition_method(tiny_model_file):
     model = load_model(tiny_model_file)
     pool = [molecule(n) for n in ("H2O", "CH4", "NH3", "CO2", "HCN", "CH3OH", "H2CO", "C2H6")]
     labelled = [molecule("H2O"), molecule("CH4")]
-    picks, _, info = select_batch(
-        model, labelled, pool, signal="fixed_descriptor", batch_size=3
-    )
+    scorer = fit_scorer(model, labelled, signal="fixed_descriptor", reference_atoms=pool)
+    picks, _, info = select_batch(scorer, pool, batch_size=3)
     assert info["feature_dim"] == SymmetryFunctions((1, 6, 7, 8)).dim
     # the labelled molecules (identical geometry in the pool) are the least uncertain
-    scorer = fit_scorer(model, labelled, signal="fixed_descriptor", reference_atoms=pool)
     variance = scorer.variance(pool)
     assert variance[0] < variance[3] and variance[1] < variance[3]
     assert 0 not in picks and 1 not in picks and len(set(picks.tolist())) == 3

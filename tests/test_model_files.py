@@ -19,13 +19,13 @@ from conftest import write_pool
 from tiny_model import FOUNDATION_STYLES, make_foundation_style_model, rattled_molecules
 
 from db import campaigns, init_db, labels, make_engine, registry, session_scope, structures
-from flows.campaign import _starting_model
 from tangentlab.config import config_json, make_config, shipped_file
 from tangentlab.finetune import finetune
 from tangentlab.mace_model import default_dtype, load_model, predict
 from tangentlab.model_files import ModelFileError, model_source, save_weights, starting_weights
 from tangentlab.structures import content_hash
 from tasks.setup import starting_model
+from tasks.steps import starting_model_version as _starting_model
 
 SHIPPED = Path(shipped_file("tangentlab-hcno-xtb.model"))
 REPO = Path(__file__).resolve().parents[1]

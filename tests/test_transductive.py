@@ -124,10 +124,9 @@ def test_lcmd_picks_the_farthest_point_of_the_widest_cluster():
 
 def test_select_batch_transductive_with_pool_or_file_target(model):
     pool = _pool(16)
-    options = {"batch_size": 3, "reference_size": 8}
     labelled = _pool(3, seed=5)
-    picks, scores, info = select_batch(model, labelled, pool, rule="transductive", **options)
     scorer = fit_scorer(model, labelled, reference_atoms=pool[:8])
+    picks, scores, info = select_batch(scorer, pool, rule="transductive", batch_size=3)
     rows, counts = scorer.rows(pool)
     covariance = TargetCovariance(scorer.feature_dim)
     covariance.add(rows, counts)
@@ -138,13 +137,11 @@ def test_select_batch_transductive_with_pool_or_file_target(model):
     np.testing.assert_allclose(info["conditional_scores"], gains, rtol=1e-8)
     np.testing.assert_allclose(scores, scorer.variance(pool)[picks], rtol=1e-8)
     # no row cache: the scoring pass recomputes the rows and picks the same
-    uncached, _, _ = select_batch(
-        model, labelled, lambda: iter(pool), rule="transductive", row_cache_mb=0, chunk_size=5,
-        **options,
-    )
+    uncached, _, _ = select_batch(scorer, lambda: iter(pool), rule="transductive", batch_size=3, row_cache_mb=0,
+                                  chunk_size=5)
     np.testing.assert_array_equal(uncached, picks)
     # a separate target: the first four pool structures
-    targeted, _, _ = select_batch(model, labelled, pool, rule="transductive", target=pool[:4], **options)
+    targeted, _, _ = select_batch(scorer, pool, rule="transductive", target=pool[:4], batch_size=3)
     covariance = TargetCovariance(scorer.feature_dim)
     covariance.add(*scorer.rows(pool[:4]))
     expected, _ = transductive_selection(
@@ -161,11 +158,9 @@ def test_sigma_guard_keeps_the_outliers_out(model):
     scorer = fit_scorer(model, labelled, reference_atoms=pool)
     variance = scorer.variance(pool)
     top_two = set(np.argsort(-variance)[:2].tolist())
-    unguarded, _, _ = select_batch(model, labelled, pool, rule="top", batch_size=2, reference_size=20)
+    unguarded, _, _ = select_batch(scorer, pool, rule="top", batch_size=2)
     assert set(unguarded.tolist()) == top_two
-    guarded, _, info = select_batch(
-        model, labelled, pool, rule="top", batch_size=2, reference_size=20, sigma_quantile=0.85
-    )
+    guarded, _, info = select_batch(scorer, pool, rule="top", batch_size=2, sigma_quantile=0.85)
     assert info["guarded"] >= 2 and info["sigma_bound"] < variance.max()
     assert not set(guarded.tolist()) & top_two
     assert np.all(variance[guarded] <= info["sigma_bound"])
@@ -173,9 +168,10 @@ def test_sigma_guard_keeps_the_outliers_out(model):
 
 def test_lcmd_rule_in_select_batch(model):
     pool = _pool(12)
-    picks, _, info = select_batch(model, _pool(3, seed=5), pool, rule="lcmd", batch_size=4)
+    labelled = _pool(3, seed=5)
+    picks, _, info = select_batch(fit_scorer(model, labelled, reference_atoms=pool), pool, rule="lcmd",
+                                  batch_size=4)
     assert len(set(picks.tolist())) == 4 and info["rule"] == "lcmd"
-    multi, _, _ = select_batch(
-        model, _pool(3, seed=5), pool, signal="force_ntk", rule="lcmd", batch_size=3, sketch_dim=4
-    )
+    multi, _, _ = select_batch(fit_scorer(model, labelled, signal="force_ntk", reference_atoms=pool, sketch_dim=4),
+                               pool, rule="lcmd", batch_size=3)
     assert len(set(multi.tolist())) == 3

@@ -21,25 +21,19 @@ is linear in it.
 from __future__ import annotations
 
 import heapq
-import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import mace  # noqa: F401  (mace must be imported before e3nn)
 import numpy as np
-import torch
 from ase import Atoms
 
 from tangentlab.acquisition.rules import Shortlist, get_rule
 from tangentlab.acquisition.scorer import (
     PosteriorScorer,
     Rows,
-    featurize_in_chunks,
-    fit_rows,
-    on_device,
 )
-from tangentlab.acquisition.signals import get_signal, make_featurizer
 from tangentlab.acquisition.transductive import TargetCovariance, transductive_gain
 
 PoolSource = Sequence[Atoms] | Iterable[Atoms | Sequence[Atoms]] | Callable[[], Iterable]
@@ -136,34 +130,14 @@ class _RowCache:
         return cached
 
 
-def _fit_on_stream(model, signal, labelled_atoms, chunks, regularization, reduce, chunk_size,
-                   reference_size, device, signal_options, timings):
-    """Fit the scorer on the labelled rows and the first pool chunks; return it and the stream."""
-    tick = time.perf_counter()
-    featurizer = make_featurizer(on_device(model, device), signal, **signal_options)
-    labelled = featurize_in_chunks(featurizer, labelled_atoms, chunk_size)
-    taken, chunks = _take_chunks(chunks, reference_size)
-    cached = [featurizer(chunk) for chunk in taken]
-    reference_rows = np.concatenate([rows for rows, _ in cached]) if cached else np.zeros((0, 0))
-    counts = np.concatenate([c for _, c in cached]) if cached else np.zeros(0, int)
-    reference_rows = reference_rows[: int(counts[:reference_size].sum())]
-    scorer = fit_rows(signal, featurizer, labelled, reference_rows, regularization, reduce)
-    timings["reference_s"] += time.perf_counter() - tick
-    return scorer, itertools.chain(taken, chunks), cached
-
-
-def _survey(scorer, chunks, first_rows, target_is_pool, cache, rng, timings):
+def _survey(scorer, chunks, target_is_pool, cache, rng, timings):
     """Pass 1 over the pool: C_T (when the pool is the target) and a σ² sample."""
     target = TargetCovariance(scorer.feature_dim) if target_is_pool else None
     sample: list[float] = []
     seen = 0
-    for number, chunk in enumerate(chunks):
+    for chunk in chunks:
         tick = time.perf_counter()
-        if number < len(first_rows):
-            raw, counts = first_rows[number]
-            rows = scorer.scaling.apply(raw)
-        else:
-            rows, counts = scorer.rows(chunk)
+        rows, counts = scorer.rows(chunk)
         timings["features_s"] += time.perf_counter() - tick
         tick = time.perf_counter()
         cache.add(rows, counts)
@@ -191,77 +165,55 @@ def _target_from_source(scorer, source, chunk_size, timings) -> TargetCovariance
 
 
 def select_batch(
-    model: torch.nn.Module,
-    labelled_atoms: Sequence[Atoms],
+    scorer: PosteriorScorer,
     pool_atoms: PoolSource,
     *,
-    signal: str = "activation",
     batch_size: int = 10,
-    regularization: float = 1e-2,
-    chunk_size: int = 256,
-    shortlist_size: int | None = None,
     rule: str = "greedy",
-    target: str | PoolSource = "pool",
+    target: PoolSource | None = None,
     sigma_quantile: float | None = None,
-    seed: int = 0,
-    device: str | torch.device | None = "cpu",
-    reduce: str = "mean",
-    reference_size: int = 256,
+    shortlist_size: int | None = None,
     exclude: Iterable[int] | None = None,
-    scorer: PosteriorScorer | None = None,
+    seed: int = 0,
+    chunk_size: int = 256,
     row_cache_mb: float = 512.0,
-    **signal_options,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """
     Choose the next structures to label from a pool.
 
     Parameters
     ----------
-    model
-        The current MACE model.
-    labelled_atoms
-        Structures already labelled (the training set).
+    scorer
+        The round's fitted `PosteriorScorer` (`fit_scorer`; campaigns:
+        `tangentlab.acquisition.policy.fit_policy_scorer`): its signal, λ, row normalisation
+        and labelled rows.
     pool_atoms
         Candidates: a sequence of structures, an iterable of structures or of chunks of
         structures, or a callable returning one (see `iter_pool_chunks`). Target-aware
         rules and the outlier guard read it twice: pass a sequence or a callable then.
-    signal
-        A `tangentlab.acquisition.signals.SIGNALS` name.
     batch_size
         Number of structures to pick.
-    regularization
-        λ (see the module docstring).
-    chunk_size
-        Pool structures featurised and scored at a time.
-    shortlist_size
-        Best-scored structures kept for the batch rule; None: max(10 * batch_size, 1000).
     rule
         A `tangentlab.acquisition.rules.RULES` name: ``greedy``, ``transductive``,
         ``lcmd``, ``kmeans++`` or ``top``.
     target
-        For ``transductive``: ``"pool"`` (density-aware) or structures (a sequence, an
-        iterable or a callable, like ``pool_atoms``) the potential must serve.
+        For a target-aware rule (``transductive``): the structures (a sequence, an iterable
+        or a callable, like ``pool_atoms``) the potential must serve; None: the pool
+        (density-aware). Refused for the other rules, which have no target.
     sigma_quantile
         Outlier guard: candidates whose σ² lies above this quantile of the pool's σ²
         are never picked (the upper trust level of DP-GEN, applied to the kernel). None:
         no guard.
-    seed
-        Seed of randomised rules.
-    device
-        Torch device for the features (None: the model's).
-    reduce
-        ``"mean"`` or ``"sum"`` of the row variances of a structure.
-    reference_size
-        Pool structures (the first ones) that join the labelled set in fitting the row
-        normalisation.
+    shortlist_size
+        Best-scored structures kept for the batch rule; None: max(10 * batch_size, 1000).
     exclude
         Pool indices never to pick.
-    scorer
-        A fitted `PosteriorScorer` to use instead of fitting one here.
+    seed
+        Seed of randomised rules and of the guard's σ² sample.
+    chunk_size
+        Pool structures featurised and scored at a time.
     row_cache_mb
         Rows of the survey pass kept for the scoring pass (MiB).
-    **signal_options
-        The signal's options (`tangentlab.acquisition.signals.make_featurizer`).
 
     Returns
     -------
@@ -274,39 +226,33 @@ def select_batch(
         JSON-serialisable: signal, rule, pool_size, feature_dim, n_labelled,
         shortlist_size, regularization, reduce, sigma_bound, guarded (candidates the
         guard removed), conditional_scores (each pick's σ² or gain at pick time, for
-        ``greedy`` and ``transductive``), and timings (reference_s, features_s,
-        scoring_s, selection_s, total_s).
+        ``greedy`` and ``transductive``), and timings (features_s, scoring_s,
+        selection_s, total_s, and target_s for a separate target).
     """
     chosen_rule = get_rule(rule)
-    signal = get_signal(signal).name
     if batch_size < 0:
         raise ValueError(f"batch_size must be non-negative, got {batch_size}")
     if sigma_quantile is not None and not 0 < sigma_quantile <= 1:
         raise ValueError(f"sigma_quantile must lie in (0, 1], got {sigma_quantile}")
+    if isinstance(target, str):
+        raise ValueError(f"target must be structures (None: the pool), got {target!r}")
+    if target is not None and not chosen_rule.needs_target:
+        raise ValueError(f"rule {chosen_rule.name!r} has no target: give target only to a target-aware rule")
     started = time.perf_counter()
     excluded = set() if exclude is None else {int(i) for i in exclude}
-    timings = {"reference_s": 0.0, "features_s": 0.0, "scoring_s": 0.0}
-    first_rows: list[Rows] = []
+    timings = {"features_s": 0.0, "scoring_s": 0.0}
     chunks = iter_pool_chunks(pool_atoms, chunk_size)
-    if scorer is None:
-        scorer, chunks, first_rows = _fit_on_stream(
-            model, signal, labelled_atoms, chunks, regularization, reduce, chunk_size,
-            reference_size, device, signal_options, timings,
-        )
     if shortlist_size is None:
         shortlist_size = max(10 * batch_size, 1000)
     shortlist_size = max(shortlist_size, batch_size)
-    target_is_pool = chosen_rule.needs_target and isinstance(target, str)
-    if isinstance(target, str) and target != "pool":
-        raise ValueError(f"target must be 'pool' or structures, got {target!r}")
+    target_is_pool = chosen_rule.needs_target and target is None
     cache = _RowCache(row_cache_mb * 2**20)
     covariance, sigma_bound = None, None
     if target_is_pool or sigma_quantile is not None:
-        covariance, sample = _survey(scorer, chunks, first_rows, target_is_pool, cache,
-                                     np.random.default_rng(seed), timings)
+        covariance, sample = _survey(scorer, chunks, target_is_pool, cache, np.random.default_rng(seed), timings)
         if sigma_quantile is not None and sample.size:
             sigma_bound = float(np.quantile(sample, sigma_quantile))
-        chunks, first_rows = iter_pool_chunks(pool_atoms, chunk_size), []
+        chunks = iter_pool_chunks(pool_atoms, chunk_size)
     if chosen_rule.needs_target and covariance is None:
         covariance = _target_from_source(scorer, target, chunk_size, timings)
     whitened_target = None if covariance is None else covariance.matrix
@@ -316,14 +262,7 @@ def select_batch(
     for number, chunk in enumerate(chunks):
         tick = time.perf_counter()
         cached = cache.take(number)
-        if cached is not None:
-            rows, counts = cached
-        elif number < len(first_rows):
-            raw, counts = first_rows[number]
-            first_rows[number] = None  # drop it once scored
-            rows = scorer.scaling.apply(raw)
-        else:
-            rows, counts = scorer.rows(chunk)
+        rows, counts = cached if cached is not None else scorer.rows(chunk)
         tock = time.perf_counter()
         variances = scorer.variance_of_rows(rows, counts)
         keys = (
@@ -363,7 +302,7 @@ def select_batch(
     timings["selection_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
     info = {
-        "signal": signal,
+        "signal": scorer.signal,
         "rule": chosen_rule.name,
         "pool_size": pool_size,
         "feature_dim": scorer.feature_dim,
