@@ -9,7 +9,9 @@ One entry point, `select_batch`; the pieces are found by name:
 - ``posterior.py``: σ² in feature space and the fitted `PosteriorScorer`;
 - ``rules.py``: the registry of batch rules (greedy, transductive, LCMD, k-means++, top)
   and ``transductive.py``: target-aware selection;
-- ``select.py``: the streamed, chunked shortlist and the batch;
+- ``select.py``: the streamed, chunked shortlist and the batch, from a fitted scorer;
+- ``policy.py``: a campaign's reference rows and scorer fit (one place for campaigns and
+  benchmarks);
 - ``calibration.py``: σ as a predicted error;
 - ``committee.py`` (`CommitteeScorer`, a scorer like `PosteriorScorer`) and `random_selection`:
   the two baselines without feature rows.

@@ -1,7 +1,8 @@
 """The acquisition engine: feature rows → posterior → chunked shortlist → batch rule.
 
-Rows are normalised on a reference set (the labelled structures plus the first
-``reference_size`` pool structures) so that the mean squared row norm is 1 there
+The scorer (`tangentlab.acquisition.scorer.fit_scorer`; campaigns fit theirs with
+`tangentlab.acquisition.policy.fit_policy_scorer`) normalises rows on a reference set (the
+labelled structures plus the first pool structures) so that the mean squared row norm is 1 there
 (activation and descriptor rows are first standardised column by column); the
 regularisation λ is then a noise variance relative to the average prior variance, the
 same for every signal. With the labelled rows Φ_L, ``A = Φ_Lᵀ Φ_L + λ I`` is factored
