@@ -216,7 +216,7 @@ def _spec(files, work_dir: Path, **overrides) -> dict:
         "batch_size": 4,
         "rounds": 1,
         "work_dir": str(work_dir),
-        "finetune": {"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 2},
+        "finetune": {"max_epochs": 1, "patience": 1, "min_steps_per_epoch": 2},
     }
     spec.update(overrides)
     return spec
@@ -268,7 +268,8 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
     busy = f"sqlite:///{tmp_path / 'tiny' / 'benchmark.db'}"
     (tmp_path / "tiny").mkdir(parents=True, exist_ok=True)
     init_db(make_engine(busy))
-    lease, _ = leases.try_acquire(make_engine(busy), "tiny-random-s1", ttl_s=600)
+    # held for a day: the lease must not expire while the first pass runs, however slow
+    lease, _ = leases.try_acquire(make_engine(busy), "tiny-random-s1", ttl_s=86400)
     partial = benchmark_replay(spec=spec)
     assert "tiny-random-s1" not in partial["campaigns"]
     assert partial["campaigns"]["tiny-random-s0"]["status"] == "budget_exhausted"
@@ -295,11 +296,12 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
     method = "fixed_descriptor:transductive:test:q0.9"
     assert set(results["table"]) == {"random", method}
     assert results["calibration"]["random"] == {}
-    assert -1.0 <= results["calibration"][method]["force_spearman_mean"] <= 1.0
+    calibration = results["calibration"][method]
     paired = results["table"][method]["force"]["paired_difference"]
     assert paired["labels"] == [6, 10] and paired["mean"][0] == pytest.approx(0.0, abs=1e-9)
     assert paired["final"]["n"] == 2 and paired["final"]["half_width"] is not None
 
+    stored_rho = {}
     with session_scope(make_engine(url)) as session:
         for name in results["campaigns"]:
             camp = campaigns.get_campaign(session, name)
@@ -311,6 +313,8 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
             assert [r.metrics["test"]["force_mae_mev_per_a"] > 0 for r in done] == [True, True]
             final = registry.latest_model(session, camp)
             assert final.metrics["benchmark"]["n_test"] == n_test
+            if "transductive" in name:  # its final model's sigma was ranked against its errors
+                stored_rho[name] = final.metrics["benchmark"]["force_spearman"]
             if "transductive" in name:  # the round stored the rule, target, guard and diagnostics
                 parameters = done[1].parameters
                 assert parameters["rule"] == "transductive" and parameters["sigma_quantile"] == 0.9
@@ -322,6 +326,12 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
         versions = len(
             registry.model_versions(session, campaigns.get_campaign(session, "tiny-random-s0"))
         )
+    # The calibration row is the seeds' stored rank correlations, each a real number (a sigma
+    # that is missing, constant or NaN leaves none).
+    rhos = [stored_rho[f"tiny-{method.replace(':', '.')}-s{seed}"] for seed in (0, 1)]
+    assert all(np.isfinite(rho) and -1.0 <= rho <= 1.0 for rho in rhos), rhos
+    assert calibration["per_seed_force"] == pytest.approx(rhos)
+    assert calibration["force_spearman_mean"] == pytest.approx(np.mean(rhos))
 
     again = benchmark_replay(spec=spec)  # finished campaigns are skipped, not rerun
     assert again["table"] == results["table"]
