@@ -89,7 +89,7 @@ def test_stored_configs_still_load_and_store_the_oracle_as_given(oracle):
 
 def test_oracle_section_is_checked_per_oracle():
     assert make_config({"oracle": {"xc": "hf"}}).oracle.model_dump() == {"name": "pyscf", "xc": "hf"}
-    with pytest.raises(ConfigError, match=r"oracle: unknown oracle name 'orca'; known: \['pyscf'"):
+    with pytest.raises(ConfigError, match=r"oracle: unknown oracle name 'orca'; known: \[.*'pyscf'"):
         make_config({"oracle": {"name": "orca"}})
     with pytest.raises(ConfigError, match=r"unknown key 'oracle\.pyscf\.functional'"):
         make_config({"oracle": {"name": "pyscf", "functional": "b3lyp"}})
