@@ -246,7 +246,7 @@ def test_sigterm_stops_like_ctrl_c_and_names_the_running_step(tmp_path):
         tmp_path, name, 20, seed=6, acquisition={"method": "activation", "batch_size": 4},
         budgets={"max_rounds": 2, "max_labels": 30},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        finetune={"max_epochs": 4, "patience": 4, "min_steps_per_epoch": 8})
+        finetune={"max_epochs": 8, "patience": 8, "min_steps_per_epoch": 16})  # seconds
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",
