@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from benchmarks.methods import METHODS, method_acquisition
 from tangentlab.config import SHIPPED_MODEL, FineTune, shipped_file
+from tangentlab.inputs import InputFileError, load_yaml
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 DATA_VARIABLE = "TANGENTLAB_DATA"
@@ -178,13 +179,14 @@ def load_spec_data(path: str | Path, data_root: str | None = None) -> dict[str, 
     Raises
     ------
     BenchmarkError
-        The file is missing or not a mapping, or it needs a data root that was not given.
+        The file is missing, not a regular file, too large, holds YAML aliases or is not a
+        mapping, or it needs a data root that was not given.
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise BenchmarkError(f"benchmark configuration not found: {path}") from None
+        data = load_yaml(path, "benchmark configuration") or {}
+    except InputFileError as exc:
+        raise BenchmarkError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise BenchmarkError(f"benchmark configuration {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

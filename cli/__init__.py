@@ -23,6 +23,7 @@ if "--debug" in sys.argv[1:]:
 import tangentlab  # noqa: E402,F401  (imports mace before e3nn, without its notices on stdout)
 from cli.commands import (  # noqa: E402
     DEFAULT_DB,
+    cmd_backup,
     cmd_benchmark,
     cmd_export,
     cmd_import,
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="extxyz file to write")
     p.add_argument("--split", default=None, choices=["train", "valid", "test"], help="only this split")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("backup", help="copy the SQLite database into one new, self-contained file "
+                       "(safe while campaigns run; for PostgreSQL it names pg_dump)")
+    p.add_argument("dest", help="the new file (never overwritten)")
+    p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("pretrain", help="build the GFN2-xTB data set and train the starting MACE model")
     p.add_argument("--out", default="tangentlab/data", help="folder for the .model and provenance .json")

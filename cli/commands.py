@@ -7,6 +7,7 @@ torch through the core) are imported inside the commands, so ``tangentlab --help
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,28 +15,32 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_DB = "sqlite:///tangentlab.db"
+from db.settings import DEFAULT_DATABASE_URL
+
+DEFAULT_DB = DEFAULT_DATABASE_URL
 
 
 def database_url(args: argparse.Namespace) -> str:
-    """The ``--db`` URL, else the environment, the Prefect Secret block or :data:`DEFAULT_DB`."""
-    if args.db:
-        return args.db
-    from tasks._db import database_url as configured_url  # environment, then a Prefect Secret block
+    """The ``--db`` URL, else the environment, the Prefect Secret block or :data:`DEFAULT_DB`
+    (`db.settings.database_url`)."""
+    from db.settings import database_url as configured_url
 
-    return configured_url()
+    return configured_url(args.db)
 
 
-def open_database(args: argparse.Namespace, *, create: bool = False):
+def open_database(args: argparse.Namespace, *, create: bool = False, existing: bool = True):
     """An engine for the campaign database; with ``create``, its schema made or upgraded.
 
-    A malformed URL, an unreachable server or a file that is not a database fails here, as
-    an ``error:`` line, before any campaign work starts.
+    A malformed URL, a database driver that is not installed, an unreachable server or a file
+    that is not a database fails here, as an ``error:`` line, before any campaign work starts.
+    A read (``existing``, the default) creates nothing: a database that does not exist or has
+    no tangentlab tables is a :class:`LookupError` naming the campaign asked for
+    (``args.name``). With ``existing=False`` only the URL and its driver are checked.
     """
     from sqlalchemy.exc import ArgumentError
 
     from cli.errors import UsageError
-    from db import init_db, make_engine
+    from db import has_schema, init_db, make_engine, sqlite_path
     from tasks._db import redact_url
 
     url = database_url(args)
@@ -45,6 +50,12 @@ def open_database(args: argparse.Namespace, *, create: bool = False):
         raise UsageError(f"database URL {redact_url(url)} is not usable: {exc}") from None
     if create:
         init_db(engine)
+    elif existing and not has_schema(engine):
+        name = getattr(args, "name", None)
+        path = sqlite_path(url)
+        why = f"{path} does not exist" if path is not None and not path.exists() else "it has no campaigns"
+        what = f"no campaign named {name!r}" if name else "no campaigns"
+        raise LookupError(f"{what} in the database {redact_url(url)} ({why})")
     return engine
 
 
@@ -66,11 +77,9 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
     from flows.campaign import campaign
 
     if config is not None:
-        from tangentlab.config import make_config
-        from tasks.setup import check_inputs
-
-        check_inputs(make_config(config))  # before the database: a refused start stores nothing
-    open_database(args, create=True).dispose()
+        _check_start(args, config)  # before the database is made: a refused start stores nothing
+    else:
+        open_database(args, create=True).dispose()
 
     # The flow reads the URL from the environment, so that a password in it never becomes a
     # flow parameter (which the Prefect server stores in the clear).
@@ -91,10 +100,36 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
     return 0 if result["status"] == "targets_met" else 3
 
 
-def cmd_quickstart(args: argparse.Namespace) -> int:
-    from tangentlab.config import config_json, make_config
+def _check_start(args: argparse.Namespace, config: dict) -> None:
+    """Check a start's inputs, then create or upgrade the database.
 
-    config = config_json(make_config({"work_dir": args.work_dir}))
+    The URL and its driver first (nothing created), then every input (`tasks.setup.check_inputs`,
+    with the uid of the campaign of that name if the database holds one, so that its folder is
+    checked against it); the database is created only when they pass, and a converted starting
+    model is removed again if that fails.
+    """
+    from db import campaigns, has_schema, init_db, session_scope
+    from tangentlab.config import make_config
+    from tasks.setup import check_inputs, removed_on_error
+
+    cfg = make_config(config)
+    engine = open_database(args, existing=False)
+    uid = None
+    if has_schema(engine):
+        init_db(engine)  # an older schema has no campaign uid yet
+        with session_scope(engine) as session, contextlib.suppress(LookupError):
+            uid = campaigns.get_campaign(session, cfg.name).uid
+    with removed_on_error(cfg):
+        check_inputs(cfg, campaign_uid=uid)
+        init_db(engine)
+    engine.dispose()
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from tangentlab.config import QUICKSTART_POOL, config_json, make_config, shipped_file
+
+    pool = [shipped_file(QUICKSTART_POOL)]  # the one campaign whose pool is the shipped one
+    config = config_json(make_config({"work_dir": args.work_dir, "pool": pool}))
     return _run_campaign(args, config, None)
 
 
@@ -105,10 +140,16 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from db import campaigns, registry, session_scope
+    from db import campaigns, init_db, registry, session_scope
+    from tangentlab.config import make_config
+    from tangentlab.paths import check_campaign_folder
 
-    with session_scope(open_database(args)) as session:  # refuse before the flow starts
+    engine = open_database(args)
+    init_db(engine)  # an older schema has no campaign uid yet
+    with session_scope(engine) as session:  # refuse before the flow starts
         campaign = campaigns.get_campaign(session, args.name)
+        stored = make_config(campaign.config, source=f"of campaign {args.name!r}")
+        check_campaign_folder(stored.work_dir, stored.name, campaign.uid)
         for version in registry.model_versions(session, campaign):
             registry.verified_model_path(session, version.id)
     return _run_campaign(args, None, args.name)
@@ -127,10 +168,12 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from db import campaigns, session_scope
+    from db import campaigns, init_db, session_scope
     from tasks.setup import campaign_model_elements, import_structures
 
-    with session_scope(open_database(args, create=True)) as session:
+    engine = open_database(args)
+    init_db(engine)  # upgraded, never created: the campaign must exist
+    with session_scope(engine) as session:
         campaign = campaigns.get_campaign(session, args.name)
         elements = campaign_model_elements(session, campaign)
         report = import_structures(session, campaign, args.file, split=args.split, allowed_elements=elements)
@@ -149,6 +192,33 @@ def cmd_export(args: argparse.Namespace) -> int:
         campaign = campaigns.get_campaign(session, args.name)
         n = reports.export_extxyz(session, campaign, args.file, split=args.split)
     print(f"wrote {n} labelled structures to {args.file}")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy the SQLite database into a new file (online: campaigns may be running)."""
+    from db import backup_sqlite, has_schema, sqlite_path
+    from tasks._db import redact_url
+
+    url = database_url(args)
+    engine = open_database(args, existing=False)
+    if engine.dialect.name != "sqlite":
+        print(f"error: {redact_url(url)} is a {engine.dialect.name} database: back it up with the "
+              f"server's own tool, e.g. `pg_dump --format=custom --file {args.dest} <database>` "
+              "(restore with `pg_restore --dbname <database> <file>`; see docs/operations.md)",
+              file=sys.stderr)
+        return 2
+    if not has_schema(engine):
+        path = sqlite_path(url)
+        raise LookupError(f"nothing to back up: {path} does not exist" if not path.exists()
+                          else f"nothing to back up: {path} has no campaigns")
+    dest = backup_sqlite(engine, args.dest)
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{dest}?mode=ro", uri=True)) as copy:
+        names = [row[0] for row in copy.execute("SELECT name FROM campaign ORDER BY id")]
+    print(f"backed up {redact_url(url)} to {dest}: {len(names)} campaigns"
+          + (f" ({', '.join(names)})" if names else ""))
     return 0
 
 

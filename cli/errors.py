@@ -15,8 +15,9 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, IntegrityEr
 from db.leases import LeaseHeldError, LeaseLostError
 from db.registry import ModelChangedError
 from tangentlab.config import ConfigError
+from tangentlab.inputs import InputFileError
 from tangentlab.model_files import ModelFileError
-from tangentlab.paths import UnsafePathError
+from tangentlab.paths import CampaignFolderError, UnsafePathError
 from tangentlab.structures import InvalidStructureError
 from tasks.interrupt import Interrupted
 
@@ -32,7 +33,8 @@ class UsageError(Exception):
 
 
 EXPECTED = (UsageError, ConfigError, InvalidStructureError, UnsafePathError, ModelChangedError,
-            ModelFileError, LookupError, OSError, ArgumentError, DatabaseError)
+            ModelFileError, LookupError, OSError, ArgumentError, DatabaseError, InputFileError,
+            CampaignFolderError)
 
 # Another live run holds the campaign's lease (the message names it), or took it from this run;
 # a Ctrl-C stop (answered by the command itself, exit code 130).

@@ -10,6 +10,7 @@ The schema is created by the Alembic migrations in ``db/migrations``; keep them 
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +41,11 @@ NAMING_CONVENTION = {
 def utcnow() -> datetime:
     """Timezone-aware current time (UTC)."""
     return datetime.now(timezone.utc)
+
+
+def new_uid() -> str:
+    """A new campaign's unique id (32 hex digits), unique across databases."""
+    return uuid.uuid4().hex
 
 
 class _StrEnum(str, enum.Enum):
@@ -103,6 +109,9 @@ class Campaign(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Written into the campaign's folder (tangentlab.paths.claim_campaign_folder), so that a
+    # campaign of the same name in another database never writes there.
+    uid: Mapped[str] = mapped_column(String(32), unique=True, default=new_uid)
     config: Mapped[dict[str, Any]]
     status: Mapped[CampaignStatus] = mapped_column(
         _enum_column(CampaignStatus), default=CampaignStatus.CREATED

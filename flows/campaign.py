@@ -22,7 +22,8 @@ from flows.label import dispatch_labels
 from flows.monitoring import close_killed_runs, final_state, publish_overview, publish_selection
 from tangentlab.config import CampaignConfig, make_config
 from tangentlab.stopping import StopDecision
-from tasks._db import database_url, has_password, redact_url
+from tasks._db import database_url as configured_database_url
+from tasks._db import has_password, redact_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model, evaluate_round
 from tasks.explore import explore_round
@@ -54,12 +55,6 @@ NEXT_STEP = {
     RoundStatus.TRAINED: "evaluation",
     RoundStatus.EVALUATED: "the stop decision, then the next round's acquisition",
 }
-
-
-def default_database_url() -> str:
-    """``TANGENTLAB_DATABASE_URL``, else the Prefect Secret block named by
-    ``TANGENTLAB_DATABASE_SECRET``, else ``sqlite:///tangentlab.db``."""
-    return database_url()
 
 
 @dataclass
@@ -143,7 +138,7 @@ def campaign(
         Name of a campaign to resume.
     database_url
         SQLAlchemy URL without a password (flow parameters are stored by the Prefect server);
-        default :func:`default_database_url` (environment or Prefect Secret block).
+        default :func:`db.settings.database_url` (environment or Prefect Secret block).
     wait
         If another run holds the campaign's lease, wait for it instead of failing with
         :class:`tasks.steps.LeaseHeldError`.
@@ -180,7 +175,7 @@ def _database(database_url: str | None) -> str:
             "stored in the clear, so pass it as TANGENTLAB_DATABASE_URL or a Prefect Secret block "
             "named by TANGENTLAB_DATABASE_SECRET"
         )
-    return database_url or default_database_url()
+    return database_url or configured_database_url()
 
 
 def _run(url: str, cfg: CampaignConfig, lease: Lease):

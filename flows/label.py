@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tangentlab.config import CampaignConfig, QMSettings, config_json, make_config
-from tasks._db import database_url as environment_database_url
+from tasks._db import database_url as configured_database_url
 from tasks._db import has_password, redact_url
 from tasks.interrupt import stop_requested
 from tasks.label import (
@@ -116,7 +116,7 @@ def label(
         pending label of the campaign.
     database_url
         SQLAlchemy URL without a password; default from the environment or a Prefect Secret
-        block (see :func:`tasks._db.database_url`).
+        block (see :func:`db.settings.database_url`).
     purpose
         What these labels are for (``"test set"``, ``"round 2"``): names the flow run and its
         progress artifact (``campaign-<name>-<purpose>-labelling``).
@@ -130,7 +130,7 @@ def label(
         Label counts per status for these structures, and ``failed_labels``: those that failed
         for good, with their reasons and run directories.
     """
-    url = database_url or environment_database_url()
+    url = database_url or configured_database_url()
     if config is None:
         campaign_id, cfg = campaign_config(url, name)
     else:

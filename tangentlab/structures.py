@@ -17,6 +17,8 @@ from ase.data import atomic_numbers, chemical_symbols
 from ase.io import read
 from ase.neighborlist import neighbor_list
 
+from tangentlab.inputs import InputFileError, check_input_file
+
 _HASH_DECIMALS = 6  # positions and cell are hashed on a 1e-6 Å grid
 #: Largest coordinate, extent and periodic cell length accepted (Å). Far beyond any molecule or
 #: cell a QM oracle can label, and a neighbour list over a box this size would not fit in memory.
@@ -267,10 +269,15 @@ def read_structures(
     Raises
     ------
     InvalidStructureError
-        Naming the file when it is missing, unreadable or empty, or naming the file and
-        structure index (``"<name>, structure <i>"``, i from 0) of the first invalid one.
+        Naming the file when it is missing, not a regular file (a FIFO, a device), larger
+        than the input limit (`tangentlab.inputs.check_input_file`), unreadable or empty, or
+        naming the file and structure index (``"<name>, structure <i>"``, i from 0) of the
+        first invalid one.
     """
-    path = Path(path)
+    try:
+        path = check_input_file(path, "structure file")
+    except InputFileError as exc:
+        raise InvalidStructureError(str(exc)) from None
     try:
         atoms_list = read(path, ":")
     except Exception as error:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +15,13 @@ from prefect.cache_policies import NO_CACHE
 from db import campaigns, init_db, registry, rounds, session_scope, structures
 from db.structures import ImportReport
 from tangentlab.config import TARGET_KEYWORDS, CampaignConfig, ConfigError, config_json, make_config
+from tangentlab.inputs import InputFileError, check_input_file
 from tangentlab.mace_model import load_model, model_elements
 from tangentlab.model_files import starting_weights
-from tangentlab.paths import campaign_dir
+from tangentlab.paths import campaign_dir, check_campaign_folder, claim_campaign_folder
 from tangentlab.splits import draw, split_labelled
 from tangentlab.structures import content_hash, read_structures
-from tasks._db import engine_for
+from tasks._db import engine_for, redact_url
 from tasks.label import oracle_for
 
 INITIAL_METHOD = "initial-random"
@@ -86,11 +87,15 @@ def campaign_model_elements(session, campaign) -> list[str]:
 
 @dataclass
 class CampaignInputs:
-    """A new campaign's inputs, all checked: the model's elements and the structures read."""
+    """A new campaign's inputs, all checked: the model's elements and the structures read.
+
+    ``pool`` holds no structure of ``test`` (``removed_from_pool`` counts those taken out).
+    """
 
     elements: list[str]
     pool: dict[str, list[Atoms]]
     test: list[Atoms] | None
+    removed_from_pool: int = 0
 
 
 def _check_exploration_files(settings, elements: list[str]) -> None:
@@ -107,52 +112,84 @@ def _check_exploration_files(settings, elements: list[str]) -> None:
             raise ConfigError(f"exploration.neb_endpoints: the reactant and product in {path} have different atoms")
 
 
-def check_inputs(config: CampaignConfig) -> CampaignInputs:
-    """Check everything a new campaign needs before its first row or QM job.
+def check_inputs(config: CampaignConfig, campaign_uid: str | None = None) -> CampaignInputs:
+    """Check everything a campaign needs before its first row, file or QM job.
 
-    The oracle, the device, the starting model, every structure of the pool and test files (and
-    of the acquisition target file, when one is named), and the pool's size against the test and
-    initial sets. Raises :class:`ConfigError` or
-    ``InvalidStructureError`` naming the problem; a starting model converted by this call is
-    then removed again, so a refused start leaves nothing behind.
+    The oracle, the device, the campaign's folder (free, or the campaign ``campaign_uid``'s:
+    `tangentlab.paths.check_campaign_folder`), the starting model, every structure of the pool
+    and test files (and of the acquisition target and exploration files, when named), each
+    file a regular file under the input size limit before it is read, and the pool's size
+    against the test and initial sets. Test structures are taken out of the pool; an empty test
+    set is refused. Raises :class:`ConfigError`, ``CampaignFolderError`` or
+    ``InvalidStructureError`` naming the problem; whatever this call wrote (a converted starting
+    model, its folders) is then removed again, so a refused start leaves nothing behind.
+
+    Parameters
+    ----------
+    config
+        The configuration.
+    campaign_uid
+        The uid of the campaign stored under this name in the database (``None``: a new one).
     """
+    with removed_on_error(config):
+        return _check_inputs(config, campaign_uid)
+
+
+@contextlib.contextmanager
+def removed_on_error(config: CampaignConfig) -> Iterator[None]:
+    """Remove what the block writes under the campaign's ``work_dir`` (a converted starting
+    model, the folders made for it) if the block raises."""
+    work_dir = Path(config.work_dir).resolve()
     models = campaign_dir(config.work_dir, config.name, "models")
+    folders = [f for f in (models, models.parent, work_dir) if not f.exists()]
     before = set(models.glob("starting-*")) if models.is_dir() else set()
     try:
-        return _check_inputs(config)
-    except Exception:
-        _remove_new(models, before)
+        yield
+    except BaseException:
+        if models.is_dir():
+            for path in set(models.glob("starting-*")) - before:
+                path.unlink(missing_ok=True)
+        for folder in folders:  # innermost first; only folders this block made
+            with contextlib.suppress(OSError):  # not empty: something else lives there
+                folder.rmdir()
         raise
 
 
-def _remove_new(models: Path, before: set[Path]) -> None:
-    """Remove the files a refused check created in ``models``, and the folders it left empty."""
-    if not models.is_dir():
-        return
-    for path in set(models.glob("starting-*")) - before:
-        path.unlink(missing_ok=True)
-    for folder in (models, models.parent):
-        with contextlib.suppress(OSError):  # not empty: something else lives there
-            folder.rmdir()
-
-
-def _check_inputs(config: CampaignConfig) -> CampaignInputs:
+def _check_inputs(config: CampaignConfig, campaign_uid: str | None) -> CampaignInputs:
     try:
         oracle_for(config)
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"invalid oracle: {exc}") from None
     check_device(config.device)
+    check_campaign_folder(config.work_dir, config.name, campaign_uid)
+    try:
+        check_input_file(config.model, "model file")
+    except InputFileError as exc:
+        raise ConfigError(f"model: {exc}") from None
     elements = starting_model_elements(config)
     pool = {path: read_structures(path, allowed_elements=elements) for path in config.pool}
-    config.check_pool_size(len({content_hash(a) for atoms in pool.values() for a in atoms}))
-    test = None
+    test, removed = None, 0
     if config.test_file:
         test = read_structures(config.test_file, allowed_elements=elements)
+        pool, removed = _without(pool, {content_hash(a) for a in test})
+    try:
+        config.check_pool_size(len({content_hash(a) for atoms in pool.values() for a in atoms}))
+    except ConfigError as exc:
+        if not removed:
+            raise
+        raise ConfigError(f"{exc}, once the {removed} structures that are also in test_file "
+                          f"{config.test_file} are taken out of it") from None
     if config.acquisition.target not in TARGET_KEYWORDS:
         read_structures(config.acquisition.target, allowed_elements=elements)
     if config.exploration is not None:
         _check_exploration_files(config.exploration, elements)
-    return CampaignInputs(elements, pool, test)
+    return CampaignInputs(elements, pool, test, removed)
+
+
+def _without(pool: dict[str, list[Atoms]], hashes: set[str]) -> tuple[dict[str, list[Atoms]], int]:
+    """The pool without the structures whose content hash is in ``hashes``, and how many went."""
+    kept = {path: [a for a in atoms if content_hash(a) not in hashes] for path, atoms in pool.items()}
+    return kept, sum(len(a) for a in pool.values()) - sum(len(a) for a in kept.values())
 
 
 @task(name="set up campaign", cache_policy=NO_CACHE)
@@ -183,13 +220,22 @@ def _set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
             if campaign.config != config_json(config):
                 logger.warning("campaign %r exists with another configuration: resuming it with its "
                                "stored configuration (start a new campaign under a new name)", config.name)
+            stored = make_config(campaign.config, source=f"of campaign {config.name!r}")
+            claim_campaign_folder(stored.work_dir, stored.name, campaign.uid, redact_url(url))
             logger.info("resuming campaign %r (id %d)", config.name, campaign.id)
             return campaign.id, make_config(campaign.config, source=f"of campaign {config.name!r}")
         except LookupError:
             pass
     inputs = check_inputs(config)  # an unusable input stops here, before anything is stored
-    with session_scope(engine) as session:
+    if inputs.removed_from_pool:
+        logger.info("%d structures of the test file %s are in the pool too: taken out of the pool",
+                    inputs.removed_from_pool, config.test_file)
+    # The folder is marked before the commit: if another campaign marked it first, nothing is
+    # stored; if the commit fails, the marker goes again.
+    with _unmarked_on_error() as markers, session_scope(engine) as session:
         campaign = campaigns.create_campaign(session, config.name, config_json(config))
+        markers.append(claim_campaign_folder(config.work_dir, config.name, campaign.uid,
+                                             redact_url(url)))
         for path, atoms_list in inputs.pool.items():
             report = _store(session, campaign, atoms_list, origin=f"pool:{Path(path).name}", split="pool")
             logger.info("imported %s: %d structures (%d duplicates)", path, report.added,
@@ -210,6 +256,18 @@ def _set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
         logger.info("campaign %r created (id %d): %d pool, %d initial", config.name, campaign.id,
                     len(pool_ids), len(initial))
         return campaign.id, make_config(campaign.config, source=f"of campaign {config.name!r}")
+
+
+@contextlib.contextmanager
+def _unmarked_on_error() -> Iterator[list[Path]]:
+    """Remove the marker files appended to the yielded list if the block raises."""
+    markers: list[Path] = []
+    try:
+        yield markers
+    except BaseException:
+        for marker in markers:
+            marker.unlink(missing_ok=True)
+        raise
 
 
 def _store(session, campaign, atoms_list: list[Atoms], *, origin: str, split: str) -> ImportReport:

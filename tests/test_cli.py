@@ -95,7 +95,7 @@ def test_status_and_init_config(campaign_db, tmp_path, capsys):
 )
 def test_invalid_oracles_stop_start_naming_the_problem(tmp_path, capsys, oracle, message):
     config = tmp_path / "c.yaml"
-    config.write_text(f"name: x\noracle: {oracle}\n")
+    config.write_text(f"name: x\npool: [p.xyz]\noracle: {oracle}\n")
     assert main(["--db", f"sqlite:///{tmp_path / 'c.db'}", "start", str(config)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "c.db").exists()

@@ -134,10 +134,10 @@ def test_acquisition_section_is_checked_against_the_registries():
 
 
 def test_acquisition_target_file_is_relative_to_the_config(tmp_path):
-    (tmp_path / "c.yaml").write_text("acquisition: {target: frames.extxyz}\n")
+    (tmp_path / "c.yaml").write_text("pool: [p.xyz]\nacquisition: {target: frames.extxyz}\n")
     assert load_config(tmp_path / "c.yaml").acquisition.target == str(tmp_path / "frames.extxyz")
     for keyword in ("pool", "test"):  # the campaign's own sets, not files beside the config
-        (tmp_path / "c.yaml").write_text(f"acquisition: {{target: {keyword}}}\n")
+        (tmp_path / "c.yaml").write_text(f"pool: [p.xyz]\nacquisition: {{target: {keyword}}}\n")
         assert load_config(tmp_path / "c.yaml").acquisition.target == keyword
 
 

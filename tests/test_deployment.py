@@ -148,8 +148,8 @@ def test_served_deployments_and_prefect_yaml_entrypoints(prefect_server):
 def test_database_credentials_stay_out_of_parameters_and_logs(prefect_server, tmp_path, monkeypatch):
     from prefect.logging.handlers import APILogWorker
 
-    from flows.campaign import campaign, default_database_url
-    from tasks._db import has_password, redact_url
+    from flows.campaign import campaign
+    from tasks._db import database_url, has_password, redact_url
 
     secret_url = "postgresql+psycopg://lab:s3cr3t-pw@db.example.org:5432/tangentlab"
     assert redact_url(secret_url) == "postgresql+psycopg://lab:***@db.example.org:5432/tangentlab"
@@ -170,13 +170,13 @@ def test_database_credentials_stay_out_of_parameters_and_logs(prefect_server, tm
     Secret(value=stored).save("tangentlab-test-database", overwrite=True)
     monkeypatch.delenv("TANGENTLAB_DATABASE_URL", raising=False)
     monkeypatch.setenv("TANGENTLAB_DATABASE_SECRET", "tangentlab-test-database")
-    assert default_database_url() == stored
+    assert database_url() == stored
     monkeypatch.setenv("TANGENTLAB_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
-    assert default_database_url().endswith("env.db")  # the environment wins
+    assert database_url().endswith("env.db")  # the environment wins
     monkeypatch.delenv("TANGENTLAB_DATABASE_URL")
     monkeypatch.setenv("TANGENTLAB_DATABASE_SECRET", "no-such-block")
     with pytest.raises(LookupError, match="no-such-block"):
-        default_database_url()
+        database_url()
 
 
 def test_ui_port_warning_compares_the_ports_only():

@@ -283,13 +283,18 @@ def make_config(data: dict[str, Any] | None = None, *, source: str = "") -> Camp
 def load_config(path: str | Path) -> CampaignConfig:
     """Read a YAML or JSON campaign configuration file.
 
-    Relative structure and model paths are taken relative to the file's folder.
+    Relative structure and model paths are taken relative to the file's folder. The file must
+    be a regular file under the input size limit and may hold no YAML aliases
+    (`tangentlab.inputs.load_yaml`), and it must name its ``pool``: the quick-start pool is
+    the ``tangentlab quickstart`` campaign's, never a silent default.
     """
+    from tangentlab.inputs import InputFileError, load_yaml
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {path}") from None
+        data = load_yaml(path, "configuration file")
+    except InputFileError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration file {path} is not valid YAML/JSON: {exc}") from None
     if data is None:  # an empty file must not mean "all defaults": that is the quick-start campaign
@@ -316,7 +321,15 @@ def load_config(path: str | Path) -> CampaignConfig:
             exploration["neb_endpoints"] = [p if Path(str(p)).is_absolute() else str(base / str(p))
                                             for p in exploration["neb_endpoints"]]
         data["exploration"] = exploration
-    return make_config(data, source=f"in {path}")
+    no_pool = ("pool: missing: name the candidate structure files (`pool: [candidates.extxyz]`); "
+               "the quick-start pool is only `tangentlab quickstart`'s") if "pool" not in data else None
+    try:
+        config = make_config(data, source=f"in {path}")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; {no_pool}" if no_pool else str(exc)) from None
+    if no_pool:
+        raise ConfigError(f"invalid campaign configuration in {path}: {no_pool}")
+    return config
 
 
 def config_json(config: CampaignConfig) -> dict[str, Any]:
