@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from benchmarks.methods import METHODS, method_acquisition
 from tangentlab.config import SHIPPED_MODEL, FineTune, shipped_file
-from tangentlab.inputs import InputFileError, load_yaml
+from tangentlab.inputs import InputFileError, load_yaml, yaml_problem
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 DATA_VARIABLE = "TANGENTLAB_DATA"
@@ -188,7 +188,8 @@ def load_spec_data(path: str | Path, data_root: str | None = None) -> dict[str, 
     except InputFileError as exc:
         raise BenchmarkError(str(exc)) from None
     except yaml.YAMLError as exc:
-        raise BenchmarkError(f"benchmark configuration {path} is not valid YAML: {exc}") from None
+        raise BenchmarkError(f"benchmark configuration {path} is not valid YAML: "
+                             f"{yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise BenchmarkError(f"benchmark configuration {path} must hold a mapping")
     return _expand(data, data_root or os.environ.get(DATA_VARIABLE))

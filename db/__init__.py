@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import sqlite3
 import time
 import weakref
@@ -125,24 +126,24 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         raise ArgumentError(_missing_driver(url, exc)) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-        _SQLITE_ENGINES.add(engine)
+        _SQLITE_ENGINES[engine] = os.getpid()
     return engine
 
 
 def _missing_driver(url: str, exc: ImportError) -> str:
     driver = exc.name or str(exc)
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
         backend = make_url(url).get_backend_name()
     except ArgumentError:
-        shown, backend = "<unparsable database URL>", ""
+        backend = ""
     hint = ("pip install 'tangentlab[postgres]'" if backend == "postgresql"
             else f"install the Python package {driver}")
-    return f"{shown}: its database driver {driver} is not installed ({hint})"
+    return f"the database driver {driver} is not installed ({hint})"
 
 
-# Engines whose write-ahead log is checkpointed at exit (weak: a discarded engine is forgotten).
-_SQLITE_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+# Engines whose write-ahead log is checkpointed at exit, with the pid that made each (weak: a
+# discarded engine is forgotten; a forked child leaves its parent's engines alone).
+_SQLITE_ENGINES: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
 
 
 def checkpoint(engine: Engine) -> None:
@@ -169,7 +170,10 @@ def _checkpoint_at_exit() -> None:
     # SQLite checkpoints by itself when the last connection to a file closes, but pooled
     # connections still open at interpreter exit are never closed: the commits of a campaign
     # run would stay in the -wal file beside the database.
-    for engine in list(_SQLITE_ENGINES):
+    for engine, pid in list(_SQLITE_ENGINES.items()):
+        path = sqlite_path(engine.url)
+        if pid != os.getpid() or path is None or not path.exists():  # never create a file here
+            continue
         with contextlib.suppress(Exception):  # exiting anyway: a busy or vanished file is fine
             checkpoint(engine)
             engine.dispose()

@@ -101,6 +101,16 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (``line L, column C``)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        context = f"{exc.context}: " if exc.context else ""
+        return f"{context}{exc.problem}{where}"
+    return " ".join(str(exc).split())
+
+
 def load_yaml(path: str | Path, what: str = "configuration file") -> Any:
     """
     Parse a YAML (or JSON) file that may hold no aliases, after :func:`check_input_file`.
@@ -122,7 +132,7 @@ def load_yaml(path: str | Path, what: str = "configuration file") -> Any:
     InputFileError
         As :func:`check_input_file`.
     yaml.YAMLError
-        If the text is not YAML, or holds an alias.
+        If the text is not YAML, or holds an alias (:func:`yaml_problem` says it in one line).
     """
     text = check_input_file(path, what).read_text()
     loader = _NoAliasLoader(text)

@@ -12,7 +12,7 @@ from ase import Atoms
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import campaigns, init_db, registry, rounds, session_scope, structures
+from db import campaigns, init_db, registry, rounds, session_scope, sqlite_path, structures
 from db.structures import ImportReport
 from tangentlab.config import TARGET_KEYWORDS, CampaignConfig, ConfigError, config_json, make_config
 from tangentlab.inputs import InputFileError, check_input_file
@@ -221,7 +221,7 @@ def _set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
                 logger.warning("campaign %r exists with another configuration: resuming it with its "
                                "stored configuration (start a new campaign under a new name)", config.name)
             stored = make_config(campaign.config, source=f"of campaign {config.name!r}")
-            claim_campaign_folder(stored.work_dir, stored.name, campaign.uid, redact_url(url))
+            claim_campaign_folder(stored.work_dir, stored.name, campaign.uid, _database(url))
             logger.info("resuming campaign %r (id %d)", config.name, campaign.id)
             return campaign.id, make_config(campaign.config, source=f"of campaign {config.name!r}")
         except LookupError:
@@ -235,7 +235,7 @@ def _set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
     with _unmarked_on_error() as markers, session_scope(engine) as session:
         campaign = campaigns.create_campaign(session, config.name, config_json(config))
         markers.append(claim_campaign_folder(config.work_dir, config.name, campaign.uid,
-                                             redact_url(url)))
+                                             _database(url)))
         for path, atoms_list in inputs.pool.items():
             report = _store(session, campaign, atoms_list, origin=f"pool:{Path(path).name}", split="pool")
             logger.info("imported %s: %d structures (%d duplicates)", path, report.added,
@@ -256,6 +256,13 @@ def _set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
         logger.info("campaign %r created (id %d): %d pool, %d initial", config.name, campaign.id,
                     len(pool_ids), len(initial))
         return campaign.id, make_config(campaign.config, source=f"of campaign {config.name!r}")
+
+
+def _database(url: str) -> str:
+    """The database as a campaign folder's marker names it: an SQLite file by its absolute path,
+    a server by its URL without the password."""
+    path = sqlite_path(url)
+    return f"sqlite:///{path.resolve()}" if path is not None else redact_url(url)
 
 
 @contextlib.contextmanager

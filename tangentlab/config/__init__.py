@@ -288,7 +288,7 @@ def load_config(path: str | Path) -> CampaignConfig:
     (`tangentlab.inputs.load_yaml`), and it must name its ``pool``: the quick-start pool is
     the ``tangentlab quickstart`` campaign's, never a silent default.
     """
-    from tangentlab.inputs import InputFileError, load_yaml
+    from tangentlab.inputs import InputFileError, load_yaml, yaml_problem
 
     path = Path(path)
     try:
@@ -296,7 +296,8 @@ def load_config(path: str | Path) -> CampaignConfig:
     except InputFileError as exc:
         raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"configuration file {path} is not valid YAML/JSON: {exc}") from None
+        raise ConfigError(f"configuration file {path} is not valid YAML/JSON: "
+                          f"{yaml_problem(exc)}") from None
     if data is None:  # an empty file must not mean "all defaults": that is the quick-start campaign
         raise ConfigError(f"configuration file {path} is empty (`tangentlab init-config` writes one to edit)")
     if not isinstance(data, dict):
