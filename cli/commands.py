@@ -53,7 +53,8 @@ def open_database(args: argparse.Namespace, *, create: bool = False, existing: b
     elif existing and not has_schema(engine):
         name = getattr(args, "name", None)
         path = sqlite_path(url)
-        why = f"{path} does not exist" if path is not None and not path.exists() else "it has no campaigns"
+        missing = path is not None and not path.exists()
+        why = f"{path} does not exist" if missing else "it has no campaigns"
         what = f"no campaign named {name!r}" if name else "no campaigns"
         raise LookupError(f"{what} in the database {redact_url(url)} ({why})")
     return engine
@@ -110,17 +111,29 @@ def _check_start(args: argparse.Namespace, config: dict) -> None:
     """
     from db import campaigns, has_schema, init_db, session_scope
     from tangentlab.config import make_config
+    from tangentlab.paths import CampaignFolderError
     from tasks.setup import check_inputs, removed_on_error
+
+    def stored_uid() -> str | None:
+        if not has_schema(engine):
+            return None
+        init_db(engine)  # an older schema has no campaign uid yet
+        with session_scope(engine) as session, contextlib.suppress(LookupError):
+            return campaigns.get_campaign(session, cfg.name).uid
+        return None
 
     cfg = make_config(config)
     engine = open_database(args, existing=False)
-    uid = None
-    if has_schema(engine):
-        init_db(engine)  # an older schema has no campaign uid yet
-        with session_scope(engine) as session, contextlib.suppress(LookupError):
-            uid = campaigns.get_campaign(session, cfg.name).uid
+    uid = stored_uid()
     with removed_on_error(cfg):
-        check_inputs(cfg, campaign_uid=uid)
+        try:
+            check_inputs(cfg, campaign_uid=uid)
+        except CampaignFolderError:
+            # Another start of this database may have created the campaign since: its folder
+            # is then this campaign's (the lease decides which run goes on).
+            if uid is not None or (uid := stored_uid()) is None:
+                raise
+            check_inputs(cfg, campaign_uid=uid)
         init_db(engine)
     engine.dispose()
 

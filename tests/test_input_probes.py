@@ -129,7 +129,7 @@ def test_a_pool_that_is_not_a_regular_file_is_refused_unread(tmp_path, tiny_mode
     config = tiny_config(tmp_path, tiny_model_file, pool=[str(pool)],
                          oracle={"name": "xtb", "method": "GFN2-xTB"})  # no QM job runs
     done = cli("--db", "sqlite:///lab.db", "start", str(write_config(tmp_path / "c.yaml", config)),
-               cwd=tmp_path, timeout=300)
+               cwd=tmp_path)
     err = refused(done)
     assert "pool-special.extxyz is " + ("a FIFO" if kind == "fifo" else "a device") in err
     nothing_left(tmp_path, tmp_path / "lab.db")
@@ -152,7 +152,7 @@ def test_a_yaml_alias_bomb_is_refused(tmp_path, tiny_model_file):
     bomb = "qm:\n  dask_cluster_kwargs:\n" + "".join(f"    {line}\n" for line in levels)
     path = tmp_path / "c.yaml"
     path.write_text(config + bomb)
-    err = refused(cli("--db", "sqlite:///lab.db", "start", str(path), cwd=tmp_path, timeout=300))
+    err = refused(cli("--db", "sqlite:///lab.db", "start", str(path), cwd=tmp_path))
     assert err.endswith("alias *a0 found: YAML anchors and aliases are not allowed in this file "
                         "(write the repeated values out) (line 18, column 14)")
     nothing_left(tmp_path, tmp_path / "lab.db")
