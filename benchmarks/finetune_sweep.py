@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=V1,V2",
                         help="a grid over fine-tuning hyperparameters (product of all KEYs)")
     parser.add_argument("--weights", nargs="+", type=float,
-                        help="short for --set energy_weight=W1,W2,... (the session-7 command line)")
+                        help="short for --set energy_weight=W1,W2,...")
     parser.add_argument("--labels", type=int, default=100)
     args = parser.parse_args(argv)
     try:

@@ -150,7 +150,7 @@ class Structure(Base):
     #: Where an explored candidate came from (round, engine, seed structure, temperature, step,
     #: σ), and the structure's ASE constraints (``constraints``, ASE's ``todict`` form, e.g.
     #: ``FixAtoms`` on a slab's bottom layers); None for unconstrained structures read from files.
-    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     split: Mapped[Split] = mapped_column(_enum_column(Split), default=Split.POOL)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

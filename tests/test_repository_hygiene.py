@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Spelled so that this file does not match itself.
 HISTORY = re.compile("|".join([
-    r"\bsessions?\s*\d",
-    r"\bissues?\s*#?\d",
+    r"\bsessions?[\s_-]*\d",
+    r"\bissues?[\s_-]*#?\d",
     r"\bhelp" + r"ers?\b",
     r"\bthis\s+" + r"task\b",
 ]), re.IGNORECASE)
@@ -64,7 +64,7 @@ def test_no_tracked_file_names_an_absolute_path_of_a_machine():
 
 def test_the_patterns_find_what_they_are_for():
     # the examples are split so that this file holds none of them
-    for text in ("as measured in Sess" + "ion 7", "sess" + "ions 4-6", "see iss" + "ue #14",
+    for text in ("as measured in Sess" + "ion 7", "sess" + "ions 4-6", "the sess" + "ion-7 command", "see iss" + "ue #14",
                  "iss" + "ue 13 leftover", "the second help" + "er",
                  "not available to this " + "task"):
         assert HISTORY.search(text), text
