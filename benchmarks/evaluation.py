@@ -59,17 +59,14 @@ def _ts_flags(test_file: str) -> dict[str, bool]:
 
 def _uncertainty(settings: Acquisition, model, config: dict, train, valid, test, pool, device: str):
     """σ of the test and validation structures from the method's own scorer (None for random)."""
-    from tangentlab.acquisition.committee import committee_disagreement
+    from tangentlab.acquisition.committee import CommitteeScorer
 
     if settings.signal == "random":
         return None, None
     if settings.signal == "committee":
         rounds_dir = Path(config["work_dir"]).resolve() / config["name"] / "committee"
-        last = sorted(rounds_dir.glob("round-*"))[-1]
-        members = sorted(last.glob("member-*.pt"))  # the weights-only files
-        _, sigma_test = committee_disagreement(members, test, device=device)
-        _, sigma_valid = committee_disagreement(members, valid, device=device)
-        return sigma_test, sigma_valid
+        committee = CommitteeScorer.from_dir(sorted(rounds_dir.glob("round-*"))[-1], device=device)
+        return committee.disagreement(test)[1], committee.disagreement(valid)[1]
     scorer = fit_policy_scorer(model, train, reference_structures(pool), settings, device)
     return np.sqrt(scorer.variance(test)), np.sqrt(scorer.variance(valid))
 

@@ -15,11 +15,7 @@ from tangentlab.acquisition import (
     random_selection,
     select_batch,
 )
-from tangentlab.acquisition.committee import (
-    committee_disagreement,
-    committee_selection,
-    train_committee,
-)
+from tangentlab.acquisition.committee import fit_committee
 from tangentlab.acquisition.diagnostics import selection_diagnostics
 from tangentlab.acquisition.guards import force_guard
 from tangentlab.config import FEATURELESS_METHODS, CampaignConfig
@@ -177,17 +173,16 @@ def _committee(context, round_number, pool_atoms, progress):
                         f"Round {round_number}: committee member {member + 1}/{size}, epoch {epoch}/{total}, "
                         f"validation loss {record['valid_loss']:.4g}")
 
-    members = train_committee(context.model_path, train, valid, out, size=size, hyper=hyper,
+    committee = fit_committee(context.model_path, train, valid, out, size=size, hyper=hyper,
                               seed=config.seed * 1000 + round_number, device=config.device,
                               progress=member_epoch)
     progress.update(90.0, f"Round {round_number}: committee of {size} trained; scoring "
                     f"{len(pool_atoms)} pool structures")
     train_s = time.perf_counter() - tick
-    _, force_std = committee_disagreement(members, pool_atoms, device=config.device)
-    picked = committee_selection(force_std, settings.batch_size)
+    picked, scores = committee.select(pool_atoms, settings.batch_size)
     scale = None
     if len(valid) >= 2:
-        _, valid_std = committee_disagreement(members, valid, device=config.device)
+        _, valid_std = committee.disagreement(valid)
         scale = calibrate_uncertainty(valid_std, _force_errors(context.model, valid))
     info = {"timings": {"committee_training_s": train_s, "scoring_s": time.perf_counter() - tick - train_s}}
-    return picked, force_std[picked] ** 2, info, scale
+    return picked, scores, info, scale
