@@ -96,12 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="the new file (never overwritten)")
     p.set_defaults(func=cmd_backup)
 
-    p = sub.add_parser("pretrain", help="build the GFN2-xTB data set and train the starting MACE model")
+    p = sub.add_parser("pretrain", help="build a data set and train a shipped starting MACE model")
+    p.add_argument("--recipe", choices=["molecules", "surface"], default="molecules",
+                   help="molecules: H/C/N/O on GFN2-xTB labels (tangentlab-hcno-xtb); "
+                        "surface: Cu(111) slabs with O/H/OH on EMT labels (tangentlab-cuoh-emt)")
     p.add_argument("--out", default="tangentlab/data", help="folder for the .model and provenance .json")
-    p.add_argument("--structures", type=int, default=4000, help="structures to generate and label")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--structures", type=int, default=None,
+                   help="structures to generate and label (default 4000 molecules, 600 surface)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default 30 molecules, 6 surface)")
     p.add_argument("--seed", type=int, default=2026, help="seed of the structure recipe")
-    p.add_argument("--work-dir", default="pretrain", help="folder for QM runs, data and MACE logs")
+    p.add_argument("--work-dir", default=None, help="folder for QM runs, data and MACE logs "
+                   "(default pretrain or pretrain-surface)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=cmd_pretrain)
 

@@ -254,7 +254,7 @@ def _start(run: Run) -> None:
     baseline_id, metrics = starting_model_version(run.url, run.campaign_id, run.cfg)
     if metrics is None:
         metrics = evaluate_model.with_options(task_run_name="evaluate starting model")(
-            run.url, run.campaign_id, baseline_id, run.cfg.device
+            run.url, run.campaign_id, baseline_id, run.cfg.device, run.cfg.targets.force_atoms
         )
     logger.info(
         "starting model: energy MAE %.1f meV/atom, force MAE %.1f meV/Å",
@@ -300,7 +300,8 @@ def _evaluate(run: Run, where: Where) -> None:
     """``trained -> evaluated``: the round's model on the test set, then the overview."""
     evaluate_round.with_options(
         task_run_name=f"evaluate round {where.number} (model {where.trained_model_id})"
-    )(run.url, run.campaign_id, where.number, run.cfg.device, run.round_start)
+    )(run.url, run.campaign_id, where.number, run.cfg.device, run.round_start,
+      run.cfg.targets.force_atoms)
     run.publish()
 
 

@@ -193,9 +193,32 @@ def curve_points(view: dict[str, Any]) -> list[tuple[str, int, float, float]]:
 
 ROUND_HEADER = ["Round", "Selected by", "Picked", "Training labels", "Energy MAE (meV/atom)",
                 "Force MAE (meV/Å)", "Model version"]
+
+
+def force_scope(test: dict[str, Any] | None) -> str:
+    """Which atoms a stored test force MAE is over, as words to append to "force MAE": empty
+    when the test set holds no atom a constraint fixes (every atom is free), else ``" over free
+    atoms"`` or ``" over all atoms, fixed ones included"``."""
+    test = test or {}
+    if not test.get("n_fixed_atoms"):
+        return ""
+    if test.get("force_atoms") == "free":
+        return " over free atoms"
+    return " over all atoms, fixed ones included"
+
+
+def view_force_scope(view: dict[str, Any]) -> str:
+    """:func:`force_scope` of a campaign view (its starting or current model's test errors)."""
+    current = view.get("current_model") or {}
+    return force_scope(view.get("starting_model_test") or current.get("test"))
 TIME_HEADER = ["Round", "Acquire (s)", "Fine-tune (s)", "Whole round (s)"]
 FAILED_HEADER = ["Structure", "Formula", "Split", "Attempts", "Reason", "Run directory"]
 FINISHED = ("targets_met", "budget_exhausted", "failed", "stopped")
+
+
+def _round_header(view: dict[str, Any]) -> list[str]:
+    scope = view_force_scope(view)
+    return [f"Force MAE{scope} (meV/Å)" if h == "Force MAE (meV/Å)" else h for h in ROUND_HEADER]
 
 
 def round_table(view: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
@@ -239,7 +262,7 @@ def _budget_lines(view: dict[str, Any], config: Any) -> list[str]:
     used_rounds = evaluated[-1]["number"] if evaluated else 0
     used_wall = sum(r["timings"].get("round_wall_s", 0.0) for r in view["rounds"])
     return [f"- **Targets:** energy MAE ≤ {targets.energy_mae_mev_per_atom:g} meV/atom and force MAE ≤ "
-            f"{targets.force_mae_mev_per_a:g} meV/Å on the test set",
+            f"{targets.force_mae_mev_per_a:g} meV/Å{view_force_scope(view)} on the test set",
             f"- **Budgets used:** {view['labels_used']} of {budgets.max_labels} labels, {used_rounds} of "
             f"{budgets.max_rounds} rounds, {_duration(used_wall) or '0 s'} of "
             f"{_duration(budgets.max_wall_time_s)}"]
@@ -287,7 +310,7 @@ def overview_markdown(view: dict[str, Any], config: Any, *, png: bytes | None = 
     lines = [f"## Campaign {view['name']}: {headline}", "", outcome, "", *_budget_lines(view, config),
              *_model_and_test_lines(view), "", *_curve_lines(png, png_path)]
     table, times = round_table(view)
-    lines += ["### Rounds", "", markdown_table(ROUND_HEADER, table), "",
+    lines += ["### Rounds", "", markdown_table(_round_header(view), table), "",
               "Test-set errors after each round's fine-tune; training labels include the validation split.", "",
               "### Time per round", "", markdown_table(TIME_HEADER, times), ""]
     failed = view["failed_labels"]
@@ -497,7 +520,7 @@ def _round_lines(view: dict[str, Any]) -> list[str]:
                      f"{_fmt(r['labels'], 'd'):>6} {_fmt(r['energy_mae_meV_atom']):>8} "
                      f"{_fmt(r['force_mae_meV_A']):>8} {_fmt(r['model_version'], 'd'):>5} "
                      f"{_fmt(r['acquire_s'], '.2f'):>9}")
-    lines.append("  (E MAE in meV/atom, F MAE in meV/Å, on the test set)")
+    lines.append(f"  (E MAE in meV/atom, F MAE in meV/Å{view_force_scope(view)}, on the test set)")
     if view.get("exploring"):
         lines.append(f"  round {view['exploring']['round']} exploring now: {exploration_line(view['exploring'])}")
     return lines
@@ -539,11 +562,14 @@ def result_lines(result: dict[str, Any]) -> list[str]:
     model's test errors and the label counts, in the words ``tangentlab status`` uses."""
     lines = ["", f"campaign {result['name']!r}: {result['status'].replace('_', ' ')}", f"  {result['reason']}",
              f"  {'model':>5} {'round':>5} {'energy MAE (meV/atom)':>22} {'force MAE (meV/Å)':>18}"]
+    scope = next((force_scope(m["test"]) for m in result["models"] if m["test"]), "")
     for m in result["models"]:
         test = m["test"] or {}
         rnd = "start" if m["round"] is None else m["round"]
         e, f = test.get("energy_mae_mev_per_atom"), test.get("force_mae_mev_per_a")
         lines.append(f"  {m['id']:>5} {rnd!s:>5} {'' if e is None else f'{e:.1f}':>22} "
                      f"{'' if f is None else f'{f:.1f}':>18}")
+    if scope:
+        lines.append(f"  (force MAE{scope} of the test set)")
     lines.append(f"  labels: {counts_text(result['labels'], LABEL_ORDER)}")
     return lines

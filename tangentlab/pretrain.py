@@ -139,12 +139,15 @@ def provenance(
     metrics: dict,
     model_sha256: str,
     seconds: dict,
+    level_of_theory: dict | None = None,
 ) -> dict:
-    """The provenance record committed next to the shipped model."""
+    """The provenance record committed next to the shipped model (GFN2-xTB labels unless
+    ``level_of_theory`` says otherwise)."""
     return {
         "data_recipe": recipe,
         "n_structures": n_structures,
-        "level_of_theory": {"method": "GFN2-xTB", "code": "tblite", "via": "quacc tblite static_job"},
+        "level_of_theory": level_of_theory
+        or {"method": "GFN2-xTB", "code": "tblite", "via": "quacc tblite static_job"},
         "e0s_eV": e0s if isinstance(e0s, str) else {str(z): e for z, e in e0s.items()},
         "hyperparameters": asdict(hyper),
         "metrics": metrics,

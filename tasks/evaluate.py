@@ -25,8 +25,10 @@ def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str,
         raise RuntimeError("the campaign has no labelled test structures to evaluate on")
     preds = predict(load_model(path, device=device), test)
     refs = [(a.info["energy"], a.arrays["forces"]) for a in test]
-    free = [free_components(a) for a in test] if force_atoms == "free" else None
-    metrics = error_metrics(preds, refs, [len(a) for a in test], free)
+    masks = [free_components(a) for a in test]
+    scored = masks if force_atoms == "free" else None
+    metrics = error_metrics(preds, refs, [len(a) for a in test], scored)
+    metrics["n_fixed_atoms"] = int(sum((~mask.any(axis=1)).sum() for mask in masks))
     get_run_logger().info(
         "model %d on %d test structures: energy MAE %.1f meV/atom, force MAE %.1f meV/Å",
         model_version_id, len(test), metrics["energy_mae_mev_per_atom"], metrics["force_mae_mev_per_a"])
@@ -40,7 +42,8 @@ def evaluate_model(url: str, campaign_id: int, model_version_id: int, device: st
 
     Force errors are over the free atoms (those no ``FixAtoms``/``FixCartesian`` holds, e.g. a
     slab's bottom layers) with ``force_atoms="free"``, over all atoms with ``"all"``; the
-    metrics say which (``force_atoms``).
+    metrics say which (``force_atoms``) and how many test atoms constraints hold
+    (``n_fixed_atoms``, summed over the test structures).
     """
     metrics = _test_errors(url, campaign_id, model_version_id, device, force_atoms)
     with session_scope(engine_for(url)) as session:

@@ -8,8 +8,10 @@ campaign process (`python -m cli start`) to its end.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import ase.io
@@ -21,7 +23,17 @@ from ase.build import add_adsorbate, bulk, fcc111, molecule
 from ase.constraints import FixAtoms
 
 from cli import main
-from db import campaigns, init_db, labels, make_engine, registry, reports, session_scope, structures
+from db import (
+    campaigns,
+    init_db,
+    labels,
+    make_engine,
+    registry,
+    reports,
+    rounds,
+    session_scope,
+    structures,
+)
 from tangentlab.oracles import QMFailure, make_oracle
 from tangentlab.structures import (
     InvalidStructureError,
@@ -356,3 +368,202 @@ def test_periodic_campaign_runs_to_its_end_and_exports_cells_and_constraints(
         assert list(frame.pbc) == [True, True, False]
         assert isinstance(frame.constraints[0], FixAtoms)
         assert sorted(frame.constraints[0].index) == sorted(original.constraints[0].index)
+
+
+# --- force errors: the config key, and what status and the UI say ---------------------------------
+
+
+def _labelled_slab_campaign(tmp_path: Path, model: Path, config: dict | None = None) -> str:
+    """A database with one campaign whose test set is three EMT-labelled slabs."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = make_engine(url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        campaign = campaigns.create_campaign(
+            session, "slab", {"model": str(model), "oracle": {"name": "emt"}, **(config or {})}
+        )
+        ase.io.write(tmp_path / "test.extxyz", slab_pool(3))
+        pool = read_structures(tmp_path / "test.extxyz")
+        structures.import_atoms(session, campaign, pool, [content_hash(a) for a in pool],
+                                origin="test", split="test")
+        rows = structures.campaign_structures(session, campaign)
+        stored = [structures.structure_atoms(s) for s in rows]
+        oracle = make_oracle({"name": "emt"})
+        ids = labels.ensure_labels(session, [a.info["structure_id"] for a in stored], oracle.level)
+        for label_id, atoms in zip(ids, stored, strict=True):
+            result = oracle(atoms, results_dir=tmp_path / "qm")
+            labels.complete_label(session, label_id, result.energy, result.forces)
+        registry.register_model(session, campaign.id, str(model), hyperparameters={})
+    return url
+
+
+@pytest.mark.parametrize("force_atoms", ["free", "all"])
+def test_force_atoms_key_decides_which_atoms_the_test_force_mae_is_over(
+    tmp_path, cu_model_file, force_atoms
+):
+    """`targets.force_atoms` reaches the evaluation: 'free' leaves the slab's fixed bottom
+    layer out, 'all' counts it; both record how many test atoms are fixed."""
+    from prefect.logging import disable_run_logger
+
+    from tangentlab.config import CampaignConfig
+    from tangentlab.mace_model import load_model, predict
+    from tasks.evaluate import evaluate_model
+
+    config = CampaignConfig(pool=["p.extxyz"], targets={"force_atoms": force_atoms})
+    assert config.targets.force_atoms == force_atoms
+    url = _labelled_slab_campaign(tmp_path, cu_model_file)
+    with disable_run_logger():
+        metrics = evaluate_model.fn(url, 1, 1, "cpu", config.targets.force_atoms)
+    assert metrics["force_atoms"] == force_atoms and metrics["n_fixed_atoms"] == 3 * 4
+
+    with session_scope(make_engine(url)) as session:
+        test = labels.labelled_atoms(session, 1, ["test"])
+    predicted = predict(load_model(cu_model_file), test)
+    errors = [np.abs(p - a.arrays["forces"]) for (_, p), a in zip(predicted, test, strict=True)]
+    free = [free_components(a) for a in test]
+    expected = (np.concatenate([e[m] for e, m in zip(errors, free, strict=True)]).mean()
+                if force_atoms == "free" else np.concatenate([e.ravel() for e in errors]).mean())
+    assert metrics["force_mae_mev_per_a"] == pytest.approx(expected * 1e3, rel=1e-6)
+
+
+def test_unknown_force_atoms_value_is_refused_by_name():
+    from tangentlab.config import CampaignConfig, ConfigError, make_config
+
+    with pytest.raises((ConfigError, ValueError), match="force_atoms"):
+        make_config({"pool": ["p.extxyz"], "targets": {"force_atoms": "mobile"}})
+    assert CampaignConfig(pool=["p.extxyz"]).targets.force_atoms == "free"
+
+
+def test_status_and_overview_say_the_force_mae_is_over_free_atoms():
+    from flows.rendering import force_scope, result_lines
+
+    slab = {"energy_mae_mev_per_atom": 1.0, "force_mae_mev_per_a": 2.0, "force_atoms": "free",
+            "n_fixed_atoms": 12}
+    molecule_set = {**slab, "n_fixed_atoms": 0}
+    assert force_scope(slab) == " over free atoms"
+    assert force_scope({**slab, "force_atoms": "all"}) == " over all atoms, fixed ones included"
+    assert force_scope(molecule_set) == "" and force_scope(None) == ""
+    lines = result_lines({"name": "s", "status": "budget_exhausted", "reason": "r", "labels": {},
+                          "models": [{"id": 1, "round": None, "test": slab}]})
+    assert "  (force MAE over free atoms of the test set)" in lines
+
+
+# --- a killed periodic campaign: exactly-once GFN1-xTB labels -------------------------------------
+
+
+def _small_slab_pool(n: int, seed: int) -> list[Atoms]:
+    """Rattled 2x2x2 Cu(111) slabs with O or H (9 atoms: ~0.3 s a periodic GFN1-xTB label)."""
+    rng = np.random.default_rng(seed)
+    return [
+        cu_slab(("O", "H")[i % 2], SITES[(i // 2) % 4], rattle=float(rng.uniform(0.03, 0.12)),
+                seed=seed * 1000 + i)
+        for i in range(n)
+    ]
+
+
+@pytest.mark.slow
+def test_periodic_campaign_killed_while_labelling_resumes_without_losing_or_repeating(
+    prefect_server, tmp_path, cu_model_file
+):
+    """SIGKILL `tangentlab start` while it labels round 1's slabs with periodic GFN1-xTB, then
+    resume: every label stored before the kill is kept, no finished QM job runs again, and
+    the labels keep the cells and the bottom layers' FixAtoms."""
+    from sqlalchemy import func, select
+
+    from db import Label
+
+    pool = tmp_path / "pool.extxyz"
+    ase.io.write(pool, _small_slab_pool(30, seed=4))
+    name = "killed-slab"
+    config = {
+        "name": name,
+        "pool": [str(pool)],
+        "model": str(cu_model_file),
+        "work_dir": str(tmp_path / "runs"),
+        "test_size": 4,
+        "initial_size": 4,
+        "oracle": {"name": "xtb", "method": "GFN1-xTB"},
+        "acquisition": {"signal": "activation", "batch_size": 6},
+        "budgets": {"max_rounds": 1, "max_labels": 30},
+        "targets": {"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        "finetune": {"max_epochs": 1, "patience": 1, "min_steps_per_epoch": 2},
+        "qm": {"timeout_s": 120},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"}
+    jobs_log = tmp_path / "runs" / name / "qm_jobs.jsonl"
+
+    def finished_jobs() -> list[int]:
+        lines = jobs_log.read_text().splitlines() if jobs_log.exists() else []
+        return [int(line.split('"label_id": ')[1].split(",")[0]) for line in lines]
+
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([sys.executable, "-m", "cli", "--db", url, "start", "c.yaml"],
+                                 cwd=tmp_path, env=env, stdout=log, stderr=log,
+                                 start_new_session=True)
+    engine = make_engine(url)
+    killed_at, deadline = None, time.time() + 900
+    while time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)
+        try:
+            with session_scope(engine) as session:
+                round_1 = rounds.get_round(session, campaigns.get_campaign(session, name), 1)
+                if round_1 is None:
+                    continue
+                ids = [e["structure_id"] for e in round_1.selected]
+                done = session.scalar(select(func.count()).select_from(Label).where(
+                    Label.structure_id.in_(ids), Label.status == "done"))
+        except Exception:  # the database may not exist yet
+            continue
+        if 1 <= done < len(ids):
+            os.killpg(first.pid, signal.SIGKILL)
+            killed_at = done
+            break
+    first.wait(timeout=60)
+    assert killed_at is not None, (tmp_path / "first.log").read_text()[-5000:]
+    with session_scope(engine) as session:
+        done_rows = session.scalars(select(Label).where(Label.status == "done"))
+        done_before = {lab.id for lab in done_rows}
+    assert set(finished_jobs()) == done_before  # every finished job was stored before the kill
+
+    second = subprocess.run([sys.executable, "-m", "cli", "--db", url, "resume", name],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 3, second.stdout[-3000:] + second.stderr[-3000:]  # budget used
+
+    jobs = finished_jobs()
+    assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
+    with session_scope(engine) as session:
+        all_labels = list(session.scalars(select(Label)))
+        report = reports.campaign_report(session, campaigns.get_campaign(session, name))
+        stored = [structures.structure_atoms(s) for s in structures.campaign_structures(session, 1)]
+    done = {lab.id for lab in all_labels if lab.status == "done"}
+    assert done == set(jobs) and done_before <= done, "a label was lost or ran twice"
+    assert len(done) == 4 + 4 + 6 and report["labels"]["failed"] == 0
+    assert [r["status"] for r in report["rounds"]] == ["evaluated"] * 2
+    assert all(list(a.pbc) == [True, True, False] and a.constraints for a in stored)
+    assert all(lab.level["method"] == "GFN1-xTB" for lab in all_labels)
+
+
+# --- the periodic starting model's data recipe and the shipped model ----------------------------
+
+
+def test_surface_recipe_gives_constrained_adsorbate_slabs_reproducibly():
+    from tangentlab.pretrain_surface import MAX_HEIGHT, generate_surface_structures
+
+    frames = generate_surface_structures(6, seed=5, frames_per_run=3, sample_every=2)
+    again = generate_surface_structures(6, seed=5, frames_per_run=3, sample_every=2)
+    assert len(frames) == 6
+    for frame, same in zip(frames, again, strict=True):
+        np.testing.assert_array_equal(frame.positions, same.positions)
+        assert list(frame.pbc) == [True, True, False] and frame.cell.lengths()[2] > 15
+        (constraint,) = frame.constraints
+        assert isinstance(constraint, FixAtoms) and len(constraint.index) == 9  # bottom layer
+        copper = frame.numbers == 29
+        assert copper.sum() == 27 and set(frame.numbers[~copper]) <= {1, 8}
+        top = np.sort(frame.positions[copper, 2])[-9:].mean()
+        # adsorbates stay on the slab (the MD's ceiling spring), none inside the bottom layer
+        assert (frame.positions[~copper, 2] < top + MAX_HEIGHT + 1.0).all()
+        assert frame.positions[constraint.index, 2].max() < frame.positions[copper, 2].min() + 0.5
+    assert {f.info["temperature_K"] for f in frames} == {300.0, 600.0}
+

@@ -75,6 +75,9 @@ class Targets(Section):
 
     energy_mae_mev_per_atom: float = Field(160.0, gt=0, description="Energy MAE target (meV/atom).")
     force_mae_mev_per_a: float = Field(450.0, gt=0, description="Force MAE target (meV/Å).")
+    force_atoms: Literal["free", "all"] = Field(
+        "free", description="Atoms the test-set force MAE is taken over: 'free' (those no FixAtoms or "
+        "FixCartesian holds, e.g. a slab's bottom layers; every atom when nothing is fixed) or 'all'.")
 
 
 class Budgets(Section):
