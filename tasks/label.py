@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import campaigns, labels, leases, reports, session_scope
-from tangentlab.config import CampaignConfig, make_config
+from tangentlab.config import QM_THREADS_ORACLES, CampaignConfig, make_config
 from tangentlab.oracles import Oracle, QMFailure, make_oracle
 from tangentlab.paths import campaign_dir
 from tasks._db import engine_for
@@ -27,7 +27,7 @@ def oracle_for(config: CampaignConfig) -> Oracle:
     and test files.
     """
     spec = config.oracle.model_dump()
-    if config.qm.num_threads is not None and spec.get("name") == "pyscf":
+    if config.qm.num_threads is not None and spec.get("name") in QM_THREADS_ORACLES:
         spec.setdefault("num_threads", config.qm.num_threads)
     if spec.get("name") == "replay" and not spec.get("files"):
         spec["files"] = [*config.pool, *([config.test_file] if config.test_file else [])]

@@ -67,7 +67,7 @@ SHIPPED_MODEL = "tangentlab-hcno-xtb.model"
 DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]+)?")
 QUICKSTART_POOL = "quickstart_pool.extxyz"
 #: Oracles whose jobs take ``qm.num_threads``.
-QM_THREADS_ORACLES = ("pyscf",)
+QM_THREADS_ORACLES = ("pyscf", "pyscf-pbc")
 
 
 class Targets(Section):
@@ -120,7 +120,7 @@ class QMSettings(Section):
     max_parallel: int = Field(1, gt=0, description="QM jobs run at the same time.")
     num_threads: int | None = Field(
         None, gt=0, description="OpenMP threads per QM job (None: the library's default). "
-        "Honoured by the pyscf oracle only; set with another oracle it is refused.")
+        "Honoured by the pyscf and pyscf-pbc oracles only; set with another oracle it is refused.")
     task_runner: Literal["threads", "dask"] = Field(
         "threads", description="Where the `max_parallel` label workers run: threads of the flow's process, "
         "or Dask workers (a LocalCluster, `dask_address`, or `dask_cluster_class`, e.g. Slurm).")
@@ -233,7 +233,7 @@ class CampaignConfig(Section):
 
     @model_validator(mode="after")
     def _qm_threads_need_an_oracle_that_takes_them(self) -> CampaignConfig:
-        # Only PySCF's job takes a thread count (tasks.label passes qm.num_threads to it); the
+        # Only the PySCF jobs take a thread count (tasks.label passes qm.num_threads to it); the
         # xTB, quacc-recipe and replay oracles would silently ignore it.
         if self.qm.num_threads is not None and self.oracle.name not in QM_THREADS_ORACLES:
             raise ValueError(f"qm.num_threads has no effect with oracle {self.oracle.name!r}: "

@@ -41,7 +41,8 @@ class Exploration(Section):
     `tangentlab.exploration.engines.ENGINES`. Every sampled frame gets σ from the acquisition
     scorer; a trajectory stops when σ passes ``sigma_upper`` or the geometry becomes unphysical
     (atoms closer than ``min_distance``, or the structure falls apart into more fragments than
-    its seed, at ``fragment_cutoff``). Frames with ``sigma_lower`` ≤ σ ≤ ``sigma_upper`` become
+    its seed, at ``fragment_cutoff``; for a periodic seed, the substrate breaks or a piece of
+    more than ``desorbing_atoms`` atoms leaves). Frames with ``sigma_lower`` ≤ σ ≤ ``sigma_upper`` become
     pool candidates (deduplicated, at most ``max_candidates`` per round).
     """
 
@@ -69,6 +70,9 @@ class Exploration(Section):
     min_distance: float = Field(0.6, gt=0, description="Two atoms closer than this (Å) stop a trajectory.")
     fragment_cutoff: float | None = Field(None, gt=0, description="Atoms within this distance (Å) are "
                                           "connected; None: the model's cutoff.")
+    desorbing_atoms: int = Field(4, ge=0, description="Periodic seeds: a finite fragment of at most this many "
+                                 "atoms may leave the structure (a desorbing adsorbate) without stopping the "
+                                 "trajectory; the slab itself must stay whole (docs/exploration.md).")
     max_candidates: int = Field(100, gt=0, description="Candidates stored per round at most.")
     rattle_stdev: float = Field(0.1, gt=0, description="rattle engine: displacement standard deviation (Å).")
     neb_endpoints: list[str] = Field(default_factory=list, description="neb engine: files of two "

@@ -19,7 +19,8 @@ import numpy as np
 from ase import Atoms
 
 from tangentlab.exploration.engines import ENGINES, Frame, Trajectory, Walker
-from tangentlab.exploration.guards import fragment_count, unphysical
+from tangentlab.exploration.guards import fragments as count_fragments
+from tangentlab.exploration.guards import unphysical
 from tangentlab.mace_model import model_cutoff
 from tangentlab.structures import content_hash
 
@@ -133,12 +134,13 @@ def explore(
     if not walkers:
         return []
     cutoff = settings.fragment_cutoff or model_cutoff(model)
-    fragments = {w.index: fragment_count(w.atoms, cutoff) for w in walkers}
+    fragments = {w.index: count_fragments(w.atoms, cutoff, settings.desorbing_atoms) for w in walkers}
     cap = math.ceil(settings.max_candidates / len(every))
 
     def judge(frames: Sequence[Atoms], owners: Sequence[Walker]) -> list[tuple[float, str | None]]:
         reasons = [unphysical(frame, min_distance=settings.min_distance, fragment_cutoff=cutoff,
-                              seed_fragments=fragments[owner.index]) for frame, owner in zip(frames, owners)]
+                              seed_fragments=fragments[owner.index], desorbing_atoms=settings.desorbing_atoms)
+                   for frame, owner in zip(frames, owners)]
         fine = [k for k, reason in enumerate(reasons) if reason is None]
         values = np.full(len(frames), np.nan)
         if fine:

@@ -82,9 +82,12 @@ class Engine(Protocol):
 
 
 def bare_frame(atoms: Atoms, like: Atoms) -> Atoms:
-    """A bare copy of a frame (positions, cell, pbc) with the seed's charge and multiplicity."""
+    """A bare copy of a frame (positions, cell, pbc) with the seed's charge, multiplicity and
+    constraints (a candidate from a slab keeps its fixed bottom layers)."""
     frame = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell.copy(),
                   pbc=atoms.pbc)
+    if like.constraints:
+        frame.set_constraint([constraint.copy() for constraint in like.constraints])
     for key in ("charge", "multiplicity"):
         if key in like.info:
             frame.info[key] = like.info[key]

@@ -3,6 +3,7 @@
 - `xtb`: GFN-xTB through quacc's tblite recipe (molecules and periodic cells).
 - `emt`: ASE's EMT through quacc's emt recipe (fast periodic labels for tests and examples).
 - `pyscf`: molecular HF/DFT with PySCF (`pyscf_calculator`), with an SCF stability step.
+- `pyscf-pbc`: periodic Kohn-Sham DFT with PySCF's PBC module (GTH pseudopotentials).
 - `recipe`: any quacc recipe by import path.
 - `replay`: labels stored with the pool files (benchmarks).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from tangentlab.oracles.base import ORACLES, Oracle, make_oracle
 from tangentlab.oracles.emt import EMTOracle
 from tangentlab.oracles.pyscf import PySCFOracle
+from tangentlab.oracles.pyscf_pbc import PySCFPBCOracle
 from tangentlab.oracles.recipe import RecipeOracle
 from tangentlab.oracles.replay import ReplayOracle
 from tangentlab.oracles.results import QMFailure, QMResult
@@ -27,6 +29,7 @@ __all__ = [
     "EMTOracle",
     "Oracle",
     "PySCFOracle",
+    "PySCFPBCOracle",
     "QMFailure",
     "QMResult",
     "RecipeOracle",
