@@ -15,8 +15,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, IntegrityEr
 from db.leases import LeaseHeldError, LeaseLostError
 from db.registry import ModelChangedError
 from tangentlab.config import ConfigError
-from tangentlab.inputs import InputFileError
-from tangentlab.model_files import ModelFileError
+from tangentlab.inputs import InputFileError, ModelFileError
 from tangentlab.paths import CampaignFolderError, UnsafePathError
 from tangentlab.structures import InvalidStructureError
 from tasks.interrupt import Interrupted

@@ -1,7 +1,9 @@
 """Quiet imports of MACE, e3nn and TorchScript: library notices that say nothing to a user.
 
-Importing `tangentlab` imports this module first. It imports MACE (before e3nn, as MACE
-requires) and hides what the libraries print for their own developers:
+Importing `tangentlab` imports this module first. It imports MACE's top-level package (before
+e3nn, as MACE requires; it only sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) and hides what the
+libraries print for their own developers, without importing torch: a command that needs no
+model (``--help``, ``status``, a refused start) starts in a fraction of the time.
 
 - e3nn's ``UserWarning`` that ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (which ``import mace`` sets)
   forces ``weights_only=False`` when it loads its own constants (tangentlab passes
@@ -18,10 +20,14 @@ goes to stderr.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
 import io
 import os
 import sys
 import warnings
+
+import mace  # noqa: F401  (mace before e3nn: sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; no torch yet)
 
 #: Set (to anything but ``""`` or ``"0"``) to see the libraries' warnings and notices.
 DEBUG_ENV = "TANGENTLAB_DEBUG"
@@ -53,13 +59,38 @@ def show_library_warnings() -> None:
     ]
 
 
-def _import_mace() -> None:
-    """Import MACE's tools (which print the cuequivariance notice on stdout, once)."""
-    notice = sys.stderr if debug() else io.StringIO()
-    with contextlib.redirect_stdout(notice):
-        import mace.tools.cg  # noqa: F401  (mace before e3nn; cg prints the notice)
+#: The module that prints MACE's cuequivariance notice on stdout when it is first imported.
+NOTICE_MODULE = "mace.tools.cg"
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Runs a module's code with stdout sent to stderr (``--debug``) or nowhere."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with contextlib.redirect_stdout(sys.stderr if debug() else io.StringIO()):
+            self.loader.exec_module(module)
+
+
+class _QuietFinder(importlib.abc.MetaPathFinder):
+    """Finds `NOTICE_MODULE` as usual and hands it to a `_QuietLoader`, whenever (and if ever)
+    it is first imported."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != NOTICE_MODULE:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
 
 
 if not debug():
     hide_library_warnings()
-_import_mace()
+if NOTICE_MODULE not in sys.modules and not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietFinder())

@@ -36,6 +36,13 @@ class InputFileError(ValueError):
     """An input file that is missing, not a regular file, or too large to read."""
 
 
+class ModelFileError(ValueError):
+    """A model file tangentlab will not load: pickled, unreadable, or not a MACE model it knows.
+
+    Defined here (raised by `tangentlab.model_files`) so that the command line can name it
+    without importing torch."""
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a folder"

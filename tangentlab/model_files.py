@@ -44,6 +44,8 @@ from e3nn import o3
 from mace import modules
 from mace.tools.scripts_utils import extract_config_mace_model
 
+from tangentlab.inputs import ModelFileError
+
 FORMAT = "tangentlab-mace-weights"
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".pt"
@@ -114,10 +116,6 @@ MACE_GLOBALS = (
 _NOT_RUN = ("torch.fx.graph_module.reduce_graph_module", "torch.fx._symbolic_trace.Tracer")
 
 logger = logging.getLogger(__name__)
-
-
-class ModelFileError(ValueError):
-    """A model file tangentlab will not load: pickled, unreadable, or not a MACE model it knows."""
 
 
 @contextlib.contextmanager

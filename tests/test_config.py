@@ -119,7 +119,7 @@ def test_acquisition_section_is_checked_against_the_registries():
     default = make_config({}).acquisition
     assert (default.signal, default.rule, default.target) == ("activation", "transductive", "test")
     ntk = make_config({"acquisition": {"signal": "ntk", "signal_options": {"sketch_dim": 32}}})
-    assert ntk.acquisition.select_options()["sketch_dim"] == 32
+    assert ntk.acquisition.signal_keywords()["sketch_dim"] == 32
     for section, message in (
         ({"signal": "soap"}, "unknown signal 'soap'"),
         ({"rule": "best"}, "unknown batch rule 'best'"),

@@ -1,14 +1,18 @@
-"""Careless and hostile inputs, each tried on a real `python -m cli` process: refused with one
-`error:` line and exit code 2 before anything is stored or written; a campaign's folder belongs to
-it alone; the SQLite file alone holds every commit, and `tangentlab backup` copies it whole.
+"""Careless and hostile inputs given to the `tangentlab` command: refused with one `error:` line
+and exit code 2 before anything is stored or written; a campaign's folder belongs to it alone;
+the SQLite file alone holds every commit, and `tangentlab backup` copies it whole.
 
-The refusals need no QM and no Prefect server. One tiny real campaign (tiny model, labels
-replayed from EMT, one epoch) is run once for the folder, checkpoint and backup tests.
+The refusals need no QM and no Prefect server. Most run the command's entry point (`cli.main`)
+in this process; a refusal, a missing driver and one tiny real campaign (tiny model, labels
+replayed from EMT, one epoch; run once for the folder, checkpoint and backup tests) run as real
+`python -m cli` processes, which is how a user meets them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import sqlite3
@@ -27,12 +31,31 @@ from db import campaigns, init_db, make_engine, session_scope
 from tangentlab.config import make_config
 
 
-def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
-        python: tuple[str, ...] = ("-m", "cli")) -> subprocess.CompletedProcess:
+def process(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
+            python: tuple[str, ...] = ("-m", "cli")) -> subprocess.CompletedProcess:
     """Run ``python -m cli ARGS`` in ``cwd`` (the installed package, or ``PYTHONPATH``'s)."""
     env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *python, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None,
+        hidden: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``tangentlab ARGS`` in this process (`cli.main`) in ``cwd``, with ``env`` set and the
+    modules ``hidden`` made unimportable; returns its exit code and output as a process would.
+    An unexpected exception propagates (a process would print its traceback)."""
+    from cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        patch.chdir(cwd)
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        for name in hidden:
+            patch.setitem(sys.modules, name, None)
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def refused(done: subprocess.CompletedProcess) -> str:
@@ -89,8 +112,8 @@ def nothing_left(folder: Path, db: Path) -> None:
 def test_a_config_without_a_pool_is_refused(tmp_path, tiny_model_file):
     config = tiny_config(tmp_path, tiny_model_file)
     del config["pool"]
-    done = cli("--db", "sqlite:///lab.db", "start", str(write_config(tmp_path / "c.yaml", config)),
-               cwd=tmp_path)
+    path = write_config(tmp_path / "c.yaml", config)
+    done = process("--db", "sqlite:///lab.db", "start", str(path), cwd=tmp_path)
     assert "pool: missing" in refused(done)
     nothing_left(tmp_path, tmp_path / "lab.db")
 
@@ -173,11 +196,12 @@ def test_a_refused_start_leaves_no_folder_and_no_converted_model(tmp_path, tiny_
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
 def test_a_missing_database_driver_names_the_extra(tmp_path, driver):
-    """psycopg2 is not installed; psycopg is hidden from the process."""
-    hide = "import sys; sys.modules['psycopg'] = None; from cli import main; sys.exit(main())"
-    python = ("-c", hide) if driver == "psycopg" else ("-m", "cli")
-    done = cli("--db", f"postgresql+{driver}://lab:pw@localhost/lab", "status", cwd=tmp_path,
-               python=python)
+    """psycopg2 is not installed (a real process); psycopg is hidden from the command."""
+    args = ("--db", f"postgresql+{driver}://lab:pw@localhost/lab", "status")
+    if driver == "psycopg":
+        done = cli(*args, cwd=tmp_path, hidden=("psycopg",))
+    else:
+        done = process(*args, cwd=tmp_path)
     err = refused(done)
     assert f"database driver {driver} is not installed (pip install 'tangentlab[postgres]')" in err
     assert "pw" not in err
@@ -202,8 +226,8 @@ def finished(prefect_server, tmp_path_factory, tiny_model_file):
     folder = tmp_path_factory.mktemp("finished")
     config = tiny_config(folder, tiny_model_file)
     write_config(folder / "c.yaml", config)
-    done = cli("--db", "sqlite:///lab.db", "start", "c.yaml", cwd=folder,
-               env={"PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"})
+    done = process("--db", "sqlite:///lab.db", "start", "c.yaml", cwd=folder,
+                   env={"PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 3, done.stdout + done.stderr  # the label budget stopped it
     return folder, folder / "lab.db", config
 

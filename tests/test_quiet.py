@@ -17,25 +17,44 @@ REPO = Path(__file__).resolve().parents[1]
 NOTICES = ("UserWarning", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "cuequivariance")
 
 
-def _status(url: str, *flags: str) -> subprocess.CompletedProcess:
+# `python -m cli ARGS`, and then whether the command imported torch (it should not need to).
+CLI_THEN_TORCH = ("import sys; from cli import main; code = main(); "
+                  "print('torch imported' if 'torch' in sys.modules else '', file=sys.stderr); "
+                  "sys.exit(code)")
+# Loading a model: MACE, e3nn and TorchScript are imported and compile its layers.
+LOAD_MODEL = "import sys; from tangentlab.mace_model import load_model; load_model(sys.argv[1])"
+
+
+def _run(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != _quiet.DEBUG_ENV}
-    return subprocess.run([sys.executable, "-m", "cli", *flags, "--db", url, "status"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    if debug:
+        env[_quiet.DEBUG_ENV] = "1"
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
-def test_status_prints_no_library_notice_unless_debug(tmp_path):
+def test_status_prints_no_library_notice_and_imports_no_torch(tmp_path):
     url = f"sqlite:///{tmp_path / 'lab.db'}"
     init_db(make_engine(url))
-    quiet = _status(url)
+    for flags in ((), ("--debug",)):
+        done = _run("-c", CLI_THEN_TORCH, *flags, "--db", url, "status")
+        assert done.returncode == 0, done.stderr
+        assert "torch imported" not in done.stderr  # a command without a model starts quickly
+        for notice in NOTICES:
+            assert notice not in done.stderr + done.stdout, done.stderr
+
+
+def test_library_notices_show_only_with_debug(tiny_model_file):
+    quiet = _run("-c", LOAD_MODEL, str(tiny_model_file))
     assert quiet.returncode == 0, quiet.stderr
     for notice in NOTICES:
         assert notice not in quiet.stderr + quiet.stdout, quiet.stderr
-    loud = _status(url, "--debug")
+    loud = _run("-c", LOAD_MODEL, str(tiny_model_file), debug=True)
     assert loud.returncode == 0, loud.stderr
     assert "UserWarning: Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in loud.stderr
     if importlib.util.find_spec("cuequivariance_torch") is None:
         assert "cuequivariance or cuequivariance_torch is not available" in loud.stderr
-    assert loud.stdout == quiet.stdout  # the notices never mix with the command's output
+    assert loud.stdout == quiet.stdout == ""  # the notices never mix with a command's output
 
 
 def test_loading_a_model_raises_no_torchscript_warning_when_quiet(tiny_model_file):

@@ -128,8 +128,3 @@ class Acquisition(Section):
         if "forward_batch_size" in SIGNALS[self.signal].options:
             options.setdefault("forward_batch_size", self.feature_batch_size)
         return options
-
-    def select_options(self) -> dict[str, Any]:
-        """Keywords of `tangentlab.acquisition.select_batch` for this section (feature signals)."""
-        return {"signal": self.signal, "rule": self.rule, "regularization": self.regularization,
-                "sigma_quantile": self.sigma_quantile, **self.signal_keywords()}
