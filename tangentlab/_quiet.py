@@ -10,7 +10,9 @@ model (``--help``, ``status``, a refused start) starts in a fraction of the time
   ``weights_only`` explicitly wherever it loads a file: `tangentlab.model_files`);
 - MACE's notice that the optional cuequivariance acceleration is not installed;
 - TorchScript's ``UserWarning`` about instance-level annotations, raised each time e3nn
-  compiles a module of a MACE model (dozens of times per campaign round).
+  compiles a module of a MACE model (dozens of times per campaign round);
+- Alembic's INFO lines for each schema migration step, which a campaign start would print
+  (quacc, once imported, sends INFO records of every logger to stderr).
 
 Every other warning is left alone. With ``TANGENTLAB_DEBUG`` set (``tangentlab --debug``
 sets it, and the processes a campaign starts inherit it) nothing is hidden and the notice
@@ -23,6 +25,7 @@ import contextlib
 import importlib.abc
 import importlib.machinery
 import io
+import logging
 import os
 import sys
 import warnings
@@ -38,6 +41,9 @@ HIDDEN_WARNINGS = (
     r"The TorchScript type system doesn't support instance-level annotations",
 )
 
+#: Loggers whose records below WARNING are dropped.
+HIDDEN_LOGGERS = ("alembic",)
+
 
 def debug() -> bool:
     """Whether the libraries' warnings and notices are shown (``TANGENTLAB_DEBUG``)."""
@@ -48,6 +54,8 @@ def hide_library_warnings() -> None:
     """Ignore the `HIDDEN_WARNINGS` (added in front of the current filters)."""
     for message in HIDDEN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    for name in HIDDEN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def show_library_warnings() -> None:
@@ -57,6 +65,8 @@ def show_library_warnings() -> None:
         f for f in warnings.filters
         if not (f[0] == "ignore" and f[1] is not None and f[1].pattern in hidden)
     ]
+    for name in HIDDEN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 #: The module that prints MACE's cuequivariance notice on stdout when it is first imported.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -68,3 +69,18 @@ def test_loading_a_model_raises_no_torchscript_warning_when_quiet(tiny_model_fil
 
     assert torchscript_warnings(hide=True) == []
     assert torchscript_warnings(hide=False)  # e3nn compiles every equivariant layer it builds
+
+
+def test_schema_migrations_log_nothing_unless_debug(tmp_path, caplog):
+    """A campaign start makes or upgrades the schema; Alembic's INFO lines are not shown."""
+    caplog.set_level(logging.INFO)
+    try:
+        _quiet.hide_library_warnings()
+        init_db(make_engine(f"sqlite:///{tmp_path / 'quiet.db'}"))
+        assert not [r for r in caplog.records if r.name.startswith("alembic")]
+        _quiet.show_library_warnings()
+        init_db(make_engine(f"sqlite:///{tmp_path / 'loud.db'}"))
+        assert [r for r in caplog.records if r.name.startswith("alembic")]
+    finally:
+        if not _quiet.debug():
+            _quiet.hide_library_warnings()
