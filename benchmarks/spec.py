@@ -77,7 +77,11 @@ class BenchmarkSpec(_Section):
         "or signal:rule[:q<quantile>].",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    model: str = Field(default_factory=lambda: shipped_file(SHIPPED_MODEL))
+    model: str = Field(
+        default_factory=lambda: shipped_file(SHIPPED_MODEL),
+        description="Starting MACE .model: a path, or the file name of a model shipped in "
+        "tangentlab/data (e.g. tangentlab-cuoh-emt.model).",
+    )
     initial_size: int = Field(20, gt=0)
     batch_size: int = Field(15, gt=0)
     rounds: int = Field(3, gt=0, description="Acquisition rounds after the initial set.")
@@ -87,6 +91,14 @@ class BenchmarkSpec(_Section):
     regularization: float | None = Field(None, gt=0, description="λ; None: the product default.")
     valid_fraction: float = Field(0.15, ge=0, lt=1)
     finetune: dict[str, Any] = Field(default_factory=lambda: {"max_epochs": 15, "patience": 5})
+
+    @field_validator("model")
+    @classmethod
+    def _shipped_model_by_name(cls, value: str) -> str:
+        bare = Path(value).name == value and not Path(value).exists()
+        if bare and Path(shipped_file(value)).is_file():
+            return shipped_file(value)
+        return value
 
     @field_validator("finetune")
     @classmethod

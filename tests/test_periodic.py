@@ -567,3 +567,35 @@ def test_surface_recipe_gives_constrained_adsorbate_slabs_reproducibly():
         assert frame.positions[constraint.index, 2].max() < frame.positions[copper, 2].min() + 0.5
     assert {f.info["temperature_K"] for f in frames} == {300.0, 600.0}
 
+
+
+def test_shipped_periodic_model_matches_its_card_and_knows_cu_o_h(tmp_path):
+    import hashlib
+    import json
+
+    from tangentlab.config import shipped_file
+    from tangentlab.mace_model import load_model, predict
+    from tangentlab.model_files import starting_weights
+
+    path = Path(shipped_file("tangentlab-cuoh-emt.model"))
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["model_sha256"]
+    assert card["level_of_theory"]["method"] == "EMT" and path.stat().st_size < 2_000_000
+    weights, _ = starting_weights(path, tmp_path)  # as a campaign reads its starting .model
+    model = load_model(weights)
+    assert sorted(int(z) for z in model.atomic_numbers) == [1, 8, 29]
+    ((energy, forces),) = predict(model, [cu_slab("OH", "fcc", rattle=0.05, seed=1)])
+    assert np.isfinite(energy) and forces.shape == (10, 3) and np.isfinite(forces).all()
+
+    # it learned EMT: forces on new MD frames of its recipe within ~2x its validation error
+    from ase.calculators.emt import EMT
+
+    from tangentlab.pretrain_surface import generate_surface_structures
+
+    frames = generate_surface_structures(4, seed=99, frames_per_run=2, sample_every=5)
+    errors = []
+    for frame, (_, predicted) in zip(frames, predict(model, frames), strict=True):
+        reference = frame.copy()
+        reference.calc = EMT()
+        errors.append(np.abs(predicted - reference.get_forces(apply_constraint=False)).mean())
+    assert np.mean(errors) < 2 * card["metrics"]["valid_force_mae_mev_per_a"] / 1000
