@@ -34,6 +34,7 @@ from ase import Atoms
 
 from tangentlab.acquisition.ntk_double_backward import directional_rows
 from tangentlab.acquisition.ntk_per_sample import PerSampleGradients
+from tangentlab.acquisition.ntk_probes import probe_rows
 from tangentlab.acquisition.ntk_reference import (
     per_structure_force_jacobians,
     per_structure_gradients,
@@ -77,6 +78,10 @@ class NTKFeaturizer:
         ``is_grads_batched``); None: 1 on CPU, 16 on CUDA.
     cache_bytes
         Passed to `ParameterSketch`.
+    force_probes
+        k: force rows as k random force probes per structure
+        (`tangentlab.acquisition.ntk_probes`: k + 1 energy-gradient passes instead of d
+        double-backward ones); None: the exact 3N rows.
     """
 
     def __init__(
@@ -92,9 +97,14 @@ class NTKFeaturizer:
         method: str = "per_sample",
         direction_chunk: int | None = None,
         cache_bytes: int = 1 << 30,
+        force_probes: int | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if force_probes is not None and int(force_probes) < 1:
+            raise ValueError(f"force_probes must be a positive integer or None, got {force_probes}")
+        self.force_probes = None if force_probes is None else int(force_probes)
+        self.seed = int(seed)
         self.model = model
         self.device = torch.device(
             device if device is not None else next(model.parameters()).device
@@ -139,18 +149,8 @@ class NTKFeaturizer:
         np.ndarray
             (n, d) float64.
         """
-        rows = []
-        for batch in self._batches(atoms_list):
-            if self.method == "per_sample":
-                rows.append(self._project(self._per_sample(batch)))
-            elif self.method == "double_backward":
-                rows.append(self._directional(batch, energy=True, forces=False)[0])
-            else:
-                gradients = per_structure_gradients(
-                    self.model, batch, self.names, batch_size=self.batch_size
-                )
-                rows.append(self._project(torch.as_tensor(gradients, device=self.device)))
-        return _stack(rows, self.dim)
+        rows = [self._batch_energy_rows(batch) for batch in self._batches(atoms_list)]
+        return _stack([row.detach().cpu().numpy().astype(np.float64) for row in rows], self.dim)
 
     def force_rows(self, atoms_list: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
         """
@@ -170,13 +170,17 @@ class NTKFeaturizer:
             3N per structure.
         """
         rows = []
+        counts = np.array([self._force_count(atoms) for atoms in atoms_list], dtype=np.int64)
+        if self.force_probes is not None:
+            for chunk, batch in self._chunks(atoms_list):
+                rows.append(self._probe_rows(batch, chunk, with_energy=False)[1])
+            return _stack(rows, self.dim), counts
         for batch in self._batches(atoms_list):
             if self.method == "loop":
                 for jacobian in per_structure_force_jacobians(self.model, batch, self.names):
                     rows.append(self._project(torch.as_tensor(jacobian, device=self.device)))
             else:
                 rows.append(self._directional(batch, energy=False, forces=True)[1])
-        counts = np.array([3 * len(atoms) for atoms in atoms_list], dtype=np.int64)
         return _stack(rows, self.dim), counts
 
     def energy_force_rows(
@@ -205,9 +209,11 @@ class NTKFeaturizer:
             1 + 3N per structure.
         """
         pieces = []
-        for batch in self._batches(atoms_list):
+        for chunk, batch in self._chunks(atoms_list):
             natoms = (batch.ptr[1:] - batch.ptr[:-1]).cpu().numpy()
-            if self.method == "loop":
+            if self.force_probes is not None:
+                energy, forces = self._probe_rows(batch, chunk, with_energy=True)
+            elif self.method == "loop":
                 energy = self._project(
                     torch.as_tensor(
                         per_structure_gradients(self.model, batch, self.names),
@@ -222,11 +228,12 @@ class NTKFeaturizer:
                 )
             else:
                 energy, forces = self._directional(batch, energy=True, forces=True)
-            starts = np.concatenate([[0], np.cumsum(3 * natoms)])
+            sizes = np.array([self._force_count(atoms) for atoms in chunk])
+            starts = np.concatenate([[0], np.cumsum(sizes)])
             for b, n in enumerate(natoms):
                 pieces.append(energy[b : b + 1] * (energy_weight / n))
                 pieces.append(forces[starts[b] : starts[b + 1]] * force_weight)
-        counts = np.array([1 + 3 * len(atoms) for atoms in atoms_list], dtype=np.int64)
+        counts = np.array([1 + self._force_count(atoms) for atoms in atoms_list], dtype=np.int64)
         return _stack(pieces, self.dim), counts
 
     # -- machinery ----------------------------------------------------------------------
@@ -235,19 +242,54 @@ class NTKFeaturizer:
         with default_dtype(self.dtype):
             return list(iter_batches(self.model, atoms_list, self.batch_size, self.device))
 
-    def _project(self, gradients: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
+    def _chunks(self, atoms_list: Sequence[Atoms]):
+        """(structures, batch) pairs of at most ``batch_size`` structures."""
+        for start in range(0, len(atoms_list), self.batch_size):
+            chunk = list(atoms_list[start : start + self.batch_size])
+            with default_dtype(self.dtype):
+                batch = next(iter_batches(self.model, chunk, len(chunk), self.device))
+            yield chunk, batch
+
+    def _force_count(self, atoms: Atoms) -> int:
+        """Force rows of one structure: k probes, or 3N exact rows."""
+        return self.force_probes if self.force_probes is not None else 3 * len(atoms)
+
+    def _batch_energy_rows(self, batch) -> torch.Tensor:
+        """(B, d) energy rows of one batch by ``method``, as a tensor."""
+        if self.method == "per_sample":
+            return self._project(self._per_sample(batch), as_tensor=True)
+        if self.method == "double_backward":
+            rows = self._directional(batch, energy=True, forces=False)[0]
+            return torch.as_tensor(rows, device=self.device)
+        gradients = per_structure_gradients(
+            self.model, batch, self.names, batch_size=self.batch_size
+        )
+        return self._project(torch.as_tensor(gradients, device=self.device), as_tensor=True)
+
+    def _probe_rows(self, batch, chunk, *, with_energy: bool):
+        """Energy rows (or None) and probe force rows of one batch, as float64 arrays."""
+        energy, forces = probe_rows(self._batch_energy_rows, batch, chunk, self.force_probes,
+                                    self.seed, self.dtype, with_energy=with_energy)
+        def to_numpy(rows):
+            return None if rows is None else rows.detach().cpu().numpy().astype(np.float64)
+        return to_numpy(energy), to_numpy(forces)
+
+    def _project(
+        self, gradients: torch.Tensor | list[torch.Tensor], as_tensor: bool = False
+    ) -> np.ndarray | torch.Tensor:
         """(B, P) gradients, or one (B, numel) tensor per block, to (B, d) rows."""
         if isinstance(gradients, torch.Tensor):
             offsets = self.sketch.offsets
             gradients = [gradients[:, offsets[i] : offsets[i + 1]] for i in range(len(self.names))]
         if self.sketch.exact:
-            return torch.cat(gradients, dim=1).detach().cpu().numpy().astype(np.float64)
-        rows = None
-        for index, block_gradient in enumerate(gradients):
-            block = self.sketch.block(index, block_gradient.device, block_gradient.dtype)
-            term = block_gradient @ block.T
-            rows = term if rows is None else rows + term
-        return rows.detach().cpu().numpy().astype(np.float64)
+            rows = torch.cat(gradients, dim=1)
+        else:
+            rows = None
+            for index, block_gradient in enumerate(gradients):
+                block = self.sketch.block(index, block_gradient.device, block_gradient.dtype)
+                term = block_gradient @ block.T
+                rows = term if rows is None else rows + term
+        return rows if as_tensor else rows.detach().cpu().numpy().astype(np.float64)
 
     def _directional(
         self, batch, *, energy: bool, forces: bool

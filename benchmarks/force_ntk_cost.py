@@ -1,0 +1,256 @@
+"""Force NTK cost as a multiple of inference, and the probe rows' selection quality.
+
+For each system (``acac``: the shipped molecular model on acetylacetone frames, 15 atoms;
+``slab``: a ``cuoh-small`` model of `benchmarks.model_shapes` on rattled Cu(111) slabs with
+O, OH and H adsorbates, 40 atoms, periodic) it measures in one process, one torch thread:
+
+- **inference**: a MACE energy + force evaluation (``compute_force=True``), batched;
+- **exact**: the force and energy-force NTK rows over all 3N force components
+  (``force_probes=None``, d double-backward passes per batch), sketch d;
+- **probes k**: the same signals with k force probes per structure (``force_probes=k``).
+
+Each cost is seconds per structure divided by the inference's. Then the selection quality
+against the exact rows, for both signals: the labelled set is the first ``--labelled``
+structures, the pool the next ``--pool``; each scorer is fitted like a campaign's (row
+normalisation on labelled + pool, A on the labelled rows, λ 1e-2) and gives σ² of the pool
+and a greedy batch of ``--batch`` structures. The sketch's own error is the agreement of two
+exact signals with independent sketches (seeds 0 and 1); the probe signal is compared to the
+exact seed-0 signal with its own seed 1 (independent parameter sketch and probes), so the
+two comparisons have the same form. Reported: the Spearman correlation of σ² over the pool
+and the overlap of the greedy batches (shared picks / batch size).
+
+Example::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.force_ntk_cost --threads 1 \\
+        --out docs/benchmarks/force-ntk-cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+with contextlib.redirect_stdout(sys.stderr):
+    import mace
+    import torch
+    from ase.build import add_adsorbate, fcc111
+    from ase.io import read
+    from scipy.stats import spearmanr
+
+    from benchmarks.model_shapes import build_model
+    from tangentlab.acquisition.ntk import NTKFeaturizer
+    from tangentlab.acquisition.scorer import fit_rows
+    from tangentlab.acquisition.select import select_batch
+    from tangentlab.mace_model import default_dtype, iter_batches, load_model
+    from tangentlab.model_files import starting_weights
+
+SHIPPED = "tangentlab/data/tangentlab-hcno-xtb.model"
+ACAC = "acac/train_300K.xyz"
+SIGNALS = ("force_ntk", "energy_force_ntk")
+
+
+def acac_system(data_root: Path, count: int, models_dir: Path):
+    """The shipped model and ``count`` acac frames (every 5th frame of the 300 K MD)."""
+    path, _ = starting_weights(SHIPPED, models_dir)
+    frames = read(data_root / ACAC, f"::{5}")[:count]
+    return load_model(path), frames, {"model": SHIPPED, "structures": f"{ACAC} every 5th frame"}
+
+
+def slab_structures(count: int, seed: int = 0) -> list:
+    """Rattled 3x3x4 Cu(111) slabs (periodic in x, y; 7 Å vacuum) with O, OH and H on top."""
+    rng = np.random.default_rng(seed)
+    structures = []
+    for _ in range(count):
+        slab = fcc111("Cu", size=(3, 3, 4), vacuum=7.0, periodic=True)
+        cell = slab.cell.array
+        for symbol, height in (("O", 1.3), ("O", 1.4), ("H", 1.0)):
+            x, y = rng.uniform(0, 1, size=2) @ cell[:2, :2]
+            add_adsorbate(slab, symbol, height + rng.uniform(0, 0.4), position=(x, y))
+        # the OH hydrogen: above the second O
+        add_adsorbate(slab, "H", 2.4, position=tuple(slab.positions[-2, :2]))
+        slab.positions += rng.normal(scale=0.08, size=slab.positions.shape)
+        structures.append(slab)
+    return structures
+
+
+def slab_system(count: int):
+    """A ``cuoh-small`` model (random weights) and ``count`` slabs."""
+    model = build_model("cuoh-small", seed=0)
+    return model, slab_structures(count), {
+        "model": "benchmarks.model_shapes cuoh-small (random weights)",
+        "structures": "3x3x4 Cu(111) + O, OH, H, rattled 0.08 Å (slab_structures)",
+    }
+
+
+def seconds(function, repeats: int = 1) -> float:
+    """Best wall time of ``repeats`` calls."""
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def inference(model, structures, batch_size: int) -> None:
+    """Energies and forces of ``structures`` (what a MACE calculator computes)."""
+    with default_dtype(torch.float64):
+        for batch in iter_batches(model, structures, batch_size):
+            model(batch.to_dict(), training=False, compute_force=True)
+
+
+def quality(rows: dict, counts: dict, pool: list, n_labelled: int, batch: int) -> dict:
+    """σ² over the pool and the greedy batch of each row set (already split per signal)."""
+    out = {}
+    for key, signal_rows in rows.items():
+        signal = key[0]
+        structure_counts = counts[key]
+        starts = np.concatenate([[0], np.cumsum(structure_counts)])
+        split = starts[n_labelled]
+        labelled = (signal_rows[:split], structure_counts[:n_labelled])
+        scorer = fit_rows(signal, None, labelled, signal_rows, 1e-2, "mean")
+        pool_counts = structure_counts[n_labelled:]
+        pool_rows = scorer.scaling.apply(signal_rows[split:])
+        sigma2 = scorer.variance_of_rows(pool_rows, pool_counts)
+        pool_starts = starts[n_labelled:] - split
+        position = {id(atoms): i for i, atoms in enumerate(pool)}
+
+        def cached(chunk, pool_starts=pool_starts, raw=signal_rows[split:],
+                   pool_counts=pool_counts, position=position):
+            ids = [position[id(atoms)] for atoms in chunk]
+            parts = [raw[pool_starts[i] : pool_starts[i] + pool_counts[i]] for i in ids]
+            return np.concatenate(parts), pool_counts[ids]
+
+        picked, _, _ = select_batch(dataclasses.replace(scorer, featurizer=cached), pool,
+                                    batch_size=batch, rule="greedy")
+        out[key] = {"sigma2": sigma2, "batch": sorted(int(i) for i in picked)}
+    return out
+
+
+def split_joint(rows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The force rows of energy-force rows (drop each structure's first, energy, row)."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    keep = np.ones(len(rows), dtype=bool)
+    keep[starts] = False
+    return rows[keep], counts - 1
+
+
+def measure_system(name, model, structures, args) -> dict:
+    """Costs and quality of one system."""
+    n = args.labelled + args.pool
+    structures = structures[:n]
+    result: dict = {"atoms_per_structure": sorted({len(a) for a in structures}),
+                    "periodic": bool(structures[0].pbc.any()),
+                    "parameters": int(sum(p.numel() for p in model.parameters())),
+                    "labelled": args.labelled, "pool": args.pool, "sketch_dim": args.sketch_dim}
+    inference(model, structures[: args.batch_size], args.batch_size)  # warm-up (TorchScript)
+    t_inf = seconds(lambda: inference(model, structures, args.batch_size), 2) / n
+    result["inference_s_per_structure"] = t_inf
+    print(f"[{name}] inference {t_inf * 1e3:.1f} ms/structure", file=sys.stderr, flush=True)
+    rows, counts, costs = {}, {}, {}
+    variants = [("exact", None, 0), ("exact", None, 1)]
+    variants += [(f"probes{k}", k, 1) for k in args.probes]
+    variants += [(f"probes{k}", k, 0) for k in args.probes]
+    for label, k, seed in variants:
+        featurizer = NTKFeaturizer(model, sketch_dim=args.sketch_dim, seed=seed,
+                                   batch_size=args.batch_size, force_probes=k,
+                                   method="per_sample")
+        featurizer.energy_force_rows(structures[:2])  # warm-up
+        start = time.perf_counter()
+        joint, joint_counts = featurizer.energy_force_rows(structures)
+        t_joint = (time.perf_counter() - start) / n
+        key = f"{label}-seed{seed}"
+        cost = {"energy_force_ntk_s_per_structure": t_joint,
+                "energy_force_ntk_x_inference": t_joint / t_inf}
+        if k is not None and seed == 1:  # the force signal alone: k + 1 passes as well
+            t_force = seconds(lambda f=featurizer: f.force_rows(structures)) / n
+            cost.update(force_ntk_s_per_structure=t_force, force_ntk_x_inference=t_force / t_inf)
+        elif k is None:  # exact force rows are the same d passes without the energy column
+            cost.update(force_ntk_s_per_structure=t_joint, force_ntk_x_inference=t_joint / t_inf,
+                        force_ntk_note="same double-backward passes as energy_force_ntk")
+        costs[key] = cost
+        print(f"[{name}] {key}: {cost}", file=sys.stderr, flush=True)
+        rows[("energy_force_ntk", key)], counts[("energy_force_ntk", key)] = joint, joint_counts
+        rows[("force_ntk", key)], counts[("force_ntk", key)] = split_joint(joint, joint_counts)
+    result["cost"] = costs
+    scored = quality(rows, counts, structures[args.labelled :], args.labelled, args.batch)
+    comparisons = {}
+    for signal in SIGNALS:
+        reference = scored[(signal, "exact-seed0")]
+        for key in sorted({key for s, key in scored if s == signal and key != "exact-seed0"}):
+            other = scored[(signal, key)]
+            rho = float(spearmanr(reference["sigma2"], other["sigma2"]).statistic)
+            overlap = len(set(reference["batch"]) & set(other["batch"])) / args.batch
+            comparisons[f"{signal}: {key} vs exact-seed0"] = {
+                "spearman_sigma2": rho, "greedy_batch_overlap": overlap}
+    result["quality"] = comparisons
+    return result
+
+
+def machine_info(threads: int) -> dict:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "load_average_1m_at_start": load, "torch_threads": threads,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "mace": getattr(mace, "__version__", None)}
+
+
+def commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.force_ntk_cost",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", nargs="+", default=["acac", "slab"],
+                        choices=["acac", "slab"])
+    parser.add_argument("--labelled", type=int, default=8)
+    parser.add_argument("--pool", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8, help="greedy batch size")
+    parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--sketch-dim", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8, help="structures per forward")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-root", default=os.environ.get("TANGENTLAB_DATA", "../shared/data"))
+    parser.add_argument("--models-dir", default=None,
+                        help="where the shipped model is converted (default: a temporary folder)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import tempfile
+
+    models_dir = Path(args.models_dir or tempfile.mkdtemp(prefix="force-ntk-cost-"))
+    report = {"command": "python -m benchmarks.force_ntk_cost " + " ".join(argv or sys.argv[1:]),
+              "date": datetime.date.today().isoformat(), "commit": commit(),
+              "machine": machine_info(args.threads), "systems": {}}
+    n = args.labelled + args.pool
+    for name in args.systems:
+        if name == "acac":
+            model, structures, about = acac_system(Path(args.data_root), n, models_dir)
+        else:
+            model, structures, about = slab_system(n)
+        report["systems"][name] = {**about, **measure_system(name, model, structures, args)}
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
