@@ -4,14 +4,16 @@ For each system (``acac``: the shipped molecular model on acetylacetone frames, 
 ``slab``: a ``cuoh-small`` model of `benchmarks.model_shapes` on rattled Cu(111) slabs with
 O, OH and H adsorbates, 40 atoms, periodic) it measures in one process, one torch thread:
 
-- **inference**: a MACE energy + force evaluation (``compute_force=True``), batched;
+- **inference**: a MACE energy + force evaluation (``compute_force=True``), batched, timed
+  (best of two) just before each variant, so that each ratio compares neighbouring timings
+  on a machine whose load drifts;
 - **exact**: the force and energy-force NTK rows over all 3N force components
   (``force_probes=None``, d double-backward passes per batch), sketch d;
 - **probes k**: the same signals with k force probes per structure (``force_probes=k``).
 
-Each cost is seconds per structure divided by the inference's. Then the selection quality
-against the exact rows, for both signals: the labelled set is the first ``--labelled``
-structures, the pool the next ``--pool``; each scorer is fitted like a campaign's (row
+Each cost is seconds per structure divided by the inference's (probe variants: best of
+two). Then the selection quality against the exact rows, for both signals: the labelled
+set is the first ``--labelled`` structures, the pool the next ``--pool``; each scorer is fitted like a campaign's (row
 normalisation on labelled + pool, A on the labelled rows, λ 1e-2) and gives σ² of the pool
 and a greedy batch of ``--batch`` structures. The sketch's own error is the agreement of two
 exact signals with independent sketches (seeds 0 and 1); the probe signal is compared to the
@@ -156,9 +158,15 @@ def measure_system(name, model, structures, args) -> dict:
                     "parameters": int(sum(p.numel() for p in model.parameters())),
                     "labelled": args.labelled, "pool": args.pool, "sketch_dim": args.sketch_dim}
     inference(model, structures[: args.batch_size], args.batch_size)  # warm-up (TorchScript)
-    t_inf = seconds(lambda: inference(model, structures, args.batch_size), 2) / n
-    result["inference_s_per_structure"] = t_inf
-    print(f"[{name}] inference {t_inf * 1e3:.1f} ms/structure", file=sys.stderr, flush=True)
+
+    def timed(function, repeats: int = 1) -> tuple[float, float, object]:
+        """Seconds per structure of ``function`` and of an inference timed just before it
+        (the machine's load drifts: each ratio is taken against its neighbour)."""
+        t_inf = seconds(lambda: inference(model, structures, args.batch_size), 2) / n
+        held = {}
+        t = seconds(lambda: held.update(value=function()), repeats) / n
+        return t, t_inf, held["value"]
+
     rows, counts, costs = {}, {}, {}
     variants = [("exact", None, 0), ("exact", None, 1)]
     variants += [(f"probes{k}", k, 1) for k in args.probes]
@@ -168,15 +176,16 @@ def measure_system(name, model, structures, args) -> dict:
                                    batch_size=args.batch_size, force_probes=k,
                                    method="per_sample")
         featurizer.energy_force_rows(structures[:2])  # warm-up
-        start = time.perf_counter()
-        joint, joint_counts = featurizer.energy_force_rows(structures)
-        t_joint = (time.perf_counter() - start) / n
+        t_joint, t_inf, (joint, joint_counts) = timed(
+            lambda f=featurizer: f.energy_force_rows(structures), 1 if k is None else 2)
         key = f"{label}-seed{seed}"
-        cost = {"energy_force_ntk_s_per_structure": t_joint,
+        cost = {"inference_s_per_structure": t_inf,
+                "energy_force_ntk_s_per_structure": t_joint,
                 "energy_force_ntk_x_inference": t_joint / t_inf}
         if k is not None and seed == 1:  # the force signal alone: k + 1 passes as well
-            t_force = seconds(lambda f=featurizer: f.force_rows(structures)) / n
-            cost.update(force_ntk_s_per_structure=t_force, force_ntk_x_inference=t_force / t_inf)
+            t_force, t_inf_force, _ = timed(lambda f=featurizer: f.force_rows(structures), 2)
+            cost.update(force_ntk_s_per_structure=t_force,
+                        force_ntk_x_inference=t_force / t_inf_force)
         elif k is None:  # exact force rows are the same d passes without the energy column
             cost.update(force_ntk_s_per_structure=t_joint, force_ntk_x_inference=t_joint / t_inf,
                         force_ntk_note="same double-backward passes as energy_force_ntk")

@@ -159,3 +159,31 @@ def test_same_rows_on_cuda(tiny_model_file):
     cpu_rows, _ = cpu.energy_force_rows(structures)
     gpu_rows, _ = gpu.energy_force_rows(structures)
     np.testing.assert_allclose(gpu_rows, cpu_rows, rtol=1e-8, atol=1e-10)
+
+
+def test_force_probe_rows_are_probes_of_the_exact_force_rows(model):
+    """k probe rows of a structure are ``uᵀ (exact 3N rows) / √k``, with the same sketch, in
+    any batch; the energy-force layout puts the energy row first."""
+    from tangentlab.acquisition.ntk_probes import probe_vectors
+
+    structures = [*_structures(("H2O", "CH4", "CH3OH")), _periodic()]
+    exact, exact_counts = NTKFeaturizer(model, sketch_dim=6, seed=2).force_rows(structures)
+    probes = NTKFeaturizer(model, sketch_dim=6, seed=2, batch_size=3, force_probes=3)
+    rows, counts = probes.force_rows(structures)
+    np.testing.assert_array_equal(counts, [3, 3, 3, 3])
+    starts = np.concatenate([[0], np.cumsum(exact_counts)])
+    expected = np.concatenate([
+        probe_vectors(atoms, 3, 2).reshape(3, -1) @ exact[starts[i] : starts[i + 1]] / np.sqrt(3)
+        for i, atoms in enumerate(structures)
+    ])
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(rows, expected, rtol=1e-3, atol=1e-4 * scale)
+    alone, _ = NTKFeaturizer(model, sketch_dim=6, seed=2, force_probes=3).force_rows(structures[3:])
+    np.testing.assert_allclose(alone, rows[9:], rtol=1e-9, atol=1e-12)  # same probes alone
+    joint, joint_counts = probes.energy_force_rows(structures, force_weight=0.5)
+    np.testing.assert_array_equal(joint_counts, [4, 4, 4, 4])
+    energy = probes.energy_rows(structures)
+    np.testing.assert_allclose(joint[0], energy[0] / 3, rtol=1e-9)
+    np.testing.assert_allclose(joint[1:4], rows[:3] * 0.5, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="force_probes"):
+        NTKFeaturizer(model, force_probes=0)

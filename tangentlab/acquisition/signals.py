@@ -12,10 +12,10 @@ signal                 rows per structure                                    mod
 ``activation``         pooled invariant node features of every layer (1)     activations
 ``atom_activation``    the same, unpooled: one row per atom (N)              activations
 ``ntk``                ``S ∂E/∂θ`` (1)                                       ntk
-``force_ntk``          ``S ∂F/∂θ`` (3N)                                      ntk
-``energy_force_ntk``   ``(w_E/N) S ∂E/∂θ`` and ``w_F S ∂F/∂θ`` (1 + 3N)      ntk
+``force_ntk``          ``S ∂F/∂θ`` along k force probes (k; 3N exact)        ntk, ntk_probes
+``energy_force_ntk``   ``(w_E/N) S ∂E/∂θ`` and the force rows (1 + k)        ntk, ntk_probes
 ``random_mace``        activations of a randomly re-initialised copy (1)     activations
-``fixed_descriptor``   pooled atom-centred symmetry functions (1)            descriptors
+``fixed_descriptor``   SOAP power spectra (dscribe), sum and mean pooled (1) descriptors
 =====================  ====================================================  ==============
 
 ``random`` (no features) and ``committee`` (disagreement of fine-tuned models) are the
@@ -35,7 +35,7 @@ import torch
 from ase import Atoms
 
 from tangentlab.acquisition.activations import activation_features, atom_features
-from tangentlab.acquisition.descriptors import SymmetryFunctions
+from tangentlab.acquisition.descriptors import SoapDescriptor
 from tangentlab.acquisition.ntk import NTKFeaturizer
 from tangentlab.mace_model import model_elements
 
@@ -129,9 +129,10 @@ def _random_mace(model, *, forward_batch_size=32, pooling="sum+mean", descriptor
     )
 
 
-def _fixed_descriptor(model) -> Featurizer:
-    functions = SymmetryFunctions(tuple(model_elements(model)), r_cut=float(model.r_max))
-    return lambda atoms_list: _one_row_each(functions(atoms_list))
+def _fixed_descriptor(model, *, elements=None) -> Featurizer:
+    zs = tuple(model_elements(model) if elements is None else elements)
+    descriptor = SoapDescriptor(zs, r_cut=float(model.r_max))
+    return lambda atoms_list: _one_row_each(descriptor(atoms_list))
 
 
 _NTK_OPTIONS = {
@@ -144,7 +145,12 @@ _NTK_OPTIONS = {
 }
 
 
-def _ntk_featurizer(model, options: dict, sketch_dim) -> NTKFeaturizer:
+#: Force probes per structure of the force signals (``force_probes``; None: the exact 3N
+#: rows, d double-backward passes). See docs/benchmarks/force-ntk-cost.md.
+FORCE_PROBES = 2
+
+
+def _ntk_featurizer(model, options: dict, sketch_dim, force_probes=None) -> NTKFeaturizer:
     return NTKFeaturizer(
         model,
         parameters=options["parameters"],
@@ -154,6 +160,7 @@ def _ntk_featurizer(model, options: dict, sketch_dim) -> NTKFeaturizer:
         batch_size=options["forward_batch_size"],
         method=options["method"],
         direction_chunk=options["direction_chunk"],
+        force_probes=force_probes,
     )
 
 
@@ -162,12 +169,13 @@ def _energy_ntk(model, *, sketch_dim=256, **options) -> Featurizer:
     return lambda atoms_list: _one_row_each(featurizer.energy_rows(atoms_list))
 
 
-def _force_ntk(model, *, sketch_dim=64, **options) -> Featurizer:
-    return _ntk_featurizer(model, {**_NTK_OPTIONS, **options}, sketch_dim).force_rows
+def _force_ntk(model, *, sketch_dim=64, force_probes=FORCE_PROBES, **options) -> Featurizer:
+    return _ntk_featurizer(model, {**_NTK_OPTIONS, **options}, sketch_dim, force_probes).force_rows
 
 
-def _energy_force_ntk(model, *, sketch_dim=64, energy_weight=1.0, force_weight=1.0, **options):
-    featurizer = _ntk_featurizer(model, {**_NTK_OPTIONS, **options}, sketch_dim)
+def _energy_force_ntk(model, *, sketch_dim=64, energy_weight=1.0, force_weight=1.0,
+                      force_probes=FORCE_PROBES, **options):
+    featurizer = _ntk_featurizer(model, {**_NTK_OPTIONS, **options}, sketch_dim, force_probes)
     return lambda atoms_list: featurizer.energy_force_rows(atoms_list, energy_weight, force_weight)
 
 
@@ -177,11 +185,18 @@ SIGNALS: dict[str, Signal] = {
         Signal("activation", _activation, {"forward_batch_size": 32, "pooling": "sum+mean"}, True),
         Signal("atom_activation", _atom_activation, {"forward_batch_size": 32}, True, True),
         Signal("ntk", _energy_ntk, {**_NTK_OPTIONS, "sketch_dim": 256}, False),
-        Signal("force_ntk", _force_ntk, {**_NTK_OPTIONS, "sketch_dim": 64}, False, True),
+        Signal(
+            "force_ntk",
+            _force_ntk,
+            {**_NTK_OPTIONS, "sketch_dim": 64, "force_probes": FORCE_PROBES},
+            False,
+            True,
+        ),
         Signal(
             "energy_force_ntk",
             _energy_force_ntk,
-            {**_NTK_OPTIONS, "sketch_dim": 64, "energy_weight": 1.0, "force_weight": 1.0},
+            {**_NTK_OPTIONS, "sketch_dim": 64, "energy_weight": 1.0, "force_weight": 1.0,
+             "force_probes": FORCE_PROBES},
             False,
             True,
         ),
@@ -191,7 +206,7 @@ SIGNALS: dict[str, Signal] = {
             {"forward_batch_size": 32, "pooling": "sum+mean", "descriptor_seed": 0},
             True,
         ),
-        Signal("fixed_descriptor", _fixed_descriptor, {}, True),
+        Signal("fixed_descriptor", _fixed_descriptor, {"elements": None}, True),
     )
 }
 
