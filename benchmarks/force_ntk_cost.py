@@ -11,15 +11,15 @@ O, OH and H adsorbates, 40 atoms, periodic) it measures in one process, one torc
   (``force_probes=None``, d double-backward passes per batch), sketch d;
 - **probes k**: the same signals with k force probes per structure (``force_probes=k``).
 
-Each cost is seconds per structure divided by the inference's (probe variants: best of
-two). Then the selection quality against the exact rows, for both signals: the labelled
-set is the first ``--labelled`` structures, the pool the next ``--pool``; each scorer is fitted like a campaign's (row
-normalisation on labelled + pool, A on the labelled rows, λ 1e-2) and gives σ² of the pool
-and a greedy batch of ``--batch`` structures. The sketch's own error is the agreement of two
-exact signals with independent sketches (seeds 0 and 1); the probe signal is compared to the
-exact seed-0 signal with its own seed 1 (independent parameter sketch and probes), so the
-two comparisons have the same form. Reported: the Spearman correlation of σ² over the pool
-and the overlap of the greedy batches (shared picks / batch size).
+Each cost is seconds per structure divided by the inference's (probe variants: best of two).
+Then the selection quality against the exact rows, for both signals: the labelled set is the
+first ``--labelled`` structures, the pool the next ``--pool``; each scorer is fitted like a
+campaign's (row normalisation on labelled + pool, A on the labelled rows, λ 1e-2) and gives
+σ² of the pool and a greedy batch of ``--batch`` structures. The sketch's own error is the
+agreement of two exact signals with independent sketches (seeds 0 and 1); the probe signal
+is compared to the exact seed-0 signal with its own seed 1 (independent parameter sketch and
+probes), so the two comparisons have the same form. Reported: the Spearman correlation of σ²
+over the pool and the overlap of the greedy batches (shared picks / batch size).
 
 Example::
 
@@ -254,9 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             model, structures, about = slab_system(n)
         report["systems"][name] = {**about, **measure_system(name, model, structures, args)}
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+        text = json.dumps(report, indent=2)
+        if args.out:  # after each system: a partial result survives an interrupted run
+            Path(args.out).write_text(text + "\n")
     print(text)
     return 0
 

@@ -324,3 +324,39 @@ def test_import_reads_the_registered_model_not_the_file_named_at_the_start(
     refused = "start.model does not hold a MACE model tangentlab can read: it needs eval"
     assert refused in done.stderr, done.stderr
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_mace_off23_small_sized_model_goes_through_a_round(tmp_path):
+    """A starting model of MACE-OFF23 small's size (10 elements, 96x0e, r_max 5 Å, correlation
+    3; mace's own constructor, random weights) converts, gives activation and force-aware NTK
+    rows, fine-tunes and improves on the labels it was fine-tuned on."""
+    from ase.calculators.emt import EMT
+
+    from benchmarks.model_shapes import write_shape
+    from tangentlab.acquisition.signals import make_featurizer
+    from tangentlab.finetune import FineTuneHyperparameters
+    from tangentlab.metrics import error_metrics
+
+    weights, source = starting_weights(write_shape("mace-off23-small", tmp_path / "off.model"),
+                                       tmp_path / "models")
+    assert source["pickled"]
+    model = load_model(weights)
+    assert sum(p.numel() for p in model.parameters()) > 400_000
+    train = rattled_molecules(["CH4", "H2O"], seed=3)
+    for atoms in train:
+        atoms.calc = EMT()
+        atoms.info["energy"] = float(atoms.get_potential_energy())
+        atoms.arrays["forces"] = atoms.get_forces().copy()
+        atoms.calc = None
+    activation, _ = make_featurizer(model, "activation")(train)
+    joint, counts = make_featurizer(model, "energy_force_ntk", sketch_dim=8)(train)
+    assert activation.shape[0] == 2 and joint.shape == (6, 8) and list(counts) == [3, 3]
+    assert np.all(np.isfinite(joint)) and np.abs(joint).max() > 0
+    hyper = FineTuneHyperparameters(max_epochs=2, patience=2, batch_size=2, min_steps_per_epoch=2)
+    result = finetune(weights, train, [], tmp_path / "round-1.model", hyper=hyper)
+    refs = [(a.info["energy"], a.arrays["forces"]) for a in train]
+    natoms = [len(a) for a in train]
+    before = error_metrics(predict(model, train), refs, natoms)
+    after = error_metrics(predict(load_model(result.path), train), refs, natoms)
+    assert after["force_mae_mev_per_a"] < before["force_mae_mev_per_a"]
