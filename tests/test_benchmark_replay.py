@@ -13,7 +13,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
-from ase.build import molecule
+from ase.build import add_adsorbate, fcc111, molecule
 from conftest import SHARED, write_pool
 
 from benchmarks.analysis import comparison_table, labels_to_reach, path_errors
@@ -33,34 +33,53 @@ from db import (
     structures,
 )
 from tangentlab.acquisition import spearman
-from tangentlab.acquisition.descriptors import SymmetryFunctions
+from tangentlab.acquisition.descriptors import SoapDescriptor
 from tangentlab.config import FineTune, make_config
 
 # ---------------------------------------------------------------- fixed descriptor
 
 
-def test_symmetry_functions_are_invariant_and_sensitive():
-    functions = SymmetryFunctions((1, 6, 7, 8))
+def test_soap_rows_are_invariant_and_sensitive():
+    descriptor = SoapDescriptor((1, 6, 7, 8))
     atoms = molecule("CH3CH2OH")
     moved = atoms.copy()
     moved.rotate(37, "x")
     moved.rotate(-71, "z")
     moved.translate([1.0, -2.0, 3.0])
     permuted = atoms[[3, 1, 2, 0, 8, 5, 6, 7, 4]]
-    rows = functions([atoms, moved, permuted])
-    assert rows.shape == (3, functions.dim)
-    np.testing.assert_allclose(rows[1], rows[0], atol=1e-10)
-    np.testing.assert_allclose(rows[2], rows[0], atol=1e-10)
+    rows = descriptor([atoms, moved, permuted])
+    assert rows.shape == (3, descriptor.dim)
+    np.testing.assert_allclose(rows[1], rows[0], rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(rows[2], rows[0], rtol=1e-8, atol=1e-8)
     stretched = atoms.copy()
     stretched.positions[0] += [0.1, 0.0, 0.0]
-    assert np.abs(functions([stretched])[0] - rows[0]).max() > 1e-3
-    # only N-free blocks are filled for ethanol; the N centre blocks stay zero
-    assert functions.atom_dim == 4 * 8 + 10 * 4
+    assert np.abs(descriptor([stretched])[0] - rows[0]).max() > 1e-3
 
 
-def test_symmetry_functions_reject_unknown_elements():
+def test_soap_rows_of_a_slab_respect_periodicity():
+    """A lattice translation or wrapping leaves a slab's row unchanged; the cell is used."""
+    descriptor = SoapDescriptor((1, 8, 29), r_cut=4.5)
+    slab = fcc111("Cu", size=(3, 3, 3), vacuum=6.0, periodic=True)
+    add_adsorbate(slab, "O", 1.3, "fcc")
+    add_adsorbate(slab, "H", 2.3, "fcc")
+    slab.positions += np.random.default_rng(0).normal(scale=0.05, size=slab.positions.shape)
+    shifted = slab.copy()
+    shifted.translate(slab.cell[0] + 2 * slab.cell[1])
+    wrapped = slab.copy()
+    wrapped.translate(0.41 * slab.cell[0] - 0.73 * slab.cell[1])
+    wrapped.wrap()
+    open_slab = slab.copy()
+    open_slab.pbc = False
+    rows = descriptor([slab, shifted, wrapped, open_slab])
+    np.testing.assert_allclose(rows[1], rows[0], rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(rows[2], rows[0], rtol=1e-8, atol=1e-8)
+    # without periodic images the edge atoms lose neighbours: the cell is not ignored
+    assert np.abs(rows[3] - rows[0]).max() > 1e-2 * np.abs(rows[0]).max()
+
+
+def test_soap_rows_reject_unknown_elements():
     with pytest.raises(ValueError, match="Z=16"):
-        SymmetryFunctions((1, 8))([molecule("SH2")])
+        SoapDescriptor((1, 8))([molecule("SH2")])
 
 
 def test_fixed_descriptor_is_an_acquisition_method(tiny_model_file):
@@ -77,7 +96,7 @@ def test_fixed_descriptor_is_an_acquisition_method(tiny_model_file):
     labelled = [molecule("H2O"), molecule("CH4")]
     scorer = fit_scorer(model, labelled, signal="fixed_descriptor", reference_atoms=pool)
     picks, _, info = select_batch(scorer, pool, batch_size=3)
-    assert info["feature_dim"] == SymmetryFunctions((1, 6, 7, 8)).dim
+    assert info["feature_dim"] == SoapDescriptor((1, 6, 7, 8)).dim
     # the labelled molecules (identical geometry in the pool) are the least uncertain
     variance = scorer.variance(pool)
     assert variance[0] < variance[3] and variance[1] < variance[3]

@@ -1,43 +1,32 @@
-"""A fixed (untrained) structure descriptor: Behler–Parrinello atom-centred symmetry functions.
+"""A fixed (untrained) structure descriptor: SOAP from dscribe, pooled per structure.
 
-The papers compare latent-space acquisition with fixed descriptors of the SOAP/ACSF kind.
-This module gives one without a descriptor library: for every atom i,
-
-- radial functions per neighbour element b and centre ``R_s`` on a grid:
-  ``G2_i(b, R_s) = Σ_{j∈b} exp(-η (r_ij - R_s)²) f_c(r_ij)``;
-- angular functions per unordered neighbour element pair (b, c) and (ζ, λ):
-  ``G4_i(bc, ζ, λ) = 2^(1-ζ) Σ_{j<k} (1 + λ cos θ_ijk)^ζ exp(-η_a (r_ij² + r_ik² + r_jk²))
-  f_c(r_ij) f_c(r_ik) f_c(r_jk)``,
-
-with the cosine cutoff ``f_c(r) = ½ (cos(π r / r_c) + 1)`` for ``r < r_c``. Atom vectors are
-pooled per centre element (sum and mean over the atoms of that element), so a structure is
-one row of fixed length for a fixed element list: ``2 · E · (E · n_radial + E(E+1)/2 · 4)``.
-Nothing here is learned: the rows depend on the geometry only, never on a model's weights.
+The papers compare latent-space acquisition with fixed descriptors of the SOAP/ACSF kind;
+this is the SOAP power spectrum as dscribe computes it (``dscribe.descriptors.SOAP``, GTO
+radial basis), with periodic images when a structure is periodic (its cell and ``pbc`` are
+honoured: translating by a lattice vector or wrapping atoms into the cell does not change
+its row). Every atom's power spectrum over the descriptor's elements is pooled per
+structure as the sum then the mean over atoms, so a structure is one row of fixed length
+``2 · dscribe's number of features`` for a fixed element list. Nothing here is learned: the
+rows depend on the geometry only, never on a model's weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import combinations_with_replacement
 
 import numpy as np
 from ase import Atoms
 
-#: (ζ, λ) of the angular functions.
-ANGULAR_TERMS = ((1.0, 1.0), (1.0, -1.0), (4.0, 1.0), (4.0, -1.0))
-
-
-def cosine_cutoff(r: np.ndarray, r_cut: float) -> np.ndarray:
-    """``½ (cos(π r / r_c) + 1)`` inside the cutoff, 0 outside."""
-    r = np.asarray(r, dtype=np.float64)
-    return np.where(r < r_cut, 0.5 * (np.cos(np.pi * r / r_cut) + 1.0), 0.0)
+#: Rows longer than this would make the posterior's d x d matrix too big; name fewer
+#: ``elements`` (e.g. those of the pool rather than all of a foundation model's).
+MAX_DIM = 8192
 
 
 @dataclass(frozen=True)
-class SymmetryFunctions:
+class SoapDescriptor:
     """
-    Atom-centred symmetry functions pooled per structure.
+    SOAP power spectra pooled per structure (sum and mean over atoms).
 
     Attributes
     ----------
@@ -46,111 +35,86 @@ class SymmetryFunctions:
         are an error.
     r_cut
         Cutoff radius (Å).
-    n_radial
-        Radial centres ``R_s`` evenly spaced on ``[r_min, r_cut]``.
-    r_min
-        First radial centre (Å).
-    angular_eta
-        η of the angular functions (Å⁻²).
+    n_max
+        Radial basis functions.
+    l_max
+        Largest spherical-harmonic degree.
+    sigma
+        Width of the atomic Gaussians (Å).
     """
 
     elements: tuple[int, ...]
     r_cut: float = 5.0
-    n_radial: int = 8
-    r_min: float = 0.5
-    angular_eta: float = 0.05
-    _index: dict = field(init=False, repr=False, compare=False)
+    n_max: int = 3
+    l_max: int = 2
+    sigma: float = 0.5
+    _soap: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.elements:
-            raise ValueError("SymmetryFunctions needs at least one element")
-        if self.r_cut <= self.r_min or self.n_radial < 1:
+            raise ValueError("the SOAP descriptor needs at least one element")
+        if self.r_cut < 1.0 or self.n_max < 1 or self.l_max < 0 or self.sigma <= 0:
             raise ValueError(
-                f"need r_cut > r_min and n_radial >= 1, got r_cut={self.r_cut}, "
-                f"r_min={self.r_min}, n_radial={self.n_radial}"
+                f"need r_cut >= 1 Å, n_max >= 1, l_max >= 0 and sigma > 0, got r_cut="
+                f"{self.r_cut}, n_max={self.n_max}, l_max={self.l_max}, sigma={self.sigma}"
             )
+        from dscribe.descriptors import SOAP
+
         elements = tuple(sorted({int(z) for z in self.elements}))
         object.__setattr__(self, "elements", elements)
-        object.__setattr__(self, "_index", {z: i for i, z in enumerate(elements)})
-
-    @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """Unordered neighbour element index pairs of the angular block."""
-        return list(combinations_with_replacement(range(len(self.elements)), 2))
+        soap = {
+            periodic: SOAP(species=list(elements), r_cut=float(self.r_cut), n_max=self.n_max,
+                           l_max=self.l_max, sigma=float(self.sigma), periodic=periodic)
+            for periodic in (False, True)
+        }
+        object.__setattr__(self, "_soap", soap)
+        if self.dim > MAX_DIM:
+            raise ValueError(
+                f"SOAP rows over {len(elements)} elements would have {self.dim} features "
+                f"(at most {MAX_DIM}); name the elements of the pool in the signal's "
+                "'elements' option"
+            )
 
     @property
     def atom_dim(self) -> int:
-        """Length of one atom's vector."""
-        return len(self.elements) * self.n_radial + len(self.pairs) * len(ANGULAR_TERMS)
+        """Length of one atom's power spectrum."""
+        return int(self._soap[False].get_number_of_features())
 
     @property
     def dim(self) -> int:
-        """Length of a structure's row (sum and mean pooling per centre element)."""
-        return 2 * len(self.elements) * self.atom_dim
+        """Length of a structure's row (sum and mean pooling)."""
+        return 2 * self.atom_dim
 
-    def _species(self, atoms: Atoms) -> np.ndarray:
-        try:
-            return np.array([self._index[int(z)] for z in atoms.numbers], dtype=np.int64)
-        except KeyError as exc:
+    def _check(self, atoms: Atoms) -> None:
+        unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.elements))
+        if unknown:
             raise ValueError(
-                f"element Z={exc.args[0]} in {atoms.get_chemical_formula()} is not one of "
+                f"element Z={unknown[0]} in {atoms.get_chemical_formula()} is not one of "
                 f"the descriptor's elements {list(self.elements)}"
-            ) from None
+            )
 
     def atom_vectors(self, atoms: Atoms) -> np.ndarray:
         """
-        Per-atom symmetry-function vectors.
+        Per-atom SOAP power spectra.
 
         Parameters
         ----------
         atoms
-            A structure (non-periodic; the cell is ignored).
+            A structure; periodic along its ``pbc`` directions with its cell.
 
         Returns
         -------
         np.ndarray
             (natoms, atom_dim).
         """
-        species = self._species(atoms)
-        n, n_el = len(atoms), len(self.elements)
-        pos = np.asarray(atoms.positions, dtype=np.float64)
-        dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
-        cut = cosine_cutoff(dist, self.r_cut)
-        np.fill_diagonal(cut, 0.0)
-        centres = np.linspace(self.r_min, self.r_cut, self.n_radial)
-        width = (self.r_cut - self.r_min) / max(self.n_radial - 1, 1)
-        eta = 1.0 / (2.0 * width**2)
-        gauss = np.exp(-eta * (dist[:, :, None] - centres) ** 2) * cut[:, :, None]  # (n, n, R)
-        onehot = np.eye(n_el)[species]  # (n, E)
-        radial = np.einsum("ijr,je->ier", gauss, onehot).reshape(n, n_el * self.n_radial)
-
-        angular = np.zeros((n, len(self.pairs), len(ANGULAR_TERMS)))
-        if n >= 3:
-            vec = pos[None, :, :] - pos[:, None, :]  # vec[i, j] = r_j - r_i
-            with np.errstate(invalid="ignore", divide="ignore"):
-                unit = vec / dist[:, :, None]
-            unit = np.nan_to_num(unit)
-            cos = np.einsum("ijx,ikx->ijk", unit, unit)  # cos θ_jik
-            d2 = dist**2
-            radial_part = np.exp(
-                -self.angular_eta * (d2[:, :, None] + d2[:, None, :] + d2[None, :, :])
-            )
-            envelope = radial_part * cut[:, :, None] * cut[:, None, :] * cut[None, :, :]
-            mask = np.triu(np.ones((n, n), dtype=bool), k=1)  # j < k, j, k != i via the cutoffs
-            pair_of = {pair: p for p, pair in enumerate(self.pairs)}
-            pair_index = np.array(
-                [[pair_of[tuple(sorted((a, b)))] for b in species] for a in species]
-            )
-            for t, (zeta, lam) in enumerate(ANGULAR_TERMS):
-                terms = 2.0 ** (1.0 - zeta) * (1.0 + lam * cos) ** zeta * envelope  # (i, j, k)
-                terms = terms * mask[None, :, :]
-                for p in range(len(self.pairs)):
-                    angular[:, p, t] = terms[:, pair_index == p].sum(axis=1)
-        return np.concatenate([radial, angular.reshape(n, -1)], axis=1)
+        self._check(atoms)
+        periodic = bool(np.any(atoms.pbc))
+        vectors = self._soap[periodic].create(atoms, n_jobs=1)
+        return np.asarray(vectors, dtype=np.float64).reshape(len(atoms), self.atom_dim)
 
     def structure_row(self, atoms: Atoms) -> np.ndarray:
         """
-        One structure's row: per centre element, the sum then the mean of its atoms' vectors.
+        One structure's row: the sum then the mean of its atoms' power spectra.
 
         Parameters
         ----------
@@ -163,16 +127,7 @@ class SymmetryFunctions:
             (dim,).
         """
         vectors = self.atom_vectors(atoms)
-        species = self._species(atoms)
-        blocks = []
-        for pooling in ("sum", "mean"):
-            for e in range(len(self.elements)):
-                members = vectors[species == e]
-                if len(members) == 0:
-                    blocks.append(np.zeros(self.atom_dim))
-                else:
-                    blocks.append(members.sum(axis=0) if pooling == "sum" else members.mean(axis=0))
-        return np.concatenate(blocks)
+        return np.concatenate([vectors.sum(axis=0), vectors.mean(axis=0)])
 
     def __call__(self, atoms_list: Sequence[Atoms]) -> np.ndarray:
         """Rows of structures, (n, dim)."""
