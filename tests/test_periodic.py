@@ -599,3 +599,19 @@ def test_shipped_periodic_model_matches_its_card_and_knows_cu_o_h(tmp_path):
         reference.calc = EMT()
         errors.append(np.abs(predicted - reference.get_forces(apply_constraint=False)).mean())
     assert np.mean(errors) < 2 * card["metrics"]["valid_force_mae_mev_per_a"] / 1000
+
+
+def test_surface_benchmark_presets_start_from_the_shipped_periodic_model(monkeypatch, tmp_path):
+    from benchmarks.spec import make_spec, preset
+    from tangentlab.config import shipped_file
+
+    monkeypatch.setenv("TANGENTLAB_DATA", str(tmp_path))
+    main_split, shift = make_spec(preset("surface")), make_spec(preset("surface-shift"))
+    for spec in (main_split, shift):
+        assert spec.model == shipped_file("tangentlab-cuoh-emt.model")
+        assert len(spec.seeds) >= 5 and "random" in spec.methods
+        signals = {m.split(":")[0] for m in spec.methods} - {"random"}
+        assert signals == {"activation", "ntk", "force_ntk", "energy_force_ntk"}
+    assert {"force_ntk", "force_ntk:transductive:test"} <= set(main_split.methods)
+    assert shift.data.pool_files == [str(tmp_path.resolve() / "surface" / "md300K_pool.extxyz")]
+    assert shift.data.test_files == [str(tmp_path.resolve() / "surface" / "md900K_test.extxyz")]
