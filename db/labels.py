@@ -136,6 +136,27 @@ def _forces_array(forces: Any, natoms: int) -> np.ndarray:
     return array
 
 
+def _stress_voigt(stress: Any, label_id: int) -> np.ndarray:
+    """A stress as 6 Voigt components (xx, yy, zz, yz, xz, xy) from 6 or 3x3 values."""
+    array = np.asarray(stress, dtype=float)
+    if array.shape == (3, 3):
+        array = array[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    if array.shape != (6,):
+        raise ValueError(
+            f"label {label_id}: stress has shape {array.shape}, expected (6,) or (3, 3)"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError(f"label {label_id}: stress contains NaN or inf")
+    return array
+
+
+def label_stress(label: Label) -> np.ndarray | None:
+    """A done label's stress (Voigt, eV/Å³), or None when the oracle gave none."""
+    if label.stress is None:
+        return None
+    return np.frombuffer(label.stress, dtype="<f8").copy()
+
+
 def complete_label(
     session: Session,
     label_id: int,
@@ -143,15 +164,19 @@ def complete_label(
     forces: Any,
     wall_time: float | None = None,
     run_dir: str | None = None,
+    stress: Any = None,
 ) -> Label:
     """
     Store a finished QM result and mark the label done.
 
+    ``stress`` (the oracle's stress of a periodic structure, Voigt order, eV/Å³) is stored
+    when given; None stores none.
+
     Raises
     ------
     ValueError
-        If the energy or forces are not finite or the forces are not ``(natoms, 3)``;
-        the label is left unchanged.
+        If the energy, forces or stress are not finite, the forces are not ``(natoms, 3)`` or
+        the stress has not 6 (Voigt) or 3x3 components; the label is left unchanged.
     """
     label = session.get_one(Label, label_id)
     if not np.isfinite(energy):
@@ -160,8 +185,10 @@ def complete_label(
         array = _forces_array(forces, label.structure.natoms)
     except ValueError as error:
         raise ValueError(f"label {label_id}: {error}") from None
+    voigt = None if stress is None else _stress_voigt(stress, label_id)
     label.energy = float(energy)
     label.forces = array.astype("<f8").tobytes()
+    label.stress = None if voigt is None else voigt.astype("<f8").tobytes()
     label.status = LabelStatus.DONE
     label.wall_time = wall_time
     label.run_dir = run_dir
@@ -313,6 +340,8 @@ def labelled_atoms(
 ) -> list[Atoms]:
     """
     Done labels as atoms: ``info["energy"]`` (eV), ``arrays["forces"]`` (eV/Å),
+    ``info["REF_stress"]`` (Voigt, eV/Å³; only for labels with a stress: ASE reads a plain
+    ``stress`` key of an extxyz file into a calculator, mace_run_train takes ``--stress_key``),
     ``info["structure_id"]``, ``info["label_id"]`` and ``info["config_type"]`` (the split).
     """
     result = []
@@ -322,5 +351,8 @@ def labelled_atoms(
         forces = label_forces(label, structure.natoms)
         if forces is not None:
             atoms.arrays["forces"] = forces
+        stress = label_stress(label)
+        if stress is not None:
+            atoms.info["REF_stress"] = stress
         result.append(atoms)
     return result

@@ -1,8 +1,9 @@
 """SQLAlchemy 2.0 models of a campaign: structures, labels, model versions and rounds.
 
-Arrays are little-endian blobs (numbers int64, positions/cell/forces float64) whose shape
-follows from ``natoms``: positions and forces ``(natoms, 3)``, cell ``(3, 3)``. Energies are
-total energies in eV, forces eV/Å. Enum columns store the lower-case values as strings
+Arrays are little-endian blobs (numbers int64, positions/cell/forces/stress float64) whose
+shape follows from ``natoms``: positions and forces ``(natoms, 3)``, cell ``(3, 3)``, a label's
+stress ``(6,)`` (Voigt order xx, yy, zz, yz, xz, xy, eV/Å³). Energies are total energies in eV,
+forces eV/Å. Enum columns store the lower-case values as strings
 (no native database enum), so raw SQL can compare with e.g. ``status = 'pending'``.
 The schema is created by the Alembic migrations in ``db/migrations``; keep them in step.
 """
@@ -176,6 +177,7 @@ class Label(Base):
     level: Mapped[dict[str, Any]]
     energy: Mapped[float | None] = mapped_column(Float)
     forces: Mapped[bytes | None]
+    stress: Mapped[bytes | None]
     status: Mapped[LabelStatus] = mapped_column(
         _enum_column(LabelStatus), default=LabelStatus.PENDING
     )

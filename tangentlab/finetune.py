@@ -6,8 +6,9 @@ zero) on every done training label:
 1. refit the atomic reference energies (E0s) per element by least squares on the labelled set,
    because a pretrained model's E0s rarely match the oracle's convention (xTB totals versus DFT
    totals or atomisation energies differ by eV per atom);
-2. minimise a weighted loss of per-atom energy and force errors with Adam, keeping an
-   exponential moving average (EMA) of the weights;
+2. minimise a weighted loss of per-atom energy and force errors (and, with ``stress_weight``
+   > 0, stress errors of the labels that carry a stress) with Adam, keeping an exponential
+   moving average (EMA) of the weights;
 3. evaluate the EMA weights on the validation split after every epoch, refit the E0s every few
    epochs, stop early when the validation loss stops improving, and keep the best weights;
 4. write a standard MACE ``.model`` file (a pickled module that ``MACECalculator`` loads) and,
@@ -35,11 +36,13 @@ from tangentlab.config import FineTune
 from tangentlab.mace_model import atoms_to_graphs, default_dtype, load_model, model_elements
 from tangentlab.model_files import write_model
 
-_LABEL_KEYS = mace_data.KeySpecification(info_keys={"energy": "energy"}, arrays_keys={"forces": "forces"})
+_LABEL_KEYS = mace_data.KeySpecification(
+    info_keys={"energy": "energy", "stress": "REF_stress"}, arrays_keys={"forces": "forces"})
 
 
 def labelled_batches(model, atoms_list, batch_size, device, *, shuffle=False, generator=None):
-    """A MACE DataLoader whose batches carry the reference ``energy`` and ``forces``."""
+    """A MACE DataLoader whose batches carry the reference ``energy``, ``forces`` and, where a
+    label has one (``info["REF_stress"]``), ``stress`` (``stress_weight`` 0 where it has none)."""
     graphs = [graph.to(device) for graph in atoms_to_graphs(model, atoms_list, _LABEL_KEYS)]
     return torch_geometric.dataloader.DataLoader(
         graphs, batch_size=batch_size, shuffle=shuffle, drop_last=False, generator=generator
@@ -65,6 +68,7 @@ class FineTuneHyperparameters:
     batch_size: int = _CAMPAIGN.batch_size
     energy_weight: float = _CAMPAIGN.energy_weight  # per-atom energy MSE (eV²)
     forces_weight: float = _CAMPAIGN.forces_weight
+    stress_weight: float = _CAMPAIGN.stress_weight  # stress MSE ((eV/Å³)²); 0: not used
     ema_decay: float = _CAMPAIGN.ema_decay
     e0_refit_interval: int = _CAMPAIGN.e0_refit_interval
     min_steps_per_epoch: int = _CAMPAIGN.min_steps_per_epoch
@@ -157,11 +161,19 @@ def _refit(model, atoms_list, batches) -> np.ndarray:
 
 
 def _loss(model, batch, hyper: FineTuneHyperparameters, training: bool) -> torch.Tensor:
-    out = model(batch.to_dict(), training=training, compute_force=True)
+    """Weighted per-atom energy MSE + force MSE, plus, with ``stress_weight`` > 0, the stress MSE
+    over the batch's structures that carry a reference stress."""
+    has_stress = batch.stress_weight > 0
+    use_stress = hyper.stress_weight > 0 and bool(has_stress.any())
+    out = model(batch.to_dict(), training=training, compute_force=True, compute_stress=use_stress)
     natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
     energy_term = torch.mean(((out["energy"] - batch.energy) / natoms) ** 2)
     force_term = torch.mean((out["forces"] - batch.forces) ** 2)
-    return hyper.energy_weight * energy_term + hyper.forces_weight * force_term
+    loss = hyper.energy_weight * energy_term + hyper.forces_weight * force_term
+    if use_stress:
+        stress_term = torch.mean((out["stress"][has_stress] - batch.stress[has_stress]) ** 2)
+        loss = loss + hyper.stress_weight * stress_term
+    return loss
 
 
 def _cycle(loader, min_steps: int):

@@ -158,7 +158,7 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
             continue
         with session_scope(engine) as session:
             labels.complete_label(session, label_id, result.energy, result.forces,
-                              wall_time=result.wall_time, run_dir=result.run_dir)
+                                  wall_time=result.wall_time, run_dir=result.run_dir, stress=result.stress)
         with open(qm_dir.parent / "qm_jobs.jsonl", "a") as log:
             log.write(json.dumps({"label_id": label_id, "attempt": attempt, "wall_time": result.wall_time}) + "\n")
         counts["done"] += 1

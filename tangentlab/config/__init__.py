@@ -163,6 +163,10 @@ class FineTune(Section):
         "h2-validation benchmark: with 1, energies were < 2 % of the loss and drifted between "
         "reaction channels.")
     forces_weight: float = Field(10.0, ge=0, description="Weight of the force MSE (eV²/Å²).")
+    stress_weight: float = Field(
+        0.0, ge=0, description="Weight of the stress MSE ((eV/Å³)²) over labels that carry a stress "
+        "(structures periodic in all three directions, from an oracle that gives one: emt, "
+        "quacc recipes); 0, the default, leaves stress out of fine-tuning.")
     ema_decay: float = Field(0.95, ge=0, lt=1, description="Decay of the exponential moving "
                              "average of the weights that is evaluated and kept.")
     e0_refit_interval: int = Field(5, gt=0, description="Epochs between refits of the per-element "

@@ -31,6 +31,9 @@ class QMResult:
         Directory holding the job's files.
     level
         Level of theory: method, basis, code, code_version.
+    stress
+        Stress of a structure periodic in all three directions (Voigt order xx, yy, zz, yz, xz,
+        xy; eV/Å³), when the oracle gives one; None otherwise.
     """
 
     energy: float
@@ -38,6 +41,7 @@ class QMResult:
     wall_time: float
     run_dir: str
     level: dict[str, Any] = field(default_factory=dict)
+    stress: np.ndarray | None = None
 
 
 class QMFailure(RuntimeError):
@@ -132,12 +136,23 @@ def qm_result(result: dict[str, Any], wall_time: float, level: dict[str, Any]) -
     Returns
     -------
     QMResult
-        Energy, forces and the job directory.
+        Energy, forces, the job directory and, for a structure periodic in all three
+        directions whose calculator gave one, the stress (a slab's or a molecule's is not kept:
+        it has no volume of its own).
     """
+    stress = result["results"].get("stress")
+    atoms = result.get("atoms")
+    if stress is not None and (atoms is None or not np.asarray(atoms.pbc).all()):
+        stress = None
+    if stress is not None:
+        stress = np.asarray(stress, dtype=np.float64)
+        if stress.shape == (3, 3):
+            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
     return QMResult(
         energy=float(result["results"]["energy"]),
         forces=np.asarray(result["results"]["forces"], dtype=np.float64).reshape(-1, 3),
         wall_time=wall_time,
         run_dir=str(result["dir_name"]),
         level=level,
+        stress=stress,
     )
