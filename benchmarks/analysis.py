@@ -22,9 +22,13 @@ def learning_curve(report: dict[str, Any]) -> dict[str, list[float]]:
     -------
     dict
         ``labels`` (training + validation labels after the round), ``energy`` (meV/atom),
-        ``force`` (meV/Å), ``acquire_s`` (per acquisition round, round 0 excluded).
+        ``force`` (meV/Å), their bootstrap intervals over the test structures
+        ``energy_interval`` and ``force_interval`` (``[low, high]`` per round, None where the
+        round was evaluated without one) at ``interval_level``, and ``acquire_s`` (per
+        acquisition round, round 0 excluded).
     """
     labels, energy, force, acquire = [], [], [], []
+    energy_interval, force_interval, levels = [], [], set()
     total = 0
     for r in report["rounds"]:
         total += r["selected"]
@@ -33,9 +37,15 @@ def learning_curve(report: dict[str, Any]) -> dict[str, list[float]]:
         labels.append(total)
         energy.append(r["energy_mae_mev_per_atom"])
         force.append(r["force_mae_mev_per_a"])
+        energy_interval.append(r.get("energy_mae_interval_mev_per_atom"))
+        force_interval.append(r.get("force_mae_interval_mev_per_a"))
+        if r.get("interval_level") is not None:
+            levels.add(r["interval_level"])
         if r["number"] > 0:
             acquire.append(float(r["timings"].get("acquire_s", 0.0)))
-    return {"labels": labels, "energy": energy, "force": force, "acquire_s": acquire}
+    return {"labels": labels, "energy": energy, "force": force, "energy_interval": energy_interval,
+            "force_interval": force_interval, "interval_level": levels.pop() if len(levels) == 1 else None,
+            "acquire_s": acquire}
 
 
 def labels_to_reach(

@@ -154,14 +154,14 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from db import campaigns, init_db, registry, session_scope
-    from tangentlab.config import make_config
+    from tangentlab.config import read_stored_config
     from tangentlab.paths import check_campaign_folder
 
     engine = open_database(args)
     init_db(engine)  # an older schema has no campaign uid yet
     with session_scope(engine) as session:  # refuse before the flow starts
         campaign = campaigns.get_campaign(session, args.name)
-        stored = make_config(campaign.config, source=f"of campaign {args.name!r}")
+        stored = read_stored_config(campaign.config, source=f"of campaign {args.name!r}")
         check_campaign_folder(stored.work_dir, stored.name, campaign.uid)
         for version in registry.model_versions(session, campaign):
             registry.verified_model_path(session, version.id)

@@ -30,6 +30,10 @@ def _rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
+def _rounded_pair(pair: Sequence[float] | None, digits: int = 1) -> list[float] | None:
+    return None if pair is None else [round(float(v), digits) for v in pair]
+
+
 def label_counts(
     session: Session,
     campaign_id: int,
@@ -119,7 +123,11 @@ def campaign_report(session: Session, campaign: Campaign | int) -> dict[str, Any
                 "selected": len(r.selected or []),
                 "trained_model_id": r.trained_model_id,
                 "energy_mae_mev_per_atom": test.get("energy_mae_mev_per_atom"),
+                "energy_mae_interval_mev_per_atom": test.get("energy_mae_interval_mev_per_atom"),
                 "force_mae_mev_per_a": test.get("force_mae_mev_per_a"),
+                "force_mae_interval_mev_per_a": test.get("force_mae_interval_mev_per_a"),
+                "interval_level": test.get("interval_level"),
+                "n_test": test.get("n_structures"),
                 "timings": r.timings or {},
             }
         )
@@ -158,7 +166,11 @@ def round_rows(session: Session, campaign_id: int) -> list[dict[str, Any]]:
                 "selected": len(r.selected or []),
                 "labels": None if trained is None else len(trained.training_label_ids or []),
                 "energy_mae_meV_atom": _rounded(test.get("energy_mae_mev_per_atom")),
+                "energy_mae_interval_meV_atom": _rounded_pair(test.get("energy_mae_interval_mev_per_atom")),
                 "force_mae_meV_A": _rounded(test.get("force_mae_mev_per_a")),
+                "force_mae_interval_meV_A": _rounded_pair(test.get("force_mae_interval_mev_per_a")),
+                "interval_level": test.get("interval_level"),
+                "n_test": test.get("n_structures"),
                 "model_version": r.trained_model_id,
                 "acquired_with_model": r.model_version_id,
                 "acquire_s": _rounded(timings.get("acquire_s"), 2),

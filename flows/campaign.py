@@ -20,12 +20,12 @@ from prefect.runtime import flow_run
 
 from flows.label import dispatch_labels
 from flows.monitoring import close_killed_runs, final_state, publish_overview, publish_selection
-from tangentlab.config import CampaignConfig, make_config
+from tangentlab.config import CampaignConfig, interval_level, make_config
 from tangentlab.stopping import StopDecision
 from tasks._db import database_url as configured_database_url
 from tasks._db import has_password, redact_url
 from tasks.acquire import acquire
-from tasks.evaluate import evaluate_model, evaluate_round
+from tasks.evaluate import evaluate_model, evaluate_round, reevaluate_round
 from tasks.explore import explore_round
 from tasks.interrupt import Interrupted, check_stop
 from tasks.label import claim_timeout_s
@@ -46,6 +46,7 @@ from tasks.steps import (
     starting_model_version,
     summary,
 )
+from tasks.testset import evaluation_is_stale, grow_test_set
 from tasks.train import finetune_round
 
 NEXT_STEP = {
@@ -254,7 +255,8 @@ def _start(run: Run) -> None:
     baseline_id, metrics = starting_model_version(run.url, run.campaign_id, run.cfg)
     if metrics is None:
         metrics = evaluate_model.with_options(task_run_name="evaluate starting model")(
-            run.url, run.campaign_id, baseline_id, run.cfg.device, run.cfg.targets.force_atoms
+            run.url, run.campaign_id, baseline_id, run.cfg.device, run.cfg.targets.force_atoms,
+            level=interval_level(run.cfg),
         )
     logger.info(
         "starting model: energy MAE %.1f meV/atom, force MAE %.1f meV/Å",
@@ -300,14 +302,40 @@ def _evaluate(run: Run, where: Where) -> None:
     """``trained -> evaluated``: the round's model on the test set, then the overview."""
     evaluate_round.with_options(
         task_run_name=f"evaluate round {where.number} (model {where.trained_model_id})"
-    )(run.url, run.campaign_id, where.number, run.cfg.device, run.round_start,
-      run.cfg.targets.force_atoms)
+    )(
+        run.url, run.campaign_id, where.number, run.cfg.device, run.round_start,
+        run.cfg.targets.force_atoms, level=interval_level(run.cfg),
+    )
     run.publish()
 
 
+def _grow_test_set(run: Run, where: Where) -> None:
+    """``evaluated``, with ``test_max_size``: measure the round's model again on a test set that
+    grew since its evaluation (also after a resume), and grow the test set while its intervals
+    are too wide to decide (:mod:`tasks.testset`)."""
+    if run.cfg.test_max_size is None:
+        return
+    while True:
+        if evaluation_is_stale(run.url, run.campaign_id):
+            reevaluate_round.with_options(task_run_name=f"re-evaluate round {where.number}")(
+                run.url, run.campaign_id, where.number, run.cfg.device, run.cfg.targets.force_atoms,
+                level=interval_level(run.cfg),
+            )
+            run.publish()
+        run.checkpoint()
+        added = grow_test_set.with_options(task_run_name=f"grow test set after round {where.number}")(
+            run.url, run.campaign_id, run.cfg, where.number, where.trained_model_id
+        )
+        if not added:
+            return
+        run.label(added, f"test set after round {where.number}")
+        run.checkpoint()
+
+
 def _next_round(run: Run, where: Where):
-    """``evaluated``: stop with the outcome, or explore (with an ``exploration`` section) and
-    acquire the next round."""
+    """``evaluated``: grow the test set if it cannot decide (``test_max_size``), then stop with
+    the outcome, or explore (with an ``exploration`` section) and acquire the next round."""
+    _grow_test_set(run, where)
     decision = decide.with_options(task_run_name=f"decide after round {where.number}")(
         run.url, run.campaign_id, run.cfg, run.wall_time_s()
     )

@@ -7,7 +7,7 @@ server (:mod:`flows.monitoring` publishes them).
 
 Tables carry human column headers with units. A finished campaign is named by its outcome
 (:func:`outcome_name`: "Targets met", "Label budget exhausted", "Round budget exhausted",
-"Time budget exhausted", "Pool exhausted"), from the stop decision's ``budget`` field, never
+"Time budget exhausted", "Pool exhausted", "Targets out of reach"), from the stop decision's ``budget`` field, never
 from the wording of its reason.
 """
 
@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tangentlab.confidence import interval_text
 from tangentlab.stopping import StopDecision, stored_budget
 
 # Artifact data is stored by the Prefect server; beyond this the image is only linked.
@@ -31,10 +32,11 @@ LABEL_BUDGET = "Label budget exhausted"
 ROUND_BUDGET = "Round budget exhausted"
 TIME_BUDGET = "Time budget exhausted"
 POOL_EXHAUSTED = "Pool exhausted"
+OUT_OF_REACH = "Targets out of reach"
 BUDGET_EXHAUSTED = "Budget exhausted"
 # The state name of each budget of :class:`tangentlab.stopping.StopDecision`.
 BUDGET_STATE_NAMES: dict[str, str] = {"labels": LABEL_BUDGET, "rounds": ROUND_BUDGET, "wall_time": TIME_BUDGET,
-                                      "pool": POOL_EXHAUSTED}
+                                      "pool": POOL_EXHAUSTED, "unreachable": OUT_OF_REACH}
 
 
 def outcome_name(status: str, budget: str | None = None) -> str:
@@ -81,6 +83,19 @@ def cell(value: Any, spec: str = "") -> str:
         return ""
     text = format(value, spec) if spec else str(value)
     return " ".join(text.split()).replace("|", "\\|")
+
+
+def with_interval(value: float | None, interval: list[float] | None, spec: str = ".1f") -> str:
+    """``426.0 [381.2, 470.9]``: an error with its interval (the interval left out when there
+    is none, an empty cell without a value)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    text = format(value, spec)
+    return f"{text} {interval_text(interval, spec)}" if interval else text
+
+
+def _level_note(level: float | None) -> str:
+    return "" if level is None else f"{level:.0%} intervals over the test structures in brackets"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -227,13 +242,16 @@ def round_table(view: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]
     table, times = [], []
     if view["starting_model_id"] is not None:
         start = view["starting_model_test"] or {}
-        table.append(["start", "starting model", "", "0", cell(start.get("energy_mae_mev_per_atom"), ".1f"),
-                      cell(start.get("force_mae_mev_per_a"), ".1f"), cell(view["starting_model_id"])])
+        table.append(["start", "starting model", "", "0",
+                      with_interval(start.get("energy_mae_mev_per_atom"), start.get("energy_mae_interval_mev_per_atom")),
+                      with_interval(start.get("force_mae_mev_per_a"), start.get("force_mae_interval_mev_per_a")),
+                      cell(view["starting_model_id"])])
     wall = {r["number"]: r["timings"].get("round_wall_s") for r in view["rounds"]}
     for r in view["round_table"]:
         method = "initial random set" if r["method"] == INITIAL_METHOD else r["method"]
         table.append([str(r["round"]), method, cell(r["selected"]), cell(r["labels"]),
-                      cell(r["energy_mae_meV_atom"], ".1f"), cell(r["force_mae_meV_A"], ".1f"),
+                      with_interval(r["energy_mae_meV_atom"], r.get("energy_mae_interval_meV_atom")),
+                      with_interval(r["force_mae_meV_A"], r.get("force_mae_interval_meV_A")),
                       cell(r["model_version"])])
         times.append([str(r["round"]), cell(r["acquire_s"], ".1f"), cell(r["finetune_s"], ".0f"),
                       cell(wall.get(r["round"]), ".0f")])
@@ -261,8 +279,11 @@ def _budget_lines(view: dict[str, Any], config: Any) -> list[str]:
     evaluated = [r for r in view["rounds"] if r["status"] == "evaluated"]
     used_rounds = evaluated[-1]["number"] if evaluated else 0
     used_wall = sum(r["timings"].get("round_wall_s", 0.0) for r in view["rounds"])
+    confidence = getattr(targets, "confidence", None)
+    level = ("" if confidence is None
+             else f", at {confidence:.0%} confidence (the upper ends of the intervals decide)")
     return [f"- **Targets:** energy MAE ≤ {targets.energy_mae_mev_per_atom:g} meV/atom and force MAE ≤ "
-            f"{targets.force_mae_mev_per_a:g} meV/Å{view_force_scope(view)} on the test set",
+            f"{targets.force_mae_mev_per_a:g} meV/Å{view_force_scope(view)} on the test set{level}",
             f"- **Budgets used:** {view['labels_used']} of {budgets.max_labels} labels, {used_rounds} of "
             f"{budgets.max_rounds} rounds, {_duration(used_wall) or '0 s'} of "
             f"{_duration(budgets.max_wall_time_s)}"]
@@ -273,8 +294,7 @@ def _model_and_test_lines(view: dict[str, Any]) -> list[str]:
     current = view["current_model"]
     if current is not None:
         test = current["test"] or {}
-        errors = (f": test energy MAE {test['energy_mae_mev_per_atom']:.1f} meV/atom, force MAE "
-                  f"{test['force_mae_mev_per_a']:.1f} meV/Å" if test else " (not evaluated yet)")
+        errors = (f": test energy MAE {_errors_text(test)}" if test else " (not evaluated yet)")
         origin = "starting model" if current["round"] is None else f"after round {current['round']}"
         lines.append(f"- **Current model:** version {current['id']} ({origin}){errors}; `{current['path']}`")
     test_set = view["test_set"]
@@ -310,8 +330,11 @@ def overview_markdown(view: dict[str, Any], config: Any, *, png: bytes | None = 
     lines = [f"## Campaign {view['name']}: {headline}", "", outcome, "", *_budget_lines(view, config),
              *_model_and_test_lines(view), "", *_curve_lines(png, png_path)]
     table, times = round_table(view)
+    level = next((r.get("interval_level") for r in view["round_table"] if r.get("interval_level")), None)
+    note = _level_note(level)
     lines += ["### Rounds", "", markdown_table(_round_header(view), table), "",
-              "Test-set errors after each round's fine-tune; training labels include the validation split.", "",
+              "Test-set errors after each round's fine-tune" + (f" ({note})" if note else "")
+              + "; training labels include the validation split.", "",
               "### Time per round", "", markdown_table(TIME_HEADER, times), ""]
     failed = view["failed_labels"]
     if failed:
@@ -495,32 +518,42 @@ def _test_set_line(test: dict[str, int]) -> str:
     return line
 
 
+def _errors_text(test: dict[str, Any]) -> str:
+    """``12.3 [10.1, 14.9] meV/atom, force MAE 426.0 [381.2, 470.9] meV/Å (90 % intervals)``."""
+    level = test.get("interval_level")
+    note = f" ({level:.0%} intervals)" if level and test.get("force_mae_interval_mev_per_a") else ""
+    return (f"{with_interval(test['energy_mae_mev_per_atom'], test.get('energy_mae_interval_mev_per_atom'))} "
+            f"meV/atom, force MAE {with_interval(test['force_mae_mev_per_a'], test.get('force_mae_interval_mev_per_a'))}"
+            f" meV/Å{note}")
+
+
 def _model_lines(view: dict[str, Any]) -> list[str]:
     model, lines = view["current_model"], []
     if model is None:
         lines.append("  current model: none registered yet")
     else:
         test = model["test"] or {}
-        errors = (f", test {test['energy_mae_mev_per_atom']:.1f} meV/atom, {test['force_mae_mev_per_a']:.1f} meV/Å"
-                  if test else "")
+        errors = f", test energy MAE {_errors_text(test)}" if test else ""
         lines.append(f"  current model: version {model['id']} {model['path']} (sha256 {model['sha256'][:12]})"
                      f"{errors}")
     start = view["starting_model_test"]
     if start:
-        lines.append(f"  starting model: test {start['energy_mae_mev_per_atom']:.1f} meV/atom, "
-                     f"{start['force_mae_mev_per_a']:.1f} meV/Å")
+        lines.append(f"  starting model: test energy MAE {_errors_text(start)}")
     return lines
 
 
 def _round_lines(view: dict[str, Any]) -> list[str]:
     lines = [f"  {'round':>5} {'status':>10} {'method':>15} {'selected':>8} {'labels':>6} {'E MAE':>8} "
-             f"{'F MAE':>8} {'model':>5} {'acquire s':>9}"]
+             f"{'E interval':>16} {'F MAE':>8} {'F interval':>16} {'model':>5} {'acquire s':>9}"]
     for r in view["round_table"]:
         lines.append(f"  {r['round']:>5} {r['status']:>10} {r['method']:>15} {r['selected']:>8} "
                      f"{_fmt(r['labels'], 'd'):>6} {_fmt(r['energy_mae_meV_atom']):>8} "
-                     f"{_fmt(r['force_mae_meV_A']):>8} {_fmt(r['model_version'], 'd'):>5} "
-                     f"{_fmt(r['acquire_s'], '.2f'):>9}")
-    lines.append(f"  (E MAE in meV/atom, F MAE in meV/Å{view_force_scope(view)}, on the test set)")
+                     f"{interval_text(r.get('energy_mae_interval_meV_atom')):>16} "
+                     f"{_fmt(r['force_mae_meV_A']):>8} {interval_text(r.get('force_mae_interval_meV_A')):>16} "
+                     f"{_fmt(r['model_version'], 'd'):>5} {_fmt(r['acquire_s'], '.2f'):>9}")
+    level = next((r.get("interval_level") for r in view["round_table"] if r.get("interval_level")), None)
+    lines.append(f"  (E MAE in meV/atom, F MAE in meV/Å{view_force_scope(view)}, on the test set"
+                 + (f"; {_level_note(level)}" if level else "") + ")")
     if view.get("exploring"):
         lines.append(f"  round {view['exploring']['round']} exploring now: {exploration_line(view['exploring'])}")
     return lines
@@ -561,14 +594,14 @@ def result_lines(result: dict[str, Any]) -> list[str]:
     """The end of ``start``/``resume`` (:func:`flows.campaign.summary`): outcome, reason, each
     model's test errors and the label counts, in the words ``tangentlab status`` uses."""
     lines = ["", f"campaign {result['name']!r}: {result['status'].replace('_', ' ')}", f"  {result['reason']}",
-             f"  {'model':>5} {'round':>5} {'energy MAE (meV/atom)':>22} {'force MAE (meV/Å)':>18}"]
+             f"  {'model':>5} {'round':>5} {'energy MAE (meV/atom)':>28} {'force MAE (meV/Å)':>28}"]
     scope = next((force_scope(m["test"]) for m in result["models"] if m["test"]), "")
     for m in result["models"]:
         test = m["test"] or {}
         rnd = "start" if m["round"] is None else m["round"]
-        e, f = test.get("energy_mae_mev_per_atom"), test.get("force_mae_mev_per_a")
-        lines.append(f"  {m['id']:>5} {rnd!s:>5} {'' if e is None else f'{e:.1f}':>22} "
-                     f"{'' if f is None else f'{f:.1f}':>18}")
+        e = with_interval(test.get("energy_mae_mev_per_atom"), test.get("energy_mae_interval_mev_per_atom"))
+        f = with_interval(test.get("force_mae_mev_per_a"), test.get("force_mae_interval_mev_per_a"))
+        lines.append(f"  {m['id']:>5} {rnd!s:>5} {e:>28} {f:>28}")
     if scope:
         lines.append(f"  (force MAE{scope} of the test set)")
     lines.append(f"  labels: {counts_text(result['labels'], LABEL_ORDER)}")

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tangentlab.confidence import DEFAULT_LEVEL, mae_interval, rounded
+
 
 def _energy_errors_per_atom(
     pred_energies: Sequence[float], ref_energies: Sequence[float], natoms: Sequence[int]
@@ -28,6 +30,15 @@ def _force_errors(
     ref_forces: Sequence[np.ndarray],
     free: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
+    errors = _force_errors_per_structure(pred_forces, ref_forces, free)
+    return np.concatenate(errors) if errors else np.zeros(0)
+
+
+def _force_errors_per_structure(
+    pred_forces: Sequence[np.ndarray],
+    ref_forces: Sequence[np.ndarray],
+    free: Sequence[np.ndarray] | None = None,
+) -> list[np.ndarray]:
     if len(pred_forces) != len(ref_forces):
         raise ValueError(
             f"{len(pred_forces)} predicted and {len(ref_forces)} reference force arrays"
@@ -52,7 +63,7 @@ def _force_errors(
                 )
             error = error[mask]
         errors.append(error.ravel())
-    return np.concatenate(errors) if errors else np.zeros(0)
+    return errors
 
 
 def energy_mae_per_atom(
@@ -108,7 +119,8 @@ def error_metrics(
     refs: Sequence[tuple[float, np.ndarray | None]],
     natoms: Sequence[int],
     free: Sequence[np.ndarray] | None = None,
-) -> dict[str, float | int | str | None]:
+    level: float = DEFAULT_LEVEL,
+) -> dict[str, float | int | str | list[float] | None]:
     """
     Energy and force MAE and RMSE of predictions against references.
 
@@ -126,13 +138,18 @@ def error_metrics(
         Per structure, a boolean (natoms, 3) mask of the force components to score (e.g.
         `tangentlab.structures.free_components`: the atoms a slab's ``FixAtoms`` does not
         hold); None scores every component.
+    level
+        Coverage of the MAE intervals (`tangentlab.confidence.mae_interval`).
 
     Returns
     -------
     dict
         ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``, ``force_mae_mev_per_a``,
         ``force_rmse_mev_per_a`` (None when no reference has forces or no component is free),
-        ``force_atoms`` (``"free"`` with masks, ``"all"`` without) and ``n_structures``.
+        ``force_atoms`` (``"free"`` with masks, ``"all"`` without) and ``n_structures``; the
+        bootstrap intervals over structures ``energy_mae_interval_mev_per_atom`` and
+        ``force_mae_interval_mev_per_a`` (``[low, high]``, None for fewer than two structures)
+        at ``interval_level``.
     """
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
@@ -142,12 +159,16 @@ def error_metrics(
         [energy for energy, _ in preds], [energy for energy, _ in refs], natoms
     )
     with_forces = [i for i, (_, forces) in enumerate(refs) if forces is not None]
-    force_errors = _force_errors(
+    per_structure = _force_errors_per_structure(
         [preds[i][1] for i in with_forces],
         [refs[i][1] for i in with_forces],
         None if free is None else [free[i] for i in with_forces],
     )
+    force_errors = np.concatenate(per_structure) if per_structure else np.zeros(0)
     has_forces = force_errors.size > 0
+    force_interval = mae_interval(
+        [np.abs(e).sum() * 1e3 for e in per_structure], [e.size for e in per_structure], level=level
+    ) if has_forces else None
     return {
         "energy_mae_mev_per_atom": float(np.mean(np.abs(energy_errors))) * 1e3,
         "energy_rmse_mev_per_atom": float(np.sqrt(np.mean(energy_errors**2))) * 1e3,
@@ -157,4 +178,8 @@ def error_metrics(
         ),
         "force_atoms": "all" if free is None else "free",
         "n_structures": len(preds),
+        "energy_mae_interval_mev_per_atom": rounded(
+            mae_interval(np.abs(energy_errors) * 1e3, level=level), 2),
+        "force_mae_interval_mev_per_a": rounded(force_interval, 2),
+        "interval_level": level,
     }

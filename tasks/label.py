@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from db import campaigns, labels, leases, reports, session_scope
-from tangentlab.config import QM_THREADS_ORACLES, CampaignConfig, make_config
+from tangentlab.config import QM_THREADS_ORACLES, CampaignConfig, read_stored_config
 from tangentlab.oracles import Oracle, QMFailure, make_oracle
 from tangentlab.paths import campaign_dir
 from tasks._db import engine_for
@@ -43,7 +43,7 @@ def campaign_config(url: str, name: str) -> tuple[int, CampaignConfig]:
     """Campaign ``name``'s id and stored configuration."""
     with session_scope(engine_for(url)) as session:
         campaign = campaigns.get_campaign(session, name)
-        return campaign.id, make_config(campaign.config, source=f"of campaign {name!r}")
+        return campaign.id, read_stored_config(campaign.config, source=f"of campaign {name!r}")
 
 
 def campaign_id_of(url: str, name: str) -> int:

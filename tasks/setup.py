@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from db import campaigns, init_db, registry, rounds, session_scope, sqlite_path, structures
 from db.structures import ImportReport
-from tangentlab.config import TARGET_KEYWORDS, CampaignConfig, ConfigError, config_json, make_config
+from tangentlab.config import TARGET_KEYWORDS, CampaignConfig, ConfigError, config_json, read_stored_config
 from tangentlab.inputs import InputFileError, check_input_file
 from tangentlab.mace_model import load_model, model_elements
 from tangentlab.model_files import starting_weights
@@ -30,7 +30,7 @@ INITIAL_METHOD = "initial-random"
 def stored_config(url: str, name: str) -> CampaignConfig:
     """The configuration a campaign was created with."""
     with session_scope(engine_for(url)) as session:
-        return make_config(campaigns.get_campaign(session, name).config, source=f"of campaign {name!r}")
+        return read_stored_config(campaigns.get_campaign(session, name).config, source=f"of campaign {name!r}")
 
 
 def check_device(device: str) -> None:
@@ -77,7 +77,7 @@ def campaign_model_elements(session, campaign) -> list[str]:
     the start. :class:`ConfigError` if the model is unusable."""
     versions = registry.model_versions(session, campaign)
     if not versions:
-        config = make_config(campaign.config, source=f"of campaign {campaign.name!r}")
+        config = read_stored_config(campaign.config, source=f"of campaign {campaign.name!r}")
         return starting_model_elements(config)
     try:
         return model_elements(load_model(registry.verified_model_path(session, versions[0].id)))
@@ -220,10 +220,10 @@ def _set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
             if campaign.config != config_json(config):
                 logger.warning("campaign %r exists with another configuration: resuming it with its "
                                "stored configuration (start a new campaign under a new name)", config.name)
-            stored = make_config(campaign.config, source=f"of campaign {config.name!r}")
+            stored = read_stored_config(campaign.config, source=f"of campaign {config.name!r}")
             claim_campaign_folder(stored.work_dir, stored.name, campaign.uid, _database(url))
             logger.info("resuming campaign %r (id %d)", config.name, campaign.id)
-            return campaign.id, make_config(campaign.config, source=f"of campaign {config.name!r}")
+            return campaign.id, read_stored_config(campaign.config, source=f"of campaign {config.name!r}")
         except LookupError:
             pass
     inputs = check_inputs(config)  # an unusable input stops here, before anything is stored
@@ -255,7 +255,7 @@ def _set_up(url: str, config: CampaignConfig) -> tuple[int, CampaignConfig]:
         )
         logger.info("campaign %r created (id %d): %d pool, %d initial", config.name, campaign.id,
                     len(pool_ids), len(initial))
-        return campaign.id, make_config(campaign.config, source=f"of campaign {config.name!r}")
+        return campaign.id, read_stored_config(campaign.config, source=f"of campaign {config.name!r}")
 
 
 def _database(url: str) -> str:

@@ -156,12 +156,19 @@ def mark_labelled(url: str, campaign_id: int, number: int) -> None:
 def decide(
     url: str, campaign_id: int, config: CampaignConfig, wall_time_s: float
 ) -> StopDecision | None:
-    """Whether the campaign stops after its latest (evaluated) round: targets met or a budget
-    used (:func:`tangentlab.stopping.stop_decision`); None: the next round runs."""
+    """Whether the campaign stops after its latest (evaluated) round: targets met, a budget
+    used or a target out of reach (:func:`tangentlab.stopping.stop_decision`); None: the next
+    round runs."""
     with session_scope(engine_for(url)) as session:
         last = rounds.campaign_rounds(session, campaign_id)[-1]
         labels_used = len(labels.labelled(session, campaign_id, split=["train", "valid"]))
         metrics = (last.metrics or {})["test"]
+        curve = [
+            (row["labels"], row["energy_mae_meV_atom"], row["force_mae_meV_A"])
+            for row in reports.round_rows(session, campaign_id)
+            if row["status"] == RoundStatus.EVALUATED.value and row["labels"] is not None
+            and row["force_mae_meV_A"] is not None
+        ]
         failed = labels.failed_structure_ids(session, campaign_id)
         # With exploration the pool grows every round: an empty pool is no reason to stop.
         pool_remaining = (
@@ -173,6 +180,8 @@ def decide(
                 if s.id not in failed
             )
         )
+    # Intervals measured at another level (a configuration changed between runs) do not decide.
+    at_level = metrics.get("interval_level") == config.targets.confidence
     decision = stop_decision(
         energy_mae=metrics["energy_mae_mev_per_atom"],
         force_mae=metrics["force_mae_mev_per_a"],
@@ -182,6 +191,9 @@ def decide(
         wall_time_s=wall_time_s,
         budgets=config.budgets,
         pool_remaining=pool_remaining,
+        energy_interval=metrics.get("energy_mae_interval_mev_per_atom") if at_level else None,
+        force_interval=metrics.get("force_mae_interval_mev_per_a") if at_level else None,
+        curve=curve,
     )
     if decision is None:
         targets, budgets = config.targets, config.budgets

@@ -308,6 +308,10 @@ def test_replay_benchmark_end_to_end(prefect_server, labelled_files, tiny_model_
         assert campaign["status"] == "budget_exhausted"
         assert campaign["curve"]["labels"] == [6, 10]
         assert all(np.isfinite(campaign["curve"]["force"]))
+        # every test error comes with its interval over the test structures
+        for value, (low, high) in zip(campaign["curve"]["force"], campaign["curve"]["force_interval"], strict=True):
+            assert low <= value <= high
+        assert campaign["curve"]["interval_level"] == 0.9
     # same seed, same initial set and training: round 0 errors are identical across methods
     s0 = [results["campaigns"][f"tiny-{m}-s0"]["curve"]
           for m in ("random", "fixed_descriptor.transductive.test.q0.9")]

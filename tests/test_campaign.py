@@ -42,7 +42,8 @@ def campaign_config(tmp_path: Path, name: str, **overrides) -> dict:
         # Measured with these settings (UHF with the stability step for radicals): forces 2186
         # (start), 1622, 1414, 1278, 1256 meV/Å after rounds 0-3; energies ~1e6 (start: xTB vs HF
         # references), then 430-480 meV/atom. Targets are met after two acquisition rounds.
-        "targets": {"energy_mae_mev_per_atom": 500.0, "force_mae_mev_per_a": 1300.0},
+        # Point estimates decide (8 test structures give intervals too wide for these targets).
+        "targets": {"energy_mae_mev_per_atom": 500.0, "force_mae_mev_per_a": 1300.0, "confidence": None},
         "finetune": {"max_epochs": 8, "patience": 4},
         "qm": {"timeout_s": 120},
     }

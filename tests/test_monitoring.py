@@ -9,6 +9,7 @@ A real campaign's final state and label subflow names are checked in tests/test_
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from flows.rendering import (
     BUDGET_EXHAUSTED,
     BUDGET_STATE_NAMES,
     LABEL_BUDGET,
+    OUT_OF_REACH,
     POOL_EXHAUSTED,
     ROUND_BUDGET,
     TARGETS_MET,
@@ -270,7 +272,7 @@ def test_state_name_comes_from_the_budget_not_the_wording_of_the_reason():
     names = {budget: decision_name(StopDecision("budget_exhausted", "targets met; label budget used", budget))
              for budget in BUDGETS}
     assert names == {"labels": LABEL_BUDGET, "rounds": ROUND_BUDGET, "wall_time": TIME_BUDGET,
-                     "pool": POOL_EXHAUSTED}
+                     "pool": POOL_EXHAUSTED, "unreachable": OUT_OF_REACH}
     assert decision_name(StopDecision("targets_met", "round budget used (5/5)")) == TARGETS_MET
     # a status stored without a known budget (a reason from before budgets were named)
     assert outcome_name("budget_exhausted") == BUDGET_EXHAUSTED
@@ -367,3 +369,36 @@ def test_overview_and_selection_render_from_the_status_report_without_a_server(l
     assert selection.startswith("## Campaign uicheck · round 1 · selection")
     assert [int(r["Structure"]) for r in _tables(selection)[-1]] == ids["picks"]
     assert view["labels_used"] == 3 and view["selected_structures"]["validation_labels_before"] == 1
+
+
+def test_errors_are_shown_with_their_intervals(lab, tmp_path, capsys):
+    from cli import main
+    from flows.rendering import status_lines
+    from tasks.report import campaign_view
+
+    url, campaign_id, _ = lab
+    metrics = {"energy_mae_mev_per_atom": 45.25, "force_mae_mev_per_a": 610.0, "n_structures": 3,
+               "energy_mae_interval_mev_per_atom": [40.0, 51.5],
+               "force_mae_interval_mev_per_a": [550.0, 702.3], "interval_level": 0.9}
+    with session_scope(make_engine(url)) as session:
+        round0 = rounds.get_round(session, campaign_id, 0)
+        round0.metrics = {"test": metrics}
+        registry.set_model_metrics(session, round0.trained_model_id, "test", metrics)
+        view = campaign_view(session, campaigns.campaign_by_id(session, campaign_id))
+    config = _config(tmp_path, "uicheck")
+    config.targets.confidence = 0.9
+    text = overview_markdown(view, config)
+    assert "| 45.2 [40.0, 51.5] | 610.0 [550.0, 702.3] |" in text
+    assert "90% intervals over the test structures in brackets" in text
+    assert "on the test set, at 90% confidence (the upper ends of the intervals decide)" in text
+    shown = "\n".join(status_lines(view))
+    assert "force MAE 610.0 [550.0, 702.3] meV/Å (90% intervals)" in shown
+    (row_line,) = [line for line in shown.splitlines() if " evaluated " in line]
+    assert "45.2" in row_line and "[40.0, 51.5]" in row_line and "[550.0, 702.3]" in row_line
+    # --json: [low, high] beside each MAE, in keys that say "interval"
+    assert main(["--db", url, "status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)[0]
+    row = report["round_table"][0]
+    assert (row["force_mae_meV_A"], row["force_mae_interval_meV_A"]) == (610.0, [550.0, 702.3])
+    assert row["energy_mae_interval_meV_atom"] == [40.0, 51.5] and row["interval_level"] == 0.9
+    assert report["current_model"]["test"]["force_mae_interval_mev_per_a"] == [550.0, 702.3]

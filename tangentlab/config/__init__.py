@@ -50,8 +50,10 @@ __all__ = [
     "SigmaBound",
     "Targets",
     "config_json",
+    "interval_level",
     "load_config",
     "make_config",
+    "read_stored_config",
     "registered",
     "shipped_file",
 ]
@@ -71,13 +73,18 @@ QM_THREADS_ORACLES = ("pyscf", "pyscf-pbc")
 
 
 class Targets(Section):
-    """Stop when the test-set errors are at or below both targets."""
+    """Stop when the test-set errors are at or below both targets (at a confidence level)."""
 
     energy_mae_mev_per_atom: float = Field(160.0, gt=0, description="Energy MAE target (meV/atom).")
     force_mae_mev_per_a: float = Field(450.0, gt=0, description="Force MAE target (meV/Å).")
     force_atoms: Literal["free", "all"] = Field(
         "free", description="Atoms the test-set force MAE is taken over: 'free' (those no FixAtoms or "
         "FixCartesian holds, e.g. a slab's bottom layers; every atom when nothing is fixed) or 'all'.")
+    confidence: float | None = Field(
+        0.9, ge=0.5, lt=1, description="Level of the test errors' bootstrap intervals: targets are "
+        "met only when the upper end is at or below them, and a target whose lower end stays above "
+        "it while the learning curve has flattened stops the campaign as out of reach "
+        "(docs/confidence.md). None: the point estimates decide, as without intervals.")
 
 
 class Budgets(Section):
@@ -190,6 +197,11 @@ class CampaignConfig(Section):
                             description="Candidate structure files (any ASE-readable format).")
     test_file: str | None = Field(None, description="Labelled-at-start test set; drawn from the pool when None.")
     test_size: int = Field(30, gt=0, description="Test structures drawn from the pool when test_file is None.")
+    test_max_size: int | None = Field(
+        None, gt=0, description="Grow the test set drawn from the pool from test_size up to this many "
+        "structures, and only when its intervals are too wide to decide whether the targets are met "
+        "(new test structures stratified by σ; docs/confidence.md). None: a fixed test set of test_size.")
+    test_step: int = Field(10, gt=0, description="A growing test set adds a multiple of this many structures at a time.")
     initial_size: int = Field(10, gt=0, description="Random structures labelled before the first acquisition.")
     valid_fraction: float = Field(0.15, ge=0, lt=1, description="Share of labelled structures held out for early stopping.")
     model: str = Field(shipped_file(SHIPPED_MODEL), description="Starting MACE .model path.")
@@ -231,6 +243,14 @@ class CampaignConfig(Section):
         if self.initial_size > self.budgets.max_labels:
             raise ValueError(f"initial_size {self.initial_size} is larger than budgets.max_labels "
                              f"{self.budgets.max_labels} (test labels are not counted)")
+        if self.test_max_size is not None:
+            if self.test_file:
+                raise ValueError("test_max_size grows a test set drawn from the pool: leave out test_file")
+            if self.targets.confidence is None:
+                raise ValueError("test_max_size needs targets.confidence: the test set grows when the "
+                                 "intervals are too wide to decide")
+            if self.test_max_size < self.test_size:
+                raise ValueError(f"test_max_size {self.test_max_size} is smaller than test_size {self.test_size}")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
         return self
@@ -287,6 +307,18 @@ def make_config(data: dict[str, Any] | None = None, *, source: str = "") -> Camp
         raise _explain(exc, source) from None
 
 
+def read_stored_config(data: dict[str, Any], *, source: str = "") -> CampaignConfig:
+    """A configuration as the database stored it with a campaign.
+
+    A campaign stored before ``targets.confidence`` existed keeps deciding on point estimates
+    (its ``confidence`` is None), so that resuming it does not change its stop rule.
+    """
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if isinstance(targets, dict) and "confidence" not in targets:
+        data = {**data, "targets": {**targets, "confidence": None}}
+    return make_config(data, source=source)
+
+
 def load_config(path: str | Path) -> CampaignConfig:
     """Read a YAML or JSON campaign configuration file.
 
@@ -338,6 +370,14 @@ def load_config(path: str | Path) -> CampaignConfig:
     if no_pool:
         raise ConfigError(f"invalid campaign configuration in {path}: {no_pool}")
     return config
+
+
+def interval_level(config: CampaignConfig) -> float:
+    """The level of the campaign's test-error intervals: ``targets.confidence``, or the
+    default level (`tangentlab.confidence.DEFAULT_LEVEL`) when the point estimates decide."""
+    from tangentlab.confidence import DEFAULT_LEVEL
+
+    return DEFAULT_LEVEL if config.targets.confidence is None else config.targets.confidence
 
 
 def config_json(config: CampaignConfig) -> dict[str, Any]:

@@ -1,0 +1,523 @@
+"""Confidence of the test errors: do the intervals cover, and how few test labels decide?
+
+For a preset's data (its pool files), per seed: a pool, a test reserve drawn from the pool and
+an independent set of ``--big`` structures from the same files (never labelled by the
+campaign: the "true" MAE). A campaign is replayed in process: the initial random set, then
+rounds of the product's acquisition (its scorer and batch rule) and a warm-started fine-tune,
+the validation split kept as a campaign keeps it. After every round:
+
+- **coverage**: the stated intervals of fixed test sets (10, 30 and 100 structures of the
+  reserve, studentized and percentile bootstrap) against the MAE on the independent set;
+- **predicted MAE**: the MAE over the unlabelled pool predicted from σ with the validation
+  labels (:func:`tangentlab.confidence.predicted_mae`), against the same MAE;
+- **stop decisions**: for a grid of targets around the seed's learning curve,
+  :func:`tangentlab.stopping.stop_decision` on a fixed 100- and 30-structure test set and on
+  an adaptive one that starts at ``--start`` and adds ``--step`` structures (stratified by σ,
+  :func:`tangentlab.confidence.stratified_pick`) only when the interval is too wide to
+  decide and growing can decide (:func:`tangentlab.confidence.planned_test_size`).
+
+    python -m benchmarks.confidence h2combustion --seeds 0 1 2 3 4 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.data import even_draw, read_labelled
+from benchmarks.finetune_spread import emit
+from benchmarks.methods import method_acquisition
+from benchmarks.spec import make_spec, preset
+from tangentlab.confidence import mae_interval, planned_test_size, predicted_mae, stratified_pick
+from tangentlab.config import Acquisition, Budgets, FineTune, Targets
+
+SIZES = (10, 30, 100)
+LEVEL = 0.9
+TARGET_FACTORS = (0.9, 1.0, 1.1, 1.25)
+
+
+def draw(frames: list[list], pool_size: int, big_size: int, seed: int):
+    """``pool_size + big_size`` frames drawn evenly from the files' ``frames``, split at random
+    into the campaign's pool and the independent set."""
+    offsets = np.cumsum([0] + [len(f) for f in frames])
+    rng = np.random.default_rng(1000 + seed)
+    picks = even_draw(
+        [list(range(offsets[i], offsets[i + 1])) for i in range(len(frames))],
+        pool_size + big_size,
+        rng,
+    )
+    every = [a for group in frames for a in group]
+    chosen = [every[i] for group in picks for i in group]
+    order = rng.permutation(len(chosen))
+    return [chosen[i] for i in order[:pool_size]], [chosen[i] for i in order[pool_size:]]
+
+
+def structure_errors(model, atoms_list) -> dict[str, np.ndarray]:
+    """Per structure: |energy error| per atom (meV/atom), sum of |force component errors|
+    (meV/Å) and the number of components."""
+    from tangentlab.mace_model import predict
+
+    preds = predict(model, atoms_list)
+    energy = (
+        np.array(
+            [
+                abs(e - a.info["energy"]) / len(a)
+                for (e, _), a in zip(preds, atoms_list, strict=True)
+            ]
+        )
+        * 1e3
+    )
+    force = (
+        np.array(
+            [
+                np.abs(f - a.arrays["forces"]).sum()
+                for (_, f), a in zip(preds, atoms_list, strict=True)
+            ]
+        )
+        * 1e3
+    )
+    counts = np.array([3.0 * len(a) for a in atoms_list])
+    return {"energy": energy, "force": force, "counts": counts}
+
+
+def mae(errors: dict[str, np.ndarray], which: np.ndarray | None = None) -> dict[str, float]:
+    pick = slice(None) if which is None else which
+    return {
+        "energy": float(errors["energy"][pick].mean()),
+        "force": float(errors["force"][pick].sum() / errors["counts"][pick].sum()),
+    }
+
+
+def intervals(
+    errors: dict[str, np.ndarray], which, method: str = "studentized"
+) -> dict[str, list | None]:
+    return {
+        "energy": mae_interval(errors["energy"][which], level=LEVEL, method=method),
+        "force": mae_interval(
+            errors["force"][which], errors["counts"][which], level=LEVEL, method=method
+        ),
+    }
+
+
+def replay(spec, pool, big, seed: int, work: Path, args) -> list[dict]:
+    """The campaign's rounds: per round its model's errors on the pool and the independent
+    set, σ of the pool, and the predicted MAE."""
+    from tangentlab.acquisition.policy import fit_policy_scorer, reference_structures
+    from tangentlab.acquisition.select import select_batch
+    from tangentlab.finetune import FineTuneHyperparameters, finetune
+    from tangentlab.mace_model import load_model
+    from tangentlab.model_files import starting_weights
+
+    settings = Acquisition(
+        **{
+            **method_acquisition(args.method),
+            "batch_size": spec.batch_size,
+            **({"regularization": spec.regularization} if spec.regularization else {}),
+        }
+    )
+    hyper = FineTune(
+        **{**spec.finetune, **({"max_epochs": args.max_epochs} if args.max_epochs else {})}
+    )
+    rng = np.random.default_rng(seed)
+    candidates = list(range(args.reserve, len(pool)))
+    first = [int(i) for i in rng.choice(candidates, spec.initial_size, replace=False)]
+    train_ids, valid_ids = [], []
+
+    def split(ids: list[int]) -> None:
+        n_valid = round(spec.valid_fraction * len(ids))
+        valid_ids.extend(ids[:n_valid])
+        train_ids.extend(ids[n_valid:])
+
+    split(first)
+    parent, _ = starting_weights(spec.model, work / "models")
+    rounds = []
+    start_model = load_model(parent)
+    rounds.append(
+        {
+            "round": "start",
+            "labels": 0,
+            "pool": structure_errors(start_model, pool),
+            "big": structure_errors(start_model, big),
+        }
+    )
+    for number in range(spec.rounds + 1):
+        tick = time.perf_counter()
+        train = [pool[i] for i in train_ids]
+        valid = [pool[i] for i in valid_ids]
+        result = finetune(
+            parent,
+            train,
+            valid,
+            work / f"s{seed}-r{number}.model",
+            hyper=FineTuneHyperparameters(**hyper.hyperparameters(), seed=seed),
+        )
+        parent = result.path
+        model = load_model(parent)
+        finetune_s = time.perf_counter() - tick
+        labelled = set(train_ids) | set(valid_ids)
+        unlabelled = [i for i in candidates if i not in labelled]
+        scorer = fit_policy_scorer(
+            model, train, reference_structures([pool[i] for i in candidates]), settings
+        )
+        sigma_pool = np.sqrt(scorer.variance(pool))
+        pool_errors = structure_errors(model, pool)
+        prediction = predicted_mae(
+            sigma_pool[valid_ids],
+            pool_errors["force"][valid_ids] / pool_errors["counts"][valid_ids],
+            sigma_pool[unlabelled],
+            weights_valid=pool_errors["counts"][valid_ids],
+            weights_target=pool_errors["counts"][unlabelled],
+            level=LEVEL,
+        )
+        rounds.append(
+            {
+                "round": number,
+                "labels": len(labelled),
+                "pool": pool_errors,
+                "big": structure_errors(model, big),
+                "sigma": sigma_pool,
+                "predicted_force": prediction,
+                "finetune_s": finetune_s,
+            }
+        )
+        if number < spec.rounds:
+            picked, _, _ = select_batch(
+                scorer,
+                [pool[i] for i in unlabelled],
+                batch_size=spec.batch_size,
+                rule=settings.rule,
+                seed=seed * 1000 + number + 1,
+            )
+            split([unlabelled[int(i)] for i in picked])
+    return rounds
+
+
+def coverage_rows(rounds: list[dict], reserve: np.ndarray) -> list[dict]:
+    rows = []
+    for r in rounds:
+        truth = mae(r["big"])
+        for size in SIZES:
+            which = reserve[:size]
+            for method in ("studentized", "percentile"):
+                found = intervals(r["pool"], which, method)
+                for quantity in ("energy", "force"):
+                    low, high = found[quantity]
+                    rows.append(
+                        {
+                            "round": r["round"],
+                            "size": size,
+                            "method": method,
+                            "quantity": quantity,
+                            "mae_test": mae(r["pool"], which)[quantity],
+                            "interval": [low, high],
+                            "mae_big": truth[quantity],
+                            "covered": bool(low <= truth[quantity] <= high),
+                        }
+                    )
+    return rows
+
+
+def decide(
+    rounds: list[dict], targets: Targets, budgets: Budgets, first_test, growth: bool, args
+) -> dict:
+    """Replay the stop decisions of one campaign on the test reserve's ``first_test``. With
+    ``growth``, the test set grows (stratified by σ) when too wide to decide."""
+    from tangentlab.stopping import stop_decision
+
+    reserve = np.arange(args.reserve)
+    test = [int(i) for i in first_test]
+    curve = []
+    for r in rounds[1:]:
+        while True:
+            which = np.asarray(test)
+            found = intervals(r["pool"], which)
+            point = mae(r["pool"], which)
+            planned = (
+                len(test)
+                if not growth
+                else planned_test_size(
+                    [
+                        (point["energy"], found["energy"], targets.energy_mae_mev_per_atom),
+                        (point["force"], found["force"], targets.force_mae_mev_per_a),
+                    ],
+                    len(test),
+                    args.max_test,
+                    args.step,
+                )
+            )
+            if planned <= len(test):
+                break
+            rest = np.setdiff1d(reserve, which)
+            picked = stratified_pick(r["sigma"][rest], planned - len(test), seed=len(test))
+            test.extend(int(rest[i]) for i in picked)
+        curve.append((r["labels"], point["energy"], point["force"]))
+        decision = stop_decision(
+            energy_mae=point["energy"],
+            force_mae=point["force"],
+            targets=targets,
+            labels_used=r["labels"],
+            rounds_done=r["round"],
+            wall_time_s=0.0,
+            budgets=budgets,
+            energy_interval=found["energy"],
+            force_interval=found["force"],
+            curve=curve,
+        )
+        if decision is not None:
+            return {
+                "round": r["round"],
+                "status": decision.status,
+                "budget": decision.budget,
+                "test_labels": len(test),
+                "reason": decision.reason,
+            }
+    return {
+        "round": None,
+        "status": "running",
+        "budget": None,
+        "test_labels": len(test),
+        "reason": "",
+    }
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Two replayed campaigns stopped in the same round, with the same outcome and budget."""
+    return (a["round"], a["status"], a["budget"]) == (b["round"], b["status"], b["budget"])
+
+
+def decision_rows(rounds: list[dict], reserve_order: np.ndarray, spec, args) -> list[dict]:
+    rows = []
+    budgets = Budgets(max_labels=spec.budget, max_rounds=spec.rounds)
+    for anchor in rounds[1:]:
+        truth = mae(anchor["big"])
+        for factor in TARGET_FACTORS:
+            targets = Targets(
+                energy_mae_mev_per_atom=factor * truth["energy"],
+                force_mae_mev_per_a=factor * truth["force"],
+                confidence=LEVEL,
+            )
+            fixed100 = decide(rounds, targets, budgets, reserve_order[:100], False, args)
+            fixed30 = decide(rounds, targets, budgets, reserve_order[:30], False, args)
+            adaptive = decide(rounds, targets, budgets, reserve_order[: args.start], True, args)
+            rows.append(
+                {
+                    "anchor_round": anchor["round"],
+                    "factor": factor,
+                    "targets": [targets.energy_mae_mev_per_atom, targets.force_mae_mev_per_a],
+                    "fixed100": fixed100,
+                    "fixed30": fixed30,
+                    "adaptive": adaptive,
+                    "adaptive_same_as_fixed100": _same(adaptive, fixed100),
+                    "fixed30_same_as_fixed100": _same(fixed30, fixed100),
+                }
+            )
+    return rows
+
+
+def summarise(seeds: list[dict]) -> dict:
+    coverage: dict = {}
+    for s in seeds:
+        for row in s["coverage"]:
+            if row["round"] == "start":
+                continue
+            key = f"{row['quantity']} n={row['size']} {row['method']}"
+            coverage.setdefault(key, []).append(row["covered"])
+    predicted = [r for s in seeds for r in s["predicted"] if r["interval"] is not None]
+    decisions = [d for s in seeds for d in s["decisions"]]
+    return {
+        "coverage_of_90pct_intervals_rounds_0_on": {
+            k: {"covered": int(sum(v)), "of": len(v), "fraction": sum(v) / len(v)}
+            for k, v in coverage.items()
+        },
+        "predicted_force_mae_coverage": {
+            "covered": sum(r["covered"] for r in predicted),
+            "of": len(predicted),
+        },
+        "decisions": {
+            "count": len(decisions),
+            "adaptive_same_as_fixed100": sum(d["adaptive_same_as_fixed100"] for d in decisions),
+            "fixed30_same_as_fixed100": sum(d["fixed30_same_as_fixed100"] for d in decisions),
+            "adaptive_test_labels_mean": float(
+                np.mean([d["adaptive"]["test_labels"] for d in decisions])
+            ),
+            "adaptive_test_labels_max": int(max(d["adaptive"]["test_labels"] for d in decisions)),
+            "fixed100_test_labels": 100,
+            "fixed30_test_labels": 30,
+        },
+    }
+
+
+def _view(r: dict, index: int, reserve: int, big: int) -> dict:
+    """Round ``r`` as test draw ``index`` sees it: its slice of the reserve and of the
+    independent set."""
+    cut = slice(index * reserve, (index + 1) * reserve)
+    far = slice(index * big, (index + 1) * big)
+    view = {
+        **r,
+        "pool": {k: v[cut] for k, v in r["pool"].items()},
+        "big": {k: v[far] for k, v in r["big"].items()},
+    }
+    if "sigma" in r:
+        view["sigma"] = r["sigma"][cut]
+    return view
+
+
+def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
+    """Coverage, predicted MAE and stop decisions for one draw of the test reserve and the
+    independent set."""
+    views = [_view(r, index, args.reserve, args.big) for r in rounds]
+    reserve_order = np.random.default_rng(seed + 7).permutation(args.reserve)
+    predicted = []
+    for r in views[1:]:
+        p, truth = r["predicted_force"], mae(r["big"])["force"]
+        predicted.append(
+            {
+                "round": r["round"],
+                "valid": None if p is None else p["n_valid"],
+                "predicted": None if p is None else p["mae"],
+                "interval": None if p is None else p["interval"],
+                "mae_big": truth,
+                "covered": None
+                if p is None
+                else bool(p["interval"][0] <= truth <= p["interval"][1]),
+            }
+        )
+    return {
+        "seed": seed,
+        "curve": [
+            {"round": r["round"], "labels": r["labels"], "mae_big": mae(r["big"])} for r in views
+        ],
+        "coverage": coverage_rows(views, reserve_order),
+        "predicted": predicted,
+        "decisions": decision_rows(views, reserve_order, spec, args),
+    }
+
+
+def load_raw(path: Path) -> list[dict]:
+    """The rounds :func:`save_raw` wrote."""
+    raw = np.load(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    rounds = []
+    for index, extra in enumerate(meta):
+        r = {**extra, "labels": int(raw["labels"][index])}
+        for where in ("pool", "big"):
+            r[where] = {key: raw[f"{index}_{where}_{key}"] for key in ("energy", "force", "counts")}
+        if f"{index}_sigma" in raw:
+            r["sigma"] = raw[f"{index}_sigma"]
+        rounds.append(r)
+    return rounds
+
+
+def save_raw(rounds: list[dict], path: Path) -> None:
+    """Every round's per-structure errors and σ, for analyses without the models."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(
+        json.dumps(
+            [{k: r.get(k) for k in ("round", "finetune_s", "predicted_force")} for r in rounds],
+            default=float,
+        )
+    )
+    raw = {"labels": np.array([r["labels"] for r in rounds])}
+    for index, r in enumerate(rounds):
+        for where in ("pool", "big"):
+            for key, values in r[where].items():
+                raw[f"{index}_{where}_{key}"] = values
+        if "sigma" in r:
+            raw[f"{index}_sigma"] = r["sigma"]
+    np.savez_compressed(path, **raw)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset")
+    parser.add_argument(
+        "--data-root", help="folder holding h2combustion/ and acac/ (default $TANGENTLAB_DATA)"
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2, 3, 4],
+        help="test draws: each its own test reserve and independent set",
+    )
+    parser.add_argument(
+        "--campaign-seed", type=int, default=0, help="seed of the one campaign replayed"
+    )
+    parser.add_argument(
+        "--method", default="default", help="acquisition method (benchmarks.methods)"
+    )
+    parser.add_argument(
+        "--pool", type=int, default=180, help="the campaign's candidates (test reserves apart)"
+    )
+    parser.add_argument(
+        "--reserve", type=int, default=120, help="test candidates per seed (drawn from the pool)"
+    )
+    parser.add_argument(
+        "--big", type=int, default=500, help="independent structures of the same files"
+    )
+    parser.add_argument("--start", type=int, default=10, help="adaptive test set: first size")
+    parser.add_argument(
+        "--step", type=int, default=10, help="adaptive test set: structures added at a time"
+    )
+    parser.add_argument("--max-test", type=int, default=100, help="adaptive test set: largest size")
+    parser.add_argument("--max-epochs", type=int, help="instead of the preset's")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--from-raw", type=Path, help="analyse rounds saved by --raw (no models)")
+    parser.add_argument(
+        "--raw", type=Path, help="folder for each seed's per-structure errors (.npz)"
+    )
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    spec = make_spec(preset(args.preset, args.data_root))
+    started = time.perf_counter()
+    draws = len(args.seeds)
+    if not args.from_raw:
+        frames = [read_labelled(path) for path in spec.data.pool_files]
+        # One campaign; every seed draws its own test reserve and independent set (disjoint).
+        pool, big = draw(
+            frames, draws * args.reserve + args.pool, draws * args.big, args.campaign_seed
+        )
+    replay_args = argparse.Namespace(**{**vars(args), "reserve": draws * args.reserve})
+    if args.from_raw:
+        rounds = load_raw(args.from_raw)
+    else:
+        with tempfile.TemporaryDirectory() as work:
+            rounds = replay(spec, pool, big, args.campaign_seed, Path(work), replay_args)
+    if args.raw and not args.from_raw:
+        save_raw(rounds, args.raw / f"{args.preset}.npz")
+    seeds = [test_draw(rounds, spec, index, seed, args) for index, seed in enumerate(args.seeds)]
+    campaign = [
+        {
+            "round": r["round"],
+            "labels": r["labels"],
+            "finetune_s": r.get("finetune_s"),
+            "predicted_force": r.get("predicted_force"),
+        }
+        for r in rounds
+    ]
+    results = {
+        "campaign": campaign,
+        "preset": args.preset,
+        "arguments": {k: str(v) for k, v in vars(args).items()},
+        "level": LEVEL,
+        "summary": summarise(seeds),
+        "seeds": seeds,
+        "wall_s": time.perf_counter() - started,
+        "torch_threads": args.threads,
+        "data_root_variable": bool(os.environ.get("TANGENTLAB_DATA")),
+    }
+    return emit(json.loads(json.dumps(results, default=float)), args.out)
+
+
+if __name__ == "__main__":
+    main()

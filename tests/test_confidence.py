@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tangentlab.confidence import interval_text, mae_interval, predicted_mae
+from tangentlab.metrics import error_metrics
+
+
+def test_interval_is_reproducible_and_brackets_the_mae():
+    errors = np.random.default_rng(3).lognormal(0, 0.8, size=30)
+    first, again = mae_interval(errors), mae_interval(errors)
+    assert first == again  # fixed seed: the same errors give the same interval
+    assert first[0] < errors.mean() < first[1]
+    assert mae_interval(errors, seed=1) != first
+    wider = mae_interval(errors, level=0.99)
+    assert wider[0] < first[0] and wider[1] > first[1]
+    # fewer structures: a wider interval around the same kind of errors
+    few = mae_interval(errors[:8])
+    assert few[1] - few[0] > first[1] - first[0]
+
+
+def test_no_interval_from_one_structure_and_none_from_equal_errors():
+    assert mae_interval([3.0]) is None
+    assert mae_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="level"):
+        mae_interval([1.0, 2.0], level=90)
+    with pytest.raises(ValueError, match="equally long"):
+        mae_interval([1.0, 2.0], [1.0])
+
+
+def test_stated_coverage_is_kept_on_skewed_errors():
+    # 90 % intervals from 20 skewed errors cover the true mean in about 90 % of draws; the
+    # percentile interval covers less (why the studentized one is the default).
+    rng = np.random.default_rng(0)
+    truth = np.exp(0.8**2 / 2)
+    hits = {"studentized": 0, "percentile": 0}
+    for trial in range(200):
+        sample = rng.lognormal(0, 0.8, size=20)
+        for method in hits:
+            low, high = mae_interval(sample, method=method, resamples=500, seed=trial)
+            hits[method] += low <= truth <= high
+    assert hits["studentized"] / 200 >= 0.85
+    assert hits["studentized"] > hits["percentile"]
+
+
+def test_force_errors_are_resampled_by_structure_not_by_atom():
+    # Two structures, one perfect, one far off, with many atoms each: counted atom by atom
+    # the MAE would look certain; by structure it is not.
+    rng = np.random.default_rng(1)
+    preds, refs = [], []
+    for offset in (0.0, 1.0, 0.0, 1.0):
+        ref = rng.normal(size=(50, 3))
+        refs.append((0.0, ref))
+        preds.append((0.0, ref + offset))
+    metrics = error_metrics(preds, refs, [50] * 4)
+    low, high = metrics["force_mae_interval_mev_per_a"]
+    assert metrics["force_mae_mev_per_a"] == pytest.approx(500.0)
+    by_atom = mae_interval(
+        np.concatenate([np.abs(p[1] - r[1]).ravel() for p, r in zip(preds, refs)]) * 1e3
+    )
+    assert low < 300 and high > 700
+    assert high - low > 5 * (by_atom[1] - by_atom[0])
+    assert metrics["interval_level"] == 0.9
+    assert "interval" in " ".join(k for k in metrics if isinstance(metrics[k], list))
+
+
+def test_error_metrics_interval_keys_and_level():
+    rng = np.random.default_rng(2)
+    refs = [(float(rng.normal()), rng.normal(size=(3, 3))) for _ in range(12)]
+    preds = [(e + 0.01 * rng.normal(), f + 0.1 * rng.normal(size=f.shape)) for e, f in refs]
+    narrow = error_metrics(preds, refs, [3] * 12, level=0.5)
+    wide = error_metrics(preds, refs, [3] * 12, level=0.95)
+    for key, mae in (
+        ("energy_mae_interval_mev_per_atom", "energy_mae_mev_per_atom"),
+        ("force_mae_interval_mev_per_a", "force_mae_mev_per_a"),
+    ):
+        assert wide[key][0] <= narrow[key][0] <= narrow[mae] <= narrow[key][1] <= wide[key][1]
+    assert error_metrics(preds[:1], refs[:1], [3])["force_mae_interval_mev_per_a"] is None
+    assert interval_text(narrow["force_mae_interval_mev_per_a"]).startswith("[")
+
+
+def test_predicted_mae_scales_sigma_and_widens_with_fewer_validation_labels():
+    rng = np.random.default_rng(4)
+    sigma_valid = rng.uniform(0.5, 2.0, size=40)
+    errors = 100.0 * sigma_valid * rng.uniform(0.5, 1.5, size=40)
+    sigma_target = rng.uniform(0.5, 2.0, size=500)
+    full = predicted_mae(sigma_valid, errors, sigma_target)
+    assert full["scale"] == pytest.approx(errors.sum() / sigma_valid.sum())
+    assert full["mae"] == pytest.approx(full["scale"] * sigma_target.mean())
+    assert full["interval"][0] < full["mae"] < full["interval"][1]
+    few = predicted_mae(sigma_valid[:5], errors[:5], sigma_target)
+    assert few["interval"][1] - few["interval"][0] > full["interval"][1] - full["interval"][0]
+    assert predicted_mae(sigma_valid[:1], errors[:1], sigma_target) is None
