@@ -65,6 +65,14 @@ class _CountingCalculator(engines_module.ModelCalculator):
         type(self).total_calls += 1
 
 
+class _CountingSplitCalculator(engines_module._SplitCalculator):
+    """The batched periodic walkers' calculator, counted with `_CountingCalculator`'s calls."""
+
+    def calculate(self, *args, **kwargs) -> None:
+        super().calculate(*args, **kwargs)
+        _CountingCalculator.total_calls += 1
+
+
 def trivial_judge(frames: Sequence[Atoms], owners) -> list[tuple[float, str | None]]:
     return [(0.0, None)] * len(frames)
 
@@ -329,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     engines_module.ModelCalculator = (
         _CountingCalculator  # count model calls (the engine builds one per run)
     )
+    engines_module._SplitCalculator = _CountingSplitCalculator  # periodic walkers, batched
 
     with contextlib.redirect_stdout(sys.stderr):
         path, _ = starting_weights(args.model, MODELS_DIR)
