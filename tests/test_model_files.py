@@ -350,7 +350,7 @@ def test_a_mace_off23_small_sized_model_goes_through_a_round(tmp_path):
         atoms.arrays["forces"] = atoms.get_forces().copy()
         atoms.calc = None
     activation, _ = make_featurizer(model, "activation")(train)
-    joint, counts = make_featurizer(model, "energy_force_ntk", sketch_dim=8)(train)
+    joint, counts = make_featurizer(model, "energy_force_ntk", sketch_dim=8, force_probes=2)(train)
     assert activation.shape[0] == 2 and joint.shape == (6, 8) and list(counts) == [3, 3]
     assert np.all(np.isfinite(joint)) and np.abs(joint).max() > 0
     hyper = FineTuneHyperparameters(max_epochs=2, patience=2, batch_size=2, min_steps_per_epoch=2)
