@@ -357,7 +357,7 @@ def _view(r: dict, index: int, reserve: int, big: int) -> dict:
     """Round ``r`` as test draw ``index`` sees it: its slice of the reserve and of the
     independent set."""
     cut = slice(index * reserve, (index + 1) * reserve)
-    far = slice(index * big, (index + 1) * big)
+    far = slice(index * big, (index + 1) * big) if len(r["big"]["counts"]) > big else slice(0, big)
     view = {
         **r,
         "pool": {k: v[cut] for k, v in r["pool"].items()},
@@ -412,6 +412,40 @@ def load_raw(path: Path) -> list[dict]:
             r["sigma"] = raw[f"{index}_sigma"]
         rounds.append(r)
     return rounds
+
+
+def resampled_coverage(rounds: list[dict], reserves: int, draws: int = 400, seed: int = 0) -> dict:
+    """Coverage of the stated intervals over many random test sets: per round, the population
+    is every structure the campaign never trained on (the test reserves and the independent
+    sets), its MAE the truth, and ``draws`` test sets of each size are drawn from it."""
+    rng = np.random.default_rng(seed)
+    hits: dict = {}
+    for r in rounds[1:]:
+        population = {k: np.concatenate([r["pool"][k][:reserves], r["big"][k]]) for k in r["big"]}
+        truth = mae(population)
+        for size in SIZES:
+            for _ in range(draws):
+                which = rng.choice(len(population["counts"]), size, replace=False)
+                for method in ("studentized", "percentile"):
+                    found = {
+                        "energy": mae_interval(
+                            population["energy"][which], level=LEVEL, method=method, resamples=500
+                        ),
+                        "force": mae_interval(
+                            population["force"][which],
+                            population["counts"][which],
+                            level=LEVEL,
+                            method=method,
+                            resamples=500,
+                        ),
+                    }
+                    for quantity, (low, high) in found.items():
+                        key = f"{quantity} n={size} {method}"
+                        hits.setdefault(key, []).append(low <= truth[quantity] <= high)
+    return {
+        key: {"covered": int(sum(v)), "of": len(v), "fraction": float(np.mean(v))}
+        for key, v in hits.items()
+    }
 
 
 def save_raw(rounds: list[dict], path: Path) -> None:
@@ -470,6 +504,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-epochs", type=int, help="instead of the preset's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--shared-big",
+        action="store_true",
+        help="one independent set for every test draw (fewer predictions)",
+    )
     parser.add_argument("--from-raw", type=Path, help="analyse rounds saved by --raw (no models)")
     parser.add_argument(
         "--raw", type=Path, help="folder for each seed's per-structure errors (.npz)"
@@ -484,8 +523,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.from_raw:
         frames = [read_labelled(path) for path in spec.data.pool_files]
         # One campaign; every seed draws its own test reserve and independent set (disjoint).
+        bigs = 1 if args.shared_big else draws
         pool, big = draw(
-            frames, draws * args.reserve + args.pool, draws * args.big, args.campaign_seed
+            frames, draws * args.reserve + args.pool, bigs * args.big, args.campaign_seed
         )
     replay_args = argparse.Namespace(**{**vars(args), "reserve": draws * args.reserve})
     if args.from_raw:
@@ -496,6 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.raw and not args.from_raw:
         save_raw(rounds, args.raw / f"{args.preset}.npz")
     seeds = [test_draw(rounds, spec, index, seed, args) for index, seed in enumerate(args.seeds)]
+    resampled = resampled_coverage(rounds, draws * args.reserve)
     campaign = [
         {
             "round": r["round"],
@@ -511,6 +552,7 @@ def main(argv: list[str] | None = None) -> dict:
         "arguments": {k: str(v) for k, v in vars(args).items()},
         "level": LEVEL,
         "summary": summarise(seeds),
+        "resampled_coverage": resampled,
         "seeds": seeds,
         "wall_s": time.perf_counter() - started,
         "torch_threads": args.threads,

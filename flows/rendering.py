@@ -448,6 +448,8 @@ def selection_markdown(view: dict[str, Any], name: str) -> str:
     lines = [f"## Campaign {name} · round {view['round']} · selection", "",
              f"{len(rows)} structures picked by **{shown}** from {view['pool_size']} pool structures with model "
              f"version {view['model_version_id']}.", "", _labels_line(rows), "", *_score_lines(view)]
+    if view.get("predicted_force_mae"):
+        lines += [f"**Predicted error of the pool:** {prediction_line(view, None)}.", ""]
     exploration = view["exploration"]
     if exploration and not exploration.get("unfinished"):
         lines += exploration_markdown(exploration)
@@ -559,10 +561,40 @@ def _round_lines(view: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
+def prediction_line(selection: dict[str, Any], measured: dict[str, Any] | None) -> str:
+    """``predicted force MAE over the pool 123.4 [110.0, 140.0] meV/Å (from σ and 6 validation
+    labels); measured on the test set 130.2 [115.1, 146.0]`` for the model a round acquired
+    with; empty without a prediction."""
+    predicted = selection.get("predicted_force_mae")
+    if not predicted:
+        return ""
+    line = (f"model {selection['model_version_id']}: predicted force MAE over the pool "
+            f"{with_interval(predicted['mae'], predicted['interval'])} meV/Å (from σ and "
+            f"{predicted['n_valid']} validation labels, {predicted.get('level', 0.9):.0%} interval)")
+    if measured and measured.get("force_mae_mev_per_a") is not None:
+        line += (f"; measured on the test set "
+                 f"{with_interval(measured['force_mae_mev_per_a'], measured.get('force_mae_interval_mev_per_a'))}")
+    return line
+
+
+def _measured(view: dict[str, Any], model_id: int | None) -> dict[str, Any] | None:
+    """The stored test errors of model version ``model_id`` (starting model or a round's)."""
+    if model_id is not None and model_id == view.get("starting_model_id"):
+        return view.get("starting_model_test")
+    row = next((r for r in view["round_table"] if r["model_version"] == model_id), None)
+    if row is None:
+        return None
+    return {"force_mae_mev_per_a": row["force_mae_meV_A"],
+            "force_mae_interval_mev_per_a": row.get("force_mae_interval_meV_A")}
+
+
+def _selection_lines(selection: dict[str, Any] | None, view: dict[str, Any] | None = None) -> list[str]:
     if not selection:
         return []
     number, lines = selection["round"], []
+    predicted = prediction_line(selection, _measured(view, selection.get("model_version_id")) if view else None)
+    if predicted:
+        lines.append(f"  round {number} acquired with {predicted}")
     if selection.get("exploration"):
         lines.append(f"  round {number} exploration: {exploration_line(selection['exploration'])}")
     if selection.get("diagnostics"):
@@ -585,7 +617,7 @@ def status_lines(view: dict[str, Any]) -> list[str]:
             f"  structures: {counts_text(view['structures'], SPLIT_ORDER)}",
             f"  labels: {counts_text(view['labels'], LABEL_ORDER)}",
             f"  test set: {_test_set_line(view['test_set'])}",
-            *_model_lines(view), *_round_lines(view), *_selection_lines(view["selected_structures"]),
+            *_model_lines(view), *_round_lines(view), *_selection_lines(view["selected_structures"], view),
             *(f"  failed label {f['label_id']} ({f['formula']}, structure {f['structure_id']}, "
               f"{f['attempts']} attempts): {f['reason']} [{f['run_dir']}]" for f in view["failed_labels"])]
 

@@ -18,7 +18,8 @@ from tangentlab.acquisition import (
 from tangentlab.acquisition.committee import fit_committee
 from tangentlab.acquisition.diagnostics import selection_diagnostics
 from tangentlab.acquisition.guards import force_guard
-from tangentlab.config import FEATURELESS_METHODS, CampaignConfig
+from tangentlab.confidence import predicted_mae
+from tangentlab.config import FEATURELESS_METHODS, CampaignConfig, interval_level
 from tangentlab.finetune import FineTuneHyperparameters
 from tangentlab.mace_model import predict
 from tangentlab.paths import campaign_dir
@@ -89,7 +90,8 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
             parameters={**settings.model_dump(), "uncertainty_scale": scale,
                         "feature_dim": info.get("feature_dim"), "sigma_bound": info.get("sigma_bound"),
                         "guarded": info.get("guarded"), "force_guarded": info.get("force_guarded"),
-                        "diagnostics": diagnostics},
+                        "diagnostics": diagnostics,
+                        "predicted_force_mae": info.get("predicted_force_mae")},
             model_version_id=model_version_id, pool_size=len(pool_ids), selected=selected, timings=timings,
         )
     release_context()  # the round is selected: its scorer and model are not needed again
@@ -126,6 +128,25 @@ def _target_atoms(config: CampaignConfig, test_atoms: list, explored_atoms: list
     return list(iter_structure_files([settings.target]))
 
 
+#: Pool structures whose σ predict the pool's force MAE (a seeded uniform sample).
+PREDICTION_SAMPLE = 256
+
+
+def _predicted_pool_mae(scorer, valid, sigma_valid, valid_errors, pool_atoms, config, round_number):
+    """The force MAE the round's model should have over the pool, predicted from σ with the
+    validation labels (:func:`tangentlab.confidence.predicted_mae`, at the campaign's interval
+    level), from a sample of at most `PREDICTION_SAMPLE` pool structures."""
+    if not pool_atoms:
+        return None
+    rng = np.random.default_rng(config.seed * 1000 + round_number)
+    sample = [pool_atoms[int(i)] for i in rng.permutation(len(pool_atoms))[:PREDICTION_SAMPLE]]
+    prediction = predicted_mae(
+        sigma_valid, valid_errors, np.sqrt(scorer.variance(sample)),
+        weights_valid=[3 * len(a) for a in valid], weights_target=[3 * len(a) for a in sample],
+        level=interval_level(config))
+    return None if prediction is None else {**prediction, "level": interval_level(config)}
+
+
 def _kernel(context, round_number, pool_atoms, target, progress):
     """Feature signals: the round's scorer (progress 0 → 40 %), its scale calibrated on the
     validation split, then the batch rule over the pool (→ 100 %), without the candidates the
@@ -135,10 +156,13 @@ def _kernel(context, round_number, pool_atoms, target, progress):
     progress.update(0.0, f"Round {round_number}: {settings.signal}: features of {len(context.train)} training "
                     "structures and the reference rows")
     scorer = context.scorer()
-    scale = None
+    scale = prediction = None
     if len(context.valid) >= 2:
         sigma = np.sqrt(scorer.variance(context.valid))
-        scale = calibrate_uncertainty(sigma, _force_errors(context.model, context.valid))
+        valid_errors = _force_errors(context.model, context.valid)
+        scale = calibrate_uncertainty(sigma, valid_errors)
+        prediction = _predicted_pool_mae(scorer, context.valid, sigma, valid_errors, pool_atoms, config,
+                                         round_number)
     progress.update(40.0, f"Round {round_number}: {_describe(settings)}: scoring {len(pool_atoms)} pool "
                     f"structures and selecting {settings.batch_size}")
     exclude = force_guard(context.model, pool_atoms, settings.max_force, config.device)
@@ -152,6 +176,7 @@ def _kernel(context, round_number, pool_atoms, target, progress):
         seed=config.seed * 1000 + round_number,
     )
     info["force_guarded"] = len(exclude)
+    info["predicted_force_mae"] = prediction
     return picked, scores, info, scale
 
 

@@ -74,6 +74,7 @@ def selection_view(session, campaign_id: int, number: int) -> dict[str, Any]:
         "model_version_id": found.model_version_id,
         "seed": parameters.get("seed"),
         "uncertainty_scale": parameters.get("uncertainty_scale"),
+        "predicted_force_mae": parameters.get("predicted_force_mae"),
         "validation_labels_before": reports.validation_labels_before(session, campaign_id, number),
         "diagnostics": parameters.get("diagnostics"),
         "exploration": round_exploration(session, campaign_id, number, found),

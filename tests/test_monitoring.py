@@ -384,6 +384,10 @@ def test_errors_are_shown_with_their_intervals(lab, tmp_path, capsys):
         round0 = rounds.get_round(session, campaign_id, 0)
         round0.metrics = {"test": metrics}
         registry.set_model_metrics(session, round0.trained_model_id, "test", metrics)
+        round0_model = round0.trained_model_id
+        round1 = rounds.get_round(session, campaign_id, 1)
+        round1.parameters = {**round1.parameters, "predicted_force_mae": {
+            "mae": 580.0, "interval": [500.0, 690.0], "scale": 2.0, "n_valid": 6, "n_target": 9, "level": 0.9}}
         view = campaign_view(session, campaigns.campaign_by_id(session, campaign_id))
     config = _config(tmp_path, "uicheck")
     config.targets.confidence = 0.9
@@ -393,6 +397,11 @@ def test_errors_are_shown_with_their_intervals(lab, tmp_path, capsys):
     assert "on the test set, at 90% confidence (the upper ends of the intervals decide)" in text
     shown = "\n".join(status_lines(view))
     assert "force MAE 610.0 [550.0, 702.3] meV/Å (90% intervals)" in shown
+    # the error the calibration predicts for the pool, beside the measured one, for the model
+    # round 1 acquired with (round 0's)
+    assert (f"round 1 acquired with model {round0_model}: predicted force MAE over the pool 580.0 [500.0, 690.0] "
+            "meV/Å (from σ and 6 validation labels, 90% interval); measured on the test set 610.0 [550.0, 702.3]"
+            ) in shown
     (row_line,) = [line for line in shown.splitlines() if " evaluated " in line]
     assert "45.2" in row_line and "[40.0, 51.5]" in row_line and "[550.0, 702.3]" in row_line
     # --json: [low, high] beside each MAE, in keys that say "interval"
