@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, sleep
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tangentlab.oracles.base import BaseOracleSettings, Oracle, register
 from tangentlab.oracles.results import QMFailure, QMResult
@@ -19,6 +19,33 @@ from tangentlab.structures import content_hash
 
 if TYPE_CHECKING:
     from ase.atoms import Atoms
+
+
+class Latency(BaseModel):
+    """A two-piece log-normal QM time, drawn once per structure (from its content hash)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    median_s: float = Field(6.0, gt=0, description="Median label time (s).")
+    sigma_below: float = Field(1.0, ge=0, description="Log-normal σ below the median.")
+    sigma_above: float = Field(1.7, ge=0, description="Log-normal σ above the median (the long tail).")
+    min_s: float = Field(0.0, ge=0, description="Shortest time (s).")
+    max_s: float = Field(230.0, gt=0, description="Longest time (s).")
+    scale: float = Field(1.0, gt=0, description="Multiplies every time (a faster clock for tests).")
+
+
+def latency_seconds(z: float | np.ndarray, latency: dict[str, Any]) -> float | np.ndarray:
+    """The label time of standard normal draw(s) ``z`` under ``latency`` (:class:`Latency`)."""
+    settings = Latency(**latency)
+    sigma = np.where(np.asarray(z) < 0, settings.sigma_below, settings.sigma_above)
+    seconds = np.clip(settings.median_s * np.exp(sigma * z), settings.min_s, settings.max_s)
+    return settings.scale * seconds
+
+
+def structure_latency(atoms: Atoms, latency: dict[str, Any]) -> float:
+    """The simulated QM time of one structure: the same on every run and resume."""
+    z = np.random.default_rng(int(content_hash(atoms)[:12], 16)).standard_normal()
+    return float(latency_seconds(z, latency))
 
 
 class ReplaySettings(BaseOracleSettings):
@@ -29,6 +56,9 @@ class ReplaySettings(BaseOracleSettings):
         None, description="Files holding the stored labels; None: the campaign's pool and test_file.")
     reference_level: dict[str, Any] | None = Field(
         None, description="Declared level of the stored labels (method, basis, code).")
+    latency: Latency | None = Field(
+        None, description="A simulated QM time per label (the oracle waits for it): benchmarks and "
+        "tests of asynchronous rounds. None: no wait.")
 
 
 def replay_level(files: list[str], reference_level: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,6 +93,7 @@ def replay_static(
     files: list[str],
     reference_level: dict[str, Any] | None = None,
     results_dir: str | Path | None = None,
+    latency: dict[str, Any] | None = None,
 ) -> QMResult:
     """
     Reveal the label stored with a structure in its source files (no QM is run).
@@ -82,6 +113,8 @@ def replay_static(
         Declared level of the stored labels, recorded with the result.
     results_dir
         Unused (no job directory); accepted for the common oracle interface.
+    latency
+        :class:`Latency` settings: wait that long before answering (a stand-in QM time).
 
     Returns
     -------
@@ -100,6 +133,8 @@ def replay_static(
         msg = f"no stored label for {atoms.get_chemical_formula()} in {[Path(f).name for f in files]}"
         raise QMFailure(msg)
     energy, forces = found
+    if latency is not None:
+        sleep(structure_latency(atoms, latency))
     return QMResult(energy=energy, forces=forces.copy(), wall_time=perf_counter() - start,
                     run_dir="", level=replay_level(files, reference_level))
 
