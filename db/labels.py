@@ -69,7 +69,9 @@ def _pending_ids(campaign_id: int, key: str, limit: int, exclude: set[int] | Non
             Label.level_key == key,
             Label.status == LabelStatus.PENDING,
         )
-        .order_by(Label.id)
+        # unranked labels (test and initial sets, synchronous rounds) first, then the ranked
+        # picks of asynchronous rounds by priority (db.queue)
+        .order_by(Label.priority.is_not(None), Label.priority, Label.id)
         .limit(limit)
     )
     if exclude:

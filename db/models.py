@@ -187,6 +187,12 @@ class Label(Base):
     run_dir: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
     claimed_at: Mapped[datetime | None]
+    # Asynchronous rounds: the queue order of a pending pick (lowest first; None, as for the
+    # test and initial sets, before every ranked pick) and the model version that picked it.
+    priority: Mapped[float | None] = mapped_column(Float)
+    picked_by_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_version.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 
 from flows.label import dispatch_labels
 from flows.monitoring import close_killed_runs, final_state, publish_overview, publish_selection
+from flows.stream import await_initial, keep_labelling, rerank, run_stream, stop_labelling
 from tangentlab.config import CampaignConfig, interval_level, make_config
 from tangentlab.stopping import StopDecision
 from tasks._db import database_url as configured_database_url
@@ -199,6 +200,8 @@ def _steps(run: Run):
     _open(run)
     _start(run)
     run.round_start = time.perf_counter()
+    if run.cfg.schedule == "async":
+        return run_stream(run, STREAM_STEPS)
     while True:
         run.checkpoint()  # and before each step below: no new step after a lost lease or a Ctrl-C
         where = current_round(run.url, run.campaign_id)
@@ -332,23 +335,33 @@ def _grow_test_set(run: Run, where: Where) -> None:
         run.checkpoint()
 
 
-def _next_round(run: Run, where: Where):
-    """``evaluated``: grow the test set if it cannot decide (``test_max_size``), then stop with
-    the outcome, or explore (with an ``exploration`` section) and acquire the next round."""
-    _grow_test_set(run, where)
+def _decide(run: Run, where: Where) -> StopDecision | None:
     decision = decide.with_options(task_run_name=f"decide after round {where.number}")(
         run.url, run.campaign_id, run.cfg, run.wall_time_s()
     )
     run.checkpoint()
+    return decision
+
+
+def _finish(run: Run, decision: StopDecision):
+    """Store the outcome, publish it and return the flow's final state."""
+    finish.with_options(task_run_name=f"finish: {decision.status}")(
+        run.url, run.campaign_id, decision
+    )
+    get_run_logger().info(
+        "campaign %r stopped (%s): %s", run.cfg.name, decision.status, decision.reason
+    )
+    run.publish(decision=decision)
+    return final_state(decision, data=summary(run.url, run.campaign_id))
+
+
+def _next_round(run: Run, where: Where):
+    """``evaluated``: grow the test set if it cannot decide (``test_max_size``), then stop with
+    the outcome, or explore (with an ``exploration`` section) and acquire the next round."""
+    _grow_test_set(run, where)
+    decision = _decide(run, where)
     if decision is not None:
-        finish.with_options(task_run_name=f"finish: {decision.status}")(
-            run.url, run.campaign_id, decision
-        )
-        get_run_logger().info(
-            "campaign %r stopped (%s): %s", run.cfg.name, decision.status, decision.reason
-        )
-        run.publish(decision=decision)
-        return final_state(decision, data=summary(run.url, run.campaign_id))
+        return _finish(run, decision)
     cfg, number = run.cfg, where.number + 1
     if cfg.exploration is not None:
         explore_round.with_options(
@@ -375,4 +388,32 @@ STEPS: dict[RoundStatus, Callable] = {
     RoundStatus.LABELLED: _train,
     RoundStatus.TRAINED: _evaluate,
     RoundStatus.EVALUATED: _next_round,
+}
+
+
+def _stream_evaluate(run: Run, where: Where) -> None:
+    """``trained -> evaluated`` of an asynchronous round: re-rank the queue by the new model,
+    then evaluate it."""
+    rerank(run, where)
+    _evaluate(run, where)
+
+
+def _stream_next(run: Run, where: Where):
+    """``evaluated`` of an asynchronous round: stop (the queue's unstarted picks go back to
+    the pool), or keep labelling and start the next round when enough labels arrived."""
+    decision = _decide(run, where)
+    if decision is not None:
+        stop_labelling(run)
+        return _finish(run, decision)
+    keep_labelling(run, where)
+    return None
+
+
+#: Asynchronous rounds (``schedule: async``, :mod:`flows.stream`): labelling runs in the
+#: background, so a round is opened already labelled and ``selected`` is only round 0's.
+STREAM_STEPS: dict[RoundStatus, Callable] = {
+    RoundStatus.SELECTED: await_initial,
+    RoundStatus.LABELLED: _train,
+    RoundStatus.TRAINED: _stream_evaluate,
+    RoundStatus.EVALUATED: _stream_next,
 }

@@ -610,6 +610,22 @@ def _selection_lines(selection: dict[str, Any] | None, view: dict[str, Any] | No
     return lines
 
 
+def _queue_lines(queue: dict[str, Any] | None) -> list[str]:
+    """Asynchronous rounds: the jobs in flight, the queue and which model picked the labels."""
+    if not queue:
+        return []
+    picked = ", ".join(f"{name} {count}" for name, count in queue["picked_by"].items())
+    lines = [f"  label queue: {queue['running']} running, {queue['queued']} queued; labels picked by: "
+             f"{picked}"]
+    for rank, row in enumerate(queue["open"][:20], start=1):
+        by = row["picked_by_model_id"]
+        lines.append(f"    {rank:>3}. structure {row['structure_id']:>5} {row['split']:>5} {row['status']:>8} "
+                     f"picked by {'the initial draw' if by is None else f'model {by}'}")
+    if len(queue["open"]) > 20:
+        lines.append(f"    ... {len(queue['open']) - 20} more")
+    return lines
+
+
 def status_lines(view: dict[str, Any]) -> list[str]:
     """What ``tangentlab status`` prints for one campaign view (:func:`tasks.report.campaign_view`)."""
     return [f"campaign {view['name']!r} (id {view['id']}): {view['status'].replace('_', ' ')}"
@@ -617,7 +633,8 @@ def status_lines(view: dict[str, Any]) -> list[str]:
             f"  structures: {counts_text(view['structures'], SPLIT_ORDER)}",
             f"  labels: {counts_text(view['labels'], LABEL_ORDER)}",
             f"  test set: {_test_set_line(view['test_set'])}",
-            *_model_lines(view), *_round_lines(view), *_selection_lines(view["selected_structures"], view),
+            *_model_lines(view), *_round_lines(view), *_queue_lines(view.get("label_queue")),
+            *_selection_lines(view["selected_structures"], view),
             *(f"  failed label {f['label_id']} ({f['formula']}, structure {f['structure_id']}, "
               f"{f['attempts']} attempts): {f['reason']} [{f['run_dir']}]" for f in view["failed_labels"])]
 

@@ -31,8 +31,10 @@ from tangentlab.config import (
     FineTune,
     QMSettings,
     SigmaBound,
+    Streaming,
     Targets,
 )
+from tangentlab.oracles.replay import Latency
 from tangentlab.oracles import ORACLES
 
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -75,6 +77,12 @@ SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
      "Absent by default (candidates come from the pool only); `exploration: {}` turns it on with "
      "these defaults. See [exploration.md](exploration.md)."),
     ("Sigma bounds (`exploration.sigma_lower`, `exploration.sigma_upper`)", "", SigmaBound, ""),
+    ("streaming", "streaming.", Streaming,
+     "Only with `schedule: async` (these defaults when absent). When to use which schedule: "
+     "[running.md](running.md#synchronous-or-asynchronous-rounds)."),
+    ("Replay latency (`oracle.latency`)", "oracle.latency.", Latency,
+     "A stand-in QM time for the replay oracle: the defaults are the fit to the quick start's "
+     "PySCF label times ([benchmarks/async-schedule.md](benchmarks/async-schedule.md))."),
 ]
 
 

@@ -62,7 +62,7 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
     if config.acquisition.target == "explored" and not explored:
         logger.warning("round %d: the exploration added no candidates: the transductive target is the pool",
                        round_number)
-    target_atoms = _target_atoms(config, test_atoms, explored)
+    target_atoms = target_atoms(config, test_atoms, explored)
     start = time.perf_counter()
     context = round_context(url, campaign_id, config, round_number, model_version_id)
     progress = Progress(artifact_key("campaign", config.name, "round", round_number, "acquisition"),
@@ -110,7 +110,7 @@ def _describe(settings) -> str:
     return f"{settings.signal} ({settings.rule_description()})"
 
 
-def _target_atoms(config: CampaignConfig, test_atoms: list, explored_atoms: list = ()) -> list | None:
+def target_atoms(config: CampaignConfig, test_atoms: list, explored_atoms: list = ()) -> list | None:
     """The acquisition target's structures (None: the pool).
 
     ``test`` is the campaign's test set when it came from a ``test_file`` (the structures the

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -115,13 +116,38 @@ def queue_labels(url: str, config: CampaignConfig, structure_ids: list[int]) -> 
         return len(labels.ensure_labels(session, structure_ids, oracle_for(config).level))
 
 
+_STREAMS_CLOSED: set[int] = set()  # campaigns whose asynchronous rounds this process ended
+STREAM_POLL_S = 0.2
+
+
+def close_stream(campaign_id: int, closed: bool = True) -> None:
+    """Tell this process's streaming label workers of a campaign to stop (after their job)."""
+    (_STREAMS_CLOSED.add if closed else _STREAMS_CLOSED.discard)(campaign_id)
+
+
+def _keep_streaming(engine, campaign_id: int, idle_since: float) -> bool:
+    """Whether a streaming worker that found no pending label waits for the next one: while
+    the campaign runs, this process has not closed its stream, and a pick came within the
+    claim timeout (a worker on another machine whose campaign process was killed gives up)."""
+    if stop_requested() or campaign_id in _STREAMS_CLOSED:
+        return False
+    if time.monotonic() - idle_since > claim_timeout_s():
+        return False
+    with session_scope(engine) as session:
+        status = campaigns.campaign_by_id(session, campaign_id).status
+    return str(getattr(status, "value", status)) == "running"
+
+
 @task(name="label worker", cache_policy=NO_CACHE)
-def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int = 0) -> dict:
+def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int = 0,
+                 stream: bool = False) -> dict:
     """Claim pending labels one at a time and run them until none is left.
 
     A failed job is recorded with its reason and run directory and retried (with the
     oracle's changed strategy) up to ``qm.max_attempts`` times; it never stops the worker.
-    Each finished job appends one line to ``<work_dir>/<campaign>/qm_jobs.jsonl``.
+    Each finished job appends one line to ``<work_dir>/<campaign>/qm_jobs.jsonl``. With
+    ``stream`` (asynchronous rounds) a worker that finds the queue empty waits for new picks
+    while the campaign runs (:func:`close_stream` ends it).
     """
     logger = get_run_logger()
     oracle = oracle_for(config)
@@ -131,15 +157,21 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
     qm_dir = campaign_dir(config.work_dir, config.name, "qm")
     qm_dir.mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "failed": 0}
+    idle_since = time.monotonic()
     while True:
         if stop_requested():  # Ctrl-C: the job that ran is stored, the next one stays pending
             return counts
         with session_scope(engine) as session:
             claimed = labels.claim_labels(session, campaign_id, key, 1, name)
-            if not claimed:
+            if claimed:
+                (label, atoms), = labels.labels_with_atoms(session, claimed)
+                label_id, attempt = label.id, label.attempts + 1
+        if not claimed:
+            if not stream or not _keep_streaming(engine, campaign_id, idle_since):
                 return counts
-            (label, atoms), = labels.labels_with_atoms(session, claimed)
-            label_id, attempt = label.id, label.attempts + 1
+            time.sleep(STREAM_POLL_S)
+            continue
+        idle_since = time.monotonic()
         results_dir = qm_dir / f"label-{label_id}-attempt-{attempt}"
         results_dir.mkdir(parents=True, exist_ok=True)
         try:

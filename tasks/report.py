@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from db import campaigns, exploration, labels, registry, reports, rounds, session_scope, structures
+from db import (
+    campaigns,
+    exploration,
+    labels,
+    queue,
+    registry,
+    reports,
+    rounds,
+    session_scope,
+    structures,
+)
 from db.models import Structure
 from tasks._db import engine_for
 
@@ -49,7 +59,23 @@ def campaign_view(session, campaign, round_number: int | None = None) -> dict[st
     )
     if report["exploring"] is not None:
         report["exploring"]["round"] = upcoming
+    report["label_queue"] = label_queue(session, campaign_id)
     return report
+
+
+def label_queue(session, campaign_id: int) -> dict[str, Any] | None:
+    """Asynchronous rounds: the open picks in queue order (structure, running or queued, the
+    model version that picked it) and the labels per picking model; None for a campaign whose
+    labels were never queued by a model."""
+    by_model = queue.picked_by(session, campaign_id)
+    if set(by_model) <= {"initial"}:
+        return None
+    rows = [{"structure_id": p.structure_id, "status": p.status, "split": p.split,
+             "picked_by_model_id": p.picked_by_model_id}
+            for p in queue.picks(session, campaign_id, None)]
+    return {"running": sum(r["status"] == "running" for r in rows),
+            "queued": sum(r["status"] == "pending" for r in rows), "open": rows,
+            "picked_by": by_model}
 
 
 def selection_view(session, campaign_id: int, number: int) -> dict[str, Any]:

@@ -162,6 +162,8 @@ def decide(
     with session_scope(engine_for(url)) as session:
         last = rounds.campaign_rounds(session, campaign_id)[-1]
         labels_used = len(labels.labelled(session, campaign_id, split=["train", "valid"]))
+        if config.schedule == "async":  # labels still arriving count once a model trained on them
+            labels_used = len(registry.model_versions(session, campaign_id)[-1].training_label_ids or [])
         metrics = (last.metrics or {})["test"]
         curve = [
             (row["labels"], row["energy_mae_meV_atom"], row["force_mae_meV_A"])

@@ -196,11 +196,11 @@ def test_an_explored_round_becomes_selected_keeping_its_exploration(tmp_path):
 
 
 def test_the_explored_target_is_the_rounds_candidates_or_the_pool_without_them():
-    from tasks.acquire import _target_atoms
+    from tasks.acquire import target_atoms
 
     config = make_config({"acquisition": {"target": "explored"}, "exploration": {}})
     frames = [molecule("H2O"), molecule("CH4")]
-    assert _target_atoms(config, [], frames) == frames
-    assert _target_atoms(config, [], []) is None  # no candidates this round: the pool
+    assert target_atoms(config, [], frames) == frames
+    assert target_atoms(config, [], []) is None  # no candidates this round: the pool
     greedy = make_config({"acquisition": {"rule": "greedy"}, "exploration": {}})
-    assert _target_atoms(greedy, [], frames) is None  # only the transductive rule has a target
+    assert target_atoms(greedy, [], frames) is None  # only the transductive rule has a target

@@ -48,6 +48,7 @@ __all__ = [
     "QMSettings",
     "Section",
     "SigmaBound",
+    "Streaming",
     "Targets",
     "config_json",
     "interval_level",
@@ -189,6 +190,17 @@ class FineTune(Section):
         return self.model_dump(exclude={"start"})
 
 
+class Streaming(Section):
+    """Asynchronous rounds (``schedule: async``): labelling and fine-tuning run at once."""
+
+    jobs_per_worker: int = Field(
+        2, gt=0, description="Picks kept queued or running per QM worker (k): one keeps every "
+        "worker busy, more keep them busy while a fine-tune holds up the next pick.")
+    train_every: int | None = Field(
+        None, gt=0, description="New labels that start a fine-tune (m); None: acquisition.batch_size. "
+        "The first fine-tune waits for the initial set.")
+
+
 class CampaignConfig(Section):
     """Everything a campaign needs; stored verbatim (as JSON) with the campaign."""
 
@@ -224,6 +236,13 @@ class CampaignConfig(Section):
                                description="How each round fine-tunes the model.")
     exploration: Exploration | None = Field(None, description="Make candidates with the current model "
                                             "each round (None: choose from the pool only).")
+    schedule: Literal["sync", "async"] = Field(
+        "sync", description="sync: each round labels its whole batch, then fine-tunes (every QM worker "
+        "waits). async: QM workers label a queue of picks while the model fine-tunes every "
+        "`streaming.train_every` new labels; queued picks are re-ranked after each new model "
+        "(docs/running.md, 'Synchronous or asynchronous rounds').")
+    streaming: Streaming | None = Field(
+        None, description="Settings of `schedule: async` (None: the defaults); refused with sync.")
 
     @field_validator("name")
     @classmethod
@@ -253,6 +272,25 @@ class CampaignConfig(Section):
                 raise ValueError(f"test_max_size {self.test_max_size} is smaller than test_size {self.test_size}")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
+        return self
+
+    @model_validator(mode="after")
+    def _streaming_needs_async(self) -> CampaignConfig:
+        if self.schedule == "sync":
+            if self.streaming is not None:
+                raise ValueError("streaming has no effect with schedule 'sync' (set schedule: async "
+                                 "or remove streaming)")
+            return self
+        for problem, present in (
+            ("an exploration section", self.exploration is not None),
+            ("acquisition.signal 'committee'", self.acquisition.signal == "committee"),
+            ("qm.deployment (its labelling runs as separate flow runs; use qm.task_runner dask "
+             "for workers on other machines)", self.qm.deployment is not None),
+        ):
+            if present:
+                raise ValueError(f"schedule 'async' does not support {problem}")
+        if self.streaming is None:
+            self.streaming = Streaming()
         return self
 
     @model_validator(mode="after")
