@@ -401,6 +401,7 @@ def _stream_evaluate(run: Run, where: Where) -> None:
 def _stream_next(run: Run, where: Where):
     """``evaluated`` of an asynchronous round: stop (the queue's unstarted picks go back to
     the pool), or keep labelling and start the next round when enough labels arrived."""
+    _grow_test_set(run, where)
     decision = _decide(run, where)
     if decision is not None:
         stop_labelling(run)

@@ -217,4 +217,3 @@ def test_kill_during_a_fine_tune_with_labels_in_flight_loses_and_repeats_nothing
     assert any(r["before"] != r["after"] for r in reranked), (
         f"no new model changed the queue: {reranked}"
     )
-    assert "resuming campaign 'streamed'" in (tmp_path / "second.log").read_text()
