@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import xtb_campaign_config
+from conftest import replay_campaign_config, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, leases, make_engine, session_scope
@@ -236,21 +236,22 @@ def test_ctrl_c_while_a_qm_job_starts_lets_it_finish_and_stores_it(tmp_path):
     assert not Path(f"/proc/{server}").exists()
 
 
-def test_sigterm_stops_like_ctrl_c_and_names_the_running_step(tmp_path):
+def test_sigterm_stops_like_ctrl_c_and_names_the_running_step(prefect_server, tmp_path):
     """SIGTERM to the campaign's process group (what `kill -- -PGID` or a service manager
     sends) during a fine-tune: the fine-tune finishes and is registered, the message names it,
     the command prints how to resume and exits 143, without a traceback."""
     name = "terminated"
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    config = xtb_campaign_config(
+    # Labels replayed from the pool (the signal lands during a fine-tune, not a QM job), and the
+    # session's Prefect server (a stop with a temporary server is the Ctrl-C tests').
+    config = replay_campaign_config(
         tmp_path, name, 20, seed=6, acquisition={"method": "activation", "batch_size": 4},
         budgets={"max_rounds": 2, "max_labels": 30},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
         finetune={"max_epochs": 8, "patience": 8, "min_steps_per_epoch": 16})  # seconds
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",
-               PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1",
+           "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONPATH": str(REPO)}
     output = tmp_path / "output.txt"
     with output.open("wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "cli", "--db", url, "start", "c.yaml"],
