@@ -237,7 +237,7 @@ def finetune(
     with default_dtype(torch.float64):
         torch.manual_seed(hyper.seed)
         generator = torch.Generator().manual_seed(hyper.seed)
-        model = load_model(parent_model, device=device)
+        model = load_model(parent_model, device=device, script=True)  # written as a .model
         for p in model.parameters():
             p.requires_grad_(True)
         train_batches = labelled_batches(model, train, hyper.batch_size, device, shuffle=True, generator=generator)

@@ -22,7 +22,8 @@ from tangentlab.model_files import default_dtype, read_weights
 
 
 def load_model(
-    path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float64
+    path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float64, *,
+    script: bool = False,
 ) -> torch.nn.Module:
     """
     Load a weights-only MACE model file for inference (never a pickled ``.model``).
@@ -36,6 +37,10 @@ def load_model(
         Torch device to put the model on.
     dtype
         Floating-point dtype of the parameters and buffers.
+    script
+        TorchScript-compile e3nn's generated layer code (`tangentlab.model_files.read_weights`):
+        for a model that is written out as a ``.model`` for users. Predictions are the same
+        without it, and a model is built in a fraction of the time.
 
     Returns
     -------
@@ -53,7 +58,7 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MACE model file not found: {path}")
-    model = read_weights(path, device=device, dtype=dtype).eval()
+    model = read_weights(path, device=device, dtype=dtype, script=script).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model

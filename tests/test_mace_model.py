@@ -196,3 +196,17 @@ def test_error_metrics_of_predictions(tiny_model_file):
     assert energies_only["force_mae_mev_per_a"] is None
     with pytest.raises(ValueError, match="structure 0"):
         force_mae([preds[0][1]], [preds[1][1]])
+
+
+def test_a_model_built_without_torchscript_predicts_the_same(tiny_model_file):
+    """Inference models skip e3nn's TorchScript compilation (most of a model's build time);
+    fine-tuning builds the scripted model it writes out. Both give the same numbers."""
+    frames = [molecule("H2O"), molecule("CH4"), molecule("NH3")]
+    scripted = load_model(tiny_model_file, script=True)
+    plain = load_model(tiny_model_file)
+    assert any(isinstance(m, torch.jit.ScriptModule) for m in scripted.modules())
+    assert not any(isinstance(m, torch.jit.ScriptModule) for m in plain.modules())
+    for (e_scripted, f_scripted), (e_plain, f_plain) in zip(
+        predict(scripted, frames), predict(plain, frames), strict=True
+    ):
+        assert e_plain == e_scripted and np.array_equal(f_plain, f_scripted)
