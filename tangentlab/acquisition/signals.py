@@ -148,8 +148,8 @@ _NTK_OPTIONS = {
 #: Force probes per structure of the force signals (``force_probes``; None: the exact 3N
 #: rows, d double-backward passes). k probes cost k + 1 energy-gradient passes (<= 10x
 #: inference for k <= 2) but ranked σ² far from the exact rows (Spearman 0.1-0.4 against 0.99
-#: between two exact sketches, docs/benchmarks/force-ntk-cost.md), so the exact rows stay
-#: the default.
+#: between two exact sketches on acac; 0.85-0.92 with 4 probes on a 40-atom slab;
+#: docs/benchmarks/force-ntk-cost.md), so the exact rows stay the default.
 FORCE_PROBES = None
 
 
