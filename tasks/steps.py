@@ -37,6 +37,7 @@ from db import (
     init_db,
     labels,
     leases,
+    queue,
     registry,
     reports,
     rounds,
@@ -162,8 +163,11 @@ def decide(
     with session_scope(engine_for(url)) as session:
         last = rounds.campaign_rounds(session, campaign_id)[-1]
         labels_used = len(labels.labelled(session, campaign_id, split=["train", "valid"]))
+        waiting = 0  # asynchronous rounds: picks in flight and labels no model has trained on yet
         if config.schedule == "async":  # labels still arriving count once a model trained on them
-            labels_used = len(registry.model_versions(session, campaign_id)[-1].training_label_ids or [])
+            trained = len(registry.model_versions(session, campaign_id)[-1].training_label_ids or [])
+            waiting = labels_used - trained + len(queue.picks(session, campaign_id, None))
+            labels_used = trained
         metrics = (last.metrics or {})["test"]
         curve = [
             (row["labels"], row["energy_mae_meV_atom"], row["force_mae_meV_A"])
@@ -181,6 +185,7 @@ def decide(
                 for s in structures.campaign_structures(session, campaign_id, split="pool")
                 if s.id not in failed
             )
+            + waiting
         )
     # Intervals measured at another level (a configuration changed between runs) do not decide.
     at_level = metrics.get("interval_level") == config.targets.confidence
