@@ -62,7 +62,7 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
     if config.acquisition.target == "explored" and not explored:
         logger.warning("round %d: the exploration added no candidates: the transductive target is the pool",
                        round_number)
-    target_atoms = target_atoms(config, test_atoms, explored)
+    targets = target_atoms(config, test_atoms, explored)
     start = time.perf_counter()
     context = round_context(url, campaign_id, config, round_number, model_version_id)
     progress = Progress(artifact_key("campaign", config.name, "round", round_number, "acquisition"),
@@ -74,10 +74,10 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
         picked = random_selection(len(pool_atoms), settings.batch_size, config.seed * 1000 + round_number)
         scores, info, scale = np.full(len(picked), np.nan), {}, None
     else:
-        picked, scores, info, scale = _kernel(context, round_number, pool_atoms, target_atoms, progress)
+        picked, scores, info, scale = _kernel(context, round_number, pool_atoms, targets, progress)
     timings = {"acquire_s": time.perf_counter() - start, **info.get("timings", {})}
     diagnostics = selection_diagnostics(context.model, [pool_atoms[int(i)] for i in picked], pool_atoms,
-                                        target_atoms, seed=config.seed * 1000 + round_number)
+                                        targets, seed=config.seed * 1000 + round_number)
     selected = []
     for index, score in zip(picked, scores):
         score = None if not np.isfinite(score) else float(score)

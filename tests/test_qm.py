@@ -241,7 +241,9 @@ def test_oracle_settings_mirror_the_job_keywords_and_defaults(name):
     assert list(fields) == oracle.keywords()
     for key, parameter in inspect.signature(oracle.job).parameters.items():
         if key in fields and parameter.default is not inspect.Parameter.empty:
-            assert fields[key].default == parameter.default, key
+            same = (list(parameter.default) if isinstance(parameter.default, tuple)
+                    else parameter.default)
+            assert fields[key].default == same, key
 
 
 def test_oracle_levels_and_retry_settings():
