@@ -217,7 +217,8 @@ def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefec
     table = overview.split("### Rounds\n")[1].split("###")[0]
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in [line for line in table.splitlines() if line.startswith("|")][2:]]
-    assert [(r[0], r[3], r[5]) for r in rows[1:]] == [
+    # the force cell reads "MAE [low, high]": the measured MAE, then its confidence interval
+    assert [(r[0], r[3], r[5].split(" [")[0]) for r in rows[1:]] == [
         (str(r["round"]), str(r["labels"]), f"{r['force_mae_meV_A']:.1f}") for r in report["round_table"]]
     assert rows[0][:2] == ["start", "starting model"]
     assert "](data:image/png;base64,iVBORw0KGgo" in overview
