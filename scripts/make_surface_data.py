@@ -14,7 +14,9 @@ for T = 300, 600 and 900 K (pool and test frames from different MD runs, so diff
 adsorbate configurations; the pool-shift split's 300 K pool and 900 K test are labelled
 first, and a rerun labels only the files that are missing), each frame with its GFN1-xTB
 energy and raw forces on every atom (the fixed bottom layer too), cell, pbc and ``FixAtoms``
-(``move_mask``).
+(``move_mask``). A frame whose SCF does not converge is retried with more iterations and gentler
+mixing; one that never converges is replaced by the next MD frame, and ``labels.json`` notes
+both (``scf_notes``).
 """
 
 from __future__ import annotations
@@ -44,22 +46,52 @@ def frames(temperatures: tuple[int, ...], n: int, seed: int) -> list:
                                        sample_every=5)
 
 
-def gfn1_label(atoms_list: list) -> tuple[list, list[float]]:
-    """GFN1-xTB (tblite, periodic) energy and raw forces of each frame, as the ``xtb`` oracle
-    computes them (same calculator, without a quacc job directory per frame)."""
+#: SCF settings tried in turn for a frame (same level of theory: only the convergence aids
+#: change): tblite's defaults, then more iterations with gentler Broyden mixing.
+SCF_ATTEMPTS = ({}, {"max_iterations": 1000, "mixer_damping": 0.1})
+#: Extra MD frames drawn per file to replace frames whose SCF never converges.
+SPARE_FRAMES = 10
+
+
+def gfn1_label(atoms_list: list, n: int | None = None) -> tuple[list, list[float], list[dict]]:
+    """GFN1-xTB (tblite, periodic) energy and raw forces of the first ``n`` frames that converge,
+    as the ``xtb`` oracle computes them (same calculator, without a quacc job directory per frame).
+
+    A frame whose SCF does not converge with tblite's defaults is retried with the settings of
+    `SCF_ATTEMPTS`; a frame that never converges is skipped (the next frame takes its place).
+    Returns the labelled frames, the seconds of each label and one note per retried or
+    skipped frame."""
+    from ase.calculators.calculator import CalculationFailed
     from tblite.ase import TBLite
 
-    out, seconds = [], []
-    for atoms in atoms_list:
+    n = len(atoms_list) if n is None else n
+    out, seconds, notes = [], [], []
+    for index, atoms in enumerate(atoms_list):
+        if len(out) == n:
+            break
         work = atoms.copy()
-        work.calc = TBLite(method="GFN1-xTB", verbosity=0)
         start = time.perf_counter()
-        energy = work.get_potential_energy()
-        forces = work.get_forces(apply_constraint=False)
+        for settings in SCF_ATTEMPTS:
+            work.calc = TBLite(method="GFN1-xTB", verbosity=0, **settings)
+            try:
+                energy = work.get_potential_energy()
+                forces = work.get_forces(apply_constraint=False)
+                break
+            except CalculationFailed as exc:
+                problem = str(exc)
+        else:
+            notes.append({"frame": index, "skipped": problem})
+            print(f"frame {index}: skipped ({problem})", flush=True)
+            continue
+        if settings:
+            notes.append({"frame": index, "scf": settings})
+            print(f"frame {index}: converged with {settings}", flush=True)
         seconds.append(time.perf_counter() - start)
         work.calc = SinglePointCalculator(work, energy=energy, forces=forces)
         out.append(work)
-    return out, seconds
+    if len(out) < n:
+        raise RuntimeError(f"only {len(out)} of {n} frames converged: {notes}")
+    return out, seconds, notes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,10 +117,11 @@ def main(argv: list[str] | None = None) -> None:
             continue
         n = BENCHMARK_SIZES[split]
         seed = BENCHMARK_SEEDS[split] * 10000 + temperature
-        labelled, seconds = gfn1_label(frames((temperature,), n, seed))
+        labelled, seconds, notes = gfn1_label(frames((temperature,), n + SPARE_FRAMES, seed), n)
         ase.io.write(path, labelled, format="extxyz")
         record["files"][path.name] = {"frames": n, "label_s_median": float(np.median(seconds)),
-                                      "label_s_total": float(np.sum(seconds))}
+                                      "label_s_total": float(np.sum(seconds)),
+                                      "scf_notes": notes}
         print(f"wrote {n} GFN1-xTB-labelled frames to {path} ({np.sum(seconds):.0f} s)",
               flush=True)
         record_path.write_text(json.dumps(record, indent=1))
