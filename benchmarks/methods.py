@@ -4,9 +4,11 @@ A method is written ``default`` (the product's default acquisition, whatever it 
 baseline without feature rows (``random``, ``committee``), a signal alone (greedy maximum
 variance, the rule every signal used before the batch rules existed, so older results keep
 their meaning), or ``signal:rule`` with optional outlier guards ``:q<σ² quantile>`` and
-``:f<largest predicted force, eV/Å>`` and, for the
-transductive rule, an optional target ``:pool`` (when none is given) or ``:test``, e.g.
-``activation:transductive``, ``ntk:transductive:test`` or ``ntk:greedy:q0.9``.
+``:f<largest predicted force, eV/Å>``, for the force signals an optional ``:p<k>`` (k random
+force probes per structure, ``signal_options: {force_probes: k}``, instead of the exact force
+rows) and, for the transductive rule, an optional target ``:pool`` (when none is given) or
+``:test``, e.g. ``activation:transductive``, ``ntk:transductive:test``, ``ntk:greedy:q0.9`` or
+``force_ntk:transductive:test:p4``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ SIGNAL_LABELS = {
 
 #: Guard parts of a method name: their letter and the acquisition key the number sets.
 GUARDS = {"q": "sigma_quantile", "f": "max_force"}
+#: Letter of the force-probe part (``p<k>``: ``signal_options.force_probes = k``).
+PROBES = "p"
 
 
 def method_acquisition(method: str) -> dict[str, Any]:
@@ -69,10 +73,16 @@ def method_acquisition(method: str) -> dict[str, Any]:
         if extra in TARGET_KEYWORDS:
             section["target"] = extra
             continue
+        if extra[:1] == PROBES:
+            if not extra[1:].isdigit() or int(extra[1:]) < 1:
+                raise ValueError(f"method {method!r}: {extra!r} is not {PROBES}<number of probes>")
+            section.setdefault("signal_options", {})["force_probes"] = int(extra[1:])
+            continue
         key = GUARDS.get(extra[:1])
         if key is None:
-            raise ValueError(f"method {method!r}: unknown part {extra!r} (a guard is q<σ² quantile> or "
-                             f"f<max force, eV/Å>, a target one of {list(TARGET_KEYWORDS)})")
+            raise ValueError(f"method {method!r}: unknown part {extra!r} (a guard is "
+                             f"q<σ² quantile> or f<max force, eV/Å>, force probes p<k>, a target "
+                             f"one of {list(TARGET_KEYWORDS)})")
         try:
             section[key] = float(extra[1:])
         except ValueError:
@@ -94,6 +104,9 @@ def describe(acquisition: Acquisition) -> str:
     label = SIGNAL_LABELS.get(acquisition.signal, acquisition.signal)
     if acquisition.signal in FEATURELESS_METHODS:
         return label
+    probes = acquisition.signal_options.get("force_probes")
+    if probes is not None:
+        label = f"{label} ({probes} force probes)"
     return f"{label}, {acquisition.rule_description()}"
 
 

@@ -408,8 +408,16 @@ def test_method_names_map_to_acquisition_sections():
     assert method_label("ntk:transductive:pool") == "energy NTK, transductive"
     assert method_acquisition("ntk:transductive:f4.5")["max_force"] == 4.5
     assert method_label("default").startswith("default (")
+    # force probes instead of the exact force rows: a signal option, named in the label
+    assert method_acquisition("force_ntk:transductive:test:p4") == {
+        "signal": "force_ntk", "rule": "transductive", "target": "test",
+        "signal_options": {"force_probes": 4},
+    }
+    assert method_label("energy_force_ntk:transductive:test:p4") == (
+        "joint energy-force NTK (4 force probes), transductive over test")
     for bad in ("soap", "activation:best", "random:greedy", "ntk:greedy:x1", "ntk:transductive:tests",
-                "ntk:greedy:pool"):
+                "ntk:greedy:pool", "activation:transductive:p4", "force_ntk:greedy:p0",
+                "force_ntk:greedy:px"):
         with pytest.raises(ValueError):
             method_acquisition(bad)
 
