@@ -1,12 +1,10 @@
 """Exploration in a campaign: settings refused with the key named, candidates stored once, and a
-real campaign killed (SIGKILL) during exploration, then resumed: no duplicate candidate, no
-walker run twice once stored, and no lost or repeated QM job."""
+campaign stopped dead during exploration, then resumed: no duplicate candidate, no walker run
+twice once stored, and no lost or repeated QM job."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import ase.io
@@ -15,10 +13,26 @@ import pytest
 import yaml
 from ase.build import molecule
 from conftest import xtb_campaign_config
-from sqlalchemy import func, select
-from test_resume import _check_no_loss, _cli, _kill_when, _latest_artifact, _state
+from sqlalchemy import select
+from test_resume import (
+    FlowLog,
+    Killed,
+    _check_no_loss,
+    _latest_artifact,
+    _state,
+    run_in_process,
+)
 
-from db import ExplorationTrajectory, Structure, campaigns, exploration, init_db, make_engine, rounds, session_scope
+from db import (
+    ExplorationTrajectory,
+    Structure,
+    campaigns,
+    exploration,
+    init_db,
+    make_engine,
+    rounds,
+    session_scope,
+)
 from tangentlab.config import ConfigError, load_config, make_config
 from tangentlab.structures import content_hash
 
@@ -110,35 +124,48 @@ def _exploring_config(tmp_path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_server, tmp_path):
+def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_server, tmp_path,
+                                                                   monkeypatch, capsys):
+    """The campaign dies (:class:`test_resume.Killed`) right after round 1's first walker is
+    stored; `status` shows the exploration under way, and a resume runs the other two walkers
+    only."""
+    import tasks.explore
+    from cli import main
+
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_exploring_config(tmp_path)))
     engine = make_engine(url)
+    real_explore = tasks.explore.explore
 
-    def first_walker_stored() -> bool:
-        with session_scope(engine) as session:
-            stored = session.scalar(select(func.count()).select_from(ExplorationTrajectory))
-            campaign = campaigns.get_campaign(session, NAME)
-            return stored >= 1 and rounds.get_round(session, campaign, 1) is None
+    def dies_after_the_first_walker(*args, on_trajectory, **kwargs):
+        def store(trajectory, frames):
+            on_trajectory(trajectory, frames)
+            raise Killed
 
-    first = _cli(["--db", url, "start", "c.yaml"], prefect_server, tmp_path, tmp_path / "first.log")
-    _kill_when(first, first_walker_stored, tmp_path / "first.log", "during exploration")
+        return real_explore(*args, on_trajectory=store, **kwargs)
+
+    monkeypatch.setattr(tasks.explore, "explore", dies_after_the_first_walker)
+    with pytest.raises(Killed):
+        run_in_process(url, config=_exploring_config(tmp_path))
+    monkeypatch.undo()
     killed = _state(url, NAME)
     assert killed["rounds"] == {0: "evaluated"}
     with session_scope(engine) as session:
-        kept = {(t.walker, t.id, t.candidates_added) for t in session.scalars(select(ExplorationTrajectory))}
+        kept = {(t.walker, t.id, t.candidates_added)
+                for t in session.scalars(select(ExplorationTrajectory))}
         candidates_before = {s.content_hash for s in session.scalars(select(Structure).where(
             Structure.provenance.is_not(None)))}
-    assert 1 <= len(kept) < 3 and all(added > 0 for _, _, added in kept)
-    status = subprocess.run([sys.executable, "-m", "cli", "--db", url, "status", NAME], capture_output=True,
-                            text=True, check=True)
-    assert f"round 1 exploring now: {len(kept)} trajectories" in status.stdout, status.stdout
-    assert "not finished: the other walkers are running, or run on resume" in status.stdout
+    assert len(kept) == 1 and all(added > 0 for _, _, added in kept)
+    capsys.readouterr()
+    assert main(["--db", url, "status", NAME]) == 0
+    status = capsys.readouterr().out
+    assert "round 1 exploring now: 1 trajectories" in status, status
+    assert "not finished: the other walkers are running, or run on resume" in status
 
-    second = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "second.log")
-    assert second.wait(timeout=600) == 3, (tmp_path / "second.log").read_text()[-5000:]
-    log = (tmp_path / "second.log").read_text()
-    assert f"resuming exploration: {len(kept)} of 3 walkers are stored and do not run again" in log
+    with FlowLog() as log:
+        result = run_in_process(url, name=NAME)
+    assert result["status"] == "budget_exhausted", result
+    assert ("round 1: resuming exploration: 1 of 3 walkers are stored and do not run again"
+            in log.lines), log.lines
     final = _state(url, NAME)
     _check_no_loss(tmp_path, killed, final, NAME)  # no QM job lost or run twice
     assert len(final["done"]) == len(killed["done"]) + 3  # the round's picks, nothing else
@@ -161,11 +188,10 @@ def test_kill_during_exploration_then_resume_adds_no_candidate_twice(prefect_ser
         assert summary["trajectories"] == 3 and summary["candidates_added"] == len(explored)
         assert round_1.pool_size >= len(explored)  # the candidates were in the pool it picked from
 
-    status = subprocess.run([sys.executable, "-m", "cli", "--db", url, "status", NAME], capture_output=True,
-                            text=True, check=True)
-    assert "round 1 exploration: 3 trajectories" in status.stdout, status.stdout
-    report = json.loads(subprocess.run([sys.executable, "-m", "cli", "--db", url, "status", NAME, "--json"],
-                                       capture_output=True, text=True, check=True).stdout)[0]
+    assert main(["--db", url, "status", NAME]) == 0
+    assert "round 1 exploration: 3 trajectories" in capsys.readouterr().out
+    assert main(["--db", url, "status", NAME, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)[0]
     detail = report["selected_structures"]["exploration"]["trajectories_detail"]
     assert [d["walker"] for d in detail] == [0, 1, 2] and all(d["stop_reason"] for d in detail)
 

@@ -1,26 +1,23 @@
-"""SIGKILL a real campaign process during acquisition and during fine-tuning, then resume it.
+"""A campaign stopped dead during acquisition and during fine-tuning, then resumed.
 
-The kill points are observed, not provoked: the test watches the Prefect API (the task run
-``acquire round 1`` running with the first committee member already on disk; the task run
-``fine-tune round 1`` running with its progress artifact past the first epoch) and the database,
-then kills the process group. (A kill during labelling is in tests/test_campaign.py.) After
-every kill it checks that no finished QM job ran again (``qm_jobs.jsonl`` has each label once),
-that no stored label was lost, and that every registered model is still there with its sha256.
+The campaign flow runs in this process, and each stop is a :class:`Killed` raised at the
+point a SIGKILL would land (after the first committee member of round 1 is on disk; after
+the first epoch of round 1's fine-tune): nothing after it runs, and no step stores anything
+it had not committed. What the database and the campaign folder hold then is what a killed
+process leaves (the real SIGKILLs, with flow runs marked Crashed and leases taken over, are in
+tests/test_lease_processes.py, tests/test_exploration.py and tests/test_periodic.py). After
+every stop it checks that no finished QM job ran again (``qm_jobs.jsonl`` has each label
+once), that no stored label was lost, and that every registered model is still there with its
+sha256; the resume continues at the step the round's status names.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import replay_campaign_config
 from sqlalchemy import select
 
@@ -41,70 +38,6 @@ def _config(tmp_path: Path) -> dict:
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
         finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 6},
     )
-
-
-def _cli(args: list[str], api_url: str, cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
-    out = open(log, "w")  # noqa: SIM115  (the child writes to it until it dies)
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _kill_when(process: subprocess.Popen, ready: Callable[[], bool], log: Path, what: str) -> None:
-    """Poll ``ready()`` and SIGKILL the process group as soon as it holds."""
-    deadline = time.time() + 900  # a loaded machine takes minutes to start a campaign
-    error = None
-    while time.time() < deadline and process.poll() is None:
-        try:
-            hit = ready()
-        except Exception as exc:  # database or API not there yet
-            hit, error = False, exc
-        if hit:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=60)
-            assert process.returncode == -signal.SIGKILL
-            return
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"never caught the campaign {what} (last error: {error!r}); log:\n{log.read_text()[-5000:]}")
-
-
-def _running_task(name: str) -> bool:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterName,
-        TaskRunFilter,
-        TaskRunFilterName,
-        TaskRunFilterState,
-        TaskRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"campaign {NAME}"])),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[name]),
-                                          state=TaskRunFilterState(type=TaskRunFilterStateType(
-                                              any_=[StateType.RUNNING]))),
-            sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=5)
-    return bool(runs)
-
-
-def _flow_run_states() -> list[str]:
-    """States of the ``campaign NAME`` flow runs (oldest first) and of every task run in them."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"campaign {NAME}"])),
-                                     sort=FlowRunSort.START_TIME_ASC)
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in runs]}))
-    running = [t.name for t in tasks if t.state.type.value == "RUNNING"]
-    assert not running, f"task runs of killed processes still Running: {running}"
-    return [r.state.type.value for r in runs]
 
 
 def _latest_artifact(key: str) -> dict | None:
@@ -137,11 +70,6 @@ def _state(url: str, name: str = NAME) -> dict:
     return {"done": done, "models": models, "rounds": statuses}
 
 
-def _round_exists(url: str, number: int) -> bool:
-    with session_scope(make_engine(url)) as session:
-        return rounds.get_round(session, campaigns.get_campaign(session, NAME), number) is not None
-
-
 def _check_no_loss(tmp_path: Path, before: dict, after: dict, name: str = NAME) -> None:
     jobs = _jobs(tmp_path, name)
     assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
@@ -151,62 +79,134 @@ def _check_no_loss(tmp_path: Path, before: dict, after: dict, name: str = NAME) 
         assert after["models"][version] == record, f"model version {version} was lost or changed"
 
 
-def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(prefect_server, tmp_path):
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
-    empty = {"done": set(), "models": {}, "rounds": {}}
-    committee_member = tmp_path / "runs" / NAME / "committee" / "round-001" / "member-0.model"
+class Killed(BaseException):
+    """The process died here: nothing after this point runs (not an ``Exception``, so that no
+    handler of the flow publishes or records anything on its way out)."""
 
-    # 1. Killed while the committee acquisition of round 1 runs (member 0 trained, member 1 training).
-    first = _cli(["--db", url, "start", "c.yaml"], prefect_server, tmp_path, tmp_path / "first.log")
-    _kill_when(first, lambda: committee_member.exists() and _running_task("acquire round 1 (committee)")
-               and not _round_exists(url, 1), tmp_path / "first.log", "during acquisition")
+
+def dies(real, when):
+    """``real`` (a trainer taking a ``progress`` callback) that raises :class:`Killed` after
+    the progress report for which ``when(*report)`` holds."""
+    def trainer(*args, progress=None, **kwargs):
+        def watched(*report):
+            if progress is not None:
+                progress(*report)
+            if when(*report):
+                raise Killed
+        return real(*args, progress=watched, **kwargs)
+    return trainer
+
+
+def run_in_process(url: str, **parameters) -> dict:
+    """One run of the campaign flow in this process, as `tangentlab start/resume` runs it; a
+    new process would hold no round context of the run before."""
+    from flows.campaign import campaign
+    from tasks.context import release_context
+
+    release_context()
+    return campaign(database_url=url, **parameters)
+
+
+class FlowLog(logging.Handler):
+    """The messages the campaign's flow and task runs log at INFO and above, while open."""
+
+    LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> FlowLog:
+        self.levels = []
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self.levels.append(logger.level)
+            logger.setLevel(logging.INFO)
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, level in zip(self.LOGGERS, self.levels, strict=True):
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(level)
+
+
+def test_kills_during_acquisition_and_fine_tuning_lose_and_repeat_nothing(
+        prefect_server, tmp_path, monkeypatch, capsys):
+    import tasks.acquire
+    import tasks.train
+    from cli import main
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    config = _config(tmp_path)
+    empty = {"done": set(), "models": {}, "rounds": {}}
+    committee = tmp_path / "runs" / NAME / "committee" / "round-001"
+
+    # 1. Killed while the committee acquisition of round 1 runs (member 0 trained, member 1
+    # training).
+    monkeypatch.setattr(tasks.acquire, "fit_committee", dies(tasks.acquire.fit_committee,
+                                                              lambda member, *_: member == 1))
+    with pytest.raises(Killed):
+        run_in_process(url, config=config)
+    monkeypatch.undo()
+    assert (committee / "member-0.model").exists() and not (committee / "member-1.model").exists()
     after_acquire = _state(url)
     _check_no_loss(tmp_path, empty, after_acquire)
-    assert after_acquire["rounds"] == {0: "evaluated"}
-    assert [r for r, _ in after_acquire["models"].values()] == [None, 0]  # starting model + round 0
+    assert after_acquire["rounds"] == {0: "evaluated"}  # no round 1 stored
+    # the starting model and round 0's
+    assert [r for r, _ in after_acquire["models"].values()] == [None, 0]
     assert len(after_acquire["done"]) == 12  # 6 test + 6 initial
-    acquiring = _latest_artifact(f"campaign-{NAME}-round-1-acquisition")  # the UI showed where it was
+    # the UI showed where it was
+    acquiring = _latest_artifact(f"campaign-{NAME}-round-1-acquisition")
     assert acquiring["type"] == "progress" and 0 < acquiring["data"] < 90, acquiring
-    assert acquiring["description"].startswith("Round 1: committee member"), acquiring
+    assert acquiring["description"].startswith("Round 1: committee member 2/2"), acquiring
 
-    # 2. Resumed, then killed while fine-tuning round 1, after its first epoch.
-    def fine_tuning_round_1() -> bool:
-        progress = _latest_artifact(f"campaign-{NAME}-round-1-fine-tune")
-        return (progress is not None
-                and progress["description"].startswith(f"Campaign {NAME}, round 1: fine-tune epoch")
-                and 0 < progress["data"] < 100 and _running_task("fine-tune round 1"))
-
-    second = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "second.log")
-    _kill_when(second, fine_tuning_round_1, tmp_path / "second.log", "during fine-tuning")
+    # 2. Resumed, then killed while fine-tuning round 1, after its first epoch of two.
+    monkeypatch.setattr(tasks.train, "finetune", dies(tasks.train.finetune,
+                                                       lambda epoch, total, record: epoch == 1))
+    with pytest.raises(Killed):
+        run_in_process(url, name=NAME)
+    monkeypatch.undo()
+    progress = _latest_artifact(f"campaign-{NAME}-round-1-fine-tune")
+    assert progress["description"].startswith(f"Campaign {NAME}, round 1: fine-tune epoch 1/2")
+    assert progress["type"] == "progress" and 0 < progress["data"] < 100, progress
     after_finetune = _state(url)
     _check_no_loss(tmp_path, after_acquire, after_finetune)
     assert after_finetune["rounds"] == {0: "evaluated", 1: "labelled"}
     assert after_finetune["models"] == after_acquire["models"]  # no half-trained model registered
     assert len(after_finetune["done"]) == 12 + 4
+    with session_scope(make_engine(url)) as session:
+        round_1 = rounds.get_round(session, campaigns.get_campaign(session, NAME), 1)
+        selected_before = round_1.selected
 
-    # 3. Resumed to the end: the round budget stops it.
-    third = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "third.log")
-    assert third.wait(timeout=600) == 3, (tmp_path / "third.log").read_text()[-5000:]
+    # 3. Resumed to the end: it fine-tunes round 1 (no new acquisition), and the round budget
+    # stops it.
+    with FlowLog() as log:
+        result = run_in_process(url, name=NAME)
+    assert result["status"] == "budget_exhausted", result
     final = _state(url)
     _check_no_loss(tmp_path, after_finetune, final)
     assert final["rounds"] == {0: "evaluated", 1: "evaluated"}
-    assert [r for r, _ in final["models"].values()] == [None, 0, 1]  # one model per round, none twice
+    # one model per round, none twice
+    assert [r for r, _ in final["models"].values()] == [None, 0, 1]
     assert final["done"] == after_finetune["done"]  # the last run needed no new QM job
-    log = (tmp_path / "third.log").read_text()
-    assert "resuming campaign 'resumed' at round 1, which is labelled: next step is fine-tuning" in log
-
-    # The killed runs no longer show as Running in the UI: the resumed runs marked them Crashed.
-    assert _flow_run_states() == ["CRASHED", "CRASHED", "COMPLETED"]
-    assert "marked 1 flow runs left Running by a killed process as Crashed" in log
+    assert ("resuming campaign 'resumed' at round 1, which is labelled: next step is fine-tuning"
+            in log.lines), log.lines
+    with session_scope(make_engine(url)) as session:
+        round_1 = rounds.get_round(session, campaigns.get_campaign(session, NAME), 1)
+        assert round_1.selected == selected_before
 
     # `tangentlab status` shows the same rounds from the database.
-    status = subprocess.run([sys.executable, "-m", "cli", "--db", url, "status", NAME, "--json"],
-                            capture_output=True, text=True, check=True)
-    (report,) = json.loads(status.stdout)
+    capsys.readouterr()
+    assert main(["--db", url, "status", NAME, "--json"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
     assert [(r["round"], r["labels"], r["model_version"]) for r in report["round_table"]] == [
         (0, 6, list(final["models"])[1]), (1, 10, list(final["models"])[2])]
-    assert report["round_table"][1]["method"] == "committee" and report["round_table"][1]["acquire_s"] > 0
+    assert report["round_table"][1]["method"] == "committee"
+    assert report["round_table"][1]["acquire_s"] > 0
     chosen = report["selected_structures"]
     assert chosen["round"] == 1 and len(chosen["structures"]) == 4
     assert all(s["score"] is not None and s["label"] == "done" for s in chosen["structures"])
