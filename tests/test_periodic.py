@@ -299,77 +299,6 @@ def test_model_uses_the_cell_and_mixes_periodic_and_molecular_structures(cu_mode
     assert np.abs(features[0] - features[2]).max() > 1e-6
 
 
-# --- a periodic campaign, as a user runs it ------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_periodic_campaign_runs_to_its_end_and_exports_cells_and_constraints(
-    prefect_server, tmp_path, cu_model_file
-):
-    pool = tmp_path / "pool.extxyz"
-    ase.io.write(pool, slab_pool(30, seed=1))
-    config = {
-        "name": "cu-slab",
-        "pool": [str(pool)],
-        "model": str(cu_model_file),
-        "work_dir": str(tmp_path / "runs"),
-        "test_size": 6,
-        "initial_size": 6,
-        "oracle": {"name": "emt"},
-        "acquisition": {"method": "activation", "batch_size": 4},
-        "budgets": {"max_rounds": 1, "max_labels": 30},
-        "targets": {"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        "finetune": {"max_epochs": 1, "patience": 1, "min_steps_per_epoch": 2},
-        "qm": {"timeout_s": 60},
-    }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"}
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "cli", "--db", url, *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-
-    started = cli("start", "c.yaml")
-    # exit code 3: the campaign ended without meeting its targets (here: its round budget)
-    assert started.returncode == 3, started.stdout[-3000:] + started.stderr[-3000:]
-    assert "campaign 'cu-slab': budget exhausted" in started.stdout
-
-    status = cli("status", "cu-slab", "--json")
-    assert status.returncode == 0, status.stderr
-    report = yaml.safe_load(status.stdout)
-    report = report[0] if isinstance(report, list) else report
-    assert report["name"] == "cu-slab" and report["status"] == "budget_exhausted"
-    assert report["labels"]["done"] == 6 + 6 + 4 and report["labels"]["failed"] == 0
-    human = cli("status", "cu-slab")
-    assert human.returncode == 0 and "cu-slab" in human.stdout
-
-    engine = make_engine(url)
-    with session_scope(engine) as session:
-        campaign = campaigns.get_campaign(session, "cu-slab")
-        versions = [v.metrics["test"] for v in registry.model_versions(session, campaign)]
-    assert len(versions) >= 2 and all(m["force_atoms"] == "free" for m in versions)
-    assert all(np.isfinite(m["force_mae_mev_per_a"]) for m in versions)
-
-    out = tmp_path / "labelled.extxyz"
-    exported = cli("export", "cu-slab", str(out))
-    assert exported.returncode == 0, exported.stderr
-    frames = ase.io.read(out, ":")
-    assert len(frames) == 16
-    originals = {content_hash(a): a for a in ase.io.read(pool, ":")}
-    for frame in frames:
-        original = originals[content_hash(frame)]  # same cell, pbc and positions
-        assert list(frame.pbc) == [True, True, False]
-        assert isinstance(frame.constraints[0], FixAtoms)
-        assert sorted(frame.constraints[0].index) == sorted(original.constraints[0].index)
-
-
 # --- force errors: the config key, and what status and the UI say ---------------------------------
 
 
@@ -448,7 +377,7 @@ def test_status_and_overview_say_the_force_mae_is_over_free_atoms():
     assert "  (force MAE over free atoms of the test set)" in lines
 
 
-# --- a killed periodic campaign: exactly-once GFN1-xTB labels -------------------------------------
+# --- a periodic campaign, as a user runs it: killed, resumed, inspected, exported --------------
 
 
 def _small_slab_pool(n: int, seed: int) -> list[Atoms]:
@@ -462,12 +391,14 @@ def _small_slab_pool(n: int, seed: int) -> list[Atoms]:
 
 
 @pytest.mark.slow
-def test_periodic_campaign_killed_while_labelling_resumes_without_losing_or_repeating(
-    prefect_server, tmp_path, cu_model_file
+def test_periodic_campaign_killed_while_labelling_resumes_then_exports_cells_and_constraints(
+    prefect_server, tmp_path, cu_model_file, capsys
 ):
     """SIGKILL `tangentlab start` while it labels round 1's slabs with periodic GFN1-xTB, then
-    resume: every label stored before the kill is kept, no finished QM job runs again, and
-    the labels keep the cells and the bottom layers' FixAtoms."""
+    resume to the end: every label stored before the kill is kept, no finished QM job runs
+    again, the labels keep the cells and the bottom layers' FixAtoms; `status` reports the
+    campaign, the test errors are over free atoms, and `export` writes the cells, periodicity
+    and constraints of the originals."""
     from sqlalchemy import func, select
 
     from db import Label
@@ -543,6 +474,33 @@ def test_periodic_campaign_killed_while_labelling_resumes_without_losing_or_repe
     assert [r["status"] for r in report["rounds"]] == ["evaluated"] * 2
     assert all(list(a.pbc) == [True, True, False] and a.constraints for a in stored)
     assert all(lab.level["method"] == "GFN1-xTB" for lab in all_labels)
+    assert "campaign 'killed-slab': budget exhausted" in second.stdout
+
+    capsys.readouterr()
+    assert main(["--db", url, "status", name, "--json"]) == 0
+    report = yaml.safe_load(capsys.readouterr().out)
+    report = report[0] if isinstance(report, list) else report
+    assert report["name"] == name and report["status"] == "budget_exhausted"
+    assert report["labels"]["done"] == 4 + 4 + 6 and report["labels"]["failed"] == 0
+    assert main(["--db", url, "status", name]) == 0
+    assert name in capsys.readouterr().out
+
+    with session_scope(engine) as session:
+        campaign = campaigns.get_campaign(session, name)
+        versions = [v.metrics["test"] for v in registry.model_versions(session, campaign)]
+    assert len(versions) == 3 and all(m["force_atoms"] == "free" for m in versions)
+    assert all(np.isfinite(m["force_mae_mev_per_a"]) for m in versions)
+
+    out = tmp_path / "labelled.extxyz"
+    assert main(["--db", url, "export", name, str(out)]) == 0
+    frames = ase.io.read(out, ":")
+    assert len(frames) == 14
+    originals = {content_hash(a): a for a in ase.io.read(pool, ":")}
+    for frame in frames:
+        original = originals[content_hash(frame)]  # same cell, pbc and positions
+        assert list(frame.pbc) == [True, True, False]
+        assert isinstance(frame.constraints[0], FixAtoms)
+        assert sorted(frame.constraints[0].index) == sorted(original.constraints[0].index)
 
 
 # --- the periodic starting model's data recipe and the shipped model ----------------------------
