@@ -131,7 +131,10 @@ def prepare_data(spec: BenchmarkSpec) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``pool_file``, ``test_file``, sizes per source file, sha256 of both files.
+        ``pool_file``, ``test_file``, sizes per source file, sha256 of both files, and
+        ``pool_candidates``: the distinct pool structures that are not test structures, which
+        is what a campaign draws its initial set from and picks among (a campaign merges
+        repeated frames and takes test structures out of its pool).
 
     Raises
     ------
@@ -200,6 +203,7 @@ def prepare_data(spec: BenchmarkSpec) -> dict[str, Any]:
         "pool_size": len(pool_frames),
         "test_size": len(test_frames),
         "test_ts_region": int(sum(a.info["ts_region"] for a in test_frames)),
+        "pool_candidates": pool_candidates(pool_frames, test_frames),
         "pool_per_file": pool_counts,
         "test_per_file": test_counts,
         "data": data.model_dump(),
@@ -208,6 +212,14 @@ def prepare_data(spec: BenchmarkSpec) -> dict[str, Any]:
     return manifest
 
 
+
+
+def pool_candidates(pool_frames, test_frames) -> int:
+    """Distinct pool structures (by `tangentlab.structures.content_hash`) not in the test set."""
+    from tangentlab.structures import content_hash
+
+    test = {content_hash(a) for a in test_frames}
+    return len({content_hash(a) for a in pool_frames} - test)
 
 
 def campaign_name(spec: BenchmarkSpec, method: str, seed: int) -> str:

@@ -17,7 +17,7 @@ from ase.build import add_adsorbate, fcc111, molecule
 from conftest import SHARED, write_pool
 
 from benchmarks.analysis import comparison_table, labels_to_reach, path_errors
-from benchmarks.data import even_draw, prepare_data
+from benchmarks.data import campaign_configs, even_draw, prepare_data
 from benchmarks.report import write_outputs
 from benchmarks.spec import BenchmarkError, make_spec
 from db import (
@@ -239,6 +239,34 @@ def _spec(files, work_dir: Path, **overrides) -> dict:
     }
     spec.update(overrides)
     return spec
+
+
+def test_prepared_pool_counts_the_candidates_a_campaign_draws_from(tmp_path, tiny_model_file):
+    """Repeated pool frames are one candidate and pool copies of test frames none: the
+    manifest's ``pool_candidates`` is the pool a campaign of the benchmark draws from."""
+    from tangentlab.structures import content_hash
+    from tasks.setup import check_inputs
+
+    frames = ase.io.read(write_pool(tmp_path / "raw.extxyz", 6, seed=5), ":")
+    for i, atoms in enumerate(frames):
+        atoms.info["energy"] = -1.0 - i
+        atoms.arrays["forces"] = np.zeros((len(atoms), 3))
+    a, b, c, d, e, f = frames
+    ase.io.write(tmp_path / "pool.extxyz", [a, b, c, d, a, a, e, e], format="extxyz")
+    ase.io.write(tmp_path / "test.extxyz", [e, f], format="extxyz")
+    spec = make_spec({
+        "name": "copies",
+        "data": {"pool_files": [str(tmp_path / "pool.extxyz")],
+                 "test_files": [str(tmp_path / "test.extxyz")], "pool_size": 8, "test_size": 2},
+        "initial_size": 2, "batch_size": 1, "rounds": 1, "model": str(tiny_model_file),
+        "work_dir": str(tmp_path / "work"),
+    })
+    manifest = prepare_data(spec)
+    assert manifest["pool_size"] == 8 and manifest["pool_candidates"] == 4  # a, b, c, d
+    config = make_config(campaign_configs(spec, manifest)[0])
+    inputs = check_inputs(config)
+    drawn_from = {content_hash(x) for frames in inputs.pool.values() for x in frames}
+    assert len(drawn_from) == manifest["pool_candidates"] and inputs.removed_from_pool == 2
 
 
 @pytest.mark.slow
