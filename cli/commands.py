@@ -237,13 +237,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     quiet_prefect()
-    from flows.pretrain import pretrain, pretrain_surface
+    from flows.pretrain import pretrain
 
-    flow, defaults = ((pretrain_surface, (600, 6, "pretrain-surface")) if args.recipe == "surface"
-                      else (pretrain, (4000, 30, "pretrain")))
-    record = flow(out_dir=args.out, n_structures=args.structures or defaults[0],
-                  epochs=args.epochs or defaults[1], seed=args.seed,
-                  work_dir=args.work_dir or defaults[2], device=args.device)
+    record = pretrain(recipe=args.recipe, out_dir=args.out, n_structures=args.structures,
+                      epochs=args.epochs, seed=args.seed, work_dir=args.work_dir,
+                      device=args.device)
     print(json.dumps(record["metrics"], indent=2))
     return 0
 

@@ -1,16 +1,16 @@
-"""Pretraining flows: build a data set and train one of the shipped starting MACE models.
+"""Pretraining flow: build a data set and train one of the shipped starting MACE models.
 
     tangentlab pretrain --out tangentlab/data --structures 4000 --epochs 30
     tangentlab pretrain --recipe surface --out tangentlab/data --structures 600 --epochs 6
 
-The first (`pretrain`) is the molecular H/C/N/O model on GFN2-xTB labels, the second
-(`pretrain_surface`) the periodic Cu/O/H one on EMT labels of Cu(111) slab MD frames
-(:mod:`tangentlab.pretrain_surface`).
+One flow, ``pretrain``, takes a recipe from :data:`RECIPES`: ``molecules`` is the H/C/N/O
+model on GFN2-xTB labels (:mod:`tangentlab.pretrain_data`), ``surface`` the periodic Cu/O/H
+one on EMT labels of Cu(111) slab MD frames (:mod:`tangentlab.pretrain_surface`).
 
-Steps: draw structures (:mod:`tangentlab.pretrain_data`), label each with quacc's tblite
-GFN2-xTB job (failures are dropped and counted), train a small MACE from scratch with
-``mace_run_train`` and write ``<name>.model`` plus ``<name>.json`` (the provenance record:
-data recipe, size, seed, hyperparameters, validation errors, sha256).
+Steps: draw structures, label each (failures and violent structures are dropped and counted),
+train a small MACE from scratch with ``mace_run_train`` and write ``<name>.model`` plus
+``<name>.json`` (the provenance record: data recipe, size, seed, hyperparameters, validation
+errors, sha256).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,59 +77,16 @@ def _validation_errors(log_dir: Path) -> dict:
     return best
 
 
-@flow(name="pretrain", log_prints=True)
-def pretrain(
-    out_dir: str = "tangentlab/data",
-    name: str = "tangentlab-hcno-xtb",
-    n_structures: int = 4000,
-    seed: int = 2026,
-    max_atoms: int = 12,
-    epochs: int = 30,
-    work_dir: str = "pretrain",
-    device: str = "cpu",
-) -> dict:
-    """Generate, label and train; return the provenance record (also written as JSON)."""
-    logger = get_run_logger()
-    work = Path(work_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    start = time.perf_counter()
-    structures = generate_structures(n_structures, seed=seed, max_atoms=max_atoms)
-    labelled, dropped = label_structures(structures, str(work / "qm"))
-    seconds["label"] = time.perf_counter() - start
-    logger.info("%d structures labelled, %d dropped", len(labelled), dropped)
-    train_file = write_training_file(labelled, work / "train.extxyz")
-    hyper = PretrainHyperparameters(max_num_epochs=epochs)
-    start = time.perf_counter()
-    model = train_from_scratch(train_file, "average", work / "mace", name=name, hyper=hyper, device=device)
-    seconds["train"] = time.perf_counter() - start
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model, out / f"{name}.model")
-    digest = hashlib.sha256((out / f"{name}.model").read_bytes()).hexdigest()
-    record = provenance(
-        recipe={"generator": "tangentlab.pretrain_data.generate_structures", "n_structures": n_structures,
-                "seed": seed, "max_atoms": max_atoms, "max_force_eV_per_A": MAX_FORCE, "dropped": dropped,
-                "multiplicity": "lowest consistent with the electron count", "charge": 0},
-        n_structures=len(labelled), e0s="average (least squares on the training set, by mace_run_train)",
-        hyper=hyper, metrics=_validation_errors(work / "mace" / "logs"), model_sha256=digest, seconds=seconds,
-    )
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
-    logger.info("wrote %s (sha256 %s)", out / f"{name}.model", digest)
-    return record
-
-
-
 SURFACE_MAX_FORCE = 20.0  # eV/Å: EMT frames beyond this (adsorbate collisions) are dropped
-SURFACE_HYPER = {"r_max": 4.0, "max_num_epochs": 6, "patience": 3, "batch_size": 8}
+SURFACE_HYPER = {"r_max": 4.0, "patience": 3, "batch_size": 8}
 
 
 @task(name="label surface structures with EMT", cache_policy=NO_CACHE)
-def label_surface_structures(structures: list) -> tuple[list, int]:
+def label_surface_structures(structures: list, results_dir: str) -> tuple[list, int]:
     """EMT energies and raw forces (every atom, fixed ones too) from ASE's EMT calculator, the
     one quacc's `emt` recipe runs (called directly: a quacc job directory per structure costs
-    ~20 times the EMT evaluation); structures with a force above ``SURFACE_MAX_FORCE`` are
-    dropped and counted."""
+    ~20 times the EMT evaluation, so ``results_dir`` stays unused); structures with a force
+    above ``SURFACE_MAX_FORCE`` are dropped and counted."""
     from ase.calculators.emt import EMT
 
     labelled, dropped = [], 0
@@ -145,54 +104,87 @@ def label_surface_structures(structures: list) -> tuple[list, int]:
     return labelled, dropped
 
 
-@flow(name="pretrain-surface", log_prints=True)
-def pretrain_surface(
+@dataclass(frozen=True)
+class Recipe:
+    """What a pretraining recipe decides: structures, their labeller, defaults, provenance."""
+
+    name: str  # the model's file name (without .model)
+    n_structures: int
+    epochs: int
+    work_dir: str
+    generate: Callable[[int, int], list]  # (n_structures, seed) -> structures
+    label: Callable[[list, str], tuple[list, int]]  # (structures, results_dir) -> (labelled, dropped)
+    describe: Callable[[int, int, int], dict]  # (n_structures, seed, dropped) -> data recipe record
+    hyper: dict = field(default_factory=dict)  # PretrainHyperparameters overrides
+    level_of_theory: dict | None = None  # None: GFN2-xTB through quacc's tblite job
+
+
+RECIPES: dict[str, Recipe] = {
+    "molecules": Recipe(
+        name="tangentlab-hcno-xtb", n_structures=4000, epochs=30, work_dir="pretrain",
+        generate=lambda n, seed: generate_structures(n, seed=seed, max_atoms=12),
+        label=label_structures,
+        describe=lambda n, seed, dropped: {
+            "generator": "tangentlab.pretrain_data.generate_structures", "n_structures": n,
+            "seed": seed, "max_atoms": 12, "max_force_eV_per_A": MAX_FORCE, "dropped": dropped,
+            "multiplicity": "lowest consistent with the electron count", "charge": 0},
+    ),
+    "surface": Recipe(
+        name="tangentlab-cuoh-emt", n_structures=600, epochs=6, work_dir="pretrain-surface",
+        generate=lambda n, seed: generate_surface_structures(n, seed=seed, frames_per_run=20,
+                                                             sample_every=5),
+        label=label_surface_structures,
+        describe=lambda n, seed, dropped: {
+            "generator": "tangentlab.pretrain_surface.generate_surface_structures",
+            "n_structures": n, "seed": seed, "frames_per_run": 20, "sample_every": 5,
+            "temperatures_K": [300, 600, 900, 1200], "max_force_eV_per_A": SURFACE_MAX_FORCE,
+            "dropped": dropped, "slab": "Cu(111) 3x3, 3 layers, bottom layer FixAtoms, 6 Å vacuum",
+            "adsorbates": "0-3 of O, H, OH on fcc/hcp/bridge/top sites"},
+        hyper=SURFACE_HYPER,
+        level_of_theory={"method": "EMT", "code": "ase", "via": "ase.calculators.emt.EMT, "
+                         "the calculator of quacc's emt static_job"},
+    ),
+}
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain(
+    recipe: str = "molecules",
     out_dir: str = "tangentlab/data",
-    name: str = "tangentlab-cuoh-emt",
-    n_structures: int = 600,
+    n_structures: int | None = None,
     seed: int = 2026,
-    epochs: int = 6,
-    work_dir: str = "pretrain-surface",
+    epochs: int | None = None,
+    work_dir: str | None = None,
     device: str = "cpu",
 ) -> dict:
-    """EMT MD frames of Cu(111) with O/H/OH, EMT labels, a small MACE trained from scratch;
-    return the provenance record (also written as ``<out_dir>/<name>.json``)."""
-    logger = get_run_logger()
-    work = Path(work_dir).resolve()
+    """Generate, label and train with one of :data:`RECIPES` (``None`` takes the recipe's
+    default); return the provenance record (also written as ``<out_dir>/<name>.json``)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown pretraining recipe {recipe!r}; choose from {sorted(RECIPES)}")
+    logger, chosen = get_run_logger(), RECIPES[recipe]
+    n_structures = n_structures or chosen.n_structures
+    work = Path(work_dir or chosen.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    start = time.perf_counter()
-    structures = generate_surface_structures(n_structures, seed=seed, frames_per_run=20,
-                                             sample_every=5)
-    seconds["md"] = time.perf_counter() - start
-    start = time.perf_counter()
-    labelled, dropped = label_surface_structures(structures)
-    seconds["label"] = time.perf_counter() - start
+    seconds, start = {}, time.perf_counter()
+    structures = chosen.generate(n_structures, seed)
+    seconds["generate"], start = time.perf_counter() - start, time.perf_counter()
+    labelled, dropped = chosen.label(structures, str(work / "qm"))
+    seconds["label"], start = time.perf_counter() - start, time.perf_counter()
     logger.info("%d structures labelled, %d dropped", len(labelled), dropped)
-    train_file = write_training_file(labelled, work / "train.extxyz")
-    hyper = PretrainHyperparameters(**{**SURFACE_HYPER, "max_num_epochs": epochs})
-    start = time.perf_counter()
-    model = train_from_scratch(train_file, "average", work / "mace", name=name, hyper=hyper,
-                               device=device)
+    hyper = PretrainHyperparameters(**{**chosen.hyper, "max_num_epochs": epochs or chosen.epochs})
+    model = train_from_scratch(write_training_file(labelled, work / "train.extxyz"), "average",
+                               work / "mace", name=chosen.name, hyper=hyper, device=device)
     seconds["train"] = time.perf_counter() - start
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model, out / f"{name}.model")
-    digest = hashlib.sha256((out / f"{name}.model").read_bytes()).hexdigest()
+    shutil.copy(model, out / f"{chosen.name}.model")
+    digest = hashlib.sha256((out / f"{chosen.name}.model").read_bytes()).hexdigest()
     record = provenance(
-        recipe={"generator": "tangentlab.pretrain_surface.generate_surface_structures",
-                "n_structures": n_structures, "seed": seed, "frames_per_run": 20, "sample_every": 5,
-                "temperatures_K": [300, 600, 900, 1200], "max_force_eV_per_A": SURFACE_MAX_FORCE,
-                "dropped": dropped,
-                "slab": "Cu(111) 3x3, 3 layers, bottom layer FixAtoms, 6 Å vacuum",
-                "adsorbates": "0-3 of O, H, OH on fcc/hcp/bridge/top sites"},
-        n_structures=len(labelled),
-        e0s="average (least squares on the training set, by mace_run_train)",
-        hyper=hyper, metrics=_validation_errors(work / "mace" / "logs"), model_sha256=digest,
-        seconds=seconds,
-        level_of_theory={"method": "EMT", "code": "ase", "via": "ase.calculators.emt.EMT, "
-                         "the calculator of quacc's emt static_job"},
+        recipe=chosen.describe(n_structures, seed, dropped), n_structures=len(labelled),
+        e0s="average (least squares on the training set, by mace_run_train)", hyper=hyper,
+        metrics=_validation_errors(work / "mace" / "logs"), model_sha256=digest, seconds=seconds,
+        level_of_theory=chosen.level_of_theory,
     )
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
-    logger.info("wrote %s (sha256 %s)", out / f"{name}.model", digest)
+    (out / f"{chosen.name}.json").write_text(json.dumps(record, indent=2))
+    logger.info("wrote %s (sha256 %s)", out / f"{chosen.name}.model", digest)
     return record

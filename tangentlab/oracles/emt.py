@@ -8,7 +8,6 @@ runs end to end on a laptop; it is not a level of theory to fine-tune a producti
 from __future__ import annotations
 
 from importlib.metadata import version
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -17,9 +16,7 @@ from tangentlab.oracles.base import BaseOracleSettings, Oracle, register
 from tangentlab.oracles.results import (
     QMFailure,
     QMResult,
-    job_failure_as_qm_failure,
-    qm_result,
-    quacc_results_dir,
+    run_quacc_job,
 )
 from tangentlab.structures import charge_and_multiplicity
 
@@ -95,10 +92,7 @@ def emt_static(atoms: Atoms, *, results_dir: str | Path | None = None) -> QMResu
             f"charge {charge} and multiplicity {multiplicity}"
         )
         raise QMFailure(msg)
-    start = perf_counter()
-    with quacc_results_dir(results_dir), job_failure_as_qm_failure():
-        result = strip_decorator(static_job)(atoms)
-    return qm_result(result, perf_counter() - start, emt_level())
+    return run_quacc_job(lambda: strip_decorator(static_job)(atoms), emt_level(), results_dir)
 
 
 @register

@@ -4,7 +4,6 @@ SCF stability step for open-shell molecules and a retry strategy for hard SCF ca
 from __future__ import annotations
 
 from importlib.metadata import version
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -17,9 +16,8 @@ from tangentlab.oracles.pyscf_calculator import (
 )
 from tangentlab.oracles.results import (
     QMResult,
-    job_failure_as_qm_failure,
-    qm_result,
-    quacc_results_dir,
+    calculator_job,
+    run_quacc_job,
 )
 from tangentlab.structures import spin_state
 
@@ -127,9 +125,6 @@ def pyscf_static(
     QMFailure
         If the SCF does not converge or PySCF fails.
     """
-    from quacc.runners.ase import Runner
-    from quacc.schemas.ase import Summarize
-
     check_dispersion(dispersion)
     charge, multiplicity = spin_state(atoms)
     calc = PySCFCalculator(
@@ -146,11 +141,8 @@ def pyscf_static(
         num_threads=num_threads,
         stability=stability,
     )
-    start = perf_counter()
-    with quacc_results_dir(results_dir), job_failure_as_qm_failure():
-        final_atoms = Runner(atoms, calc).run_calc()
-        result = Summarize(additional_fields={"name": "PySCF Static"}).run(final_atoms, atoms)
-    return qm_result(result, perf_counter() - start, pyscf_level(xc, basis, dispersion))
+    return run_quacc_job(calculator_job(atoms, calc, "PySCF Static"),
+                         pyscf_level(xc, basis, dispersion), results_dir)
 
 
 @register

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from importlib.metadata import version
 from pathlib import Path
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
@@ -23,9 +22,8 @@ from tangentlab.oracles.base import BaseOracleSettings, Oracle, register
 from tangentlab.oracles.results import (
     QMFailure,
     QMResult,
-    job_failure_as_qm_failure,
-    qm_result,
-    quacc_results_dir,
+    calculator_job,
+    run_quacc_job,
 )
 from tangentlab.structures import charge_and_multiplicity
 
@@ -293,9 +291,6 @@ def pyscf_pbc_static(
         For a molecule or a cell without volume, a charged structure, an open-shell one without
         smearing, an SCF that does not converge, or a PySCF failure.
     """
-    from quacc.runners.ase import Runner
-    from quacc.schemas.ase import Summarize
-
     check_periodic_cell(atoms)
     charge, multiplicity = charge_and_multiplicity(atoms)
     if charge != 0:
@@ -318,12 +313,8 @@ def pyscf_pbc_static(
         max_cycle=max_cycle,
         num_threads=num_threads,
     )
-    start = perf_counter()
-    with quacc_results_dir(results_dir), job_failure_as_qm_failure():
-        final_atoms = Runner(atoms, calc).run_calc()
-        result = Summarize(additional_fields={"name": "PySCF PBC Static"}).run(final_atoms, atoms)
     level = pyscf_pbc_level(xc, basis, pseudo, kpts, ke_cutoff, smearing_eV)
-    return qm_result(result, perf_counter() - start, level)
+    return run_quacc_job(calculator_job(atoms, calc, "PySCF PBC Static"), level, results_dir)
 
 
 @register

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -12,9 +11,7 @@ from tangentlab.oracles.base import BaseOracleSettings, Oracle, register
 from tangentlab.oracles.results import (
     QMFailure,
     QMResult,
-    job_failure_as_qm_failure,
-    qm_result,
-    quacc_results_dir,
+    run_quacc_job,
 )
 from tangentlab.structures import spin_state
 
@@ -189,15 +186,17 @@ def recipe_static(
             msg = (f"recipe {recipe} takes no charge/multiplicity keyword, so it cannot label "
                    f"{atoms.get_chemical_formula()} with charge {charge}, multiplicity {multiplicity}")
             raise QMFailure(msg)
-    start = perf_counter()
-    with quacc_results_dir(results_dir), job_failure_as_qm_failure():
+
+    def job() -> dict[str, Any]:
         result = function(atoms, **recipe_kwargs)
-    results = result.get("results", {}) if isinstance(result, dict) else {}
-    missing = [key for key in ("energy", "forces") if results.get(key) is None]
-    if missing:
-        msg = f"recipe {recipe} returned no {' or '.join(missing)} in its results"
-        raise QMFailure(msg, str(result.get("dir_name")) if isinstance(result, dict) else None)
-    return qm_result(result, perf_counter() - start, recipe_level(recipe, kwargs, level))
+        results = result.get("results", {}) if isinstance(result, dict) else {}
+        missing = [key for key in ("energy", "forces") if results.get(key) is None]
+        if missing:
+            msg = f"recipe {recipe} returned no {' or '.join(missing)} in its results"
+            raise QMFailure(msg, str(result.get("dir_name")) if isinstance(result, dict) else None)
+        return result
+
+    return run_quacc_job(job, recipe_level(recipe, kwargs, level), results_dir)
 
 
 @register

@@ -6,12 +6,16 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+    from ase.atoms import Atoms
+    from ase.calculators.calculator import Calculator
 
 
 @dataclass
@@ -156,3 +160,49 @@ def qm_result(result: dict[str, Any], wall_time: float, level: dict[str, Any]) -
         level=level,
         stress=stress,
     )
+
+
+def run_quacc_job(
+    job: Callable[[], dict[str, Any]], level: dict[str, Any], results_dir: str | Path | None
+) -> QMResult:
+    """
+    Run one quacc job the way every oracle does.
+
+    Parameters
+    ----------
+    job
+        The job call (a quacc recipe with its arguments bound, or `calculator_job`); it may
+        raise `QMFailure` itself.
+    level
+        Level-of-theory dict recorded with the result.
+    results_dir
+        Where quacc puts the job directory; None keeps quacc's RESULTS_DIR.
+
+    Returns
+    -------
+    QMResult
+        The job's result with its wall time.
+
+    Raises
+    ------
+    QMFailure
+        If the job fails (quacc's JobFailure, with the job directory).
+    """
+    start = perf_counter()
+    with quacc_results_dir(results_dir), job_failure_as_qm_failure():
+        result = job()
+    return qm_result(result, perf_counter() - start, level)
+
+
+def calculator_job(atoms: Atoms, calc: Calculator, name: str) -> Callable[[], dict[str, Any]]:
+    """A quacc static job of an ASE calculator: quacc's `Runner`, then its `Summarize` schema
+    under the job name ``name``."""
+
+    def job() -> dict[str, Any]:
+        from quacc.runners.ase import Runner
+        from quacc.schemas.ase import Summarize
+
+        final_atoms = Runner(atoms, calc).run_calc()
+        return Summarize(additional_fields={"name": name}).run(final_atoms, atoms)
+
+    return job

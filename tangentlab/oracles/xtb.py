@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from importlib.metadata import version
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -11,9 +10,7 @@ from pydantic import Field
 from tangentlab.oracles.base import BaseOracleSettings, Oracle, register
 from tangentlab.oracles.results import (
     QMResult,
-    job_failure_as_qm_failure,
-    qm_result,
-    quacc_results_dir,
+    run_quacc_job,
 )
 from tangentlab.structures import spin_state
 
@@ -78,12 +75,11 @@ def xtb_static(
     from quacc.recipes.tblite.core import static_job
 
     charge, multiplicity = spin_state(atoms)
-    start = perf_counter()
-    with quacc_results_dir(results_dir), job_failure_as_qm_failure():
-        result = strip_decorator(static_job)(
-            atoms, method=method, charge=charge, multiplicity=multiplicity, verbosity=0
-        )
-    return qm_result(result, perf_counter() - start, xtb_level(method))
+    job = strip_decorator(static_job)
+    return run_quacc_job(
+        lambda: job(atoms, method=method, charge=charge, multiplicity=multiplicity, verbosity=0),
+        xtb_level(method), results_dir,
+    )
 
 
 @register
