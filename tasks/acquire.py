@@ -68,13 +68,8 @@ def acquire(url: str, campaign_id: int, config: CampaignConfig, round_number: in
     progress = Progress(artifact_key("campaign", config.name, "round", round_number, "acquisition"),
                         f"Campaign {config.name}, round {round_number}: acquisition progress, "
                         f"{_describe(settings)} over {len(pool_ids)} pool structures (model {model_version_id})")
-    if settings.signal == "committee":
-        picked, scores, info, scale = _committee(context, round_number, pool_atoms, progress)
-    elif settings.signal == "random":
-        picked = random_selection(len(pool_atoms), settings.batch_size, config.seed * 1000 + round_number)
-        scores, info, scale = np.full(len(picked), np.nan), {}, None
-    else:
-        picked, scores, info, scale = _kernel(context, round_number, pool_atoms, targets, progress)
+    select = SELECTORS.get(settings.signal, _kernel)
+    picked, scores, info, scale = select(context, round_number, pool_atoms, targets, progress)
     timings = {"acquire_s": time.perf_counter() - start, **info.get("timings", {})}
     diagnostics = selection_diagnostics(context.model, [pool_atoms[int(i)] for i in picked], pool_atoms,
                                         targets, seed=config.seed * 1000 + round_number)
@@ -180,8 +175,16 @@ def _kernel(context, round_number, pool_atoms, target, progress):
     return picked, scores, info, scale
 
 
-def _committee(context, round_number, pool_atoms, progress):
-    """Fine-tune the committee, then pick the largest force disagreements.
+def _random(context, round_number, pool_atoms, target, progress):
+    """Uniformly at random (seeded by the campaign's seed and the round): no scores, no scale."""
+    config = context.config
+    picked = random_selection(len(pool_atoms), config.acquisition.batch_size, config.seed * 1000 + round_number)
+    return picked, np.full(len(picked), np.nan), {}, None
+
+
+def _committee(context, round_number, pool_atoms, target, progress):
+    """Fine-tune the committee, then pick the largest force disagreements (over the pool: the
+    committee has no target-aware rule, so ``target`` is not used).
 
     Progress: the members' epochs take 0 → 90 %, scoring the pool the rest. The stored score is the squared force std (so that ``scale·√score`` is comparable with
     the kernel signals' ``scale·σ``).
@@ -211,3 +214,9 @@ def _committee(context, round_number, pool_atoms, progress):
         scale = calibrate_uncertainty(valid_std, _force_errors(context.model, valid))
     info = {"timings": {"committee_training_s": train_s, "scoring_s": time.perf_counter() - tick - train_s}}
     return picked, scores, info, scale
+
+
+#: How each signal without feature rows selects; every other signal is a feature signal
+#: (`_kernel`). Each takes (round context, round number, pool, target structures, progress)
+#: and returns (picked indices, scores, info, uncertainty scale).
+SELECTORS = {"random": _random, "committee": _committee}

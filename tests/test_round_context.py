@@ -121,3 +121,25 @@ def test_every_round_status_has_a_step():
     from flows.campaign import STEPS
 
     assert set(STEPS) == set(RoundStatus)
+
+
+def test_random_acquisition_picks_through_the_signal_registry(lab, prefect_server, monkeypatch):
+    """Feature signals are covered by every campaign test; random (the benchmarks' baseline)
+    goes through its own entry of `tasks.acquire.SELECTORS`."""
+    import logging
+
+    import tasks.acquire as acquire_module
+    from db import rounds
+
+    monkeypatch.setattr(acquire_module, "get_run_logger", lambda: logging.getLogger("tangentlab.test"))
+    url, campaign_id, model_id, ids = lab
+    signal = "random"
+    config = make_config({"name": "context", "acquisition": {"signal": signal, "batch_size": 3}})
+    assert acquire_module.acquire.fn(url, campaign_id, config, 1, model_id) == 3
+    with session_scope(make_engine(url)) as session:
+        round_ = rounds.get_round(session, campaign_id, 1)
+        picked = [entry["structure_id"] for entry in round_.selected]
+        scores = [entry["score"] for entry in round_.selected]
+        assert round_.method == signal and round_.model_version_id == model_id
+    assert len(set(picked)) == 3 and set(picked) <= set(ids["pool"][1:])  # never the failed one
+    assert scores == [None, None, None]
