@@ -8,19 +8,12 @@ energies and fine-tune to reach its targets.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import ONE_EPOCH, tiny_model_path, write_pool
-from sqlalchemy import func, select
+from conftest import write_pool
 
-from db import Label, campaigns, init_db, make_engine, reports, rounds, session_scope
+from db import campaigns, init_db, make_engine, reports, session_scope
 from tangentlab.config import shipped_file
 
 pytestmark = pytest.mark.slow
@@ -80,7 +73,11 @@ def test_campaign_reaches_its_targets(prefect_server, tmp_path):
     # What the Prefect UI shows (docs/monitoring.md): the outcome as the run's state name, label
     # runs named by purpose, the overview and every round's selection with its labels' outcomes.
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+    )
 
     with get_client(sync_client=True) as client:
         (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["campaign reach"])))
@@ -111,91 +108,6 @@ def _latest_artifact(key: str) -> dict:
     response.raise_for_status()
     (artifact,) = response.json()
     return artifact
-
-
-def _cli(args: list[str], api_url: str, cwd: Path, **popen) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, env=env,
-                            start_new_session=True, **popen)
-
-
-def test_killed_campaign_resumes_without_repeating_or_losing_qm_jobs(prefect_server, tmp_path):
-    """SIGKILL the campaign process while it labels round 1, then resume it to the end."""
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    # The targets are never met, so how well the rounds train does not matter here: the tiny
-    # model and one epoch a round (the kill and the resume are what is checked).
-    config = campaign_config(tmp_path, "killed", targets={"energy_mae_mev_per_atom": 0.01,
-                                                          "force_mae_mev_per_a": 0.01},
-                             budgets={"max_rounds": 2, "max_labels": 30},
-                             acquisition={"method": "activation", "batch_size": 6},
-                             model=tiny_model_path(), finetune=dict(ONE_EPOCH))
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    log = open(tmp_path / "first.log", "w")
-    first = _cli(["--db", url, "start", "c.yaml"], prefect_server, tmp_path, stdout=log, stderr=log)
-    engine = make_engine(url)
-    deadline = time.time() + 600
-    killed_at = None
-    while time.time() < deadline and first.poll() is None:
-        time.sleep(0.05)
-        try:
-            with session_scope(engine) as session:
-                round_1 = rounds.get_round(session, campaigns.get_campaign(session, "killed"), 1)
-                if round_1 is None:
-                    continue
-                ids = [e["structure_id"] for e in round_1.selected]
-                done = session.scalar(select(func.count()).select_from(Label).where(
-                    Label.structure_id.in_(ids), Label.status == "done"))
-        except Exception:  # the database may not exist yet
-            continue
-        if 1 <= done < len(ids):
-            os.killpg(first.pid, signal.SIGKILL)
-            killed_at = done
-            break
-    first.wait(timeout=60)
-    assert killed_at is not None, f"never caught round 1 mid-labelling; log:\n{(tmp_path / 'first.log').read_text()}"
-    assert first.returncode == -signal.SIGKILL
-
-    jobs_before = finished_jobs(tmp_path, "killed")
-    with session_scope(engine) as session:
-        done_before = {lab.id for lab in session.scalars(select(Label).where(Label.status == "done"))}
-    assert set(jobs_before) == done_before  # every finished QM job was stored before the kill
-
-    second = _cli(["--db", url, "resume", "killed"], prefect_server, tmp_path,
-                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = second.communicate(timeout=900)
-    assert second.returncode == 3, out  # budget exhausted, not targets met: the exit code says so
-
-    jobs = finished_jobs(tmp_path, "killed")
-    assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
-    with session_scope(engine) as session:
-        labels = list(session.scalars(select(Label)))
-        report = reports.campaign_report(session, campaigns.get_campaign(session, "killed"))
-    done = {lab.id for lab in labels if lab.status == "done"}
-    assert done == set(jobs), "labels and finished QM jobs disagree"
-    assert done_before <= done, "a label stored before the kill was lost"
-    assert report["status"] == "budget_exhausted"
-    assert [r["status"] for r in report["rounds"]] == ["evaluated"] * 3
-    expected = 8 + 6 + 6 + 6  # test + initial + two rounds of 6
-    assert len(done) + report["labels"]["failed"] == expected
-
-    # In the Prefect UI the killed run and its labelling subflow show Crashed (the resumed run
-    # marked them), not Running for ever.
-    runs = _flow_runs_named_like("killed")
-    assert [state for name, state in runs if name == "campaign killed"] == ["CRASHED", "COMPLETED"], runs
-    assert "CRASHED" in [state for name, state in runs if name.startswith("label killed")], runs
-    assert "RUNNING" not in [state for _, state in runs], runs
-
-
-def _flow_runs_named_like(text: str) -> list[tuple[str, str]]:
-    """(name, state type) of the flow runs whose name contains ``text``, oldest first."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=text)),
-                                     sort=FlowRunSort.START_TIME_ASC)
-    return [(r.name, r.state.type.value) for r in runs]
 
 
 def test_start_with_unknown_element_stores_nothing(prefect_server, tmp_path):

@@ -3,8 +3,9 @@
 Two `start`s at the same instant: one runs, the other exits 2 naming it. The runner is
 SIGKILLed while it labels; two `resume`s at the same instant: one takes the dead run's lease
 over, the other exits 2 naming the new holder; a `start` while that resume runs exits 2 naming
-it too; a `resume --wait` waits for it and then finds nothing left to do. In the end no QM job ran twice, no label was lost, and each round has
-exactly one model version. On SQLite and, where ``TANGENTLAB_TEST_POSTGRES_URL`` is set,
+it too; a `resume --wait` waits for it and then finds nothing left to do. In the end no QM job
+ran twice, no label was lost, each round has exactly one model version, and the killed run and
+its labelling subflow show Crashed in the UI. On SQLite and, where ``TANGENTLAB_TEST_POSTGRES_URL`` is set,
 PostgreSQL.
 """
 
@@ -26,7 +27,7 @@ import yaml
 from conftest import stop_process_group, xtb_campaign_config
 from sqlalchemy import select
 
-from db import Label, ModelVersion, make_engine, session_scope
+from db import Label, ModelVersion, campaigns, make_engine, reports, session_scope
 
 pytestmark = pytest.mark.slow
 
@@ -87,16 +88,20 @@ def _done(url: str) -> set[int]:
         return set(session.scalars(select(Label.id).where(Label.status == "done")))
 
 
-def _campaign_runs(since) -> list[str]:
+def _campaign_runs(since, prefix: str | None = None) -> list[str]:
     """States of this test's campaign flow runs (the session's server also holds the runs of
-    the other backend's parametrisation, under the same name)."""
+    the other backend's parametrisation, under the same name), or of its runs whose name
+    starts with ``prefix``."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
+    named = (FlowRunFilterName(any_=[f"campaign {NAME}"]) if prefix is None
+             else FlowRunFilterName(like_=prefix))
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=[f"campaign {NAME}"])), sort=FlowRunSort.START_TIME_ASC)
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=named),
+                                     sort=FlowRunSort.START_TIME_ASC)
+        runs = [r for r in runs if prefix is None or r.name.startswith(prefix)]
     return sorted(r.state.type.value for r in runs if r.created is not None and r.created >= since)
 
 
@@ -161,22 +166,34 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
         versions = list(session.scalars(
             select(ModelVersion.round_number).order_by(ModelVersion.id)))
     assert versions == [None, 0, 1]
+    with session_scope(make_engine(url)) as session:
+        report = reports.campaign_report(session, campaigns.get_campaign(session, NAME))
+    assert report["status"] == "budget_exhausted"
+    assert [r["status"] for r in report["rounds"]] == ["evaluated"] * 2
+    assert len(done) + report["labels"]["failed"] == 6 + 6 + 4  # test, initial, one round
     # The killed run shows Crashed (the lease holder that replaced it marked it), the three
-    # refused runs Failed, the runner and the waiter Completed; none is left Running.
+    # refused runs Failed, the runner and the waiter Completed; none is left Running. The
+    # labelling subflow the killed run was in shows Crashed too.
     assert _campaign_runs(started) == ["COMPLETED", "COMPLETED", "CRASHED", "FAILED", "FAILED", "FAILED"]
+    labelling = _campaign_runs(started, f"label {NAME}: ")
+    assert "CRASHED" in labelling and "RUNNING" not in labelling, labelling
 
 
-def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server, database_url, tmp_path):
+def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server, tmp_path):
     """`python -m flows.serve --nightly` serves the campaign's nightly resume; its scheduled run
     comes while a `tangentlab start` of that campaign labels. The nightly run fails at once
     with a message naming the CLI run; the CLI run goes on undisturbed (no flow run of its
-    marked Crashed, no QM job twice, no label lost, one model version per round)."""
+    marked Crashed, no QM job twice, no label lost, one model version per round).
+
+    On SQLite: the refusal is the campaign lease's, which `test_one_live_run_per_campaign` and
+    tests/test_leases.py check on PostgreSQL too."""
     from prefect.client.orchestration import get_client
     from prefect.states import Scheduled
 
     from db import leases
 
     name = "nightly-overlap"
+    database_url = f"sqlite:///{tmp_path / 'c.db'}"
     _one_round_campaign(tmp_path, name, seed=4)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "TANGENTLAB_DATABASE_URL": database_url,
