@@ -2,21 +2,27 @@
 
 For a preset's data (its pool files), per seed: a pool, a test reserve drawn from the pool and
 an independent set of ``--big`` structures from the same files (never labelled by the
-campaign: the "true" MAE). A campaign is replayed in process: the initial random set, then
-rounds of the product's acquisition (its scorer and batch rule) and a warm-started fine-tune,
-the validation split kept as a campaign keeps it. After every round:
+campaign). A campaign is replayed in process: the initial random set, then rounds of the
+product's acquisition (its scorer and batch rule) and a warm-started fine-tune, the validation
+split kept as a campaign keeps it. After every round:
 
-- **coverage**: the stated intervals of fixed test sets (10, 30 and 100 structures of the
-  reserve, studentized and percentile bootstrap) against the MAE on the independent set;
+- **coverage**: the structures the campaign never trained on and never chose against (the test
+  reserves and the independent sets) are one population. Per seed and round, ``--splits``
+  random splits of it into a test set (10, 30 or 100 structures) and an independent set (all
+  the rest, at least ``MIN_INDEPENDENT``): the stated interval of the test set (each bootstrap
+  method of :func:`tangentlab.confidence.mae_interval`) against the independent set's MAE, and
+  against the whole population's (:func:`split_coverage`);
 - **predicted MAE**: the MAE over the unlabelled pool predicted from σ with the validation
-  labels (:func:`tangentlab.confidence.predicted_mae`), against the same MAE;
+  labels (:func:`tangentlab.confidence.predicted_mae`), against the independent set's;
 - **stop decisions**: for a grid of targets around the seed's learning curve,
-  :func:`tangentlab.stopping.stop_decision` on a fixed 100- and 30-structure test set and on
-  an adaptive one that starts at ``--start`` and adds ``--step`` structures (stratified by σ,
-  :func:`tangentlab.confidence.stratified_pick`) only when the interval is too wide to
-  decide and growing can decide (:func:`tangentlab.confidence.planned_test_size`).
+  :func:`tangentlab.stopping.stop_decision` on a fixed 100-, 50- and 30-structure test set
+  and on an adaptive one that starts at ``--start`` and adds ``--step`` structures (stratified
+  by σ, :func:`tangentlab.confidence.stratified_pick`, from the fixed 100's structures, so that
+  the two differ only by the labels the adaptive set did not take) only when the interval is
+  too wide to decide and growing can decide (:func:`tangentlab.confidence.planned_test_size`).
 
     python -m benchmarks.confidence h2combustion --seeds 0 1 2 3 4 --out result.json
+    python -m benchmarks.confidence acac --from-raw raw/acac-c0.npz raw/acac-c1.npz --out ...
 """
 
 from __future__ import annotations
@@ -34,11 +40,21 @@ from benchmarks.data import even_draw, read_labelled
 from benchmarks.finetune_spread import emit
 from benchmarks.methods import method_acquisition
 from benchmarks.spec import make_spec, preset
-from tangentlab.confidence import mae_interval, planned_test_size, predicted_mae, stratified_pick
+from tangentlab.confidence import (
+    METHODS,
+    mae_interval,
+    planned_test_size,
+    predicted_mae,
+    stratified_pick,
+)
 from tangentlab.config import Acquisition, Budgets, FineTune, Targets
 
 SIZES = (10, 30, 100)
 LEVEL = 0.9
+#: Fewest structures of the independent set a coverage split leaves.
+MIN_INDEPENDENT = 500
+#: Fixed test sets the adaptive one is compared with (the first of them is the reference).
+FIXED = (100, 50, 30)
 TARGET_FACTORS = (0.9, 1.0, 1.1, 1.25)
 
 
@@ -198,39 +214,111 @@ def replay(spec, pool, big, seed: int, work: Path, args) -> list[dict]:
     return rounds
 
 
-def coverage_rows(rounds: list[dict], reserve: np.ndarray) -> list[dict]:
-    rows = []
-    for r in rounds:
-        truth = mae(r["big"])
+def split_population(size: int, population: int, rng: np.random.Generator, min_rest: int):
+    """A random test set of ``size`` of ``population`` structures and the independent set of
+    all the rest (disjoint, both uniform draws of the same population)."""
+    if population - size < min_rest:
+        raise ValueError(
+            f"a test set of {size} leaves {population - size} independent structures, "
+            f"fewer than {min_rest}"
+        )
+    order = rng.permutation(population)
+    return np.sort(order[:size]), np.sort(order[size:])
+
+
+def exact_coverage(size: int, independent: int, level: float = LEVEL) -> float:
+    """Coverage an exact interval for the distribution's MAE has against the MAE of a finite
+    independent set (normal approximation): the independent set's own sampling noise adds
+    ``size / independent`` to the variance of the difference, so a perfect 90 % interval from
+    100 structures covers the MAE of 500 others in 86.7 % of the splits, not 90 %."""
+    from statistics import NormalDist
+
+    normal = NormalDist()
+    z = normal.inv_cdf(0.5 + level / 2)
+    return 2 * normal.cdf(z / np.sqrt(1 + size / independent)) - 1
+
+
+def split_coverage(
+    rounds: list[dict],
+    reserves: int,
+    splits: int,
+    seed: int,
+    methods: tuple[str, ...] = METHODS,
+    min_rest: int = MIN_INDEPENDENT,
+    resamples: int = 500,
+) -> dict:
+    """Coverage of the stated intervals over random splits of the never-trained-on structures
+    (the test reserves, ``pool[:reserves]``, and the independent sets): per round (the starting
+    model left out) and test size, ``splits`` test sets, each interval against the MAE of the
+    rest of the population (``independent``) and of the whole population (``population``)."""
+    rng = np.random.default_rng(seed)
+    hits: dict = {}
+    sizes: dict = {}
+    for r in rounds[1:]:
+        population = {k: np.concatenate([r["pool"][k][:reserves], r["big"][k]]) for k in r["big"]}
+        whole = mae(population)
+        total = len(population["counts"])
         for size in SIZES:
-            which = reserve[:size]
-            for method in ("studentized", "percentile"):
-                found = intervals(r["pool"], which, method)
-                for quantity in ("energy", "force"):
-                    low, high = found[quantity]
-                    rows.append(
-                        {
-                            "round": r["round"],
-                            "size": size,
-                            "method": method,
-                            "quantity": quantity,
-                            "mae_test": mae(r["pool"], which)[quantity],
-                            "interval": [low, high],
-                            "mae_big": truth[quantity],
-                            "covered": bool(low <= truth[quantity] <= high),
-                        }
-                    )
-    return rows
+            for _ in range(splits):
+                test, rest = split_population(size, total, rng, min_rest)
+                truth = mae({k: v[rest] for k, v in population.items()})
+                for method in methods:
+                    found = {
+                        "energy": mae_interval(
+                            population["energy"][test],
+                            level=LEVEL,
+                            method=method,
+                            resamples=resamples,
+                        ),
+                        "force": mae_interval(
+                            population["force"][test],
+                            population["counts"][test],
+                            level=LEVEL,
+                            method=method,
+                            resamples=resamples,
+                        ),
+                    }
+                    for quantity, (low, high) in found.items():
+                        key = f"{quantity} n={size} {method}"
+                        sizes[key] = (size, total - size)
+                        entry = hits.setdefault(
+                            key,
+                            {"independent": [], "population": [], "above": [], "width": []},
+                        )
+                        entry["independent"].append(low <= truth[quantity] <= high)
+                        entry["population"].append(low <= whole[quantity] <= high)
+                        entry["above"].append(truth[quantity] > high)
+                        entry["width"].append((high - low) / whole[quantity])
+    return {
+        key: {
+            "covered": int(sum(v["independent"])),
+            "of": len(v["independent"]),
+            "fraction": float(np.mean(v["independent"])),
+            "fraction_population": float(np.mean(v["population"])),
+            "misses_above": int(sum(v["above"])),
+            "width_relative_median": float(np.median(v["width"])),
+            "independent_size": sizes[key][1],
+            "exact_interval_would_cover": exact_coverage(*sizes[key]),
+        }
+        for key, v in hits.items()
+    }
 
 
 def decide(
-    rounds: list[dict], targets: Targets, budgets: Budgets, first_test, growth: bool, args
+    rounds: list[dict],
+    targets: Targets,
+    budgets: Budgets,
+    first_test,
+    growth: bool,
+    args,
+    grow_from=None,
 ) -> dict:
     """Replay the stop decisions of one campaign on the test reserve's ``first_test``. With
-    ``growth``, the test set grows (stratified by σ) when too wide to decide."""
+    ``growth``, the test set grows (stratified by σ) when too wide to decide, drawing from
+    ``grow_from`` (None: the whole reserve)."""
     from tangentlab.stopping import stop_decision
 
-    reserve = np.arange(args.reserve)
+    reserve = np.arange(args.reserve) if grow_from is None else np.asarray(grow_from)
     test = [int(i) for i in first_test]
     curve = []
     for r in rounds[1:]:
@@ -291,6 +379,11 @@ def _same(a: dict, b: dict) -> bool:
     return (a["round"], a["status"], a["budget"]) == (b["round"], b["status"], b["budget"])
 
 
+def _same_outcome(a: dict, b: dict) -> bool:
+    """The same outcome and budget, in whichever round."""
+    return (a["status"], a["budget"]) == (b["status"], b["budget"])
+
+
 def decision_rows(rounds: list[dict], reserve_order: np.ndarray, spec, args) -> list[dict]:
     rows = []
     budgets = Budgets(max_labels=spec.budget, max_rounds=spec.rounds)
@@ -302,19 +395,33 @@ def decision_rows(rounds: list[dict], reserve_order: np.ndarray, spec, args) -> 
                 force_mae_mev_per_a=factor * truth["force"],
                 confidence=LEVEL,
             )
-            fixed100 = decide(rounds, targets, budgets, reserve_order[:100], False, args)
-            fixed30 = decide(rounds, targets, budgets, reserve_order[:30], False, args)
-            adaptive = decide(rounds, targets, budgets, reserve_order[: args.start], True, args)
+            fixed = {
+                size: decide(rounds, targets, budgets, reserve_order[:size], False, args)
+                for size in FIXED
+            }
+            adaptive = decide(
+                rounds,
+                targets,
+                budgets,
+                reserve_order[: args.start],
+                True,
+                args,
+                grow_from=reserve_order[: args.max_test],
+            )
+            reference = fixed[FIXED[0]]
             rows.append(
                 {
                     "anchor_round": anchor["round"],
                     "factor": factor,
                     "targets": [targets.energy_mae_mev_per_atom, targets.force_mae_mev_per_a],
-                    "fixed100": fixed100,
-                    "fixed30": fixed30,
+                    **{f"fixed{size}": found for size, found in fixed.items()},
                     "adaptive": adaptive,
-                    "adaptive_same_as_fixed100": _same(adaptive, fixed100),
-                    "fixed30_same_as_fixed100": _same(fixed30, fixed100),
+                    "adaptive_same_as_fixed100": _same(adaptive, reference),
+                    "adaptive_same_outcome_as_fixed100": _same_outcome(adaptive, reference),
+                    **{
+                        f"fixed{size}_same_as_fixed100": _same(fixed[size], reference)
+                        for size in FIXED[1:]
+                    },
                 }
             )
     return rows
@@ -323,18 +430,29 @@ def decision_rows(rounds: list[dict], reserve_order: np.ndarray, spec, args) -> 
 def summarise(seeds: list[dict]) -> dict:
     coverage: dict = {}
     for s in seeds:
-        for row in s["coverage"]:
-            if row["round"] == "start":
-                continue
-            key = f"{row['quantity']} n={row['size']} {row['method']}"
-            coverage.setdefault(key, []).append(row["covered"])
+        for key, found in s["coverage"].items():
+            entry = coverage.setdefault(
+                key,
+                {
+                    "covered": 0,
+                    "of": 0,
+                    "population_covered": 0.0,
+                    "per_seed": [],
+                    "exact_interval_would_cover": found["exact_interval_would_cover"],
+                    "independent_size": found["independent_size"],
+                },
+            )
+            entry["covered"] += found["covered"]
+            entry["of"] += found["of"]
+            entry["population_covered"] += found["fraction_population"] * found["of"]
+            entry["per_seed"].append(round(found["fraction"], 3))
+    for entry in coverage.values():
+        entry["fraction"] = entry["covered"] / entry["of"]
+        entry["fraction_population"] = entry.pop("population_covered") / entry["of"]
     predicted = [r for s in seeds for r in s["predicted"] if r["interval"] is not None]
     decisions = [d for s in seeds for d in s["decisions"]]
     return {
-        "coverage_of_90pct_intervals_rounds_0_on": {
-            k: {"covered": int(sum(v)), "of": len(v), "fraction": sum(v) / len(v)}
-            for k, v in coverage.items()
-        },
+        "coverage_of_90pct_intervals_rounds_0_on": coverage,
         "predicted_force_mae_coverage": {
             "covered": sum(r["covered"] for r in predicted),
             "of": len(predicted),
@@ -342,13 +460,19 @@ def summarise(seeds: list[dict]) -> dict:
         "decisions": {
             "count": len(decisions),
             "adaptive_same_as_fixed100": sum(d["adaptive_same_as_fixed100"] for d in decisions),
-            "fixed30_same_as_fixed100": sum(d["fixed30_same_as_fixed100"] for d in decisions),
+            "adaptive_same_outcome_as_fixed100": sum(
+                d["adaptive_same_outcome_as_fixed100"] for d in decisions
+            ),
+            **{
+                f"fixed{size}_same_as_fixed100": sum(
+                    d[f"fixed{size}_same_as_fixed100"] for d in decisions
+                )
+                for size in FIXED[1:]
+            },
             "adaptive_test_labels_mean": float(
                 np.mean([d["adaptive"]["test_labels"] for d in decisions])
             ),
             "adaptive_test_labels_max": int(max(d["adaptive"]["test_labels"] for d in decisions)),
-            "fixed100_test_labels": 100,
-            "fixed30_test_labels": 30,
         },
     }
 
@@ -393,7 +517,7 @@ def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
         "curve": [
             {"round": r["round"], "labels": r["labels"], "mae_big": mae(r["big"])} for r in views
         ],
-        "coverage": coverage_rows(views, reserve_order),
+        "coverage": split_coverage(rounds, len(args.seeds) * args.reserve, args.splits, seed),
         "predicted": predicted,
         "decisions": decision_rows(views, reserve_order, spec, args),
     }
@@ -412,40 +536,6 @@ def load_raw(path: Path) -> list[dict]:
             r["sigma"] = raw[f"{index}_sigma"]
         rounds.append(r)
     return rounds
-
-
-def resampled_coverage(rounds: list[dict], reserves: int, draws: int = 400, seed: int = 0) -> dict:
-    """Coverage of the stated intervals over many random test sets: per round, the population
-    is every structure the campaign never trained on (the test reserves and the independent
-    sets), its MAE the truth, and ``draws`` test sets of each size are drawn from it."""
-    rng = np.random.default_rng(seed)
-    hits: dict = {}
-    for r in rounds[1:]:
-        population = {k: np.concatenate([r["pool"][k][:reserves], r["big"][k]]) for k in r["big"]}
-        truth = mae(population)
-        for size in SIZES:
-            for _ in range(draws):
-                which = rng.choice(len(population["counts"]), size, replace=False)
-                for method in ("studentized", "percentile"):
-                    found = {
-                        "energy": mae_interval(
-                            population["energy"][which], level=LEVEL, method=method, resamples=500
-                        ),
-                        "force": mae_interval(
-                            population["force"][which],
-                            population["counts"][which],
-                            level=LEVEL,
-                            method=method,
-                            resamples=500,
-                        ),
-                    }
-                    for quantity, (low, high) in found.items():
-                        key = f"{quantity} n={size} {method}"
-                        hits.setdefault(key, []).append(low <= truth[quantity] <= high)
-    return {
-        key: {"covered": int(sum(v)), "of": len(v), "fraction": float(np.mean(v))}
-        for key, v in hits.items()
-    }
 
 
 def save_raw(rounds: list[dict], path: Path) -> None:
@@ -509,7 +599,18 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="one independent set for every test draw (fewer predictions)",
     )
-    parser.add_argument("--from-raw", type=Path, help="analyse rounds saved by --raw (no models)")
+    parser.add_argument(
+        "--from-raw",
+        type=Path,
+        nargs="+",
+        help="analyse rounds saved by --raw (no models); several files: one campaign each",
+    )
+    parser.add_argument(
+        "--splits",
+        type=int,
+        default=80,
+        help="coverage: random splits per seed, round and test size",
+    )
     parser.add_argument(
         "--raw", type=Path, help="folder for each seed's per-structure errors (.npz)"
     )
@@ -529,31 +630,39 @@ def main(argv: list[str] | None = None) -> dict:
         )
     replay_args = argparse.Namespace(**{**vars(args), "reserve": draws * args.reserve})
     if args.from_raw:
-        rounds = load_raw(args.from_raw)
+        campaigns = [load_raw(path) for path in args.from_raw]
     else:
         with tempfile.TemporaryDirectory() as work:
-            rounds = replay(spec, pool, big, args.campaign_seed, Path(work), replay_args)
-    if args.raw and not args.from_raw:
-        save_raw(rounds, args.raw / f"{args.preset}.npz")
-    seeds = [test_draw(rounds, spec, index, seed, args) for index, seed in enumerate(args.seeds)]
-    resampled = resampled_coverage(rounds, draws * args.reserve)
-    campaign = [
-        {
-            "round": r["round"],
-            "labels": r["labels"],
-            "finetune_s": r.get("finetune_s"),
-            "predicted_force": r.get("predicted_force"),
-        }
-        for r in rounds
-    ]
+            campaigns = [replay(spec, pool, big, args.campaign_seed, Path(work), replay_args)]
+        if args.raw:
+            save_raw(campaigns[0], args.raw / f"{args.preset}-c{args.campaign_seed}.npz")
+    seeds, summaries = [], []
+    for rounds in campaigns:
+        found = [
+            test_draw(rounds, spec, index, seed, args) for index, seed in enumerate(args.seeds)
+        ]
+        seeds.extend(found)
+        summaries.append(
+            {
+                "rounds": [
+                    {
+                        "round": r["round"],
+                        "labels": r["labels"],
+                        "finetune_s": r.get("finetune_s"),
+                        "predicted_force": r.get("predicted_force"),
+                    }
+                    for r in rounds
+                ],
+                "summary": summarise(found),
+                "seeds": found,
+            }
+        )
     results = {
-        "campaign": campaign,
         "preset": args.preset,
         "arguments": {k: str(v) for k, v in vars(args).items()},
         "level": LEVEL,
         "summary": summarise(seeds),
-        "resampled_coverage": resampled,
-        "seeds": seeds,
+        "campaigns": summaries,
         "wall_s": time.perf_counter() - started,
         "torch_threads": args.threads,
         "data_root_variable": bool(os.environ.get("TANGENTLAB_DATA")),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tangentlab.confidence import interval_text, mae_interval, predicted_mae
+from tangentlab.confidence import METHODS, interval_text, mae_interval, predicted_mae
 from tangentlab.metrics import error_metrics
 
 
@@ -92,3 +92,33 @@ def test_predicted_mae_scales_sigma_and_widens_with_fewer_validation_labels():
     few = predicted_mae(sigma_valid[:5], errors[:5], sigma_target)
     assert few["interval"][1] - few["interval"][0] > full["interval"][1] - full["interval"][0]
     assert predicted_mae(sigma_valid[:1], errors[:1], sigma_target) is None
+
+
+def test_every_method_brackets_the_mae_and_log_scale_stays_positive():
+    errors = np.random.default_rng(5).lognormal(0, 1.0, size=12)
+    counts = np.full(12, 9.0)
+    for method in METHODS:
+        low, high = mae_interval(errors, counts, method=method)
+        assert 0 < low < errors.sum() / counts.sum() < high, method
+    # the log-scale interval is a ratio around the estimate: never below zero, even for a
+    # sample whose plain studentized low end is clipped at zero
+    skewed = np.array([0.01, 0.01, 0.02, 0.01, 5.0])
+    assert mae_interval(skewed)[0] == 0.0
+    assert mae_interval(skewed, method="log-studentized")[0] > 0.0
+    with pytest.raises(ValueError, match="method"):
+        mae_interval(errors, method="normal")
+
+
+def test_bca_moves_the_percentile_interval_toward_the_long_tail():
+    # On right-skewed errors the bias correction and the acceleration are both positive: the
+    # BCa interval lies above the percentile interval of the same resamples, at both ends.
+    for seed in range(5):
+        sample = np.random.default_rng(seed).lognormal(0, 0.8, size=20)
+        bca = mae_interval(sample, method="bca")
+        percentile = mae_interval(sample, method="percentile")
+        assert bca[0] > percentile[0] and bca[1] > percentile[1]
+    # symmetric errors: no correction to speak of
+    flat = np.random.default_rng(7).uniform(1, 2, size=200)
+    assert mae_interval(flat, method="bca") == pytest.approx(
+        mae_interval(flat, method="percentile"), rel=0.01
+    )

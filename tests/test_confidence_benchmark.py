@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.confidence import exact_coverage, split_coverage, split_population
+
+
+def test_split_is_disjoint_uniform_and_keeps_the_independent_set_large():
+    rng = np.random.default_rng(0)
+    seen = np.zeros(820)
+    for _ in range(400):
+        test, rest = split_population(100, 820, rng, 500)
+        assert len(test) == 100 and len(rest) == 720
+        assert not set(test) & set(rest)
+        assert sorted(np.r_[test, rest]) == list(range(820))
+        seen[test] += 1
+    # every structure is as likely to land in the test set (100/820 of 400 splits ≈ 49)
+    assert seen.min() > 25 and seen.max() < 75
+    with pytest.raises(ValueError, match="fewer than 500"):
+        split_population(100, 550, rng, 500)
+
+
+def test_a_finite_independent_set_lowers_the_coverage_an_exact_interval_can_reach():
+    assert exact_coverage(10, 10**9) == pytest.approx(0.9, abs=1e-6)
+    assert exact_coverage(100, 500) == pytest.approx(0.867, abs=0.001)
+    assert exact_coverage(30, 500) > exact_coverage(100, 500) > exact_coverage(100, 220)
+
+
+def _rounds(rng, population: int, reserves: int):
+    """A replayed campaign's rounds as split_coverage reads them: normal per-structure errors
+    (mean 10) on the reserves and the independent set; the campaign's own candidates (after
+    the reserves in the pool) far off, as the structures acquisition chose against can be."""
+    rounds = [{"round": "start"}]
+    for number in range(2):
+        pool_energy = np.r_[rng.normal(10, 2, reserves), np.full(50, 1000.0)]
+        big_energy = rng.normal(10, 2, population - reserves)
+        rounds.append(
+            {
+                "round": number,
+                "pool": {
+                    "energy": pool_energy,
+                    "force": 3 * pool_energy,
+                    "counts": np.full(pool_energy.size, 3.0),
+                },
+                "big": {
+                    "energy": big_energy,
+                    "force": 3 * big_energy,
+                    "counts": np.full(big_energy.size, 3.0),
+                },
+            }
+        )
+    return rounds
+
+
+def test_split_coverage_counts_the_never_trained_on_structures_only():
+    rounds = _rounds(np.random.default_rng(1), 700, 200)
+    found = split_coverage(rounds, 200, splits=50, seed=0, methods=("studentized",))
+    entry = found["force n=30 studentized"]
+    assert entry["of"] == 100 and entry["independent_size"] == 670
+    # normal errors: the stated 90 % is about what the splits find; had the far-off
+    # candidates entered the population, no interval of 30 would cover its MAE
+    assert 0.8 <= entry["fraction"] <= 0.98
+    assert entry["exact_interval_would_cover"] == pytest.approx(exact_coverage(30, 670))
