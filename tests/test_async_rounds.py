@@ -100,9 +100,10 @@ def test_the_queue_is_claimed_by_rank_and_reranking_leaves_claimed_picks(databas
 
 
 def _config(tmp_path: Path) -> dict:
-    # Replayed labels that take up to 8 s (the quick start's PySCF times, median 6 s, cut at
-    # 8 s), two workers and a queue that holds every pick of the budget (so that picks are
-    # still queued when a fine-tune ends), a fine-tune every six new labels.
+    # Replayed labels that take up to 4 s (the quick start's PySCF times, median 6 s, cut at
+    # 8 s, on a clock twice as fast), two workers and a queue that holds every pick of the
+    # budget (so that picks are still queued when a fine-tune ends), a fine-tune every six new
+    # labels.
     return replay_campaign_config(
         tmp_path,
         NAME,
@@ -110,7 +111,7 @@ def _config(tmp_path: Path) -> dict:
         seed=3,
         schedule="async",
         streaming={"jobs_per_worker": 8, "train_every": 6},
-        oracle={"name": "replay", "latency": {"max_s": 8}},
+        oracle={"name": "replay", "latency": {"max_s": 8, "scale": 0.5}},
         qm={"timeout_s": 120, "max_parallel": 2, "max_attempts": 1},
         acquisition={"batch_size": 4},
         budgets={"max_rounds": 20, "max_labels": 22},
