@@ -25,7 +25,7 @@ import pytest
 import yaml
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import write_pool
+from conftest import ONE_EPOCH, write_pool
 
 from db import campaigns, init_db, make_engine, session_scope
 from tangentlab.config import make_config
@@ -90,7 +90,7 @@ def tiny_config(folder: Path, model: Path, **overrides) -> dict:
         "initial_size": 3,
         "oracle": {"name": "replay"},
         "budgets": {"max_labels": 3, "max_rounds": 1},
-        "finetune": {"max_epochs": 1},
+        "finetune": dict(ONE_EPOCH),
     }
     config.update(overrides)
     return config
@@ -177,7 +177,7 @@ def test_a_yaml_alias_bomb_is_refused(tmp_path, tiny_model_file):
     path.write_text(config + bomb)
     err = refused(cli("--db", "sqlite:///lab.db", "start", str(path), cwd=tmp_path))
     assert err.endswith("alias *a0 found: YAML anchors and aliases are not allowed in this file "
-                        "(write the repeated values out) (line 18, column 14)")
+                        "(write the repeated values out) (line 20, column 14)")
     nothing_left(tmp_path, tmp_path / "lab.db")
 
 

@@ -248,7 +248,8 @@ def test_sigterm_stops_like_ctrl_c_and_names_the_running_step(prefect_server, tm
         tmp_path, name, 20, seed=6, acquisition={"method": "activation", "batch_size": 4},
         budgets={"max_rounds": 2, "max_labels": 30},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        finetune={"max_epochs": 8, "patience": 8, "min_steps_per_epoch": 16})  # seconds
+        # a few seconds: building the model to train takes longer than the signal takes to land
+        finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 4})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1",
            "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONPATH": str(REPO)}

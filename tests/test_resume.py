@@ -30,13 +30,13 @@ NAME = "resumed"
 
 def _config(tmp_path: Path) -> dict:
     # Labels replayed from the pool (the kills are not during labelling); two short epochs, so
-    # that a fine-tuning is caught between its first epoch and its end.
+    # that a fine-tuning is stopped between its first epoch and its end.
     return replay_campaign_config(
         tmp_path, NAME, 30, seed=2,
         acquisition={"method": "committee", "committee_size": 2, "batch_size": 4},
         budgets={"max_rounds": 1, "max_labels": 30},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 6},
+        finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 2},
     )
 
 
