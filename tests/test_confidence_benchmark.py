@@ -62,3 +62,41 @@ def test_split_coverage_counts_the_never_trained_on_structures_only():
     # candidates entered the population, no interval of 30 would cover its MAE
     assert 0.8 <= entry["fraction"] <= 0.98
     assert entry["exact_interval_would_cover"] == pytest.approx(exact_coverage(30, 670))
+
+
+def test_adaptive_test_set_grows_from_within_the_fixed_100():
+    # One round, a force target the first 10 test structures cannot decide: the adaptive set
+    # grows to 100. Drawn from the fixed 100's structures it then holds exactly them and
+    # measures the same MAE (and decides alike); drawn from the whole reserve of 120 it holds
+    # others, and here decides otherwise.
+    import argparse
+    import re
+
+    from benchmarks.confidence import decide
+    from tangentlab.config import Budgets, Targets
+
+    rng = np.random.default_rng(3)
+    force = rng.lognormal(0, 0.6, 120) * 30
+    pool = {
+        "energy": 1.0 + rng.uniform(0, 0.1, 120),
+        "force": force,
+        "counts": np.full(120, 3.0),
+    }
+    rounds = [
+        {"round": "start"},
+        {"round": 0, "labels": 20, "sigma": rng.uniform(size=120), "pool": pool},
+    ]
+    order = rng.permutation(120)
+    args = argparse.Namespace(reserve=120, max_test=100, step=10)
+    budgets = Budgets(max_labels=20, max_rounds=1)
+    targets = Targets(energy_mae_mev_per_atom=5.0, force_mae_mev_per_a=14.0, confidence=0.9)
+
+    def force_mae(found):
+        return re.search(r"force MAE (\d+\.\d)", found["reason"]).group(1)
+
+    fixed = decide(rounds, targets, budgets, order[:100], False, args)
+    nested = decide(rounds, targets, budgets, order[:10], True, args, grow_from=order[:100])
+    anywhere = decide(rounds, targets, budgets, order[:10], True, args)
+    assert nested["test_labels"] == anywhere["test_labels"] == 100
+    assert force_mae(nested) == force_mae(fixed) and nested["status"] == fixed["status"]
+    assert force_mae(anywhere) != force_mae(fixed) and anywhere["status"] != fixed["status"]
