@@ -101,6 +101,16 @@ def postgres_url():
     admin.dispose()
 
 
+@pytest.fixture
+def no_run_logger(monkeypatch):
+    """Task bodies called with ``.fn()`` log through Prefect's run logger, which needs a run:
+    here they log to a plain logger."""
+    import logging
+
+    for module in ("tasks.acquire", "tasks.steps", "tasks.testset"):
+        monkeypatch.setattr(f"{module}.get_run_logger", lambda: logging.getLogger("tangentlab.test"))
+
+
 @pytest.fixture(params=["sqlite", *(["postgresql"] if POSTGRES_URL else [])])
 def database_url(request, tmp_path):
     """A database URL for one test: a new SQLite file, then the PostgreSQL server if there is one.

@@ -123,15 +123,15 @@ def test_every_round_status_has_a_step():
     assert set(STEPS) == set(RoundStatus)
 
 
-def test_random_acquisition_picks_through_the_signal_registry(lab, prefect_server, monkeypatch):
+def test_random_acquisition_picks_through_the_signal_registry(lab, prefect_server, no_run_logger):
     """Feature signals are covered by every campaign test; random (the benchmarks' baseline)
-    goes through its own entry of `tasks.acquire.SELECTORS`."""
-    import logging
-
+    goes through its own entry of `tasks.acquire.SELECTORS`, which has one for every signal
+    without feature rows the configuration accepts."""
     import tasks.acquire as acquire_module
     from db import rounds
+    from tangentlab.config import FEATURELESS_METHODS
 
-    monkeypatch.setattr(acquire_module, "get_run_logger", lambda: logging.getLogger("tangentlab.test"))
+    assert set(acquire_module.SELECTORS) == set(FEATURELESS_METHODS)
     url, campaign_id, model_id, ids = lab
     signal = "random"
     config = make_config({"name": "context", "acquisition": {"signal": signal, "batch_size": 3}})

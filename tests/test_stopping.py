@@ -107,16 +107,6 @@ def test_confidence_level_is_checked():
     assert make_config({"targets": {"confidence": None}}).targets.confidence is None
 
 
-@pytest.fixture
-def no_run_logger(monkeypatch):
-    """Task bodies called with ``.fn()`` log through Prefect's run logger, which needs a run:
-    here they log to a plain logger."""
-    import logging
-
-    for module in ("tasks.steps", "tasks.testset"):
-        monkeypatch.setattr(f"{module}.get_run_logger", lambda: logging.getLogger("tangentlab.test"))
-
-
 def _evaluated_rounds(tmp_path, curve):
     """A campaign whose rounds 0.. were evaluated with ``curve``'s (labels, metrics)."""
     import ase.io
