@@ -26,11 +26,9 @@ UNREACHABLE = 1e-6  # meV: targets no model meets, so the label budget decides t
 
 
 def _acquisition(spec: BenchmarkSpec, method: str) -> dict[str, Any]:
-    section = {
-        **method_acquisition(method),
-        "batch_size": spec.batch_size,
-        "committee_size": spec.committee_size,
-    }
+    section = {**method_acquisition(method), "batch_size": spec.batch_size}
+    if section.get("signal") == "committee":  # the other signals refuse a committee size
+        section["committee_size"] = spec.committee_size
     if spec.regularization is not None:
         section["regularization"] = spec.regularization
     return section

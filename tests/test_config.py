@@ -181,3 +181,48 @@ def test_qm_threads_with_an_oracle_that_ignores_them_are_refused_by_name(oracle)
 
 def test_qm_threads_are_taken_by_the_pyscf_oracle():
     assert make_config({"qm": {"num_threads": 2}}).qm.num_threads == 2
+
+
+@pytest.mark.parametrize("signal", ["random", "committee"])
+@pytest.mark.parametrize("key, value", [("rule", "greedy"), ("target", "pool"), ("sigma_quantile", 0.9),
+                                        ("max_force", 5.0), ("feature_batch_size", 8)])
+def test_a_setting_a_signal_without_feature_rows_never_reads_is_refused_by_name(signal, key, value):
+    with pytest.raises(ConfigError, match=rf"acquisition: {key} has no effect here \(signal '{signal}'"):
+        make_config({"acquisition": {"signal": signal, key: value}})
+    assert make_config({"acquisition": {"signal": "activation", key: value}}).acquisition
+
+
+def test_committee_size_and_forward_batches_only_with_a_signal_that_uses_them():
+    with pytest.raises(ConfigError, match="committee_size has no effect here .*not 'activation'"):
+        make_config({"acquisition": {"committee_size": 5}})
+    assert make_config({"acquisition": {"signal": "committee", "committee_size": 5}})
+    with pytest.raises(ConfigError, match="feature_batch_size has no effect .*'fixed_descriptor'"):
+        make_config({"acquisition": {"signal": "fixed_descriptor", "feature_batch_size": 8}})
+    assert make_config({"acquisition": {"signal": "ntk", "feature_batch_size": 8}})
+
+
+@pytest.mark.parametrize("engine, key, value", [
+    ("rattle", "temperatures_K", [500.0]), ("rattle", "timestep_fs", 1.0), ("rattle", "walkers_per_call", 4),
+    ("md", "rattle_stdev", 0.2), ("md", "neb_images", 9), ("md", "fmax", 0.1),
+])
+def test_an_engine_setting_without_its_engine_is_refused_by_name(engine, key, value):
+    with pytest.raises(ConfigError, match=f"exploration: {key} has no effect here"):
+        make_config({"exploration": {"engine": engine, key: value}})
+    assert make_config({"exploration": {"engine": ["md", "rattle", "neb"], key: value,
+                                        "neb_endpoints": ["ends.extxyz"]}}).exploration
+
+
+def test_test_step_without_a_growing_test_set_is_refused_by_name():
+    with pytest.raises(ConfigError, match="test_step has no effect without test_max_size"):
+        make_config({"test_step": 5})
+    assert make_config({"test_step": 5, "test_max_size": 60}).test_step == 5
+
+
+def test_a_written_out_configuration_reads_back_for_every_signal_and_engine():
+    # init-config and the database write every key, with its default where it has no effect
+    for acquisition in ({"signal": "random"}, {"signal": "committee"}, {"signal": "fixed_descriptor"}):
+        config = make_config({"acquisition": acquisition})
+        assert make_config(config_json(config)) == config
+    for engine in ("md", "rattle"):
+        config = make_config({"exploration": {"engine": engine}})
+        assert make_config(config_json(config)) == config

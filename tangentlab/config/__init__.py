@@ -213,7 +213,8 @@ class CampaignConfig(Section):
         None, gt=0, description="Grow the test set drawn from the pool from test_size up to this many "
         "structures, and only when its intervals are too wide to decide whether the targets are met "
         "(new test structures stratified by σ; docs/confidence.md). None: a fixed test set of test_size.")
-    test_step: int = Field(10, gt=0, description="A growing test set adds a multiple of this many structures at a time.")
+    test_step: int = Field(10, gt=0, description="A growing test set adds a multiple of this many "
+                           "structures at a time (refused without test_max_size).")
     initial_size: int = Field(10, gt=0, description="Random structures labelled before the first acquisition.")
     valid_fraction: float = Field(0.15, ge=0, lt=1, description="Share of labelled structures held out for early stopping.")
     model: str = Field(shipped_file(SHIPPED_MODEL), description="Starting MACE .model path.")
@@ -270,6 +271,9 @@ class CampaignConfig(Section):
                                  "intervals are too wide to decide")
             if self.test_max_size < self.test_size:
                 raise ValueError(f"test_max_size {self.test_max_size} is smaller than test_size {self.test_size}")
+        elif self.test_step != type(self).model_fields["test_step"].default:
+            raise ValueError("test_step has no effect without test_max_size (a fixed test set does "
+                             "not grow): remove it, or set test_max_size")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
         return self

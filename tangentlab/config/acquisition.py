@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from tangentlab.config.base import Section, registered
+from tangentlab.config.base import Section, refuse_if_set, registered
 
 #: Acquisition methods without feature rows (the baselines).
 FEATURELESS_METHODS = ("random", "committee")
@@ -57,10 +57,13 @@ class Acquisition(Section):
         default_factory=dict,
         description="Options of the signal (e.g. sketch_dim, parameters for the NTKs).",
     )
-    committee_size: int = Field(3, ge=2, description="Members fine-tuned per round for signal 'committee'.")
+    committee_size: int = Field(3, ge=2, description="Members fine-tuned per round for signal 'committee' "
+                                "(another value with another signal is refused).")
     batch_size: int = Field(10, gt=0, description="Structures labelled per round.")
     regularization: float = Field(1e-2, gt=0, description="λ of the feature-space posterior A = ΦᵀΦ + λI.")
-    feature_batch_size: int = Field(64, gt=0, description="Structures per MACE forward pass.")
+    feature_batch_size: int = Field(64, gt=0, description="Structures per MACE forward pass of the "
+                                    "signal (another value with a signal that makes no forward "
+                                    "passes, fixed_descriptor, random or committee, is refused).")
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +114,22 @@ class Acquisition(Section):
             raise ValueError(f"target {self.target!r} has no effect with rule {self.rule!r}: only "
                              "the transductive rule has a target (remove target, or use rule: "
                              "transductive)")
+        return self
+
+    @model_validator(mode="after")
+    def _settings_the_signal_uses(self) -> Acquisition:
+        # A key that the chosen signal never reads would be silently ignored, so a value other
+        # than its default is refused by name (defaults are tolerated: written-out and stored
+        # configurations carry every key).
+        from tangentlab.acquisition.signals import SIGNALS
+
+        if self.signal in FEATURELESS_METHODS:
+            refuse_if_set(self, ["rule", "target", "sigma_quantile", "max_force", "feature_batch_size"],
+                          f"signal {self.signal!r} selects without feature rows, σ or a batch rule")
+        elif "forward_batch_size" not in SIGNALS[self.signal].options:
+            refuse_if_set(self, ["feature_batch_size"], f"signal {self.signal!r} makes no MACE forward passes")
+        if self.signal != "committee":
+            refuse_if_set(self, ["committee_size"], f"it is for signal 'committee', not {self.signal!r}")
         return self
 
     def rule_description(self) -> str:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from tangentlab.config.base import Section, registered
+from tangentlab.config.base import Section, refuse_if_set, registered
 
 
 class SigmaBound(Section):
@@ -112,6 +112,19 @@ class Exploration(Section):
         if lower.quantile is not None and upper.quantile is not None and lower.quantile == upper.quantile \
                 and lower.factor >= upper.factor:
             raise ValueError("sigma_lower must be below sigma_upper (same quantile: give sigma_upper the larger factor)")
+        return self
+
+    @model_validator(mode="after")
+    def _settings_the_engines_use(self) -> Exploration:
+        # An engine's own keys have no effect without that engine: another value than the
+        # default is refused by name (neb_endpoints is checked with the neb engine's inputs).
+        for engine, keys in (("md", ["temperatures_K", "timestep_fs", "friction_per_fs", "batch_walkers",
+                                     "walkers_per_call"]),
+                             ("rattle", ["rattle_stdev"]),
+                             ("neb", ["neb_images", "fmax"])):
+            if engine not in self.engine:
+                refuse_if_set(self, keys, f"they are the {engine} engine's, and the engines are "
+                              f"{self.engines()}")
         return self
 
     def engines(self) -> str:
