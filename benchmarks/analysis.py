@@ -83,7 +83,7 @@ def labels_to_reach(
     return None
 
 
-def _mean_curves(
+def mean_curves(
     curves: list[dict[str, list[float]]], key: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, mean and std over seeds of one error, on the label points every curve has."""
@@ -115,13 +115,13 @@ def comparison_table(curves: dict[str, list[dict[str, list[float]]]]) -> dict[st
         raise ValueError("the table needs finished random campaigns (the reference)")
     table: dict[str, dict[str, Any]] = {}
     for key in ("energy", "force"):
-        x_ref, mean_ref, _ = _mean_curves(curves["random"], key)
+        x_ref, mean_ref, _ = mean_curves(curves["random"], key)
         target = float(mean_ref[-1])
         random_labels = labels_to_reach(x_ref, mean_ref, target)
         for method, method_curves in curves.items():
             if not method_curves:
                 continue
-            x, mean, _ = _mean_curves(method_curves, key)
+            x, mean, _ = mean_curves(method_curves, key)
             needed = labels_to_reach(x, mean, target)
             per_seed = [labels_to_reach(c["labels"], c[key], target) for c in method_curves]
             finals = [c[key][-1] for c in method_curves]

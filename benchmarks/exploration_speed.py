@@ -65,7 +65,7 @@ class _CountingCalculator(engines_module.ModelCalculator):
         type(self).total_calls += 1
 
 
-class _CountingSplitCalculator(engines_module._SplitCalculator):
+class _CountingSplitCalculator(engines_module.SplitCalculator):
     """The batched periodic walkers' calculator, counted with `_CountingCalculator`'s calls."""
 
     def calculate(self, *args, **kwargs) -> None:
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     engines_module.ModelCalculator = (
         _CountingCalculator  # count model calls (the engine builds one per run)
     )
-    engines_module._SplitCalculator = _CountingSplitCalculator  # periodic walkers, batched
+    engines_module.SplitCalculator = _CountingSplitCalculator  # periodic walkers, batched
 
     with contextlib.redirect_stdout(sys.stderr):
         path, _ = starting_weights(args.model, MODELS_DIR)

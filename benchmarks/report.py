@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.analysis import _mean_curves, comparison_table, learning_curve
+from benchmarks.analysis import comparison_table, learning_curve, mean_curves
 from benchmarks.data import campaign_name
 from benchmarks.methods import method_label
 from benchmarks.paths import path_roots, portable_paths
@@ -36,7 +36,7 @@ def plot_learning_curves(
     colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
     for number, method in enumerate(m for m in curves if curves.get(m)):
         for ax, key in zip(axes, ("energy", "force")):
-            x, mean, _ = _mean_curves(curves[method], key)
+            x, mean, _ = mean_curves(curves[method], key)
             values = np.array([[c[key][c["labels"].index(v)] for v in x] for c in curves[method]])
             style = "--" if method in ("random", "committee") else "-"
             ax.plot(

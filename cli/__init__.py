@@ -15,7 +15,7 @@ import traceback
 # its settings; a value the user set wins.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-# `--debug` also shows the libraries' warnings and notices that `tangentlab._quiet` hides when
+# `--debug` also shows the libraries' warnings and notices that `tangentlab.quiet` hides when
 # tangentlab is first imported (below); the processes a campaign starts inherit the variable.
 if "--debug" in sys.argv[1:]:
     os.environ["TANGENTLAB_DEBUG"] = "1"
@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     from cli.errors import EXIT_ERROR, hide_prefect_tracebacks, is_expected, message
-    from tangentlab import _quiet
+    from tangentlab import quiet
 
     if args.debug:
-        os.environ[_quiet.DEBUG_ENV] = "1"
-        _quiet.show_library_warnings()
+        os.environ[quiet.DEBUG_ENV] = "1"
+        quiet.show_library_warnings()
     else:
         hide_prefect_tracebacks()
     try:

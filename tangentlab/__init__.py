@@ -1,4 +1,4 @@
 """tangentlab: the science core (configuration, MACE adapter, acquisition, exploration,
 fine-tuning)."""
 
-from tangentlab import _quiet  # noqa: F401  (mace before e3nn; hides library notices)
+from tangentlab import quiet  # noqa: F401  (mace before e3nn; hides library notices)

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from db import init_db, make_engine
-from tangentlab import _quiet
+from tangentlab import quiet
 from tangentlab.mace_model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,9 +27,9 @@ LOAD_MODEL = "import sys; from tangentlab.mace_model import load_model; load_mod
 
 
 def _run(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != _quiet.DEBUG_ENV}
+    env = {key: value for key, value in os.environ.items() if key != quiet.DEBUG_ENV}
     if debug:
-        env[_quiet.DEBUG_ENV] = "1"
+        env[quiet.DEBUG_ENV] = "1"
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -63,7 +63,7 @@ def test_loading_a_model_raises_no_torchscript_warning_when_quiet(tiny_model_fil
         with warnings.catch_warnings(record=True) as shown:
             warnings.simplefilter("always")
             if hide:
-                _quiet.hide_library_warnings()
+                quiet.hide_library_warnings()
             load_model(tiny_model_file, script=True)  # as fine-tuning builds it
         return [str(w.message) for w in shown if "TorchScript" in str(w.message)]
 
@@ -75,12 +75,12 @@ def test_schema_migrations_log_nothing_unless_debug(tmp_path, caplog):
     """A campaign start makes or upgrades the schema; Alembic's INFO lines are not shown."""
     caplog.set_level(logging.INFO)
     try:
-        _quiet.hide_library_warnings()
+        quiet.hide_library_warnings()
         init_db(make_engine(f"sqlite:///{tmp_path / 'quiet.db'}"))
         assert not [r for r in caplog.records if r.name.startswith("alembic")]
-        _quiet.show_library_warnings()
+        quiet.show_library_warnings()
         init_db(make_engine(f"sqlite:///{tmp_path / 'loud.db'}"))
         assert [r for r in caplog.records if r.name.startswith("alembic")]
     finally:
-        if not _quiet.debug():
-            _quiet.hide_library_warnings()
+        if not quiet.debug():
+            quiet.hide_library_warnings()

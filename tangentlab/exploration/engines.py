@@ -41,7 +41,7 @@ from tangentlab.exploration.trajectory import (
 from tangentlab.mace_model import model_cutoff, predict
 
 __all__ = ["ENGINES", "Engine", "Frame", "Judge", "MolecularDynamics", "NudgedElasticBand", "OnEnd",
-           "Rattle", "Trajectory", "Walker"]
+           "Rattle", "SplitCalculator", "Trajectory", "Walker"]
 
 
 def _ladder(settings: Any, seeds: Sequence[tuple[int | None, Atoms]], rng: np.random.Generator,
@@ -115,7 +115,7 @@ class _Packed:
     Molecules: each sits in its own cell of a cubic grid whose spacing is the largest extent
     plus twice the model's cutoff, so no atom sees another walker, and the combined structure is
     one graph of the model. Periodic walkers (each with its own cell) are concatenated as they
-    are and a `_SplitCalculator` hands the model one structure per walker, in one call. A
+    are and a `SplitCalculator` hands the model one structure per walker, in one call. A
     per-atom temperature array gives each walker its temperature, each walker's constraints
     (``FixAtoms`` on a slab's bottom layers) hold its atoms in the combined structure, and the
     combined centre of mass is not fixed (the walkers stay independent). The combined structure
@@ -145,7 +145,7 @@ class _Packed:
         if len(group) == 1:
             self.combined.cell, self.combined.pbc = group[0].cell, group[0].pbc
         self.combined.set_constraint(constraints)
-        self.combined.calc = _SplitCalculator(calculator.model, group) if self.split else calculator
+        self.combined.calc = SplitCalculator(calculator.model, group) if self.split else calculator
         temperature = np.concatenate([np.full(len(a), float(t)) for a, t in zip(group, temperatures_K, strict=True)])
         self.dynamics = Langevin(self.combined, settings.timestep_fs * units.fs, temperature_K=temperature[:, None],
                                  friction=settings.friction_per_fs / units.fs, fixcm=False, rng=rng)
@@ -189,7 +189,7 @@ def _shifted(constraint, start: int):
                      f"{type(constraint).__name__}")
 
 
-class _SplitCalculator(Calculator):
+class SplitCalculator(Calculator):
     """Energy and forces of a concatenation of walkers, each computed as its own structure (its
     cell, pbc, charge) in one model call (`tangentlab.mace_model.predict` batches them)."""
 
