@@ -1,6 +1,6 @@
-"""A helper that another module uses has a public name: no module imports a ``_name`` of another.
+"""A function or class that another module uses has a public name: no module imports another's ``_name``.
 
-A leading underscore says "only this module uses it"; a shared helper without one can be found,
+A leading underscore says "only this module uses it"; a shared name without one can be found,
 documented and changed with its callers in view.
 """
 
