@@ -1,8 +1,9 @@
 """MACE model files, read without running any code they hold.
 
 A MACE ``.model`` file is a pickled module: a plain ``torch.load`` of it can run any code the
-file holds. tangentlab never does one. Every model file goes through :func:`load_file`, the
-one place that calls ``torch.load``, always with ``weights_only=True``:
+file holds. tangentlab never does one. Every model file goes through
+:func:`tangentlab.safe_load.load_file`, the one place that calls ``torch.load``, always with
+``weights_only=True``:
 
 - **weights-only files** (suffix ``.pt``, every registered model version): the MACE
   architecture configuration as JSON (the arguments ``mace.tools.scripts_utils.
@@ -10,7 +11,7 @@ one place that calls ``torch.load``, always with ``weights_only=True``:
   the state dict's tensors, rebuilt through MACE's own constructor. Nothing but tensors and
   plain data may be in them.
 - **the starting model** the user names (a MACE ``.model``): read with an allow-list of the
-  MACE, e3nn and torch classes a ScaleShiftMACE is made of (:data:`MACE_GLOBALS`), so a file
+  MACE, e3nn and torch classes a ScaleShiftMACE is made of (:data:`tangentlab.safe_load.MACE_GLOBALS`), so a file
   that needs anything else is refused before any of it runs. The pickled TorchScript and
   ``torch.fx`` code inside a real model (e3nn's compiled tensor products, opt_einsum graphs)
   is neither compiled nor run: the model read is only a skeleton from which
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import io
 import json
 import logging
@@ -33,7 +33,6 @@ import os
 import pickle
 import re
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from mace import modules
 from mace.tools.scripts_utils import extract_config_mace_model
 
 from tangentlab.inputs import ModelFileError
+from tangentlab.safe_load import load_file
 
 FORMAT = "tangentlab-mace-weights"
 FORMAT_VERSION = 1
@@ -62,58 +62,6 @@ _NAMED = {
 _IRREPS = ("hidden_irreps", "MLP_irreps", "edge_irreps")
 _ARRAYS = ("atomic_energies", "atomic_inter_scale", "atomic_inter_shift")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-#: What a pickled ScaleShiftMACE is made of, by the names its pickle uses (MACE 0.3, e3nn 0.4,
-#: torch 2): checked on tangentlab's shipped model, MACE-MP-0-style (ZBL repulsion, Agnesi
-#: transform) and MACE-OFF-style models built with MACE's constructor, and the MACE tutorial's
-#: model. Constructing any of them runs no code from the file; names missing from the installed
-#: versions are skipped.
-MACE_GLOBALS = (
-    "mace.modules.models.ScaleShiftMACE",
-    "mace.modules.blocks.AtomicEnergiesBlock",
-    "mace.modules.blocks.EquivariantProductBasisBlock",
-    "mace.modules.blocks.LinearNodeEmbeddingBlock",
-    "mace.modules.blocks.LinearReadoutBlock",
-    "mace.modules.blocks.NonLinearReadoutBlock",
-    "mace.modules.blocks.RadialEmbeddingBlock",
-    "mace.modules.blocks.RealAgnosticInteractionBlock",
-    "mace.modules.blocks.RealAgnosticResidualInteractionBlock",
-    "mace.modules.blocks.ScaleShiftBlock",
-    "mace.modules.irreps_tools.reshape_irreps",
-    "mace.modules.radial.AgnesiTransform",
-    "mace.modules.radial.BesselBasis",
-    "mace.modules.radial.ChebychevBasis",
-    "mace.modules.radial.GaussianBasis",
-    "mace.modules.radial.PolynomialCutoff",
-    "mace.modules.radial.SoftTransform",
-    "mace.modules.radial.ZBLBasis",
-    "mace.modules.symmetric_contraction.Contraction",
-    "mace.modules.symmetric_contraction.SymmetricContraction",
-    "e3nn.math._normalize_activation.normalize2mom",
-    "e3nn.nn._activation.Activation",
-    "e3nn.nn._fc.FullyConnectedNet",
-    "e3nn.nn._fc._Layer",
-    "e3nn.o3._irreps.Irrep",
-    "e3nn.o3._irreps.Irreps",
-    "e3nn.o3._irreps._MulIr",
-    "e3nn.o3._linear.Instruction",
-    "e3nn.o3._linear.Linear",
-    "e3nn.o3._spherical_harmonics.SphericalHarmonics",
-    "e3nn.o3._tensor_product._instruction.Instruction",
-    "e3nn.o3._tensor_product._sub.FullyConnectedTensorProduct",
-    "e3nn.o3._tensor_product._tensor_product.TensorProduct",
-    "torch.nn.modules.container.ModuleList",
-    "torch.nn.modules.container.ParameterList",
-    "torch.nn.functional.silu",
-    "torch.nn.functional.tanh",
-    "torch.nn.functional.relu",
-    "torch.nn.functional.sigmoid",
-    "torch.abs",
-    "torch.tanh",
-)
-# Compiled code inside a real model, replaced by inert stand-ins that never compile or run it:
-# torch.fx graph modules (opt_einsum contractions) are rebuilt by exec-ing their pickled source.
-_NOT_RUN = ("torch.fx.graph_module.reduce_graph_module", "torch.fx._symbolic_trace.Tracer")
 
 logger = logging.getLogger(__name__)
 
@@ -134,89 +82,6 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-class _NotRun(torch.nn.Module):
-    """Stands in for compiled code of a pickled model (a ``torch.fx`` graph module, its tracer):
-    keeps its tensors, never compiles or runs its source."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__()
-
-
-def _graph_module_stand_in(body: dict, _import_block: str) -> torch.nn.Module:
-    stand_in = _NotRun()
-    for key in ("_parameters", "_buffers"):
-        values = body.get(key)
-        if isinstance(values, dict):
-            tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
-            getattr(stand_in, key).update({k: v for k, v in tensors.items() if isinstance(k, str)})
-    return stand_in
-
-
-def _without_code(cls: type) -> type:
-    """``cls`` with the plain ``torch.nn.Module.__setstate__``: e3nn's code-generating modules
-    otherwise load the TorchScript stored in their state."""
-    if getattr(cls, "__setstate__", None) is torch.nn.Module.__setstate__:
-        return cls
-
-    def __setstate__(self, state: dict) -> None:
-        state = {k: v for k, v in dict(state).items() if k != "__codegen__"}
-        torch.nn.Module.__setstate__(self, state)
-
-    return type(cls.__name__, (cls,), {"__setstate__": __setstate__, "__module__": cls.__module__})
-
-
-@cache
-def _mace_globals() -> tuple[tuple[Any, str], ...]:
-    """The allow-list for ``torch.serialization.safe_globals``: (object, name in the pickle)."""
-    allowed = []
-    for name in MACE_GLOBALS:
-        module, _, attribute = name.rpartition(".")
-        try:
-            value = getattr(importlib.import_module(module), attribute)
-        except (ImportError, AttributeError):
-            continue
-        if isinstance(value, type) and issubclass(value, torch.nn.Module):
-            value = _without_code(value)
-        allowed.append((value, name))
-    allowed.append((_graph_module_stand_in, _NOT_RUN[0]))
-    allowed.append((_NotRun, _NOT_RUN[1]))
-    return tuple(allowed)
-
-
-def load_file(file: str | Path | io.BytesIO, path: str | Path, *, mace_model: bool = False) -> Any:
-    """
-    Read a torch file with ``torch.load(weights_only=True)``: the one place tangentlab calls
-    ``torch.load``. Nothing in the file can run code.
-
-    Parameters
-    ----------
-    file
-        The file, or its bytes.
-    path
-        The file's name, for errors.
-    mace_model
-        Also allow the classes a pickled MACE model is made of (:data:`MACE_GLOBALS`); their
-        compiled code is not loaded, so the model read can only give its configuration and
-        weights (:func:`starting_weights`).
-
-    Returns
-    -------
-    Any
-        What the file holds.
-
-    Raises
-    ------
-    pickle.UnpicklingError
-        If the file needs anything not allowed (``torch.load``'s error).
-    """
-    if not mace_model:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    # Always explicit: `import mace` sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, which turns every
-    # torch.load that leaves out weights_only into a full (code-running) unpickle.
-    with torch.serialization.safe_globals(list(_mace_globals())):
-        return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def _refusal(exc: Exception) -> tuple[str | None, str]:
@@ -454,7 +319,7 @@ def starting_weights(source: str | Path, models_dir: str | Path) -> tuple[Path, 
 
     A weights-only ``source`` is used as it is. A pickled ``source`` (a MACE ``.model``) is read
     once, from the very bytes whose sha256 is logged and returned, with the MACE allow-list of
-    :func:`load_file` (nothing in it runs), and converted to
+    :func:`tangentlab.safe_load.load_file` (nothing in it runs), and converted to
     ``<models_dir>/starting-<sha256[:16]>.pt``; later calls find that file and read the
     ``.model`` no more.
 
@@ -477,7 +342,7 @@ def starting_weights(source: str | Path, models_dir: str | Path) -> tuple[Path, 
         If ``source`` does not exist.
     ModelFileError
         If it is not a MACE model that can be stored weights-only, or needs anything beyond
-        :data:`MACE_GLOBALS` (then nothing of it ran).
+        :data:`tangentlab.safe_load.MACE_GLOBALS` (then nothing of it ran).
     """
     source = Path(source).resolve()
     if not source.is_file():
@@ -515,7 +380,7 @@ def read_mace_model(path: str | Path, data: bytes | None = None) -> torch.nn.Mod
     Raises
     ------
     ModelFileError
-        If the file is unreadable, needs anything beyond :data:`MACE_GLOBALS` (refused before
+        If the file is unreadable, needs anything beyond :data:`tangentlab.safe_load.MACE_GLOBALS` (refused before
         any of it ran), or holds something other than a model of :data:`MODEL_CLASSES`.
     """
     path = Path(path)
