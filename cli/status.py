@@ -1,7 +1,7 @@
 """``tangentlab status``: rounds, labels, errors, the current model and a round's selection.
 
 The report is :func:`tasks.report.campaign_view` (``--json`` prints it as it is), in the words
-of :func:`flows.rendering.status_lines`: the same views the Prefect artifacts render.
+of :func:`flows.status_text.status_lines`: the same views the Prefect artifacts render.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cli.commands import open_database
 
 def cmd_status(args: argparse.Namespace) -> int:
     from db import campaigns, session_scope
-    from flows.rendering import status_lines
+    from flows.status_text import status_lines
     from tasks.report import campaign_view
 
     with session_scope(open_database(args)) as session:

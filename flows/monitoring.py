@@ -23,13 +23,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flows.rendering import (
-    curve_points,
-    decision_name,
-    learning_curve_png,
-    overview_markdown,
-    selection_markdown,
-)
+from flows.curve import curve_points, learning_curve_png
+from flows.rendering import decision_name, overview_markdown, selection_markdown
 from tangentlab.paths import campaign_dir
 from tangentlab.stopping import StopDecision
 from tasks.progress import artifact_key

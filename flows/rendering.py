@@ -1,9 +1,10 @@
 """How a campaign is shown: pure functions from its report (:mod:`tasks.report`) to words.
 
-The Markdown of the Prefect artifacts (the overview and each round's selection), the learning
-curve's PNG, the outcome names of a finished campaign and the lines ``tangentlab status``
-prints are all rendered here from the same JSON-ready views, without a database or a Prefect
-server (:mod:`flows.monitoring` publishes them).
+The Markdown of the Prefect artifacts (the overview and each round's selection), the outcome
+names of a finished campaign and the lines that end ``start`` and ``resume`` are rendered here
+from JSON-ready views, without a database or a Prefect server (:mod:`flows.monitoring`
+publishes them). The learning curve's PNG is :mod:`flows.curve`, the lines ``tangentlab
+status`` prints :mod:`flows.status_text`, both from the same views.
 
 Tables carry human column headers with units. A finished campaign is named by its outcome
 (:func:`outcome_name`: "Targets met", "Label budget exhausted", "Round budget exhausted",
@@ -14,7 +15,6 @@ from the wording of its reason.
 from __future__ import annotations
 
 import base64
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ def with_interval(value: float | None, interval: list[float] | None, spec: str =
     return f"{text} {interval_text(interval, spec)}" if interval else text
 
 
-def _level_note(level: float | None) -> str:
+def level_note(level: float | None) -> str:
     return "" if level is None else f"{level:.0%} intervals over the test structures in brackets"
 
 
@@ -122,86 +122,13 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-# --- learning curve ---------------------------------------------------------------------------
-
-def learning_curve_png(points: list[tuple[str, int, float, float]], targets: Any) -> bytes:
-    """Test energy and force MAE against training labels, as PNG bytes.
-
-    ``points`` are ``(mark, training labels, energy MAE meV/atom, force MAE meV/Å)``; each
-    point is marked (``start``, ``R0``, ``R1``, ...) and the targets are dashed lines. The
-    background is transparent and the text a mid grey, so the figure reads on the UI's light
-    and dark themes. A panel whose values span more than a factor of 30 gets a log axis with
-    plain-number ticks (and says so); otherwise the axes are linear.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.9), dpi=100)
-    fig.patch.set_alpha(0.0)
-    panels = [("Energy MAE (meV/atom)", 2, targets.energy_mae_mev_per_atom),
-              ("Force MAE (meV/Å)", 3, targets.force_mae_mev_per_a)]
-    for i, (title, column, target) in enumerate(panels, start=1):
-        _curve_panel(fig.add_subplot(1, 2, i), points, title, column, target)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", transparent=True)
-    return buffer.getvalue()
-
-
-def _curve_panel(ax, points: list[tuple[str, int, float, float]], title: str, column: int,
-                 target: float) -> None:
-    """One panel of the learning curve: ``points``' ``column`` against training labels."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    grey, line, target_colour = "#8c8c8c", "#3b82f6", "#f97316"
-    ax.patch.set_alpha(0.0)
-    xs = [p[1] for p in points]
-    ys = [p[column] for p in points]
-    values = [v for v in [*ys, target] if v is not None and v > 0]
-    log = wants_log_axis(values)
-    if points:
-        ax.plot(xs, ys, "o-", color=line, lw=2, ms=6, label="test set")
-        for mark, x, y in zip((p[0] for p in points), xs, ys):
-            ax.annotate(mark, (x, y), textcoords="offset points", xytext=(0, 7), ha="center",
-                        fontsize=9, color=grey)
-    ax.axhline(target, ls="--", lw=1.5, color=target_colour, label=f"target {target:g}")
-    if log:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    else:
-        ax.set_ylim(bottom=0, top=1.15 * max(values) if values else None)
-    ax.margins(y=0.12)
-    ax.set_xlabel("training labels", color=grey)
-    ax.set_title(title + (" (log scale)" if log else ""), fontsize=11, color=grey)
-    ax.tick_params(colors=grey, which="both")
-    for spine in ax.spines.values():
-        spine.set_color(grey)
-    ax.grid(alpha=0.25, color=grey)
-    legend = ax.legend(fontsize=9, frameon=False)
-    for text in legend.get_texts():
-        text.set_color(grey)
-
-
-def wants_log_axis(values: list[float]) -> bool:
-    """A log axis only when the positive values span more than a factor of 30."""
-    values = [v for v in values if v is not None and v > 0]
-    return bool(values) and max(values) / min(values) > 30
-
-
-def curve_points(view: dict[str, Any]) -> list[tuple[str, int, float, float]]:
-    """The learning curve's points (:func:`learning_curve_png`) of a campaign view."""
-    rows, baseline = view["round_table"], view["starting_model_test"]
-    points = [(f"R{r['round']}", r["labels"], r["energy_mae_meV_atom"], r["force_mae_meV_A"]) for r in rows
-              if r["labels"] is not None and r["force_mae_meV_A"] is not None]
-    if baseline:
-        points.insert(0, ("start", 0, baseline["energy_mae_mev_per_atom"], baseline["force_mae_mev_per_a"]))
-    return points
-
-
+def errors_text(test: dict[str, Any]) -> str:
+    """``12.3 [10.1, 14.9] meV/atom, force MAE 426.0 [381.2, 470.9] meV/Å (90 % intervals)``."""
+    level = test.get("interval_level")
+    note = f" ({level:.0%} intervals)" if level and test.get("force_mae_interval_mev_per_a") else ""
+    return (f"{with_interval(test['energy_mae_mev_per_atom'], test.get('energy_mae_interval_mev_per_atom'))} "
+            f"meV/atom, force MAE {with_interval(test['force_mae_mev_per_a'], test.get('force_mae_interval_mev_per_a'))}"
+            f" meV/Å{note}")
 
 
 # --- overview ---------------------------------------------------------------------------------
@@ -294,7 +221,7 @@ def _model_and_test_lines(view: dict[str, Any]) -> list[str]:
     current = view["current_model"]
     if current is not None:
         test = current["test"] or {}
-        errors = (f": test energy MAE {_errors_text(test)}" if test else " (not evaluated yet)")
+        errors = (f": test energy MAE {errors_text(test)}" if test else " (not evaluated yet)")
         origin = "starting model" if current["round"] is None else f"after round {current['round']}"
         lines.append(f"- **Current model:** version {current['id']} ({origin}){errors}; `{current['path']}`")
     test_set = view["test_set"]
@@ -331,7 +258,7 @@ def overview_markdown(view: dict[str, Any], config: Any, *, png: bytes | None = 
              *_model_and_test_lines(view), "", *_curve_lines(png, png_path)]
     table, times = round_table(view)
     level = next((r.get("interval_level") for r in view["round_table"] if r.get("interval_level")), None)
-    note = _level_note(level)
+    note = level_note(level)
     lines += ["### Rounds", "", markdown_table(_round_header(view), table), "",
               "Test-set errors after each round's fine-tune" + (f" ({note})" if note else "")
               + "; training labels include the validation split.", "",
@@ -463,14 +390,9 @@ def selection_markdown(view: dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
-# --- terminal ---------------------------------------------------------------------------------
+# --- the end of start/resume (`tangentlab status`: flows.status_text) ----------------------
 
-SPLIT_ORDER = ("pool", "train", "valid", "test")
 LABEL_ORDER = ("done", "failed", "running", "pending")
-
-
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "" if value is None else format(value, spec)
 
 
 def counts_text(counts: dict[str, int], order: tuple[str, ...], zero: bool = False) -> str:
@@ -478,87 +400,6 @@ def counts_text(counts: dict[str, int], order: tuple[str, ...], zero: bool = Fal
     keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
     shown = [f"{counts[k]} {k}" for k in keys if counts[k] or zero]
     return ", ".join(shown) or "none"
-
-
-def exploration_line(summary: dict[str, Any]) -> str:
-    """One line: trajectories, steps, frames scored/kept, candidates, stops and σ (status and logs)."""
-    sigma = summary.get("sigma") or {}
-    bounds = summary.get("bounds") or {}
-    line = (f"{summary['trajectories']} trajectories, {summary['steps_run']} steps, {summary['frames_scored']} "
-            f"frames scored, {summary['frames_kept']} kept, {summary['candidates_added']} new candidates; stopped: "
-            + (", ".join(f"{v} {k}" for k, v in summary["stops"].items()) or "none"))
-    if sigma:
-        line += f"; σ q10 {sigma['q10']:.3g}, q50 {sigma['q50']:.3g}, q90 {sigma['q90']:.3g}, max {sigma['max']:.3g}"
-    if bounds:
-        line += f" (bounds {bounds['lower']:.3g}–{bounds['upper']:.3g})"
-    return line + (" — not finished: the other walkers are running, or run on resume"
-                   if summary.get("unfinished") else "")
-
-
-def diagnostics_line(diagnostics: dict[str, Any]) -> str:
-    """``largest force 1.40 eV/Å (pool 2.70, target 0.70)``: mean predicted largest force and
-    energy per atom of the picks against the pool's (and target's)."""
-    parts = []
-    for key, label, unit in (("max_force_eV_per_A", "largest force", "eV/Å"),
-                             ("energy_per_atom_eV", "energy", "eV/atom")):
-        values = {name: (diagnostics.get(name) or {}).get(key, {}).get("mean")
-                  for name in ("picked", "pool", "target")}
-        if values["picked"] is None:
-            continue
-        others = ", ".join(f"{name} {values[name]:.2f}" for name in ("pool", "target")
-                           if values[name] is not None)
-        parts.append(f"{label} {values['picked']:.2f} {unit} ({others})")
-    return "; ".join(parts)
-
-
-def _test_set_line(test: dict[str, int]) -> str:
-    line = f"{test['structures']} structures, test errors on the {test['done']} labelled"
-    if test["failed"]:
-        line += f"; {test['failed']} FAILED QM (not in the test errors)"
-    if test["pending"] + test["running"]:
-        line += f"; {test['pending'] + test['running']} not labelled yet"
-    return line
-
-
-def _errors_text(test: dict[str, Any]) -> str:
-    """``12.3 [10.1, 14.9] meV/atom, force MAE 426.0 [381.2, 470.9] meV/Å (90 % intervals)``."""
-    level = test.get("interval_level")
-    note = f" ({level:.0%} intervals)" if level and test.get("force_mae_interval_mev_per_a") else ""
-    return (f"{with_interval(test['energy_mae_mev_per_atom'], test.get('energy_mae_interval_mev_per_atom'))} "
-            f"meV/atom, force MAE {with_interval(test['force_mae_mev_per_a'], test.get('force_mae_interval_mev_per_a'))}"
-            f" meV/Å{note}")
-
-
-def _model_lines(view: dict[str, Any]) -> list[str]:
-    model, lines = view["current_model"], []
-    if model is None:
-        lines.append("  current model: none registered yet")
-    else:
-        test = model["test"] or {}
-        errors = f", test energy MAE {_errors_text(test)}" if test else ""
-        lines.append(f"  current model: version {model['id']} {model['path']} (sha256 {model['sha256'][:12]})"
-                     f"{errors}")
-    start = view["starting_model_test"]
-    if start:
-        lines.append(f"  starting model: test energy MAE {_errors_text(start)}")
-    return lines
-
-
-def _round_lines(view: dict[str, Any]) -> list[str]:
-    lines = [f"  {'round':>5} {'status':>10} {'method':>15} {'selected':>8} {'labels':>6} {'E MAE':>8} "
-             f"{'E interval':>16} {'F MAE':>8} {'F interval':>16} {'model':>5} {'acquire s':>9}"]
-    for r in view["round_table"]:
-        lines.append(f"  {r['round']:>5} {r['status']:>10} {r['method']:>15} {r['selected']:>8} "
-                     f"{_fmt(r['labels'], 'd'):>6} {_fmt(r['energy_mae_meV_atom']):>8} "
-                     f"{interval_text(r.get('energy_mae_interval_meV_atom')):>16} "
-                     f"{_fmt(r['force_mae_meV_A']):>8} {interval_text(r.get('force_mae_interval_meV_A')):>16} "
-                     f"{_fmt(r['model_version'], 'd'):>5} {_fmt(r['acquire_s'], '.2f'):>9}")
-    level = next((r.get("interval_level") for r in view["round_table"] if r.get("interval_level")), None)
-    lines.append(f"  (E MAE in meV/atom, F MAE in meV/Å{view_force_scope(view)}, on the test set"
-                 + (f"; {_level_note(level)}" if level else "") + ")")
-    if view.get("exploring"):
-        lines.append(f"  round {view['exploring']['round']} exploring now: {exploration_line(view['exploring'])}")
-    return lines
 
 
 def prediction_line(selection: dict[str, Any], measured: dict[str, Any] | None) -> str:
@@ -575,68 +416,6 @@ def prediction_line(selection: dict[str, Any], measured: dict[str, Any] | None) 
         line += (f"; measured on the test set "
                  f"{with_interval(measured['force_mae_mev_per_a'], measured.get('force_mae_interval_mev_per_a'))}")
     return line
-
-
-def _measured(view: dict[str, Any], model_id: int | None) -> dict[str, Any] | None:
-    """The stored test errors of model version ``model_id`` (starting model or a round's)."""
-    if model_id is not None and model_id == view.get("starting_model_id"):
-        return view.get("starting_model_test")
-    row = next((r for r in view["round_table"] if r["model_version"] == model_id), None)
-    if row is None:
-        return None
-    return {"force_mae_mev_per_a": row["force_mae_meV_A"],
-            "force_mae_interval_mev_per_a": row.get("force_mae_interval_meV_A")}
-
-
-def _selection_lines(selection: dict[str, Any] | None, view: dict[str, Any] | None = None) -> list[str]:
-    if not selection:
-        return []
-    number, lines = selection["round"], []
-    predicted = prediction_line(selection, _measured(view, selection.get("model_version_id")) if view else None)
-    if predicted:
-        lines.append(f"  round {number} acquired with {predicted}")
-    if selection.get("exploration"):
-        lines.append(f"  round {number} exploration: {exploration_line(selection['exploration'])}")
-    if selection.get("diagnostics"):
-        lines.append(f"  round {number} picks, predicted means: {diagnostics_line(selection['diagnostics'])}")
-    lines.append(f"  round {number} selected (score; predicted force error in meV/Å; label):")
-    for s in selection["structures"]:
-        score = _fmt(s["score"], ".3g") or "n/a"
-        predicted = _fmt(s["predicted_force_error_meV_A"]) or "n/a"
-        label = "not queued" if s["label"] == "none" else s["label"]
-        lines.append(f"    {s['rank']:>3}. structure {s['structure_id']:>5} {s['formula']:>10} {s['split']:>5} "
-                     f"score {score:>9} predicted {predicted:>7} {label}"
-                     + (f" ({s['failure']})" if s["failure"] else ""))
-    return lines
-
-
-def _queue_lines(queue: dict[str, Any] | None) -> list[str]:
-    """Asynchronous rounds: the jobs in flight, the queue and which model picked the labels."""
-    if not queue:
-        return []
-    picked = ", ".join(f"{name} {count}" for name, count in queue["picked_by"].items())
-    lines = [f"  label queue: {queue['running']} running, {queue['queued']} queued; labels picked by: "
-             f"{picked}"]
-    for rank, row in enumerate(queue["open"][:20], start=1):
-        by = row["picked_by_model_id"]
-        lines.append(f"    {rank:>3}. structure {row['structure_id']:>5} {row['split']:>5} {row['status']:>8} "
-                     f"picked by {'the initial draw' if by is None else f'model {by}'}")
-    if len(queue["open"]) > 20:
-        lines.append(f"    ... {len(queue['open']) - 20} more")
-    return lines
-
-
-def status_lines(view: dict[str, Any]) -> list[str]:
-    """What ``tangentlab status`` prints for one campaign view (:func:`tasks.report.campaign_view`)."""
-    return [f"campaign {view['name']!r} (id {view['id']}): {view['status'].replace('_', ' ')}"
-            + (f" — {view['stop_reason']}" if view["stop_reason"] else ""),
-            f"  structures: {counts_text(view['structures'], SPLIT_ORDER)}",
-            f"  labels: {counts_text(view['labels'], LABEL_ORDER)}",
-            f"  test set: {_test_set_line(view['test_set'])}",
-            *_model_lines(view), *_round_lines(view), *_queue_lines(view.get("label_queue")),
-            *_selection_lines(view["selected_structures"], view),
-            *(f"  failed label {f['label_id']} ({f['formula']}, structure {f['structure_id']}, "
-              f"{f['attempts']} attempts): {f['reason']} [{f['run_dir']}]" for f in view["failed_labels"])]
 
 
 def result_lines(result: dict[str, Any]) -> list[str]:

@@ -22,6 +22,7 @@ from conftest import write_pool
 from prefect import flow
 
 from db import campaigns, init_db, labels, make_engine, registry, rounds, session_scope, structures
+from flows.curve import learning_curve_png, wants_log_axis
 from flows.label import run_name
 from flows.monitoring import overview_key, publish_overview, publish_selection, selection_key
 from flows.rendering import (
@@ -34,11 +35,9 @@ from flows.rendering import (
     TARGETS_MET,
     TIME_BUDGET,
     decision_name,
-    learning_curve_png,
     outcome_name,
     overview_markdown,
     selection_markdown,
-    wants_log_axis,
 )
 from tangentlab.stopping import BUDGETS, StopDecision, stop_decision
 from tangentlab.structures import content_hash
@@ -373,7 +372,7 @@ def test_overview_and_selection_render_from_the_status_report_without_a_server(l
 
 def test_errors_are_shown_with_their_intervals(lab, tmp_path, capsys):
     from cli import main
-    from flows.rendering import status_lines
+    from flows.status_text import status_lines
     from tasks.report import campaign_view
 
     url, campaign_id, _ = lab
