@@ -1,11 +1,15 @@
 """The manual covers the product: every command is in docs/running.md, every benchmark page is
-reachable from docs/benchmarks/README.md."""
+reachable from docs/benchmarks/README.md with its result's date and commit, every module is on
+the architecture page, and no link leads nowhere."""
 
 from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from cli import build_parser
 
@@ -79,3 +83,15 @@ def test_every_benchmark_page_has_an_index_row_with_its_result_date_and_commit()
         measured = rows[page].rstrip(" |").rsplit("|", 1)[-1]
         assert re.search(r"\b20\d\d-\d\d-\d\d\b", measured) and re.search(r"\b[0-9a-f]{7}\b", measured), \
             f"{page}: the index row gives no date and commit of its result"
+
+
+def test_the_architecture_page_names_every_module():
+    text = (ROOT / "docs" / "reference" / "architecture.md").read_text()
+    listing = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True)
+    if listing.returncode != 0:
+        pytest.skip("not a git checkout")
+    modules = [Path(name) for name in listing.stdout.split()
+               if not name.startswith(("tests/", "db/migrations/versions/"))
+               and Path(name).name not in ("__init__.py", "__main__.py")]
+    missing = [str(m) for m in modules if not re.search(rf"\b{re.escape(m.name)}|\b{m.stem}\b", text)]
+    assert not missing, f"modules docs/reference/architecture.md does not name: {missing}"
