@@ -3,7 +3,7 @@
 Prints one JSON document (``--json``) or a short table. Not a test: numbers depend on the
 machine. Example (see ``docs/reference/performance.md`` for measured runs)::
 
-    python -m tangentlab.benchmark_acquisition --json --model MODEL \\
+    tangentlab benchmark acquisition --json --model MODEL \\
         --replicate acac/train_300K.xyz --pool-size 10000 --signals activation ntk
 
 For each signal it streams a pool through `tangentlab.acquisition.select_batch` and
@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import platform
 import resource
 import sys
@@ -34,6 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
+
+from benchmarks.paths import path_roots, portable_paths
+from benchmarks.spec import DATA_VARIABLE
 
 # mace prints a notice on import; keep stdout for the JSON report
 with contextlib.redirect_stdout(sys.stderr):
@@ -51,6 +55,7 @@ with contextlib.redirect_stdout(sys.stderr):
         per_structure_force_jacobians,
         per_structure_gradients,
     )
+    from tangentlab.acquisition.policy import REFERENCE_SIZE
     from tangentlab.acquisition.rules import greedy_grouped_posterior_variance
     from tangentlab.config import SHIPPED_MODEL, shipped_file
     from tangentlab.mace_model import load_model
@@ -263,7 +268,7 @@ def benchmark_signal(
     if tracemalloc.is_tracing():
         tracemalloc.reset_peak()
     tick = time.perf_counter()
-    scorer = fit_scorer(model, labelled, signal=signal, reference_atoms=list(itertools.islice(pool(), 256)),
+    scorer = fit_scorer(model, labelled, signal=signal, reference_atoms=list(itertools.islice(pool(), REFERENCE_SIZE)),
                         chunk_size=args.chunk_size, device=args.device, **options)
     reference_s = time.perf_counter() - tick
     indices, _, info = select_batch(
@@ -301,7 +306,7 @@ def benchmark_signal(
             model,
             labelled,
             signal=signal,
-            reference_atoms=subset[:256],
+            reference_atoms=subset[:REFERENCE_SIZE],
             device=args.device,
             **options,
         )
@@ -313,7 +318,7 @@ def benchmark_signal(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tangentlab.benchmark_acquisition", description=__doc__.split("\n")[0]
+        prog="tangentlab benchmark acquisition", description=__doc__.split("\n")[0]
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pool-files", nargs="+", type=Path, help="stream these files")
@@ -382,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     dict
         The report that was printed.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     model_path = args.model or (SHIPPED if SHIPPED.is_file() else None)
     if model_path is None:
@@ -419,12 +425,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "chunk_size": args.chunk_size,
         "rule": args.rule,
         "tracemalloc": args.tracemalloc,
-        "command": "python -m tangentlab.benchmark_acquisition " + " ".join(sys.argv[1:]),
+        "command": "tangentlab benchmark acquisition " + " ".join(argv),
         "results": [],
     }
     for signal in args.signals:
         report["results"].append(benchmark_signal(model, labelled, pool, signal, args))
     report["memory_end"] = _memory_mb()
+    # the report names files relative to the data root or the repository, not by this machine's paths
+    report = portable_paths(report, path_roots(data_root=os.environ.get(DATA_VARIABLE)))
     if args.json:
         print(json.dumps(report, indent=1))
     else:
