@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks.methods import method_acquisition, method_slug
 from benchmarks.spec import BenchmarkError, BenchmarkSpec
+from tangentlab.config import FEATURELESS_METHODS
 
 UNREACHABLE = 1e-6  # meV: targets no model meets, so the label budget decides the stop
 # (with ``confidence: None``: no target is ever declared out of reach either)
@@ -27,9 +28,10 @@ UNREACHABLE = 1e-6  # meV: targets no model meets, so the label budget decides t
 
 def _acquisition(spec: BenchmarkSpec, method: str) -> dict[str, Any]:
     section = {**method_acquisition(method), "batch_size": spec.batch_size}
-    if section.get("signal") == "committee":  # the other signals refuse a committee size
+    # each setting only where the method reads it (a campaign refuses one without effect)
+    if section.get("signal") == "committee":
         section["committee_size"] = spec.committee_size
-    if spec.regularization is not None:
+    if spec.regularization is not None and section.get("signal") not in FEATURELESS_METHODS:
         section["regularization"] = spec.regularization
     return section
 

@@ -226,3 +226,10 @@ def test_a_written_out_configuration_reads_back_for_every_signal_and_engine():
     for engine in ("md", "rattle"):
         config = make_config({"exploration": {"engine": engine}})
         assert make_config(config_json(config)) == config
+
+
+def test_regularization_without_a_feature_posterior_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"acquisition.regularization has no effect here \(signal 'random'"):
+        make_config({"acquisition": {"signal": "random", "regularization": 0.1}})
+    # exploration's σ comes from a feature posterior even when the acquisition has none
+    assert make_config({"acquisition": {"signal": "random", "regularization": 0.1}, "exploration": {}})

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tangentlab.config.acquisition import FEATURELESS_METHODS, TARGET_KEYWORDS, Acquisition
-from tangentlab.config.base import Section, registered
+from tangentlab.config.base import Section, refuse_if_set, registered
 from tangentlab.config.exploration import Exploration, SigmaBound
 from tangentlab.config.sections import Budgets, FineTune, QMSettings, Streaming, Targets
 from tangentlab.oracles import ORACLES
@@ -173,6 +173,11 @@ class CampaignConfig(Section):
                              "not grow): remove it, or set test_max_size")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
+        if self.acquisition.signal in FEATURELESS_METHODS and self.exploration is None:
+            # λ serves only a feature signal's posterior (exploration's σ falls back to one)
+            refuse_if_set(self.acquisition, ["regularization"],
+                          f"signal {self.acquisition.signal!r} has no feature posterior and there is "
+                          "no exploration section", prefix="acquisition.")
         return self
 
     @model_validator(mode="after")

@@ -60,7 +60,8 @@ class Acquisition(Section):
     committee_size: int = Field(3, ge=2, description="Members fine-tuned per round for signal 'committee' "
                                 "(another value with another signal is refused).")
     batch_size: int = Field(10, gt=0, description="Structures labelled per round.")
-    regularization: float = Field(1e-2, gt=0, description="λ of the feature-space posterior A = ΦᵀΦ + λI.")
+    regularization: float = Field(1e-2, gt=0, description="λ of the feature-space posterior A = ΦᵀΦ + λI "
+                                  "(with signal random or committee, only exploration's σ uses it).")
     feature_batch_size: int = Field(64, gt=0, description="Structures per MACE forward pass of the "
                                     "signal (another value with a signal that makes no forward "
                                     "passes, fixed_descriptor, random or committee, is refused).")

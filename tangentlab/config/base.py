@@ -12,14 +12,15 @@ def registered(value: str, registry: dict, what: str) -> str:
     return value
 
 
-def refuse_if_set(section: BaseModel, names: list[str], why: str) -> None:
+def refuse_if_set(section: BaseModel, names: list[str], why: str, prefix: str = "") -> None:
     """Raise a ValueError naming each of ``names`` that ``section`` sets to another value than
-    its default: the keys have no effect in this configuration (``why`` says why)."""
+    its default: the keys have no effect in this configuration (``why`` says why; ``prefix``
+    names the section when a rule between sections checks it)."""
     fields = type(section).model_fields
     changed = [name for name in names if getattr(section, name) != fields[name].get_default(call_default_factory=True)]
     if changed:
         verb = "has" if len(changed) == 1 else "have"
-        raise ValueError(f"{', '.join(changed)} {verb} no effect here ({why}): remove "
+        raise ValueError(f"{', '.join(prefix + name for name in changed)} {verb} no effect here ({why}): remove "
                          f"{'it' if len(changed) == 1 else 'them'}")
 
 
