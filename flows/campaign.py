@@ -23,8 +23,7 @@ from flows.monitoring import close_killed_runs, final_state, publish_overview, p
 from flows.stream import await_initial, keep_labelling, rerank, run_stream, stop_labelling
 from tangentlab.config import CampaignConfig, interval_level, make_config
 from tangentlab.stopping import StopDecision
-from tasks._db import database_url as configured_database_url
-from tasks._db import has_password, redact_url
+from tasks._db import redact_url, run_database_url
 from tasks.acquire import acquire
 from tasks.evaluate import evaluate_model, evaluate_round, reevaluate_round
 from tasks.explore import explore_round
@@ -154,7 +153,7 @@ def campaign(
         with the stop reason as its message, which the UI's runs list shows.
     """
     logger = get_run_logger()
-    url = _database(database_url)
+    url = run_database_url(database_url)
     if config is None and name is None:
         raise ValueError("give a campaign configuration or the name of a campaign to resume")
     logger.info("database: %s", redact_url(url))
@@ -167,17 +166,6 @@ def campaign(
         url, cfg.name, flow_run_id=flow_run.id, wait=wait, on_wait=waiting
     ) as lease:
         return _run(url, cfg, lease)
-
-
-def _database(database_url: str | None) -> str:
-    """The database URL: the parameter (never one with a password), else the environment's."""
-    if database_url is not None and has_password(database_url):
-        raise ValueError(
-            f"database_url {redact_url(database_url)} carries a password: flow parameters are "
-            "stored in the clear, so pass it as TANGENTLAB_DATABASE_URL or a Prefect Secret block "
-            "named by TANGENTLAB_DATABASE_SECRET"
-        )
-    return database_url or configured_database_url()
 
 
 def _run(url: str, cfg: CampaignConfig, lease: Lease):

@@ -18,8 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tangentlab.config import CampaignConfig, QMSettings, config_json, make_config
-from tasks._db import database_url as configured_database_url
-from tasks._db import has_password, redact_url
+from tasks._db import has_password, redact_url, run_database_url
 from tasks.interrupt import stop_requested
 from tasks.label import (
     campaign_config,
@@ -130,7 +129,7 @@ def label(
         Label counts per status for these structures, and ``failed_labels``: those that failed
         for good, with their reasons and run directories.
     """
-    url = database_url or configured_database_url()
+    url = run_database_url(database_url)
     if config is None:
         campaign_id, cfg = campaign_config(url, name)
     else:
