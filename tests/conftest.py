@@ -40,12 +40,51 @@ POSTGRES_URL = os.environ.get("TANGENTLAB_TEST_POSTGRES_URL")
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 
+#: The longest tests, longest first (the CI figures of CONTRIBUTING.md's "Slowest tests"; a
+#: parametrised test is named without its parameters). They start before the other tests
+#: marked ``slow``.
+SLOWEST = [
+    "tests/test_interrupt.py::test_ctrl_c_stops_cleanly_and_twice_at_once",
+    "tests/test_automations.py::test_killed_run_is_marked_crashed_and_a_healthy_one_is_not",
+    "tests/test_lease_processes.py::test_one_live_run_per_campaign",
+    "tests/test_async_rounds.py::test_kill_during_a_fine_tune_with_labels_in_flight_loses_and_repeats_nothing",
+    "tests/test_interrupt.py::test_ctrl_c_while_a_qm_job_starts_lets_it_finish_and_stores_it",
+]
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist, the tests marked ``slow`` (minutes each) first, the rest after them
-    in their own order: a long test left for the end would keep one worker busy while the
-    other has nothing left to do."""
-    if XDIST_WORKER is not None:
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Under pytest-xdist, every worker starts with its share of the slow tests.
+
+    pytest-xdist's ``worksteal`` hands each of the n workers one contiguous 1/n of the
+    collection, and an idle worker later takes over the end of a busy one's queue. So the
+    tests marked ``slow`` (the `SLOWEST` first, longest first) are dealt round-robin to the n
+    parts, each part starting with its slow tests and filled up with the others in their own
+    order: no worker is left with a long test at the end while the others have nothing to do.
+    """
+    if XDIST_WORKER is None:
+        return
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    rank = {name: i for i, name in enumerate(SLOWEST)}
+
+    def key(index_item):
+        index, item = index_item
+        return rank.get(item.nodeid.split("[")[0], len(rank)), index
+
+    numbered = list(enumerate(items))
+    slow = [item for _, item in sorted(
+        (pair for pair in numbered if pair[1].get_closest_marker("slow") is not None), key=key)]
+    rest = [item for item in items if item.get_closest_marker("slow") is None]
+    parts: list[list] = [[] for _ in range(workers)]
+    for i, item in enumerate(slow):
+        parts[i % workers].append(item)
+    left = len(items)
+    for i, part in enumerate(parts):  # the sizes worksteal gives: what is left // workers left
+        size = left // (workers - i)
+        while len(part) < size and rest:
+            part.append(rest.pop(0))
+        left -= len(part)
+    parts[-1].extend(rest)
+    items[:] = [item for part in parts for item in part]
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from ase import Atoms
 from ase.build import molecule
 from ase.io import read, write
+from claim_worker import claim_until_empty
 from sqlalchemy import func, inspect, select
 from sqlalchemy.dialects import postgresql
 
@@ -249,27 +250,13 @@ def test_only_claims_of_gone_workers_are_reset(engine, campaign_id):
     assert labels.worker_process("w1") is None
 
 
-def _claim_until_empty(url, campaign_id, key, worker, barrier, queue):
-    engine = make_engine(url)
-    barrier.wait()
-    claimed = []
-    while True:
-        with session_scope(engine) as session:
-            ids = labels.claim_labels(session, campaign_id, key, 3, worker)
-        if not ids:
-            break
-        claimed.extend(ids)
-    engine.dispose()
-    queue.put((worker, claimed))
-
-
 def test_two_processes_claim_each_label_once(engine, database_url, campaign_id):
     label_ids, key = _labelled_campaign(engine, campaign_id, 40)
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(2), context.Queue()
     processes = [
         context.Process(
-            target=_claim_until_empty, args=(database_url, campaign_id, key, name, barrier, queue)
+            target=claim_until_empty, args=(database_url, campaign_id, key, name, barrier, queue)
         )
         for name in ("w1", "w2")
     ]

@@ -27,13 +27,14 @@ def test_slab_campaign_with_emt_labels_reaches_its_targets(prefect_server, tmp_p
         "oracle": {"name": "emt"},
         "acquisition": {"signal": "activation", "batch_size": 4},
         "budgets": {"max_rounds": 2, "max_labels": 30},
-        # Measured with these settings: energy MAE 40 (start), 54, 13, 12 meV/atom after rounds
-        # 0-2 and force MAE 46-50 meV/Å throughout (the shipped model was pretrained on EMT
-        # labels of such slabs). Point estimates decide: 6 test structures give 90 % intervals
-        # far wider than these targets.
+        # Measured with these settings: energy MAE 35 (start), 56, 19 meV/atom after rounds 0-1
+        # and force MAE 64 meV/Å throughout (the shipped model was pretrained on EMT labels of
+        # such slabs; the energies come down with the reference energies refitted on the
+        # labels, so two optimiser steps a round suffice). Point estimates decide: 6 test
+        # structures give 90 % intervals far wider than these targets.
         "targets": {"energy_mae_mev_per_atom": 25.0, "force_mae_mev_per_a": 100.0,
                     "confidence": None},
-        "finetune": {"max_epochs": 3, "patience": 2},
+        "finetune": {"max_epochs": 1, "patience": 1, "min_steps_per_epoch": 2},
     }
     url = f"sqlite:///{tmp_path / 'c.db'}"
     result = campaign(config=config, database_url=url)
