@@ -3,12 +3,12 @@ an allow-list of MACE's classes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
-import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ from tasks.setup import starting_model
 from tasks.steps import starting_model_version as _starting_model
 
 SHIPPED = Path(shipped_file("tangentlab-hcno-xtb.model"))
-REPO = Path(__file__).resolve().parents[1]
 STRUCTURES = ["CH4", "H2O", "NH3", "CH3OH", "HCN", "CH3CHO"]
 
 
@@ -265,10 +264,17 @@ def test_configuration_names_only_mace_registry_entries(tiny_model_file, tmp_pat
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """`tangentlab ARGS` as a process of its own, in ``tmp_path``."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    """`tangentlab ARGS` (its entry point, `cli.main`) in this process, in ``tmp_path``; the
+    exit code and output as a process gives them. A hostile file's code, if it ran, would run
+    here and write the marker all the same."""
+    from cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        patch.chdir(tmp_path)
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_start_with_a_hostile_starting_model_runs_none_of_it(tiny_model_file, tmp_path):
