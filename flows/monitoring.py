@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.curve import curve_points, learning_curve_png
-from flows.rendering import decision_name, overview_markdown, selection_markdown
+from flows.rendering import decision_name, overview_markdown
+from flows.selection_rendering import selection_markdown
 from tangentlab.paths import campaign_dir
 from tangentlab.stopping import StopDecision
 from tasks.progress import artifact_key

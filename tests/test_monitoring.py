@@ -37,8 +37,8 @@ from flows.rendering import (
     decision_name,
     outcome_name,
     overview_markdown,
-    selection_markdown,
 )
+from flows.selection_rendering import selection_markdown
 from tangentlab.stopping import BUDGETS, StopDecision, stop_decision
 from tangentlab.structures import content_hash
 
