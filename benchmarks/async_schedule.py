@@ -10,9 +10,12 @@ takes the CPU time it took here (one torch thread).
   the first free worker), then the model is fine-tuned and evaluated while every worker waits.
 - **async** (``schedule: async``): ``k`` jobs per worker are kept in flight; each new pick
   comes from the newest model, its posterior conditioned on every pending pick (the features
-  need no labels); the trainer fine-tunes on every label that has arrived as soon as ``m`` new
-  ones are there (the initial set's size for the first model) while the workers go on; after a
-  new model the queued, not yet started picks are re-ranked.
+  need no labels); the trainer fine-tunes as soon as ``m`` new labels are there while the
+  workers go on, with ``--train-on batches`` (``streaming.train_on``, the default) on the
+  initial set first (once all of it arrived) and then on the previous model's labels and the
+  oldest ``m`` new arrivals, with ``--train-on arrived`` on every label that has arrived (the
+  first model once as many labels as the initial set arrived); after a new model the queued,
+  not yet started picks are re-ranked.
 
 Label times are drawn once per (seed, structure), the same in both modes, from a two-piece
 log-normal fitted to the quick start's PySCF labels (:data:`LATENCY`).
@@ -199,6 +202,7 @@ class Plan:
     rounds: int
     jobs_per_worker: int = 1  # k
     train_every: int | None = None  # m; None: the batch size
+    train_on: str = "batches"  # async trainer: "batches" (oldest m new arrivals) or "arrived"
 
     @property
     def budget(self) -> int:
@@ -325,9 +329,30 @@ class AsyncReplay:
         new = len(self.arrived) - trained
         every = self.plan.train_every or self.plan.batch
         everything = len(self.arrived) == self.plan.budget
-        if new >= (self.plan.initial if trained == 0 else every) or (everything and new > 0):
-            model = self.learner.train(self.models[-1].path, list(self.arrived), len(self.models))
-            self.training = (self.t + model.cpu_s, model)
+        if self.plan.train_on == "batches":
+            labelled = self._batch(trained, every, everything)
+            if labelled is None:
+                return
+        elif new >= (self.plan.initial if trained == 0 else every) or (everything and new > 0):
+            labelled = list(self.arrived)
+        else:
+            return
+        model = self.learner.train(self.models[-1].path, labelled, len(self.models))
+        self.training = (self.t + model.cpu_s, model)
+
+    def _batch(self, trained: int, every: int, everything: bool) -> list[int] | None:
+        """``streaming.train_on: batches``: the first model trains on the initial set once all
+        of it arrived, each next one on the previous model's labels and the oldest ``every``
+        new arrivals (all of them at the end), so model n trains on as many labels as
+        synchronous round n; None: not yet."""
+        if trained == 0:
+            initial = self.picked[: self.plan.initial]  # the initial draw, queued first
+            return initial if set(initial) <= set(self.arrived) else None
+        seen = set(self.models[-1].labels)
+        fresh = [i for i in self.arrived if i not in seen]
+        if len(fresh) < every and not (everything and fresh):
+            return None
+        return [i for i in self.arrived if i in seen] + fresh[:every]
 
     def _advance(self) -> bool:
         """Move the clock to the next arrival or finished fine-tune; False when nothing is left."""
@@ -530,6 +555,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--train-every", type=int, help="m: new labels per fine-tune (default the batch size)"
     )
+    parser.add_argument(
+        "--train-on",
+        choices=["batches", "arrived"],
+        default="batches",
+        help="async trainer: the oldest m new arrivals per model (batches) or every arrived label",
+    )
     parser.add_argument("--energy-target", type=float, default=250.0, help="meV/atom")
     parser.add_argument("--force-target", type=float, default=275.0, help="meV/Å")
     args = parser.parse_args(argv)
@@ -537,7 +568,11 @@ def main(argv: list[str] | None = None) -> dict:
         "energy_mae_mev_per_atom": args.energy_target,
         "force_mae_mev_per_a": args.force_target,
     }
-    plan_options = {"jobs_per_worker": args.jobs_per_worker, "train_every": args.train_every}
+    plan_options = {
+        "jobs_per_worker": args.jobs_per_worker,
+        "train_every": args.train_every,
+        "train_on": args.train_on,
+    }
     return run_in_work_dir(
         args.threads,
         args.out,
