@@ -1,13 +1,24 @@
-"""The label queue of asynchronous rounds: ranked picks, re-ranking, cancelling.
+"""The label queue of asynchronous rounds: ranked picks, re-ranking, cancelling, the stream.
 
 A pick is a pending label with a ``priority`` (workers claim the lowest first, after every
 unranked label: :func:`db.labels.claim_labels`) and the model version that picked it. Only
 pending picks are re-ranked or cancelled, each by one conditional ``UPDATE``/``DELETE``, so a
 worker that claims a pick at the same moment keeps it.
+
+The **stream** tells the streaming label workers, wherever they run (threads, Dask workers,
+a labelling deployment's flow run on another machine), whether to wait for the next pick: the
+campaign run opens it under a new token (:func:`open_stream`) and closes it when it stops
+(:func:`close_stream`); a worker holding that token keeps claiming only while
+:func:`stream_open` says so, which is also false once the run that opened it lost its lease
+(killed: no heartbeat for the lease's expiry) or another run opened a stream of its own. It is
+a row of the lease table named ``<campaign>:stream`` (``:`` is never in a campaign name).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +27,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db.labels import level_key as make_level_key
-from db.leases import fence
-from db.models import Label, LabelStatus, Split, Structure
+from db.leases import as_utc, database_now, fence
+from db.models import Campaign, CampaignLease, Label, LabelStatus, Split, Structure
+
+STREAM = ":stream"  # suffix of the stream's row in the lease table
 
 OPEN = (LabelStatus.PENDING, LabelStatus.RUNNING)
 PICKED = (Split.TRAIN, Split.VALID)
@@ -152,3 +165,67 @@ def picked_by(session: Session, campaign_id: int) -> dict[str, int]:
         name = "initial" if p.picked_by_model_id is None else f"model {p.picked_by_model_id}"
         out[name] = out.get(name, 0) + 1
     return out
+
+
+def _campaign_name(session: Session, campaign_id: int) -> str:
+    return session.scalar(select(Campaign.name).where(Campaign.id == campaign_id))
+
+
+def open_stream(session: Session, campaign_id: int) -> str:
+    """Open the campaign's label stream under a new token (a stream another run opened is
+    closed by it) and return the token; only the campaign's lease holder may (fenced)."""
+    fence(session, campaign_id)
+    name = _campaign_name(session, campaign_id) + STREAM
+    token = secrets.token_hex(16)
+    values = {
+        "token": token,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "acquired_at": database_now(session.connection()),
+    }
+    opened = session.execute(
+        update(CampaignLease)
+        .where(CampaignLease.name == name)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not opened:
+        session.add(CampaignLease(name=name, **values))
+        session.flush()
+    return token
+
+
+def stream_open(session: Session, campaign_id: int, token: str) -> bool:
+    """Whether the stream of ``token`` is open: not closed, no newer stream opened, and the
+    campaign's lease held and not expired (a campaign without a lease row, run by a tool
+    that takes none, counts as held)."""
+    name = _campaign_name(session, campaign_id)
+    rows = dict(
+        session.execute(
+            select(CampaignLease.name, CampaignLease).where(
+                CampaignLease.name.in_([name, name + STREAM])
+            )
+        ).all()
+    )
+    stream, lease = rows.get(name + STREAM), rows.get(name)
+    if stream is None or stream.token != token:
+        return False
+    if lease is None:
+        return True
+    return lease.token is not None and as_utc(lease.expires_at) >= database_now(
+        session.connection()
+    )
+
+
+def close_stream(session: Session, campaign_id: int, token: str) -> bool:
+    """Close the stream of ``token`` (a newer one is left open); returns whether it was open."""
+    name = _campaign_name(session, campaign_id) + STREAM
+    return (
+        session.execute(
+            update(CampaignLease)
+            .where(CampaignLease.name == name, CampaignLease.token == token)
+            .values(token=None, host=None, pid=None, acquired_at=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )

@@ -81,6 +81,8 @@ def _run_name() -> str:
     from prefect.runtime import flow_run
 
     parameters = flow_run.parameters
+    if parameters.get("stream"):
+        return f"label {parameters.get('name')}: {parameters.get('purpose') or 'stream'} (streaming)"
     return run_name(
         parameters.get("name"), parameters.get("structure_ids"), parameters.get("purpose")
     )
@@ -103,6 +105,7 @@ def label(
     database_url: str | None = None,
     purpose: str | None = None,
     config: dict | None = None,
+    stream: str | None = None,
 ) -> dict[str, Any]:
     """Label structures of campaign ``name`` with its oracle until none of them is pending.
 
@@ -122,12 +125,17 @@ def label(
     config
         The campaign's configuration (its oracle and QM settings), as the campaign flow
         passes it down; None (a deployment run): the stored one.
+    stream
+        Asynchronous rounds: the token of the campaign's label stream. ``qm.max_parallel``
+        workers claim the campaign's queued picks while that stream is open in the database
+        (the campaign run closes it when it stops), instead of labelling ``structure_ids``.
 
     Returns
     -------
     dict
         Label counts per status for these structures, and ``failed_labels``: those that failed
-        for good, with their reasons and run directories.
+        for good, with their reasons and run directories; with ``stream``, the jobs this run
+        finished (``done``, ``failed``).
     """
     url = run_database_url(database_url)
     if config is None:
@@ -137,8 +145,20 @@ def label(
             campaign_id_of(url, name),
             make_config(config, source=f"of campaign {name!r}"),
         )
+    if stream is not None:
+        return _stream(url, campaign_id, cfg, stream)
     job = _Job(url, campaign_id, cfg, label_level_key(cfg), purpose)
     return job.run(structure_ids)
+
+
+def _stream(url: str, campaign_id: int, cfg: CampaignConfig, stream: str) -> dict[str, int]:
+    """Streaming label workers on the campaign's task runner until its stream closes."""
+    logger = get_run_logger()
+    logger.info("labelling the queue of asynchronous rounds on %d %s worker(s), oracle %s",
+                cfg.qm.max_parallel, cfg.qm.task_runner, oracle_for(cfg).level)
+    counts = _run_workers(url, campaign_id, cfg, cfg.qm.max_parallel, lambda: None, stream=stream)
+    logger.info("the stream closed: %d done, %d failed for good here", counts["done"], counts["failed"])
+    return counts
 
 
 class _Job:
@@ -264,15 +284,18 @@ class _Job:
         return failed
 
 
-def _run_workers(url: str, campaign_id: int, cfg: CampaignConfig, workers: int, show) -> None:
+def _run_workers(url: str, campaign_id: int, cfg: CampaignConfig, workers: int, show,
+                 stream: str | None = None) -> dict[str, int]:
     """Run ``workers`` label workers on the campaign's task runner until none finds a pending
-    label; ``show()`` updates the progress every ``PROGRESS_S``."""
+    label (with ``stream``: until that stream closes); ``show()`` updates the progress every
+    ``PROGRESS_S``. Returns the jobs they finished (``done``, ``failed``)."""
     runner = qm_task_runner(cfg.qm)
     with runner:
         futures = [
             runner.submit(
                 label_worker.with_options(task_run_name=f"label worker {w}"),
-                parameters={"url": url, "campaign_id": campaign_id, "config": cfg, "worker": w},
+                parameters={"url": url, "campaign_id": campaign_id, "config": cfg, "worker": w,
+                            "stream": stream},
             )
             for w in range(workers)
         ]
@@ -282,8 +305,8 @@ def _run_workers(url: str, campaign_id: int, cfg: CampaignConfig, workers: int, 
             if time.monotonic() - shown >= PROGRESS_S:
                 show()
                 shown = time.monotonic()
-        for future in futures:
-            future.result()
+        results = [future.result() for future in futures]
+    return {key: sum(r[key] for r in results) for key in ("done", "failed")}
 
 
 def _show(progress: Progress, counts: dict[str, int], before: dict[str, int], todo: int) -> None:
@@ -326,3 +349,29 @@ def dispatch_labels(url: str, name: str, config: CampaignConfig, structure_ids: 
     if not run.state.is_completed():
         raise RuntimeError(f"labelling deployment {config.qm.deployment!r}: flow run {run.name} ended "
                            f"{run.state.name}: {run.state.message}")
+
+
+def start_stream_deployment(url: str, config: CampaignConfig, stream: str) -> str:
+    """Start a run of the labelling deployment ``qm.deployment`` whose workers claim the
+    campaign's queued picks while ``stream`` is open (asynchronous rounds); returns its id
+    without waiting for it. The database URL is passed as for :func:`dispatch_labels`."""
+    from prefect.deployments import run_deployment
+
+    passed_url = None if has_password(url) else url
+    purpose = "asynchronous rounds"
+    run = run_deployment(config.qm.deployment,
+                         parameters={"name": config.name, "database_url": passed_url,
+                                     "purpose": purpose, "stream": stream},
+                         flow_run_name=f"label {config.name}: {purpose} (streaming)", timeout=0)
+    get_run_logger().info("streaming labels on deployment %r: flow run %s (database %s)",
+                          config.qm.deployment, run.name,
+                          redact_url(url) if passed_url else "from the workers' environment")
+    return str(run.id)
+
+
+def stream_run_state(flow_run_id: str):
+    """The Prefect state of a labelling deployment's run (:func:`start_stream_deployment`)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state

@@ -3,7 +3,9 @@
 The campaign flow (:mod:`flows.campaign`) runs these steps instead of its synchronous ones
 once the test set is labelled and the starting model evaluated. The label workers run in the
 background on the campaign's task runner (threads or Dask) for the whole loop and pull from
-the database's claim queue; the loop itself, in the flow's thread, keeps the queue topped up
+the database's claim queue, or as a run of the labelling deployment ``qm.deployment`` on a
+work pool; they claim only while the campaign's stream is open in the database
+(:func:`db.queue.stream_open`). The loop itself, in the flow's thread, keeps the queue topped up
 (:func:`tasks.stream.top_up`), starts a round when enough labels arrived, fine-tunes and
 evaluates it with the synchronous tasks, re-ranks the queue with the new model and decides
 whether to stop after every evaluation. All state is in the database (:mod:`tasks.stream`).
@@ -13,12 +15,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from prefect import get_run_logger
 
-from flows.label import qm_task_runner
-from tasks.label import close_stream, label_worker, queue_labels
+from flows.label import qm_task_runner, start_stream_deployment, stream_run_state
+from tasks.label import (
+    close_stream,
+    label_worker,
+    open_stream,
+    queue_labels,
+    running_labels,
+)
 from tasks.steps import RoundStatus, Where, current_round, mark_labelled
 from tasks.stream import (
     cancel_queue,
@@ -32,13 +40,16 @@ from tasks.stream import (
 )
 
 POLL_S = 0.5  # how often the loop looks at the queue while it waits for labels
+CHECK_S = 2.0  # how often it asks the Prefect server about a labelling deployment's run
+END_S = 30.0  # how long a stopping campaign waits for that run to end once no job is in flight
 
 
 class Workers:
-    """The campaign's streaming label workers on its task runner; ended ones are restarted."""
+    """The campaign's streaming label workers on its task runner (threads of this process or
+    Dask workers); ended ones are restarted."""
 
-    def __init__(self, runner, run) -> None:
-        self.runner, self.run, self.futures = runner, run, {}
+    def __init__(self, runner, run, stream: str) -> None:
+        self.runner, self.run, self.stream, self.futures = runner, run, stream, {}
 
     def fill(self) -> None:
         for number in range(self.run.cfg.qm.max_parallel):
@@ -54,7 +65,7 @@ class Workers:
                     "campaign_id": self.run.campaign_id,
                     "config": self.run.cfg,
                     "worker": number,
-                    "stream": True,
+                    "stream": self.stream,
                 },
             )
 
@@ -63,19 +74,67 @@ class Workers:
             future.wait()
 
 
+class DeploymentWorkers:
+    """The streaming label workers as a run of the labelling deployment ``qm.deployment`` (on
+    a work pool, on other machines), which claims from the same queue; a run that ended while
+    the stream is open is started again, one that failed stops the campaign."""
+
+    def __init__(self, run, stream: str) -> None:
+        self.run, self.stream = run, stream
+        self.flow_run_id, self.checked = None, 0.0
+
+    def fill(self) -> None:
+        if self.flow_run_id is not None:
+            if time.monotonic() - self.checked < CHECK_S:
+                return
+            self.checked = time.monotonic()
+            state = stream_run_state(self.flow_run_id)
+            if not state.is_final():
+                return
+            if not state.is_completed():
+                raise RuntimeError(
+                    f"labelling deployment {self.run.cfg.qm.deployment!r}: flow run "
+                    f"{self.flow_run_id} ended {state.name}: {state.message}"
+                )
+        self.flow_run_id = start_stream_deployment(self.run.url, self.run.cfg, self.stream)
+        self.checked = time.monotonic()
+
+    def wait(self) -> None:
+        """Until the deployment's run has ended (a run no worker has started yet finds the
+        stream closed and ends without a job), or, if its end is not reported, for
+        ``END_S`` once none of the campaign's jobs is in flight (the database says so)."""
+        idle_since = None
+        while self.flow_run_id is not None:
+            state = stream_run_state(self.flow_run_id)
+            if state.is_final() or not state.is_running():
+                return
+            if running_labels(self.run.url, self.run.campaign_id, self.run.cfg):
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > END_S:
+                get_run_logger().warning(
+                    "labelling flow run %s is still Running with no job in flight", self.flow_run_id
+                )
+                return
+            time.sleep(POLL_S)
+
+
 @contextmanager
-def streaming_workers(run) -> Iterator[Workers]:
-    """Run the label workers while the block runs; on leaving it (stop, Ctrl-C, an error)
-    they finish the job they hold and end."""
-    close_stream(run.campaign_id, closed=False)
-    with qm_task_runner(run.cfg.qm) as runner:
-        workers = Workers(runner, run)
-        try:
-            workers.fill()
-            yield workers
-        finally:
-            close_stream(run.campaign_id)
-            workers.wait()
+def streaming_workers(run) -> Iterator[Workers | DeploymentWorkers]:
+    """Run the label workers while the block runs; on leaving it (stop, Ctrl-C, an error) the
+    stream closes in the database, and the workers finish the job they hold and end."""
+    stream = open_stream(run.url, run.campaign_id)
+    with ExitStack() as stack:  # on leaving: close the stream, wait for the workers, end the runner
+        stack.callback(close_stream, run.url, run.campaign_id, stream)
+        if run.cfg.qm.deployment is None:
+            workers = Workers(stack.enter_context(qm_task_runner(run.cfg.qm)), run, stream)
+        else:
+            workers = DeploymentWorkers(run, stream)
+        stack.callback(workers.wait)
+        stack.callback(close_stream, run.url, run.campaign_id, stream)
+        workers.fill()
+        yield workers
 
 
 def run_stream(run, steps: dict[RoundStatus, Callable]):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import campaigns, labels, leases, reports, session_scope
+from db import campaigns, labels, leases, queue, reports, session_scope
 from tangentlab.config import QM_THREADS_ORACLES, CampaignConfig, read_stored_config
 from tangentlab.oracles import Oracle, QMFailure, make_oracle
 from tangentlab.paths import campaign_dir
@@ -63,6 +63,11 @@ def open_structure_ids(url: str, campaign_id: int, key: str) -> list[int]:
     """Structures whose label at the level ``key`` is pending or running."""
     with session_scope(engine_for(url)) as session:
         return labels.open_structure_ids(session, campaign_id, key)
+
+
+def running_labels(url: str, campaign_id: int, config: CampaignConfig) -> int:
+    """The campaign's labels some worker is computing now (at its level)."""
+    return label_counts(url, campaign_id, label_level_key(config), None)["running"]
 
 
 def failed_labels(url: str, campaign_id: int, structure_ids: set[int] | None = None) -> list[dict]:
@@ -116,38 +121,53 @@ def queue_labels(url: str, config: CampaignConfig, structure_ids: list[int]) -> 
         return len(labels.ensure_labels(session, structure_ids, oracle_for(config).level))
 
 
-_STREAMS_CLOSED: set[int] = set()  # campaigns whose asynchronous rounds this process ended
-STREAM_POLL_S = 0.2
+STREAM_POLL_S = 0.2  # how often a streaming worker that found the queue empty looks again
 
 
-def close_stream(campaign_id: int, closed: bool = True) -> None:
-    """Tell this process's streaming label workers of a campaign to stop (after their job)."""
-    (_STREAMS_CLOSED.add if closed else _STREAMS_CLOSED.discard)(campaign_id)
+def open_stream(url: str, campaign_id: int) -> str:
+    """Open the campaign's label stream (:func:`db.queue.open_stream`); returns its token,
+    which the streaming label workers get."""
+    with session_scope(engine_for(url)) as session:
+        return queue.open_stream(session, campaign_id)
 
 
-def _keep_streaming(engine, campaign_id: int, idle_since: float) -> bool:
-    """Whether a streaming worker that found no pending label waits for the next one: while
-    the campaign runs, this process has not closed its stream, and a pick came within the
-    claim timeout (a worker on another machine whose campaign process was killed gives up)."""
-    if stop_requested() or campaign_id in _STREAMS_CLOSED:
-        return False
-    if time.monotonic() - idle_since > claim_timeout_s():
-        return False
-    with session_scope(engine) as session:
-        status = campaigns.campaign_by_id(session, campaign_id).status
-    return str(getattr(status, "value", status)) == "running"
+def close_stream(url: str, campaign_id: int, token: str) -> None:
+    """Tell the stream's label workers, wherever they run, to stop after their job."""
+    with session_scope(engine_for(url)) as session:
+        queue.close_stream(session, campaign_id, token)
+
+
+class _StreamClosed(Exception):
+    """A streaming worker's claim after its stream closed: rolled back."""
+
+
+def _claim(engine, campaign_id: int, key: str, name: str, stream: str | None):
+    """Claim the next pending label: ``(label_id, attempt, atoms)``, None if none is pending,
+    or :class:`_StreamClosed` (nothing claimed) once ``stream`` is closed."""
+    try:
+        with session_scope(engine) as session:
+            claimed = labels.claim_labels(session, campaign_id, key, 1, name)
+            if stream is not None and not queue.stream_open(session, campaign_id, stream):
+                raise _StreamClosed  # checked in the claim's transaction, which rolls back
+            if not claimed:
+                return None
+            (label, atoms), = labels.labels_with_atoms(session, claimed)
+            return label.id, label.attempts + 1, atoms
+    except _StreamClosed as closed:
+        return closed
 
 
 @task(name="label worker", cache_policy=NO_CACHE)
 def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int = 0,
-                 stream: bool = False) -> dict:
+                 stream: str | None = None) -> dict:
     """Claim pending labels one at a time and run them until none is left.
 
     A failed job is recorded with its reason and run directory and retried (with the
     oracle's changed strategy) up to ``qm.max_attempts`` times; it never stops the worker.
-    Each finished job appends one line to ``<work_dir>/<campaign>/qm_jobs.jsonl``. With
-    ``stream`` (asynchronous rounds) a worker that finds the queue empty waits for new picks
-    while the campaign runs (:func:`close_stream` ends it).
+    Each finished job appends one line to ``<work_dir>/<campaign>/qm_jobs.jsonl``. With a
+    ``stream`` token (asynchronous rounds) a worker that finds the queue empty waits for new
+    picks, and claims only while that stream is open in the database
+    (:func:`db.queue.stream_open`): the campaign run closes it when it stops.
     """
     logger = get_run_logger()
     oracle = oracle_for(config)
@@ -157,21 +177,16 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
     qm_dir = campaign_dir(config.work_dir, config.name, "qm")
     qm_dir.mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "failed": 0}
-    idle_since = time.monotonic()
     while True:
         if stop_requested():  # Ctrl-C: the job that ran is stored, the next one stays pending
             return counts
-        with session_scope(engine) as session:
-            claimed = labels.claim_labels(session, campaign_id, key, 1, name)
-            if claimed:
-                (label, atoms), = labels.labels_with_atoms(session, claimed)
-                label_id, attempt = label.id, label.attempts + 1
-        if not claimed:
-            if not stream or not _keep_streaming(engine, campaign_id, idle_since):
-                return counts
+        claimed = _claim(engine, campaign_id, key, name, stream)
+        if isinstance(claimed, _StreamClosed) or (claimed is None and stream is None):
+            return counts
+        if claimed is None:
             time.sleep(STREAM_POLL_S)
             continue
-        idle_since = time.monotonic()
+        label_id, attempt, atoms = claimed
         results_dir = qm_dir / f"label-{label_id}-attempt-{attempt}"
         results_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -29,6 +29,7 @@ from tangentlab.config import CampaignConfig
 from tangentlab.mace_model import load_model
 from tasks._db import engine_for
 from tasks.acquire import target_atoms
+from db.leases import as_utc
 from tasks.label import oracle_for
 from tasks.setup import assign_splits
 
@@ -220,10 +221,14 @@ def rerank_queue(url: str, campaign_id: int, config: CampaignConfig, model_id: i
     return {"before": before, "after": after}
 
 
+def _arrival(label) -> tuple:
+    return (as_utc(label.updated_at), label.id)  # a done label's last change: its completion
+
+
 @task(name="start an asynchronous round", cache_policy=NO_CACHE)
 def start_round(url: str, campaign_id: int, config: CampaignConfig, number: int) -> int:
-    """Round ``number``: the labels that arrived since the newest model, ``labelled`` at once
-    (the fine-tune that follows trains on every done label); returns how many."""
+    """Round ``number``: the labels that arrived since the newest model (``streaming.train_on:
+    batches``: the oldest ``train_every`` of them), ``labelled`` at once; returns how many."""
     with session_scope(engine_for(url)) as session:
         latest = registry.model_versions(session, campaign_id)[-1]
         trained = set(latest.training_label_ids or [])
@@ -232,6 +237,9 @@ def start_round(url: str, campaign_id: int, config: CampaignConfig, number: int)
             for s, label in labels.labelled(session, campaign_id, ["train", "valid"])
             if label.id not in trained
         ]
+        if config.streaming.train_on == "batches":
+            every = config.streaming.train_every or config.acquisition.batch_size
+            new = sorted(new, key=lambda pair: _arrival(pair[1]))[:every]
         pool_size = len(structures.campaign_structures(session, campaign_id, split="pool"))
         round_ = rounds.create_round(
             session,

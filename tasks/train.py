@@ -23,6 +23,21 @@ def parent_version(versions: list, start: str):
     return versions[0] if start == "pretrained" else versions[-1]
 
 
+def training_structures(session, campaign_id: int, config: CampaignConfig, number: int) -> set | None:
+    """The structures round ``number``'s fine-tune trains on: for asynchronous rounds with
+    ``streaming.train_on: batches``, those of rounds ``0..number`` (the initial set and each
+    round's batch of arrivals; later arrivals wait for the next round); None (every done
+    training and validation label) otherwise."""
+    if config.schedule != "async" or config.streaming.train_on != "batches":
+        return None
+    return {
+        entry["structure_id"]
+        for round_ in rounds.campaign_rounds(session, campaign_id)
+        if round_.number <= number
+        for entry in round_.selected or []
+    }
+
+
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_number: int) -> int:
     """Fine-tune for ``round_number`` and return the new model version's id.
@@ -37,6 +52,10 @@ def finetune_round(url: str, campaign_id: int, config: CampaignConfig, round_num
         parent = parent_version(registry.model_versions(session, campaign_id), config.finetune.start)
         train = labels.labelled_atoms(session, campaign_id, ["train"])
         valid = labels.labelled_atoms(session, campaign_id, ["valid"])
+        chosen = training_structures(session, campaign_id, config, round_number)
+        if chosen is not None:
+            train = [a for a in train if a.info["structure_id"] in chosen]
+            valid = [a for a in valid if a.info["structure_id"] in chosen]
         parent_id, parent_path = parent.id, registry.verified_model_path(session, parent.id)
     hyper = FineTuneHyperparameters(**config.finetune.hyperparameters(), seed=config.seed)
     out = campaign_dir(config.work_dir, config.name, "models", f"round-{round_number:03d}.model")

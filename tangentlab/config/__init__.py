@@ -188,10 +188,13 @@ class CampaignConfig(Section):
                                  "or remove streaming)")
             return self
         for problem, present in (
-            ("an exploration section", self.exploration is not None),
-            ("acquisition.signal 'committee'", self.acquisition.signal == "committee"),
-            ("qm.deployment (its labelling runs as separate flow runs; use qm.task_runner dask "
-             "for workers on other machines)", self.qm.deployment is not None),
+            ("an exploration section: exploration makes a round's candidates with the round's "
+             "model, while asynchronous picks come from the pool one at a time between rounds "
+             "(use schedule: sync)", self.exploration is not None),
+            ("acquisition.signal 'committee': its disagreement cannot be conditioned on picks "
+             "whose labels are still being computed (a feature-space signal's variance can), so "
+             "new picks could not account for the ones in flight (use a feature-space signal "
+             "or schedule: sync)", self.acquisition.signal == "committee"),
         ):
             if present:
                 raise ValueError(f"schedule 'async' does not support {problem}")

@@ -113,3 +113,9 @@ class Streaming(Section):
     train_every: int | None = Field(
         None, gt=0, description="New labels that start a fine-tune (m); None: acquisition.batch_size. "
         "The first fine-tune waits for the initial set.")
+    train_on: Literal["batches", "arrived"] = Field(
+        "batches", description="What each fine-tune trains on. batches: the previous model's labels "
+        "and the oldest `train_every` labels that arrived since (the first model: the initial set), "
+        "so model n trains on as many labels as synchronous round n; later arrivals wait for the next "
+        "fine-tune. arrived: every label that has arrived (more labels per model when they arrive "
+        "faster than a fine-tune).")
