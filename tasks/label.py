@@ -137,23 +137,23 @@ def close_stream(url: str, campaign_id: int, token: str) -> None:
         queue.close_stream(session, campaign_id, token)
 
 
-class _StreamClosed(Exception):
+class StreamClosed(Exception):
     """A streaming worker's claim after its stream closed: rolled back."""
 
 
-def _claim(engine, campaign_id: int, key: str, name: str, stream: str | None):
+def claim_next(engine, campaign_id: int, key: str, name: str, stream: str | None):
     """Claim the next pending label: ``(label_id, attempt, atoms)``, None if none is pending,
-    or :class:`_StreamClosed` (nothing claimed) once ``stream`` is closed."""
+    or :class:`StreamClosed` (nothing claimed) once ``stream`` is closed."""
     try:
         with session_scope(engine) as session:
             claimed = labels.claim_labels(session, campaign_id, key, 1, name)
             if stream is not None and not queue.stream_open(session, campaign_id, stream):
-                raise _StreamClosed  # checked in the claim's transaction, which rolls back
+                raise StreamClosed  # checked in the claim's transaction, which rolls back
             if not claimed:
                 return None
             (label, atoms), = labels.labels_with_atoms(session, claimed)
             return label.id, label.attempts + 1, atoms
-    except _StreamClosed as closed:
+    except StreamClosed as closed:
         return closed
 
 
@@ -180,8 +180,8 @@ def label_worker(url: str, campaign_id: int, config: CampaignConfig, worker: int
     while True:
         if stop_requested():  # Ctrl-C: the job that ran is stored, the next one stays pending
             return counts
-        claimed = _claim(engine, campaign_id, key, name, stream)
-        if isinstance(claimed, _StreamClosed) or (claimed is None and stream is None):
+        claimed = claim_next(engine, campaign_id, key, name, stream)
+        if isinstance(claimed, StreamClosed) or (claimed is None and stream is None):
             return counts
         if claimed is None:
             time.sleep(STREAM_POLL_S)

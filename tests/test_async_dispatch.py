@@ -171,28 +171,28 @@ def test_a_streaming_worker_claims_only_while_its_stream_is_open(database_url, n
     without claiming; open: it claims in rank order."""
     from test_async_rounds import LEVEL, _queued_campaign
 
-    from tasks.label import _claim, _StreamClosed
+    from tasks.label import StreamClosed, claim_next
 
     engine, campaign_id, initial, picked, _ = _queued_campaign(database_url, 4)
     key = labels.level_key(LEVEL)
     with session_scope(engine) as session:
         first = queue.open_stream(session, campaign_id)
-    assert _claim(engine, campaign_id, key, "w", first)[0] == initial[0]
+    assert claim_next(engine, campaign_id, key, "w", first)[0] == initial[0]
     with session_scope(engine) as session:
         second = queue.open_stream(session, campaign_id)  # a new run of the campaign
-    assert isinstance(_claim(engine, campaign_id, key, "w", first), _StreamClosed)
-    assert _claim(engine, campaign_id, key, "w", second)[0] == picked[0]
+    assert isinstance(claim_next(engine, campaign_id, key, "w", first), StreamClosed)
+    assert claim_next(engine, campaign_id, key, "w", second)[0] == picked[0]
     with session_scope(engine) as session:  # the run that opened it holds an expired lease
         session.add(CampaignLease(name="queue", token="t", expires_at=_past()))
-    assert isinstance(_claim(engine, campaign_id, key, "w", second), _StreamClosed)
+    assert isinstance(claim_next(engine, campaign_id, key, "w", second), StreamClosed)
     with session_scope(engine) as session:
         session.execute(update(CampaignLease).where(CampaignLease.name == "queue")
                         .values(expires_at=_past(-60)))
-    assert _claim(engine, campaign_id, key, "w", second)[0] == picked[1]
+    assert claim_next(engine, campaign_id, key, "w", second)[0] == picked[1]
     with session_scope(engine) as session:
         assert queue.close_stream(session, campaign_id, second)
         assert not queue.close_stream(session, campaign_id, first)
-    assert isinstance(_claim(engine, campaign_id, key, "w", second), _StreamClosed)
+    assert isinstance(claim_next(engine, campaign_id, key, "w", second), StreamClosed)
     with session_scope(engine) as session:  # the closed stream's refused claims were rolled back
         running = session.scalars(select(Label.id).where(Label.status == "running")).all()
     assert sorted(running) == sorted([initial[0], picked[0], picked[1]])
