@@ -27,7 +27,7 @@ from benchmarks.data import prepare_data, read_labelled
 from benchmarks.paths import path_roots, portable_paths
 from benchmarks.spec import DATA_VARIABLE, BenchmarkSpec, make_spec, preset
 from db import campaigns, labels, make_engine, registry, session_scope
-from tangentlab.config import FineTune, make_config
+from tangentlab.config import FineTune, read_stored_config
 from tangentlab.finetune import FineTuneHyperparameters, finetune
 from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics
@@ -128,7 +128,7 @@ def measure(url: str, name: str, seeds: list[int], work: Path) -> dict:
     """Test errors of fine-tunes on the campaign's final labels, per start and seed."""
     with session_scope(make_engine(url)) as session:
         camp = campaigns.get_campaign(session, name)
-        config = make_config(camp.config)
+        config = read_stored_config(camp.config)
         versions = registry.model_versions(session, camp)
         pretrained = registry.verified_model_path(session, versions[0].id)
         warm = registry.verified_model_path(session, versions[-2].id)

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tangentlab.config import CampaignConfig, QMSettings, config_json, make_config
+from tangentlab.config import CampaignConfig, QMSettings, config_json, read_stored_config
 from tasks._db import has_password, redact_url, run_database_url
 from tasks.interrupt import stop_requested
 from tasks.label import (
@@ -143,7 +143,7 @@ def label(
     else:
         campaign_id, cfg = (
             campaign_id_of(url, name),
-            make_config(config, source=f"of campaign {name!r}"),
+            read_stored_config(config, source=f"of campaign {name!r}"),
         )
     if stream is not None:
         return _stream(url, campaign_id, cfg, stream)

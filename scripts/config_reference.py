@@ -48,7 +48,8 @@ A campaign is configured by one YAML (or JSON) file. `tangentlab init-config my.
 my-campaign` writes every key with its default; a file may give only the keys it changes.
 Unknown keys and impossible values are refused before anything is stored, with the key named
 (`error: invalid campaign configuration in my.yaml: unknown key 'acquisition.batchsize'`), and so
-is an option that would have no effect in the given configuration. Relative paths (`pool`,
+is an option that would have no effect in the given configuration (a campaign stored by an
+earlier version, which accepted such an option, still resumes). Relative paths (`pool`,
 `test_file`, `model`, `work_dir`, `acquisition.target`, `exploration.seeds`,
 `exploration.neb_endpoints`) are taken relative to the configuration file's folder. The
 configuration is stored with the campaign; a resume uses the stored one.

@@ -213,7 +213,7 @@ def test_an_engine_setting_without_its_engine_is_refused_by_name(engine, key, va
 
 
 def test_test_step_without_a_growing_test_set_is_refused_by_name():
-    with pytest.raises(ConfigError, match="test_step has no effect without test_max_size"):
+    with pytest.raises(ConfigError, match="test_step has no effect here"):
         make_config({"test_step": 5})
     assert make_config({"test_step": 5, "test_max_size": 60}).test_step == 5
 
@@ -233,3 +233,24 @@ def test_regularization_without_a_feature_posterior_is_refused_by_name():
         make_config({"acquisition": {"signal": "random", "regularization": 0.1}})
     # exploration's σ comes from a feature posterior even when the acquisition has none
     assert make_config({"acquisition": {"signal": "random", "regularization": 0.1}, "exploration": {}})
+
+
+def test_test_size_with_a_test_file_is_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"test_size has no effect here \(the test set is test_file's"):
+        make_config({"test_file": "test.extxyz", "test_size": 12})
+    assert make_config({"test_file": "test.extxyz"}).test_size == 30  # the default, as stored
+
+
+def test_a_stored_configuration_with_a_key_without_effect_still_loads():
+    # stored before such keys were refused: the campaign resumes, the key still has no effect
+    from tangentlab.config import read_stored_config
+
+    stored = config_json(make_config({"acquisition": {"signal": "random"}}))
+    stored["acquisition"]["rule"] = "greedy"
+    stored["test_step"] = 5
+    with pytest.raises(ConfigError, match="rule has no effect here"):
+        make_config(stored)
+    config = read_stored_config(stored)
+    assert (config.acquisition.rule, config.test_step) == ("greedy", 5)
+    with pytest.raises(ConfigError, match="rule has no effect here"):  # only inside the read
+        make_config(stored)

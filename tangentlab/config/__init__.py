@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tangentlab.config.acquisition import FEATURELESS_METHODS, TARGET_KEYWORDS, Acquisition
-from tangentlab.config.base import Section, refuse_if_set, registered
+from tangentlab.config.base import Section, refuse_if_set, registered, stored_configuration
 from tangentlab.config.exploration import Exploration, SigmaBound
 from tangentlab.config.sections import Budgets, FineTune, QMSettings, Streaming, Targets
 from tangentlab.oracles import ORACLES
@@ -105,7 +105,8 @@ class CampaignConfig(Section):
     pool: list[str] = Field(default_factory=lambda: [shipped_file(QUICKSTART_POOL)],
                             description="Candidate structure files (any ASE-readable format).")
     test_file: str | None = Field(None, description="Labelled-at-start test set; drawn from the pool when None.")
-    test_size: int = Field(30, gt=0, description="Test structures drawn from the pool when test_file is None.")
+    test_size: int = Field(30, gt=0, description="Test structures drawn from the pool when test_file is None "
+                           "(refused with test_file).")
     test_max_size: int | None = Field(
         None, gt=0, description="Grow the test set drawn from the pool from test_size up to this many "
         "structures, and only when its intervals are too wide to decide whether the targets are met "
@@ -168,9 +169,11 @@ class CampaignConfig(Section):
                                  "intervals are too wide to decide")
             if self.test_max_size < self.test_size:
                 raise ValueError(f"test_max_size {self.test_max_size} is smaller than test_size {self.test_size}")
-        elif self.test_step != type(self).model_fields["test_step"].default:
-            raise ValueError("test_step has no effect without test_max_size (a fixed test set does "
-                             "not grow): remove it, or set test_max_size")
+        else:
+            refuse_if_set(self, ["test_step"], "without test_max_size the test set does not grow")
+        if self.test_file:
+            refuse_if_set(self, ["test_size"], "the test set is test_file's structures, not a draw "
+                          "from the pool")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
         if self.acquisition.signal in FEATURELESS_METHODS and self.exploration is None:
@@ -263,7 +266,8 @@ def read_stored_config(data: dict[str, Any], *, source: str = "") -> CampaignCon
     targets = data.get("targets") if isinstance(data, dict) else None
     if isinstance(targets, dict) and "confidence" not in targets:
         data = {**data, "targets": {**targets, "confidence": None}}
-    return make_config(data, source=source)
+    with stored_configuration():  # keys an earlier version stored without effect still load
+        return make_config(data, source=source)
 
 
 def load_config(path: str | Path) -> CampaignConfig:

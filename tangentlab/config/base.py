@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from pydantic import BaseModel, ConfigDict
+
+# True while a configuration the database stored is read back (see `stored_configuration`).
+_STORED: ContextVar[bool] = ContextVar("stored_configuration", default=False)
+
+
+@contextmanager
+def stored_configuration() -> Iterator[None]:
+    """Inside the block `refuse_if_set` refuses nothing: a configuration stored by an earlier
+    version, which did not yet refuse a key without effect, still loads (the key keeps having no
+    effect); new configurations are checked in full."""
+    token = _STORED.set(True)
+    try:
+        yield
+    finally:
+        _STORED.reset(token)
 
 
 def registered(value: str, registry: dict, what: str) -> str:
@@ -16,6 +35,8 @@ def refuse_if_set(section: BaseModel, names: list[str], why: str, prefix: str = 
     """Raise a ValueError naming each of ``names`` that ``section`` sets to another value than
     its default: the keys have no effect in this configuration (``why`` says why; ``prefix``
     names the section when a rule between sections checks it)."""
+    if _STORED.get():
+        return
     fields = type(section).model_fields
     changed = [name for name in names if getattr(section, name) != fields[name].get_default(call_default_factory=True)]
     if changed:
