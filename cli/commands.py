@@ -41,7 +41,7 @@ def open_database(args: argparse.Namespace, *, create: bool = False, existing: b
 
     from cli.errors import UsageError
     from db import has_schema, init_db, make_engine, sqlite_path
-    from tasks._db import redact_url
+    from db.settings import redact_url
 
     url = database_url(args)
     try:
@@ -86,7 +86,7 @@ def _run_campaign(args: argparse.Namespace, config: dict | None, name: str | Non
     # flow parameter (which the Prefect server stores in the clear).
     os.environ["TANGENTLAB_DATABASE_URL"] = database_url(args)
     from cli.interrupt import ctrl_c_stops_cleanly, exit_code
-    from tasks._db import redact_url
+    from db.settings import redact_url
     from tasks.interrupt import Interrupted
 
     db = f" --db {redact_url(args.db)}" if args.db else ""
@@ -211,7 +211,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     """Copy the SQLite database into a new file (online: campaigns may be running)."""
     from db import backup_sqlite, has_schema, sqlite_path
-    from tasks._db import redact_url
+    from db.settings import redact_url
 
     url = database_url(args)
     engine = open_database(args, existing=False)

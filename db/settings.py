@@ -61,3 +61,23 @@ def database_url(explicit: str | None = None) -> str:
             raise LookupError(f"TANGENTLAB_DATABASE_SECRET={settings.database_secret!r}: no such "
                               f"Prefect Secret block ({exc})") from None
     return DEFAULT_DATABASE_URL
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and messages)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing of it
+        return "<unparsable database URL>"
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (then it must not become a flow parameter)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:
+        return True

@@ -1,31 +1,16 @@
-"""The database URL of a run (credentials never in parameters or logs) and one engine per URL."""
+"""The database URL of a flow run (credentials never in parameters or logs) and one engine per
+URL; the URL functions of :mod:`db.settings` for the flows, which do not import ``db``."""
 
 from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from db import make_engine
-from db.settings import database_url
+from db.settings import database_url, has_password, redact_url
 
 __all__ = ["database_url", "engine_for", "has_password", "redact_url", "run_database_url"]
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and messages)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: show nothing of it
-        return "<unparsable database URL>"
-
-
-def has_password(url: str) -> bool:
-    """Whether ``url`` carries a password (then it must not become a flow parameter)."""
-    try:
-        return make_url(url).password is not None
-    except Exception:
-        return True
 
 
 def run_database_url(parameter: str | None) -> str:
