@@ -117,7 +117,7 @@ def _exploring_config(tmp_path: Path) -> dict:
         acquisition={"batch_size": 3},
         budgets={"max_rounds": 1, "max_labels": 30},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        exploration={"walkers": 3, "batch_walkers": False, "steps": 60, "sample_every": 10,
+        exploration={"walkers": 3, "batch_walkers": False, "steps": 150, "sample_every": 10,
                      "temperatures_K": [500.0], "sigma_lower": {"quantile": 0.0},
                      "sigma_upper": {"quantile": 1.0, "factor": 100.0}, "max_candidates": 30},
     )
