@@ -1,10 +1,11 @@
 """Ctrl-C through a pseudo-terminal, as a user presses it, with Prefect's temporary server,
-and SIGTERM.
+and SIGTERM: one campaign, stopped three times.
 
-The first Ctrl-C stops the campaign after its running QM job: the state is recorded (no label
-left `running`, the lease free), the temporary server is gone, the way to resume is printed.
-Two Ctrl-Cs exit at once. A resume then finishes the campaign with no QM job run twice. A QM
-job starting when Ctrl-C is pressed finishes and is stored. SIGTERM stops like Ctrl-C.
+A Ctrl-C pressed while the first QM job starts (the fork server that starts QM jobs still
+importing) reaches the campaign process only: the job finishes and is stored, the state is
+recorded (no label left `running`, no attempt counted, the lease free), the temporary server
+and the fork server are gone, the way to resume is printed. Two Ctrl-Cs exit at once. SIGTERM
+during a fine-tune stops like Ctrl-C after that fine-tune, naming it. No QM job ran twice.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import replay_campaign_config, xtb_campaign_config
+from conftest import xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, leases, make_engine, session_scope
@@ -109,66 +110,6 @@ def _temporary_servers(prefect_home: Path) -> list[int]:
     return found
 
 
-def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    config = xtb_campaign_config(
-        tmp_path, NAME, 20, seed=4, acquisition={"method": "activation", "batch_size": 4},
-        budgets={"max_rounds": 1, "max_labels": 30},
-        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01})  # never met
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",
-               PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
-
-    # 1. One Ctrl-C while labelling: it stops after the running job, records it, says how to go on.
-    first = Terminal(["--db", url, "start", "c.yaml"], tmp_path, env)
-    _wait_for_jobs(first, tmp_path, 0)
-    servers = _temporary_servers(tmp_path / "prefect")
-    first.ctrl_c()
-    assert first.wait(timeout=300) == 130, first.text()[-5000:]
-    out = first.text()
-    assert "stopping after the QM jobs running now" in out, out[-5000:]
-    assert f"to continue: tangentlab --db {url} resume {NAME}" in out, out[-5000:]
-    assert "Traceback" not in out and "ConnectError" not in out, out[-5000:]
-    assert servers, "no temporary Prefect server was seen"
-    assert not any(Path(f"/proc/{pid}").exists() for pid in servers), "the server outlived the run"
-    state = _labels(url)
-    assert not state.get("running"), state  # nothing left claimed
-    assert set(_jobs(tmp_path)) == state["done"]
-    assert state.get("pending"), state  # it stopped before labelling everything
-    assert leases.current_holder(make_engine(url), NAME) is None  # the lease was released
-
-    # 2. Two Ctrl-Cs: the second exits at once.
-    second = Terminal(["--db", url, "resume", NAME], tmp_path, env)
-    _wait_for_jobs(second, tmp_path, len(_jobs(tmp_path)))
-    servers = _temporary_servers(tmp_path / "prefect")
-    second.ctrl_c()
-    time.sleep(0.5)
-    pressed = time.monotonic()
-    second.ctrl_c()
-    assert second.wait(timeout=60) == 130, second.text()[-5000:]
-    assert time.monotonic() - pressed < 15, second.text()[-5000:]
-    assert "stopped at once" in second.text(), second.text()[-5000:]
-    deadline = time.time() + 30  # the server gets SIGTERM when its parent dies
-    while any(Path(f"/proc/{pid}").exists() for pid in servers) and time.time() < deadline:
-        time.sleep(0.2)
-    assert servers and not any(Path(f"/proc/{pid}").exists() for pid in servers)
-
-    # 3. A resume finishes it: no QM job ran twice, one model version per round.
-    third = subprocess.run([sys.executable, "-m", "cli", "--db", url, "resume", NAME], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=900)
-    assert third.returncode == 3, (third.stdout + third.stderr)[-5000:]
-    # Prefect's last logs reached the temporary server before it stopped (no late send to a
-    # server that is gone after the result).
-    assert "Error logging to API" not in third.stdout + third.stderr, (third.stdout + third.stderr)[-3000:]
-    jobs = _jobs(tmp_path)
-    assert len(jobs) == len(set(jobs)), "a QM job ran twice"
-    assert set(jobs) == _labels(url)["done"]
-    with session_scope(make_engine(url)) as session:
-        rounds = list(session.scalars(select(ModelVersion.round_number).order_by(ModelVersion.id)))
-    assert rounds == [None, 0, 1]
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
@@ -197,85 +138,94 @@ def _attempts(url: str) -> dict[int, int]:
         return dict(session.execute(select(Label.id, Label.attempts)).all())
 
 
-def test_ctrl_c_while_a_qm_job_starts_lets_it_finish_and_stores_it(tmp_path):
-    """Ctrl-C in the terminal while the first QM job starts (its label claimed, the fork server
-    that starts QM jobs importing PySCF and quacc): the SIGINT reaches the campaign process
-    only. The job finishes and is stored, no attempt is counted, nothing is left running."""
-    name = "ctrl-c-job"
+def test_ctrl_c_stops_cleanly_twice_at_once_and_sigterm_like_ctrl_c(tmp_path):
+    """Three runs of one campaign, each a process of its own with its own temporary server:
+    a start stopped by Ctrl-C while its first QM job starts, a resume stopped by two Ctrl-Cs
+    while it labels, a resume stopped by SIGTERM during its first fine-tune."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    config = xtb_campaign_config(tmp_path, name, 20, seed=5,
-                                 qm={"timeout_s": 300, "max_attempts": 1})
+    config = xtb_campaign_config(
+        tmp_path, NAME, 20, seed=4, acquisition={"method": "activation", "batch_size": 4},
+        budgets={"max_rounds": 1, "max_labels": 30},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
+        qm={"timeout_s": 300, "max_attempts": 1},  # a failed attempt would show as a failed label
+        # a few seconds: building the model to train takes longer than SIGTERM takes to land
+        finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 4})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",
                PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
-    terminal = Terminal(["--db", url, "start", "c.yaml"], tmp_path, env)
+
+    # 1. One Ctrl-C while the first QM job starts (its label claimed, the fork server importing
+    # PySCF and quacc): the job finishes and is stored, then the run stops and says how to go on.
+    first = Terminal(["--db", url, "start", "c.yaml"], tmp_path, env)
     deadline = time.time() + 600
-    while (server := _fork_server(terminal.process.pid)) is None:
-        assert terminal.process.poll() is None and time.time() < deadline, terminal.text()[-3000:]
+    while (fork_server := _fork_server(first.process.pid)) is None:
+        assert first.process.poll() is None and time.time() < deadline, first.text()[-3000:]
         time.sleep(0.02)
+    servers = _temporary_servers(tmp_path / "prefect")
     state = _labels(url)
     assert len(state.get("running", ())) == 1 and not state.get("done"), state  # job starting
-    terminal.ctrl_c()
-    assert terminal.wait(timeout=600) == 130, terminal.text()[-5000:]
-    out = terminal.text()
-    assert "Traceback" not in out and "EOFError" not in out, out[-5000:]
+    first.ctrl_c()
+    assert first.wait(timeout=600) == 130, first.text()[-5000:]
+    out = first.text()
     assert "stopping after the QM jobs running now" in out, out[-5000:]
-    assert f"to continue: tangentlab --db {url} resume {name}" in out, out[-5000:]
+    assert f"to continue: tangentlab --db {url} resume {NAME}" in out, out[-5000:]
+    assert "Traceback" not in out and "ConnectError" not in out and "EOFError" not in out, out[-5000:]
+    assert servers, "no temporary Prefect server was seen"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in servers), "the server outlived the run"
     state = _labels(url)
-    assert not state.get("running") and not state.get("failed"), state
-    jobs = []
-    log = tmp_path / "runs" / name / "qm_jobs.jsonl"
-    if log.exists():
-        jobs = [json.loads(line)["label_id"] for line in log.read_text().splitlines()]
+    assert not state.get("running") and not state.get("failed"), state  # nothing left claimed
+    jobs = _jobs(tmp_path)
     assert jobs and set(jobs) == state["done"], (jobs, state)  # the starting job was stored
-    assert set(_attempts(url).values()) == {0}  # no attempt counted, none failed
+    assert set(_attempts(url).values()) == {0}  # no attempt counted
+    assert state.get("pending"), state  # it stopped before labelling everything
+    assert leases.current_holder(make_engine(url), NAME) is None  # the lease was released
     deadline = time.time() + 30  # the fork server ends when the campaign process is gone
-    while Path(f"/proc/{server}").exists() and time.time() < deadline:
+    while Path(f"/proc/{fork_server}").exists() and time.time() < deadline:
         time.sleep(0.2)
-    assert not Path(f"/proc/{server}").exists()
+    assert not Path(f"/proc/{fork_server}").exists()
 
+    # 2. Two Ctrl-Cs: the second exits at once.
+    second = Terminal(["--db", url, "resume", NAME], tmp_path, env)
+    _wait_for_jobs(second, tmp_path, len(_jobs(tmp_path)))
+    servers = _temporary_servers(tmp_path / "prefect")
+    second.ctrl_c()
+    time.sleep(0.5)
+    pressed = time.monotonic()
+    second.ctrl_c()
+    assert second.wait(timeout=60) == 130, second.text()[-5000:]
+    assert time.monotonic() - pressed < 15, second.text()[-5000:]
+    assert "stopped at once" in second.text(), second.text()[-5000:]
+    deadline = time.time() + 30  # the server gets SIGTERM when its parent dies
+    while any(Path(f"/proc/{pid}").exists() for pid in servers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert servers and not any(Path(f"/proc/{pid}").exists() for pid in servers)
 
-def test_sigterm_stops_like_ctrl_c_and_names_the_running_step(prefect_server, tmp_path):
-    """SIGTERM to the campaign's process group (what `kill -- -PGID` or a service manager
-    sends) during a fine-tune: the fine-tune finishes and is registered, the message names it,
-    the command prints how to resume and exits 143, without a traceback."""
-    name = "terminated"
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    # Labels replayed from the pool (the signal lands during a fine-tune, not a QM job), and the
-    # session's Prefect server (a stop with a temporary server is the Ctrl-C tests').
-    config = replay_campaign_config(
-        tmp_path, name, 20, seed=6, acquisition={"method": "activation", "batch_size": 4},
-        budgets={"max_rounds": 2, "max_labels": 30},
-        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01},  # never met
-        # a few seconds: building the model to train takes longer than the signal takes to land
-        finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 4})
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1",
-           "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONPATH": str(REPO)}
-    output = tmp_path / "output.txt"
-    with output.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "cli", "--db", url, "start", "c.yaml"],
-                                   cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        deadline = time.time() + 900
-        while "round 0: fine-tuning model" not in output.read_text(errors="replace"):
-            assert process.poll() is None and time.time() < deadline, output.read_text()[-5000:]
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGTERM)
-        assert process.wait(timeout=600) == 143, output.read_text()[-5000:]
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    out = output.read_text(errors="replace")
+    # 3. SIGTERM to the resumed run's process group (what `kill -- -PGID` or a service manager
+    # sends) during its first fine-tune, after it labelled the rest of the initial and test
+    # sets: the fine-tune finishes and is registered, the message names it, the command prints
+    # how to resume and exits 143, without a traceback.
+    third = Terminal(["--db", url, "resume", NAME], tmp_path, env)
+    deadline = time.time() + 900
+    while "round 0: fine-tuning model" not in third.text():
+        assert third.process.poll() is None and time.time() < deadline, third.text()[-5000:]
+        time.sleep(0.05)
+    os.killpg(third.process.pid, signal.SIGTERM)
+    assert third.wait(timeout=600) == 143, third.text()[-5000:]
+    out = third.text()
     assert "SIGTERM: stopping after the fine-tune round 0 running now" in out, out[-5000:]
     assert "QM jobs running now" not in out, out[-5000:]
-    assert f"campaign {name!r} stopped by SIGTERM between two steps" in out, out[-5000:]
-    assert f"to continue: tangentlab --db {url} resume {name}" in out, out[-5000:]
+    assert f"campaign {NAME!r} stopped by SIGTERM between two steps" in out, out[-5000:]
+    assert f"to continue: tangentlab --db {url} resume {NAME}" in out, out[-5000:]
     assert "Traceback" not in out, out[-5000:]
+    # Prefect's last logs reached the temporary server before it stopped (no late send to a
+    # server that is gone after the run).
+    assert "Error logging to API" not in out, out[-3000:]
     with session_scope(make_engine(url)) as session:
         rounds = list(session.scalars(select(ModelVersion.round_number).order_by(ModelVersion.id)))
     assert rounds == [None, 0]  # the fine-tune that ran was finished and registered
-    assert not _labels(url).get("running")
-    assert leases.current_holder(make_engine(url), name) is None
+    jobs = _jobs(tmp_path)
+    assert len(jobs) == len(set(jobs)), "a QM job ran twice"
+    state = _labels(url)
+    assert set(jobs) == state["done"] and not state.get("running"), state
+    assert leases.current_holder(make_engine(url), NAME) is None
