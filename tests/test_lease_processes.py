@@ -7,6 +7,11 @@ it too; a `resume --wait` waits for it and then finds nothing left to do. In the
 ran twice, no label was lost, each round has exactly one model version, and the killed run and
 its labelling subflow show Crashed in the UI. On SQLite and, where ``TANGENTLAB_TEST_POSTGRES_URL`` is set,
 PostgreSQL.
+
+The `tangentlab` processes are started ahead of their turn: each imports what the command
+needs, then waits for a signal file before it runs the command (``python -m cli``'s `main`,
+in the same process). Two processes released together then start at the same instant, and the
+imports of the later ones run while the earlier ones work.
 """
 
 from __future__ import annotations
@@ -42,12 +47,47 @@ def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subpr
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+# `python -m cli ARGS` once the file GO exists, after the imports the command makes anyway.
+CLI_ON_SIGNAL = """
+import runpy, sys, time
+from pathlib import Path
+
+go, stem = Path(sys.argv.pop(1)), sys.argv.pop(1)
+import cli, cli.commands, flows.campaign  # noqa: E401,F401
+Path(f"{go}.ready-{stem}").touch()
+while not go.exists():
+    time.sleep(0.01)
+runpy.run_module("cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def _cli_on_signal(go: Path, args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
+    """``_cli``, imported ahead: the command runs when ``go`` exists (see ``_released``)."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
+           "PREFECT_LOGGING_LEVEL": "INFO", "TANGENTLAB_LEASE_HEARTBEAT_S": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
+    return subprocess.Popen([sys.executable, "-c", CLI_ON_SIGNAL, str(go), log.stem, "--db", url, *args],
+                            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _released(go: Path, processes: dict[str, subprocess.Popen], timeout: float = 600) -> None:
+    """Wait until every process (by the stem of its log) is ready, then start them together."""
+    deadline = time.time() + timeout
+    for stem, process in processes.items():
+        while not Path(f"{go}.ready-{stem}").exists():
+            assert process.poll() is None and time.time() < deadline, f"{stem} did not get ready"
+            time.sleep(0.05)
+    go.touch()
+
+
 def _one_round_campaign(tmp_path: Path, name: str, seed: int) -> None:
-    """``c.yaml``: a tiny xTB campaign of one acquisition round whose targets are never met
-    (xTB, not replayed labels: the runner is killed while a real QM job runs)."""
+    """``c.yaml``: a tiny xTB campaign whose targets are never met and whose label budget is
+    spent by the initial set, so that it stops after its first fine-tune (round 0) (xTB, not
+    replayed labels: the runner is killed while a real QM job runs)."""
     config = xtb_campaign_config(
         tmp_path, name, 20, seed=seed, acquisition={"method": "activation", "batch_size": 4},
-        budgets={"max_rounds": 1, "max_labels": 30},
+        budgets={"max_rounds": 1, "max_labels": 6},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
 
@@ -111,8 +151,16 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     _one_round_campaign(tmp_path, NAME, seed=3)
 
     # 1. Two starts at the same instant, on a database neither has seen: one runs.
-    starts = [_cli(["start", "c.yaml"], prefect_server, url, tmp_path, tmp_path / f"start{i}.log")
-              for i in range(2)]
+    names = ["start0", "start1"]
+    starts = [_cli_on_signal(tmp_path / "go-start", ["start", "c.yaml"], prefect_server, url, tmp_path,
+                             tmp_path / f"{stem}.log") for stem in names]
+    _released(tmp_path / "go-start", dict(zip(names, starts)))
+    # The resumes, the late start and the waiter import meanwhile.
+    later = {stem: _cli_on_signal(tmp_path / go, args, prefect_server, url, tmp_path, tmp_path / f"{stem}.log")
+             for stem, go, args in [("resume0", "go-resume", ["resume", NAME]),
+                                    ("resume1", "go-resume", ["resume", NAME]),
+                                    ("late-start", "go-late", ["start", "c.yaml"]),
+                                    ("wait", "go-late", ["resume", NAME, "--wait"])]}
     loser = _first_to_end(starts)
     winner = starts[1 - starts.index(loser)]
     loser_log = tmp_path / f"start{starts.index(loser)}.log"
@@ -133,8 +181,8 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     assert set(_jobs(tmp_path)) == done_before
 
     # 3. Two resumes at the same instant: one takes the dead run's lease, the other is refused.
-    resumes = [_cli(["resume", NAME], prefect_server, url, tmp_path, tmp_path / f"resume{i}.log")
-               for i in range(2)]
+    resumes = [later["resume0"], later["resume1"]]
+    _released(tmp_path / "go-resume", {"resume0": resumes[0], "resume1": resumes[1]})
     refused = _first_to_end(resumes)
     runner = resumes[1 - resumes.index(refused)]
     refused_log = tmp_path / f"resume{resumes.index(refused)}.log"
@@ -144,12 +192,12 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     # 4. A start of the same campaign while the resume runs (a start finds the campaign stored
     # and would resume it): refused, naming the runner. A resume with --wait queues behind the
     # runner, then finds nothing left to do.
-    late_start = _cli(["start", "c.yaml"], prefect_server, url, tmp_path, tmp_path / "late-start.log")
-    waiter = _cli(["resume", NAME, "--wait"], prefect_server, url, tmp_path, tmp_path / "wait.log")
+    late_start, waiter = later["late-start"], later["wait"]
+    _released(tmp_path / "go-late", {"late-start": late_start, "wait": waiter})
     assert late_start.wait(timeout=600) == 2, (tmp_path / "late-start.log").read_text()[-5000:]
     _check_refused(tmp_path / "late-start.log", runner.pid)
     runner_log = tmp_path / f"resume{resumes.index(runner)}.log"
-    assert runner.wait(timeout=900) == 3, runner_log.read_text()[-5000:]  # the round budget
+    assert runner.wait(timeout=900) == 3, runner_log.read_text()[-5000:]  # the label budget
     assert waiter.wait(timeout=600) == 3, (tmp_path / "wait.log").read_text()[-5000:]
     waited = (tmp_path / "wait.log").read_text()
     assert f"waiting for the run of campaign '{NAME}' by pid {runner.pid}" in waited
@@ -165,12 +213,12 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     with session_scope(make_engine(url)) as session:
         versions = list(session.scalars(
             select(ModelVersion.round_number).order_by(ModelVersion.id)))
-    assert versions == [None, 0, 1]
+    assert versions == [None, 0]
     with session_scope(make_engine(url)) as session:
         report = reports.campaign_report(session, campaigns.get_campaign(session, NAME))
     assert report["status"] == "budget_exhausted"
-    assert [r["status"] for r in report["rounds"]] == ["evaluated"] * 2
-    assert len(done) + report["labels"]["failed"] == 6 + 6 + 4  # test, initial, one round
+    assert [r["status"] for r in report["rounds"]] == ["evaluated"]
+    assert len(done) + report["labels"]["failed"] == 6 + 6  # test, initial
     # The killed run shows Crashed (the lease holder that replaced it marked it), the three
     # refused runs Failed, the runner and the waiter Completed; none is left Running. The
     # labelling subflow the killed run was in shows Crashed too.
@@ -234,7 +282,7 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
         assert re.search(rf"campaign '{name}' is being run by pid {cli.pid} on {re.escape(socket.gethostname())}",
                          state.message), state.message
         assert cli.poll() is None  # the CLI run was still running when the nightly one gave up
-        assert cli.wait(timeout=900) == 3, (tmp_path / "cli.log").read_text()[-5000:]  # the round budget
+        assert cli.wait(timeout=900) == 3, (tmp_path / "cli.log").read_text()[-5000:]  # the label budget
     finally:
         stop_process_group(serve)
     log = (tmp_path / "cli.log").read_text()
@@ -246,4 +294,4 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
         done = set(session.scalars(select(Label.id).where(Label.status == "done")))
         versions = list(session.scalars(select(ModelVersion.round_number).order_by(ModelVersion.id)))
     assert set(jobs) == done
-    assert versions == [None, 0, 1]
+    assert versions == [None, 0]
