@@ -3,7 +3,7 @@
 Several processes run the campaign's `label_worker` task on the same pending labels at the
 same moment (they wait for a start signal after importing everything). Every label must be
 computed exactly once: one finished QM job per label in `qm_jobs.jsonl`, no label claimed by
-two workers. On PostgreSQL (when `.ci/start-postgres` gave a server) four processes compete
+two workers. On PostgreSQL (when `.ci/start-postgres` gave a server) three processes compete
 through `SELECT ... FOR UPDATE SKIP LOCKED`; on SQLite through the compare-and-swap claim.
 """
 
@@ -47,10 +47,10 @@ print(json.dumps(label_worker(url, int(campaign_id), config, worker=int(worker))
 """
 
 
-@pytest.mark.parametrize("workers", [4])
+@pytest.mark.parametrize("workers", [3])
 def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tmp_path, database_url, workers):
     name = f"workers-{uuid.uuid4().hex[:8]}"
-    config = make_config(xtb_campaign_config(tmp_path, name, 24, seed=3,
+    config = make_config(xtb_campaign_config(tmp_path, name, 16, seed=3,
                                              qm={"timeout_s": 60, "max_attempts": 1}))
     engine = make_engine(database_url)
     init_db(engine)
@@ -59,7 +59,7 @@ def test_concurrent_workers_label_each_structure_exactly_once(prefect_server, tm
         report = import_structures(session, campaign, config.pool[0])
         label_ids = sorted(set(labels.ensure_labels(session, report.structure_ids, oracle_for(config).level)))
         campaign_id = campaign.id
-    assert len(label_ids) >= 20
+    assert len(label_ids) >= 12
 
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config_json(config)))
@@ -175,7 +175,10 @@ def test_labelling_waits_for_another_runs_live_worker_and_takes_over_a_dead_ones
     from tasks.label import claim_timeout_s
 
     monkeypatch.setenv("TANGENTLAB_LEASE_HEARTBEAT_S", "0.5")  # a claim is dead after 1.5 s
-    monkeypatch.setenv("TANGENTLAB_TEST_SLOW_JOB_S", "60" if killed else "8")
+    # The foreign worker's CO2 job is the slow one; the CO2 job this process runs after taking
+    # it over is not slowed (when this process's QM fork server starts here: it keeps the
+    # environment it started with).
+    monkeypatch.setenv("TANGENTLAB_TEST_SLOW_JOB_S", "0")
     assert claim_timeout_s() == 1.5
     frames = [molecule(n) for n in ("CO2", "H2O", "NH3", "CH4", "HCN")]
     ase.io.write(tmp_path / "pool.extxyz", frames, format="extxyz")
@@ -193,7 +196,8 @@ def test_labelling_waits_for_another_runs_live_worker_and_takes_over_a_dead_ones
         campaign_id, structure_ids = campaign.id, report.structure_ids
     (tmp_path / "config.json").write_text(json.dumps(config_json(config)))
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+           "TANGENTLAB_TEST_SLOW_JOB_S": "60" if killed else "8"}
     foreign = subprocess.Popen([sys.executable, "-c", FOREIGN_WORKER, database_url, str(campaign_id),
                                 str(tmp_path / "config.json")], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
