@@ -79,11 +79,7 @@ def test_campaign_labels_on_a_cpu_pool_worker_through_the_yaml_deployment(prefec
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "TANGENTLAB_HOME": str(REPO),
            "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
     env.pop("TANGENTLAB_DATABASE_URL", None)
-    deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--name", "label-cpu",
-                             "--prefect-file", "deployments/prefect.yaml"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-
+    # The worker starts (and imports Prefect) while `prefect deploy` runs: it polls the pool.
     worker_log = tmp_path / "worker.log"
     worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
     with open(worker_log, "w") as out:
@@ -98,6 +94,10 @@ def test_campaign_labels_on_a_cpu_pool_worker_through_the_yaml_deployment(prefec
         dispatch_labels(url, "deployed", config, test + initial)
 
     try:
+        deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--name", "label-cpu",
+                                 "--prefect-file", "deployments/prefect.yaml"],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         step = campaign_step(return_state=True)
         # The flow-run process ships its last log lines after its final state, and it is in the
         # worker's process group: stopping the worker before they arrive would lose them.
@@ -190,10 +190,9 @@ def test_ui_port_warning_compares_the_ports_only():
     assert "PREFECT_UI_API_URL=http://127.0.0.1:4300/api prefect server start --port 4300" in warning
 
 
-@contextlib.contextmanager
-def _prefect_server_on_a_free_port(home: Path, *, ui_api_url: bool = False):
-    """A real `prefect server start --port P` (UI on) in its own PREFECT_HOME, with
-    PREFECT_UI_API_URL set to its API URL if ``ui_api_url``; yields its API URL."""
+def _start_prefect_server(home: Path, *, ui_api_url: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start a real `prefect server start --port P` (UI on) in its own PREFECT_HOME, with
+    PREFECT_UI_API_URL set to its API URL if ``ui_api_url``; returns it and its API URL."""
     import socket
 
     with socket.socket() as s:
@@ -209,18 +208,31 @@ def _prefect_server_on_a_free_port(home: Path, *, ui_api_url: bool = False):
     with open(home / "server.log", "w") as log:
         server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return server, api
+
+
+@contextlib.contextmanager
+def _prefect_servers_on_free_ports(*homes: tuple[Path, bool]):
+    """Real Prefect servers, one per ``(home, ui_api_url)`` (see `_start_prefect_server`),
+    started side by side; yields their API URLs once all of them answer."""
+    servers = []
     try:
+        for home, ui_api_url in homes:
+            servers.append((*_start_prefect_server(home, ui_api_url=ui_api_url), home))
         deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
-                    break
-            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()
-            time.sleep(1)
-        yield api
+        for server, api, home in servers:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                        break
+                assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()
+                time.sleep(0.5)
+        yield [api for _, api, _ in servers]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        for server, _, _ in servers:
+            os.killpg(server.pid, signal.SIGTERM)
+        for server, _, _ in servers:
+            server.wait(timeout=60)
 
 
 def test_serve_warns_when_the_ui_of_a_server_on_another_port_looks_for_its_api_on_4200(tmp_path, monkeypatch,
@@ -233,7 +245,9 @@ def test_serve_warns_when_the_ui_of_a_server_on_another_port_looks_for_its_api_o
 
     served = []
     monkeypatch.setattr(flows.serve, "serve", lambda *deployments, limit=None: served.append(len(deployments)))
-    with _prefect_server_on_a_free_port(tmp_path / "plain") as api:
+    # A plain server, and one started the documented way (docs/monitoring.md): its UI told its
+    # own API URL.
+    with _prefect_servers_on_free_ports((tmp_path / "plain", False), (tmp_path / "fixed", True)) as (api, fixed):
         port = api.split(":")[-1].removesuffix("/api")
         base = api.removesuffix("/api")
         assert httpx.get(f"{base}/ui-settings", timeout=10).json()["api_url"].endswith(":4200/api")
@@ -242,10 +256,9 @@ def test_serve_warns_when_the_ui_of_a_server_on_another_port_looks_for_its_api_o
         err = capsys.readouterr().err
         assert served and f"looks for its API at http://127.0.0.1:4200/api, not at {api}" in err, err
         assert f"PREFECT_UI_API_URL={api} prefect server start --port {port}" in err
-    # the documented fix (docs/monitoring.md): the server's UI told its own API URL
-    with _prefect_server_on_a_free_port(tmp_path / "fixed", ui_api_url=True) as api:
-        assert httpx.get(f"{api.removesuffix('/api')}/ui-settings", timeout=10).json()["api_url"] == api
-        with temporary_settings({PREFECT_API_URL: api}):
+
+        assert httpx.get(f"{fixed.removesuffix('/api')}/ui-settings", timeout=10).json()["api_url"] == fixed
+        with temporary_settings({PREFECT_API_URL: fixed}):
             assert flows.serve.main(["--no-schedule", "--no-zombie-automation"]) == 0
         assert "PREFECT_UI_API_URL" not in capsys.readouterr().err
     assert len(served) == 2
