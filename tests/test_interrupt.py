@@ -138,7 +138,7 @@ def _attempts(url: str) -> dict[int, int]:
         return dict(session.execute(select(Label.id, Label.attempts)).all())
 
 
-def test_ctrl_c_stops_cleanly_twice_at_once_and_sigterm_like_ctrl_c(tmp_path):
+def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     """Three runs of one campaign, each a process of its own with its own temporary server:
     a start stopped by Ctrl-C while its first QM job starts, a resume stopped by two Ctrl-Cs
     while it labels, a resume stopped by SIGTERM during its first fine-tune."""
