@@ -54,7 +54,7 @@ def _config(tmp_path: Path, name: str, **qm) -> dict:
         oracle={"name": "replay", "latency": {"max_s": 20, "scale": 0.05}},
         qm={"timeout_s": 120, "max_parallel": 2, **qm},
         acquisition={"batch_size": 4},
-        budgets={"max_rounds": 10, "max_labels": 14},
+        budgets={"max_rounds": 10, "max_labels": 10},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01, "confidence": None},
     )
 
@@ -76,10 +76,10 @@ def _check_campaign(tmp_path: Path, url: str, name: str) -> set[str]:
     assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
     assert set(jobs) == done, "labels and finished QM jobs disagree"
     assert [lab.id for lab in all_labels if lab.status in ("pending", "running")] == []
-    assert len(picked) == 14
+    assert len(picked) == 10
     trained = [set(v.training_label_ids) for v in versions[1:]]
     # streaming.train_on: batches: the initial set, then 4 more labels a model, as in sync rounds
-    assert [len(t) for t in trained] == [6, 10, 14] and len(all_rounds) == 3
+    assert [len(t) for t in trained] == [6, 10] and len(all_rounds) == 2
     for earlier, later in itertools.pairwise(trained):
         assert earlier < later
     assert trained[-1] == {label.id for _, label in picked}
