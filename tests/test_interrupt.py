@@ -190,7 +190,12 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     _wait_for_jobs(second, tmp_path, len(_jobs(tmp_path)))
     servers = _temporary_servers(tmp_path / "prefect")
     second.ctrl_c()
-    time.sleep(0.5)
+    # The second Ctrl-C as soon as the first is handled (its message shown), while the running
+    # job still runs: a fixed pause could outlast a fast job and the clean stop after it.
+    deadline = time.time() + 60
+    while "stopping after the QM jobs running now" not in second.text():
+        assert second.process.poll() is None and time.time() < deadline, second.text()[-5000:]
+        time.sleep(0.005)
     pressed = time.monotonic()
     second.ctrl_c()
     assert second.wait(timeout=60) == 130, second.text()[-5000:]
