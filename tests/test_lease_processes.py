@@ -81,13 +81,14 @@ def _released(go: Path, processes: dict[str, subprocess.Popen], timeout: float =
     go.touch()
 
 
-def _one_round_campaign(tmp_path: Path, name: str, seed: int) -> None:
+def _one_round_campaign(tmp_path: Path, name: str, seed: int, max_labels: int = 6) -> None:
     """``c.yaml``: a tiny xTB campaign whose targets are never met and whose label budget is
     spent by the initial set, so that it stops after its first fine-tune (round 0) (xTB, not
-    replayed labels: the runner is killed while a real QM job runs)."""
+    replayed labels: the runner is killed while a real QM job runs). A larger ``max_labels``
+    adds acquisition round 1 (4 labels and a second fine-tune)."""
     config = xtb_campaign_config(
         tmp_path, name, 20, seed=seed, acquisition={"method": "activation", "batch_size": 4},
-        budgets={"max_rounds": 1, "max_labels": 6},
+        budgets={"max_rounds": 1, "max_labels": max_labels},
         targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
 
@@ -244,7 +245,9 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
 
     name = "nightly-overlap"
     database_url = f"sqlite:///{tmp_path / 'c.db'}"
-    _one_round_campaign(tmp_path, name, seed=4)
+    # rounds 0 and 1: the CLI run must outlast the nightly run's start (a served flow run starts
+    # in a new process); one round was over before it on an idle machine
+    _one_round_campaign(tmp_path, name, seed=4, max_labels=30)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "TANGENTLAB_DATABASE_URL": database_url,
            "PREFECT_RUNNER_POLL_FREQUENCY": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root),
@@ -296,4 +299,4 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
         done = set(session.scalars(select(Label.id).where(Label.status == "done")))
         versions = list(session.scalars(select(ModelVersion.round_number).order_by(ModelVersion.id)))
     assert set(jobs) == done
-    assert versions == [None, 0]
+    assert versions == [None, 0, 1]
