@@ -137,7 +137,9 @@ def test_async_rounds_label_on_a_served_labelling_deployment(prefect_server, tmp
     assert state.is_completed() and state.name == "Label budget exhausted", f"{state}\n{log.read_text()[-4000:]}"
     workers = _check_campaign(tmp_path, url, "deployed")
     assert os.getpid() not in _pids(workers), "a label ran in the campaign's process"
-    runs = _flow_runs(prefect_server, "label")
+    from test_deployment import _deployment_runs
+
+    runs = _deployment_runs(prefect_server, "label", limit=20)
     streamed = [r for r in runs if r["parameters"].get("stream")]
     assert streamed and all(r["state_type"] == "COMPLETED" for r in runs), [
         (r["name"], r["state_type"]) for r in runs
@@ -155,15 +157,6 @@ def _wait_for_deployment(name: str, served: subprocess.Popen, log: Path) -> None
                 return
             assert served.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
-
-
-def _flow_runs(api_url: str, deployment: str) -> list[dict]:
-    import httpx
-
-    response = httpx.post(f"{api_url}/flow_runs/filter", timeout=30,
-                          json={"deployments": {"name": {"any_": [deployment]}}, "limit": 20})
-    response.raise_for_status()
-    return response.json()
 
 
 def test_a_streaming_worker_claims_only_while_its_stream_is_open(database_url, no_run_logger):

@@ -52,9 +52,9 @@ def _flow_run_logs(api_url: str, flow_run_id) -> str:
     return "\n".join(entry["message"] for entry in response.json())
 
 
-def _deployment_runs(api_url: str, deployment: str) -> list[dict]:
+def _deployment_runs(api_url: str, deployment: str, limit: int = 10) -> list[dict]:
     response = httpx.post(f"{api_url}/flow_runs/filter", timeout=30,
-                          json={"deployments": {"name": {"any_": [deployment]}}, "limit": 10})
+                          json={"deployments": {"name": {"any_": [deployment]}}, "limit": limit})
     response.raise_for_status()
     return response.json()
 
