@@ -15,13 +15,18 @@ takes the CPU time it took here (one torch thread).
   initial set first (once all of it arrived) and then on the previous model's labels and the
   oldest ``m`` new arrivals, with ``--train-on arrived`` on every label that has arrived (the
   first model once as many labels as the initial set arrived); after a new model the queued,
-  not yet started picks are re-ranked.
+  not yet started picks are re-ranked; with ``--max-ahead A`` (``streaming.max_ahead``) no
+  pick is made while ``A`` picks (queued, running or labelled, the initial set included) are
+  beyond the newest model's training set, so workers wait for the next model instead.
 
 Label times are drawn once per (seed, structure), the same in both modes, from a two-piece
 log-normal fitted to the quick start's PySCF labels (:data:`LATENCY`).
 
     python -m benchmarks.async_schedule h2combustion --seeds 0 1 2 --workers 1 4 16 \
         --out docs/benchmarks/async-schedule.json
+
+``--schedules async`` runs the asynchronous schedule alone (the synchronous runs do not depend
+on the asynchronous options, so an earlier result's can be reused).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.finetune_spread import fixed_setup, preset_parser, run_in_work_dir, test_errors
+from benchmarks.spec import preset
 from tangentlab.acquisition import random_selection, select_batch
 from tangentlab.acquisition.policy import fit_policy_scorer, reference_structures
 from tangentlab.config import Acquisition
@@ -203,6 +209,7 @@ class Plan:
     jobs_per_worker: int = 1  # k
     train_every: int | None = None  # m; None: the batch size
     train_on: str = "batches"  # async trainer: "batches" (oldest m new arrivals) or "arrived"
+    max_ahead: int | None = None  # A: picks beyond the newest model's training set; None: no cap
 
     @property
     def budget(self) -> int:
@@ -301,9 +308,12 @@ class AsyncReplay:
 
     def _fill(self) -> None:
         """Keep ``k`` jobs per worker in flight: new picks by the newest model, conditioned on
-        the labelled and every pending pick."""
+        the labelled and every pending pick; with ``max_ahead``, at most that many picks beyond
+        the newest model's training set (no failures here, so every pick counts)."""
         want = self.plan.jobs_per_worker * self.workers - len(self.running) - len(self.queue)
         count = min(want, self.plan.budget - len(self.picked))
+        if self.plan.max_ahead is not None:  # streaming.max_ahead (tasks.stream.ahead_room)
+            count = min(count, self.plan.max_ahead - (len(self.picked) - len(self.models[-1].labels)))
         if count <= 0:
             return
         version = len(self.models) - 1
@@ -473,8 +483,9 @@ def measure(
     targets: dict,
     plan_options: dict,
     max_epochs: int | None = None,
+    schedules: tuple[str, ...] = ("sync", "async"),
 ) -> dict:
-    """Both schedules for every seed and worker count (see the module docstring)."""
+    """``schedules`` for every seed and worker count (see the module docstring)."""
     setup = fixed_setup(name, data_root, work, max_epochs)
     spec = setup.spec
     plan = Plan(spec.initial_size, spec.batch_size, spec.rounds, **plan_options)
@@ -502,8 +513,8 @@ def measure(
     runs = []
     for seed in seeds:
         times = label_times(seed, len(setup.pool))
-        rounds = sync_run(learner(seed, f"sync-s{seed}"), plan)
-        for w in workers:
+        rounds = sync_run(learner(seed, f"sync-s{seed}"), plan) if "sync" in schedules else []
+        for w in workers if rounds else []:
             clock = sync_clock(rounds, times, w)
             runs.append(
                 {
@@ -515,7 +526,7 @@ def measure(
                 }
             )
             print(runs[-1], flush=True)
-        for w in workers:
+        for w in workers if "async" in schedules else []:
             replay = AsyncReplay(learner(seed, f"async-w{w}-s{seed}"), plan, times, w).run()
             runs.append(
                 {
@@ -533,6 +544,7 @@ def measure(
             print(runs[-1], flush=True)
     return {
         "preset": name,
+        "schedules": list(schedules),
         "plan": vars(plan) | {"budget": plan.budget},
         "latency": LATENCY,
         "targets": targets,
@@ -561,9 +573,25 @@ def main(argv: list[str] | None = None) -> dict:
         default="batches",
         help="async trainer: the oldest m new arrivals per model (batches) or every arrived label",
     )
+    parser.add_argument(
+        "--max-ahead",
+        type=int,
+        help="A: at most this many picks beyond the newest model's training set "
+        "(streaming.max_ahead; default no cap)",
+    )
+    parser.add_argument(
+        "--schedules", nargs="+", choices=["sync", "async"], default=["sync", "async"]
+    )
     parser.add_argument("--energy-target", type=float, default=250.0, help="meV/atom")
     parser.add_argument("--force-target", type=float, default=275.0, help="meV/Å")
     args = parser.parse_args(argv)
+    if args.max_ahead is not None:
+        every = args.train_every or preset(args.preset, args.data_root)["batch_size"]
+        if args.max_ahead < every:
+            parser.error(
+                f"--max-ahead {args.max_ahead} is below the {every} new labels a fine-tune waits "
+                "for (--train-every, default the batch size): no fine-tune would start"
+            )
     targets = {
         "energy_mae_mev_per_atom": args.energy_target,
         "force_mae_mev_per_a": args.force_target,
@@ -572,6 +600,7 @@ def main(argv: list[str] | None = None) -> dict:
         "jobs_per_worker": args.jobs_per_worker,
         "train_every": args.train_every,
         "train_on": args.train_on,
+        "max_ahead": args.max_ahead,
     }
     return run_in_work_dir(
         args.threads,
@@ -585,6 +614,7 @@ def main(argv: list[str] | None = None) -> dict:
             targets,
             plan_options,
             args.max_epochs,
+            tuple(args.schedules),
         ),
     )
 
