@@ -6,6 +6,8 @@ database holds every piece of that state, so a run killed at any point resumes f
 - :func:`top_up` keeps ``streaming.jobs_per_worker`` picks per worker queued or running. New
   picks come from the newest model; their posterior variance is conditioned on every pending
   pick (a structure's features need no label), so a batch in flight is never picked twice.
+  With ``streaming.max_ahead`` it picks only while fewer picks than that are beyond the newest
+  model's training set (:func:`ahead_room`).
 - :func:`start_round` opens a round when ``streaming.train_every`` labels arrived that the
   newest model has not seen: the round's ``selected`` lists them and the round is ``labelled``
   at once; the synchronous round's tasks then fine-tune and evaluate it (each model version
@@ -68,10 +70,24 @@ def stream_state(url: str, campaign_id: int, config: CampaignConfig) -> Stream:
     )
 
 
+def ahead_room(config: CampaignConfig, new: int, open_: int) -> int | None:
+    """How many more picks ``streaming.max_ahead`` allows: the cap less the picks beyond the
+    newest model's training set (``new`` labels it has not seen, ``open_`` picks queued or
+    running; a failed pick no longer counts); None: no cap."""
+    cap = config.streaming.max_ahead
+    return None if cap is None else max(0, cap - new - open_)
+
+
 def needs_picks(stream: Stream, config: CampaignConfig) -> bool:
-    """Whether fewer than ``jobs_per_worker`` picks per worker are open, within the budget."""
+    """Whether fewer than ``jobs_per_worker`` picks per worker are open, within the budget and
+    ``streaming.max_ahead``."""
     wanted = config.streaming.jobs_per_worker * config.qm.max_parallel
-    return stream.open < wanted and stream.done + stream.open < config.budgets.max_labels
+    room = ahead_room(config, stream.new, stream.open)
+    return (
+        stream.open < wanted
+        and stream.done + stream.open < config.budgets.max_labels
+        and room != 0
+    )
 
 
 def train_due(stream: Stream, config: CampaignConfig) -> bool:
@@ -150,15 +166,24 @@ def _rank(scorer, candidates, count: int, config: CampaignConfig, target, seed: 
 
 @task(name="top up the label queue", cache_policy=NO_CACHE)
 def top_up(url: str, campaign_id: int, config: CampaignConfig, model_id: int) -> int:
-    """Pick new structures with model ``model_id`` until ``jobs_per_worker`` picks per worker
-    are open (within the label budget); return how many were picked."""
+    """Pick new structures with model ``model_id`` (the newest) until ``jobs_per_worker`` picks
+    per worker are open, within the label budget and ``streaming.max_ahead``; return how many
+    were picked."""
     oracle = oracle_for(config)
     key = labels.level_key(oracle.level)
     with session_scope(engine_for(url)) as session:
         open_ids = [p.structure_id for p in _open_picks(session, campaign_id, key)]
-        done = len(labels.labelled(session, campaign_id, ["train", "valid"]))
+        done_labels = labels.labelled(session, campaign_id, ["train", "valid"])
+        done = len(done_labels)
         want = config.streaming.jobs_per_worker * config.qm.max_parallel - len(open_ids)
         count = min(want, config.budgets.max_labels - done - len(open_ids))
+        picker = next(v for v in registry.model_versions(session, campaign_id) if v.id == model_id)
+        trained = set(picker.training_label_ids or [])
+        room = ahead_room(
+            config, sum(label.id not in trained for _, label in done_labels), len(open_ids)
+        )
+        if room is not None:
+            count = min(count, room)
         if count <= 0:
             return 0
         scorer, pool = _scorer(session, url, campaign_id, config, model_id, open_ids)
@@ -269,6 +294,7 @@ def cancel_queue(url: str, campaign_id: int, config: CampaignConfig) -> int:
 
 __all__ = [
     "Stream",
+    "ahead_room",
     "cancel_queue",
     "initial_finished",
     "needs_picks",

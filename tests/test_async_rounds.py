@@ -219,3 +219,64 @@ def test_kill_during_a_fine_tune_with_labels_in_flight_loses_and_repeats_nothing
     assert any(r["before"] != r["after"] for r in reranked), (
         f"no new model changed the queue: {reranked}"
     )
+
+
+def test_max_ahead_below_the_labels_a_fine_tune_waits_for_is_refused():
+    config = make_config({"schedule": "async", "streaming": {"max_ahead": 8, "train_every": 6}})
+    assert config.streaming.max_ahead == 8
+    with pytest.raises(ConfigError, match="streaming.max_ahead 5 is below the 6 new labels"):
+        make_config({"schedule": "async", "streaming": {"max_ahead": 5, "train_every": 6}})
+    with pytest.raises(ConfigError, match="streaming.max_ahead 9 is below the 10 new labels"):
+        make_config({"schedule": "async", "streaming": {"max_ahead": 9}})  # batch_size 10
+
+
+CAP = 7
+
+
+@pytest.mark.slow
+def test_no_label_is_picked_or_started_beyond_the_newest_models_training_set_and_max_ahead(
+    prefect_server, tmp_path
+):
+    """Four workers and twelve open picks wanted (the starting model alone would pick the six
+    beside the initial six that the budget leaves), a cap of seven: the database shows that
+    every pick and every claim kept within the newest model's training set plus seven, and
+    that the cap was reached."""
+    from flows.campaign import campaign
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    config = replay_campaign_config(
+        tmp_path,
+        "capped",
+        30,
+        seed=6,
+        schedule="async",
+        streaming={"jobs_per_worker": 3, "train_every": 3, "max_ahead": CAP},
+        oracle={"name": "replay", "latency": {"max_s": 20, "scale": 0.05}},
+        qm={"timeout_s": 120, "max_parallel": 4},
+        acquisition={"batch_size": 3},
+        budgets={"max_rounds": 10, "max_labels": 12},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01, "confidence": None},
+    )
+    state = campaign(config=config, database_url=url, return_state=True)
+    assert state.is_completed() and state.name == "Label budget exhausted", state
+    with session_scope(make_engine(url)) as session:
+        campaign_id = campaigns.get_campaign(session, "capped").id
+        picks = queue.picks(session, campaign_id, None, status=["done", "failed"])
+        claimed = {lab.id: lab.claimed_at for lab in session.scalars(select(Label))}
+        versions = [
+            (v.id, v.created_at, len(v.training_label_ids or []))
+            for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id))
+        ]
+    assert [p.status for p in picks] == ["done"] * 12  # a failed pick would leave the cap
+    trained = {vid: size for vid, _, size in versions}
+    # picks, in the order they were made (label ids): each within its picker's training set + CAP
+    # (the initial set's six, picked by no model, are beyond the starting model's empty one)
+    ahead = [
+        rank + 1 - trained.get(p.picked_by_model_id, 0)
+        for rank, p in enumerate(sorted(picks, key=lambda p: p.label_id))
+    ]
+    assert max(ahead) == CAP, ahead
+    # claims, in the order workers started them: within the newest model's training set + CAP
+    for rank, (when, _) in enumerate(sorted((claimed[p.label_id], p.label_id) for p in picks)):
+        newest = max(size for _, created, size in versions if created <= when)
+        assert rank + 1 <= newest + CAP, (rank + 1, newest, when)

@@ -203,6 +203,11 @@ class CampaignConfig(Section):
                 raise ValueError(f"schedule 'async' does not support {problem}")
         if self.streaming is None:
             self.streaming = Streaming()
+        every = self.streaming.train_every or self.acquisition.batch_size
+        if self.streaming.max_ahead is not None and self.streaming.max_ahead < every:
+            raise ValueError(f"streaming.max_ahead {self.streaming.max_ahead} is below the {every} "
+                             "new labels a fine-tune waits for (streaming.train_every, default "
+                             "acquisition.batch_size): no fine-tune would ever start")
         return self
 
     @model_validator(mode="after")

@@ -119,3 +119,10 @@ class Streaming(Section):
         "so model n trains on as many labels as synchronous round n; later arrivals wait for the next "
         "fine-tune. arrived: every label that has arrived (more labels per model when they arrive "
         "faster than a fine-tune).")
+    max_ahead: int | None = Field(
+        None, gt=0, description="At most this many picks beyond the newest model's training set "
+        "(queued, running or labelled; the initial set counts, and a failed label does not): no new "
+        "pick is made until a newer model arrives, so fewer labels come from older models and fewer "
+        "are started before the targets are met, at the price of workers left idle. At least "
+        "`train_every` (or a fine-tune could never start); equal to it, every worker waits during "
+        "each fine-tune as in synchronous rounds. None: no cap (jobs_per_worker alone).")
