@@ -182,6 +182,9 @@ def replay(spec, pool, big, seed: int, work: Path, args) -> list[dict]:
             model, train, reference_structures([pool[i] for i in candidates]), settings
         )
         sigma_pool = np.sqrt(scorer.variance(pool))
+        # σ of the independent set too: a prediction-powered interval needs the predicted
+        # error of every structure of the population it estimates the MAE over.
+        sigma_big = np.sqrt(scorer.variance(big))
         pool_errors = structure_errors(model, pool)
         prediction = predicted_mae(
             sigma_pool[valid_ids],
@@ -198,6 +201,9 @@ def replay(spec, pool, big, seed: int, work: Path, args) -> list[dict]:
                 "pool": pool_errors,
                 "big": structure_errors(model, big),
                 "sigma": sigma_pool,
+                "sigma_big": sigma_big,
+                "valid_ids": np.array(valid_ids, dtype=np.int64),
+                "train_ids": np.array(train_ids, dtype=np.int64),
                 "predicted_force": prediction,
                 "finetune_s": finetune_s,
             }
@@ -489,6 +495,8 @@ def _view(r: dict, index: int, reserve: int, big: int) -> dict:
     }
     if "sigma" in r:
         view["sigma"] = r["sigma"][cut]
+    if "sigma_big" in r:
+        view["sigma_big"] = r["sigma_big"][far]
     return view
 
 
@@ -523,6 +531,12 @@ def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
     }
 
 
+#: Per-round arrays besides the errors that --raw keeps: σ of the pool and of the independent
+#: set, and the campaign's validation and training indices into the pool (the calibration of σ
+#: into a predicted error is fitted on the validation structures).
+RAW_ARRAYS = ("sigma", "sigma_big", "valid_ids", "train_ids")
+
+
 def load_raw(path: Path) -> list[dict]:
     """The rounds :func:`save_raw` wrote."""
     raw = np.load(path)
@@ -532,8 +546,9 @@ def load_raw(path: Path) -> list[dict]:
         r = {**extra, "labels": int(raw["labels"][index])}
         for where in ("pool", "big"):
             r[where] = {key: raw[f"{index}_{where}_{key}"] for key in ("energy", "force", "counts")}
-        if f"{index}_sigma" in raw:
-            r["sigma"] = raw[f"{index}_sigma"]
+        for key in RAW_ARRAYS:
+            if f"{index}_{key}" in raw:
+                r[key] = raw[f"{index}_{key}"]
         rounds.append(r)
     return rounds
 
@@ -552,8 +567,9 @@ def save_raw(rounds: list[dict], path: Path) -> None:
         for where in ("pool", "big"):
             for key, values in r[where].items():
                 raw[f"{index}_{where}_{key}"] = values
-        if "sigma" in r:
-            raw[f"{index}_sigma"] = r["sigma"]
+        for key in RAW_ARRAYS:
+            if key in r:
+                raw[f"{index}_{key}"] = r[key]
     np.savez_compressed(path, **raw)
 
 
