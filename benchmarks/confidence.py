@@ -44,6 +44,7 @@ from tangentlab.confidence import (
     METHODS,
     mae_interval,
     planned_test_size,
+    ppi_interval,
     predicted_mae,
     stratified_pick,
 )
@@ -244,24 +245,118 @@ def exact_coverage(size: int, independent: int, level: float = LEVEL) -> float:
     return 2 * normal.cdf(z / np.sqrt(1 + size / independent)) - 1
 
 
+def predicted_errors(r: dict, reserves: int) -> dict[str, np.ndarray] | None:
+    """Per structure of the population (the reserves, then the independent set), the error
+    predicted from σ with the round's validation labels: ``scale · σ`` with the scale a ratio of
+    sums over the validation structures (as :func:`tangentlab.confidence.predicted_mae`), as a
+    predicted absolute energy error per atom and a predicted sum of absolute force component
+    errors (the predicted component error times the components). None without σ of the
+    independent set or fewer than two validation structures."""
+    if "sigma_big" not in r or len(r.get("valid_ids", ())) < 2:
+        return None
+    valid = np.asarray(r["valid_ids"], dtype=int)
+    sigma = np.concatenate([r["sigma"][:reserves], r["sigma_big"]])
+    counts = np.concatenate([r["pool"]["counts"][:reserves], r["big"]["counts"]])
+    pool = r["pool"]
+    energy_scale = pool["energy"][valid].sum() / r["sigma"][valid].sum()
+    force_scale = pool["force"][valid].sum() / (r["sigma"][valid] * pool["counts"][valid]).sum()
+    return {"energy": energy_scale * sigma, "force": force_scale * sigma * counts, "sigma": sigma}
+
+
+#: Interval methods that use the predicted errors of the independent set (prediction-powered
+#: inference, :func:`tangentlab.confidence.ppi_interval`) on the same random splits.
+#: ``ppi``: Student t with the σ-scaled variance (the product's ``ppi``); ``ppi-studentized``:
+#: bootstrap-t with it; ``ppi-sample``: Student t with the test set's own residual variance
+#: (the textbook PPI++ interval).
+PPI_METHODS = {
+    "ppi": {"method": "normal", "variance": "scaled"},
+    "ppi-studentized": {"method": "studentized", "variance": "scaled"},
+    "ppi-sample": {"method": "normal", "variance": "sample"},
+}
+#: The σ-stratified design: the top ``TOP_FRACTION`` of the population by σ is one stratum,
+#: ``TOP_SHARE`` of the test set is drawn from it, the rest from the others; the stratified
+#: ratio estimator with a Student t interval.
+TOP_FRACTION = 0.1
+TOP_SHARE = 1 / 3
+
+
+def stratified_interval(
+    population: dict[str, np.ndarray], strata_test, strata_rest, quantity: str
+) -> tuple[float, float]:
+    """90 % interval of the MAE over ``strata_rest`` (a list of index arrays, one per
+    stratum) from the test structures ``strata_test`` drawn per stratum: each stratum's ratio
+    weighted by its share of the rest's errors (components for forces), the variance
+    ``Σ W² s²(1/n_h + 1/N_h)`` (delta method per stratum), Student t with n − strata degrees of
+    freedom."""
+    from scipy.stats import t
+
+    sums = population[quantity]
+    weights = population["counts"] if quantity == "force" else np.ones_like(sums)
+    total = sum(weights[rest].sum() for rest in strata_rest)
+    estimate = variance = 0.0
+    for test, rest in zip(strata_test, strata_rest, strict=True):
+        share = weights[rest].sum() / total
+        ratio = sums[test].sum() / weights[test].sum()
+        influence = (sums[test] - ratio * weights[test]) / weights[test].mean()
+        estimate += share * ratio
+        variance += share**2 * influence.var(ddof=1) * (1 / len(test) + 1 / len(rest))
+    size = sum(len(test) for test in strata_test)
+    half = float(t.ppf(0.5 + LEVEL / 2, size - len(strata_test))) * np.sqrt(variance)
+    return max(0.0, estimate - half), estimate + half
+
+
+def stratified_split(sigma: np.ndarray, size: int, rng: np.random.Generator):
+    """A σ-stratified test set of ``size`` (``TOP_SHARE`` of it from the top ``TOP_FRACTION``
+    by σ) and the rest, per stratum."""
+    order = np.argsort(sigma, kind="stable")
+    cut = len(order) - int(round(TOP_FRACTION * len(order)))
+    strata = [order[cut:], order[:cut]]
+    top = max(2, int(round(TOP_SHARE * size)))
+    tests, rests = [], []
+    for stratum, count in zip(strata, (top, size - top), strict=True):
+        picked = rng.permutation(len(stratum))
+        tests.append(np.sort(stratum[picked[:count]]))
+        rests.append(np.sort(stratum[picked[count:]]))
+    return tests, rests
+
+
 def split_coverage(
     rounds: list[dict],
     reserves: int,
     splits: int,
     seed: int,
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = METHODS + tuple(PPI_METHODS) + ("stratified",),
     min_rest: int = MIN_INDEPENDENT,
     resamples: int = 500,
 ) -> dict:
     """Coverage of the stated intervals over random splits of the never-trained-on structures
     (the test reserves, ``pool[:reserves]``, and the independent sets): per round (the starting
     model left out) and test size, ``splits`` test sets, each interval against the MAE of the
-    rest of the population (``independent``) and of the whole population (``population``)."""
+    rest of the population (``independent``) and of the whole population (``population``).
+    The prediction-powered methods (`PPI_METHODS`) see the predicted errors of the rest on the
+    same splits; ``"stratified"`` draws its own σ-stratified splits (another generator, so the
+    random splits stay those of the other methods); both only where the rounds hold σ of the
+    independent set (:func:`predicted_errors`)."""
     rng = np.random.default_rng(seed)
+    strata_rng = np.random.default_rng(seed + 10_000)
     hits: dict = {}
     sizes: dict = {}
+
+    def count(key, size, total, found, truth, whole):
+        for quantity, (low, high) in found.items():
+            full = f"{quantity} n={size} {key}"
+            sizes[full] = (size, total - size)
+            entry = hits.setdefault(
+                full, {"independent": [], "population": [], "above": [], "width": []}
+            )
+            entry["independent"].append(low <= truth[quantity] <= high)
+            entry["population"].append(low <= whole[quantity] <= high)
+            entry["above"].append(truth[quantity] > high)
+            entry["width"].append((high - low) / whole[quantity])
+
     for r in rounds[1:]:
         population = {k: np.concatenate([r["pool"][k][:reserves], r["big"][k]]) for k in r["big"]}
+        predicted = predicted_errors(r, reserves)
         whole = mae(population)
         total = len(population["counts"])
         for size in SIZES:
@@ -269,32 +364,52 @@ def split_coverage(
                 test, rest = split_population(size, total, rng, min_rest)
                 truth = mae({k: v[rest] for k, v in population.items()})
                 for method in methods:
+                    if method in METHODS:
+                        found = {
+                            "energy": mae_interval(
+                                population["energy"][test],
+                                level=LEVEL,
+                                method=method,
+                                resamples=resamples,
+                            ),
+                            "force": mae_interval(
+                                population["force"][test],
+                                population["counts"][test],
+                                level=LEVEL,
+                                method=method,
+                                resamples=resamples,
+                            ),
+                        }
+                    elif method in PPI_METHODS and predicted is not None:
+                        found = {}
+                        for quantity in ("energy", "force"):
+                            weights = (
+                                population["counts"]
+                                if quantity == "force"
+                                else np.ones(total)
+                            )
+                            found[quantity] = ppi_interval(
+                                population[quantity][test],
+                                predicted[quantity][test],
+                                predicted[quantity][rest],
+                                weights[test],
+                                weights[rest],
+                                level=LEVEL,
+                                resamples=resamples,
+                                **PPI_METHODS[method],
+                            )["interval"]
+                    else:
+                        continue
+                    count(method, size, total, found, truth, whole)
+                if "stratified" in methods and predicted is not None:
+                    tests, rests = stratified_split(predicted["sigma"], size, strata_rng)
+                    rest = np.concatenate(rests)
+                    truth = mae({k: v[rest] for k, v in population.items()})
                     found = {
-                        "energy": mae_interval(
-                            population["energy"][test],
-                            level=LEVEL,
-                            method=method,
-                            resamples=resamples,
-                        ),
-                        "force": mae_interval(
-                            population["force"][test],
-                            population["counts"][test],
-                            level=LEVEL,
-                            method=method,
-                            resamples=resamples,
-                        ),
+                        q: stratified_interval(population, tests, rests, q)
+                        for q in ("energy", "force")
                     }
-                    for quantity, (low, high) in found.items():
-                        key = f"{quantity} n={size} {method}"
-                        sizes[key] = (size, total - size)
-                        entry = hits.setdefault(
-                            key,
-                            {"independent": [], "population": [], "above": [], "width": []},
-                        )
-                        entry["independent"].append(low <= truth[quantity] <= high)
-                        entry["population"].append(low <= whole[quantity] <= high)
-                        entry["above"].append(truth[quantity] > high)
-                        entry["width"].append((high - low) / whole[quantity])
+                    count("stratified", size, total, found, truth, whole)
     return {
         key: {
             "covered": int(sum(v["independent"])),
