@@ -44,10 +44,10 @@ from tangentlab.confidence import (
     METHODS,
     mae_interval,
     planned_test_size,
-    ppi_interval,
     predicted_mae,
     stratified_pick,
 )
+from tangentlab.prediction_powered import ppi_interval
 from tangentlab.config import Acquisition, Budgets, FineTune, Targets
 
 SIZES = (10, 30, 100)
@@ -264,7 +264,7 @@ def predicted_errors(r: dict, reserves: int) -> dict[str, np.ndarray] | None:
 
 
 #: Interval methods that use the predicted errors of the independent set (prediction-powered
-#: inference, :func:`tangentlab.confidence.ppi_interval`) on the same random splits.
+#: inference, :func:`tangentlab.prediction_powered.ppi_interval`) on the same random splits.
 #: ``ppi``: Student t with the σ-scaled variance (the product's ``ppi``); ``ppi-studentized``:
 #: bootstrap-t with it; ``ppi-sample``: Student t with the test set's own residual variance
 #: (the textbook PPI++ interval).

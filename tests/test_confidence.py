@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tangentlab.confidence import METHODS, interval_text, mae_interval, ppi_interval, predicted_mae
+from tangentlab.confidence import METHODS, interval_text, mae_interval, predicted_mae
+from tangentlab.prediction_powered import ppi_interval
 from tangentlab.metrics import error_metrics
 
 
