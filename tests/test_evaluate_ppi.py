@@ -75,6 +75,10 @@ def test_ppi_intervals_cover_the_pool_from_its_predicted_errors(lab):
         assert low <= found["ppi"][quantity]["mae"] <= high
         assert found[key] != plain[key]
     assert np.isfinite(found["force_mae_interval_mev_per_a"]).all()
+    from flows.rendering import errors_text
+
+    assert errors_text(found).endswith(" meV/Å (90% prediction-powered intervals)")
+    assert errors_text(plain).endswith(" meV/Å (90% intervals)")
 
 
 def test_ppi_falls_back_to_the_bootstrap_without_two_validation_labels(lab):
