@@ -265,12 +265,12 @@ def predicted_errors(r: dict, reserves: int) -> dict[str, np.ndarray] | None:
 
 #: Interval methods that use the predicted errors of the independent set (prediction-powered
 #: inference, :func:`tangentlab.prediction_powered.ppi_interval`) on the same random splits.
-#: ``ppi``: Student t with the σ-scaled variance (the product's ``ppi``); ``ppi-studentized``:
-#: bootstrap-t with it; ``ppi-sample``: Student t with the test set's own residual variance
-#: (the textbook PPI++ interval).
+#: ``ppi``: bootstrap-t with the σ-scaled variance (the product's ``targets.interval: ppi``,
+#: chosen on acac); ``ppi-t``: Student t with it; ``ppi-sample``: Student t with the test set's
+#: own residual variance (the textbook PPI++ interval).
 PPI_METHODS = {
-    "ppi": {"method": "normal", "variance": "scaled"},
-    "ppi-studentized": {"method": "studentized", "variance": "scaled"},
+    "ppi": {"method": "studentized", "variance": "scaled"},
+    "ppi-t": {"method": "normal", "variance": "scaled"},
     "ppi-sample": {"method": "normal", "variance": "sample"},
 }
 #: The σ-stratified design: the top ``TOP_FRACTION`` of the population by σ is one stratum,

@@ -51,7 +51,7 @@ def ppi_interval(
     counts_target: Sequence[float] | None = None,
     *,
     level: float = DEFAULT_LEVEL,
-    method: str = "normal",
+    method: str = "studentized",
     variance: str = "scaled",
     resamples: int = RESAMPLES,
     seed: int = SEED,
@@ -85,8 +85,9 @@ def ppi_interval(
     level, resamples, seed
         As in :func:`tangentlab.confidence.mae_interval`.
     method
-        ``"normal"`` (Student t with n − 1 degrees of freedom) or ``"studentized"``
-        (bootstrap-t over test structures, λ tuned anew in each resample).
+        ``"studentized"`` (bootstrap-t over test structures, λ tuned anew in each resample;
+        the default, chosen on acac: docs/benchmarks/confidence.md) or ``"normal"`` (Student t
+        with n − 1 degrees of freedom).
     variance
         ``"scaled"`` or ``"sample"`` (above).
 
