@@ -10,8 +10,10 @@ split kept as a campaign keeps it. After every round:
   reserves and the independent sets) are one population. Per seed and round, ``--splits``
   random splits of it into a test set (10, 30 or 100 structures) and an independent set (all
   the rest, at least ``MIN_INDEPENDENT``): the stated interval of the test set (each bootstrap
-  method of :func:`tangentlab.confidence.mae_interval`) against the independent set's MAE, and
-  against the whole population's (:func:`split_coverage`);
+  method of :func:`tangentlab.confidence.mae_interval`, and the prediction-powered intervals of
+  :func:`tangentlab.prediction_powered.ppi_interval` from σ of every structure) against the
+  independent set's MAE, and against the whole population's; a σ-stratified test set on
+  splits of its own (:func:`split_coverage`);
 - **predicted MAE**: the MAE over the unlabelled pool predicted from σ with the validation
   labels (:func:`tangentlab.confidence.predicted_mae`), against the independent set's;
 - **stop decisions**: for a grid of targets around the seed's learning curve,
