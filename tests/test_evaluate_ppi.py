@@ -99,3 +99,34 @@ def test_ppi_needs_a_feature_signal_and_a_test_set_from_the_pool(tmp_path):
         make_config({"name": "x", "test_file": str(test_file), "targets": {"interval": "ppi"}})
     with pytest.raises(ConfigError, match="interval"):
         make_config({"name": "x", "targets": {"interval": "bca"}})
+
+
+@pytest.mark.slow
+def test_a_campaign_states_prediction_powered_intervals(prefect_server, tmp_path):
+    # The flow hands its configuration to the evaluation: a round with two validation labels
+    # is measured with the prediction-powered interval, and the overview says so.
+    from conftest import replay_campaign_config
+
+    from db import reports
+    from flows.campaign import campaign
+    from flows.rendering import errors_text
+
+    config = replay_campaign_config(
+        tmp_path, "ppi", 30, seed=5, valid_fraction=0.34,
+        budgets={"max_rounds": 1, "max_labels": 30},
+        targets={"energy_mae_mev_per_atom": 0.01, "force_mae_mev_per_a": 0.01, "interval": "ppi"},
+    )
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    result = campaign(config=config, database_url=url)
+    start, first, *_ = result["models"]
+    assert start["test"]["interval_method"] == "bootstrap"  # the starting model: no validation labels yet
+    assert first["test"]["interval_method"] == "ppi"
+    assert errors_text(first["test"]).endswith("(90% prediction-powered intervals)")
+    with session_scope(make_engine(url)) as session:
+        camp = campaigns.get_campaign(session, "ppi")
+        report = reports.campaign_report(session, camp)
+        distinct = len(structures.campaign_structures(session, camp))
+    assert report["status"] == "budget_exhausted"
+    # the target: the distinct pool structures left after the test set and the initial set
+    # were drawn (round 1's batch is picked after round 0's evaluation)
+    assert first["test"]["ppi"]["n_target"] == distinct - 6 - 6
