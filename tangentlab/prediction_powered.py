@@ -161,8 +161,8 @@ def predicted_error_intervals(
     σ is calibrated into a predicted error on the validation structures, as
     :func:`tangentlab.confidence.predicted_mae` does (``scale = Σ errors / Σ σ · counts``: a
     ratio of sums, so that it predicts an MAE), separately for energies per atom and force
-    components; the scale does not move the estimate much (λ absorbs it), the ranking by σ is
-    what counts.
+    components. λ absorbs a scale that is too large; one too small caps λ at 1. What counts
+    most is that σ ranks the errors.
 
     Parameters
     ----------
