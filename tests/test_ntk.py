@@ -187,3 +187,47 @@ def test_force_probe_rows_are_probes_of_the_exact_force_rows(model):
     np.testing.assert_allclose(joint[1:4], rows[:3] * 0.5, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="force_probes"):
         NTKFeaturizer(model, force_probes=0)
+
+
+def test_probe_designs_shared_and_atom_blocks(model):
+    """``shared`` probes depend on the atoms and their order, not on the positions, so frames
+    of one molecule share them; ``atom_blocks`` deals each coordinate to one probe, and with
+    k = 3N its rows carry exactly the Gram matrix of the exact rows."""
+    from tangentlab.acquisition.ntk_probes import probe_vectors
+
+    base = _structures(("CH3OH",))[0]
+    moved = base.copy()
+    moved.positions += np.random.default_rng(1).normal(scale=0.05, size=moved.positions.shape)
+    reordered = base[[1, 0, *range(2, len(base))]]
+    for design in ("shared", "atom_blocks"):
+        np.testing.assert_array_equal(probe_vectors(base, 4, 2, design),
+                                      probe_vectors(moved, 4, 2, design))
+        assert not np.array_equal(probe_vectors(base, 4, 2, design),
+                                  probe_vectors(reordered, 4, 2, design))
+    assert not np.array_equal(probe_vectors(base, 4, 2), probe_vectors(moved, 4, 2))
+    blocks = probe_vectors(base, 4, 2, "atom_blocks")
+    assert ((blocks != 0).sum(axis=0) == 1).all()  # every coordinate in exactly one probe
+    assert (np.count_nonzero(blocks, axis=2) <= 1).all()  # an atom's components apart
+    n = 3 * len(base)
+    full = probe_vectors(base, n, 2, "atom_blocks").reshape(n, n)
+    np.testing.assert_allclose(full.T @ full / n, np.eye(n), atol=1e-12)
+
+    structures = [base, moved]
+    exact, _ = NTKFeaturizer(model, sketch_dim=6, seed=2).force_rows(structures)
+    shared, counts = NTKFeaturizer(model, sketch_dim=6, seed=2, force_probes=2,
+                                   probe_design="shared").force_rows(structures)
+    np.testing.assert_array_equal(counts, [2, 2])
+    u = probe_vectors(base, 2, 2, "shared").reshape(2, -1)
+    scale = np.abs(exact).max()
+    for i in range(2):
+        np.testing.assert_allclose(shared[2 * i : 2 * i + 2],
+                                   u @ exact[n * i : n * (i + 1)] / np.sqrt(2),
+                                   rtol=1e-3, atol=1e-4 * scale)
+    blocked, _ = NTKFeaturizer(model, sketch_dim=6, seed=2, force_probes=n,
+                               probe_design="atom_blocks").force_rows(structures)
+    for i in range(2):
+        gram = blocked[n * i : n * (i + 1)].T @ blocked[n * i : n * (i + 1)]
+        exact_gram = exact[n * i : n * (i + 1)].T @ exact[n * i : n * (i + 1)]
+        np.testing.assert_allclose(gram, exact_gram, rtol=1e-3, atol=1e-4 * scale**2)
+    with pytest.raises(ValueError, match="probe_design"):
+        NTKFeaturizer(model, force_probes=2, probe_design="hadamard")

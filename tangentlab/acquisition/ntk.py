@@ -34,7 +34,7 @@ from ase import Atoms
 
 from tangentlab.acquisition.ntk_double_backward import directional_rows
 from tangentlab.acquisition.ntk_per_sample import PerSampleGradients
-from tangentlab.acquisition.ntk_probes import probe_rows
+from tangentlab.acquisition.ntk_probes import DESIGNS, probe_rows
 from tangentlab.acquisition.ntk_reference import (
     per_structure_force_jacobians,
     per_structure_gradients,
@@ -82,6 +82,10 @@ class NTKFeaturizer:
         k: force rows as k random force probes per structure
         (`tangentlab.acquisition.ntk_probes`: k + 1 energy-gradient passes instead of d
         double-backward ones); None: the exact 3N rows.
+    probe_design
+        How the probes are drawn (`tangentlab.acquisition.ntk_probes.DESIGNS`):
+        ``"independent"`` (per structure, the default), ``"shared"`` (the same probes for
+        structures with the same atoms in the same order) or ``"atom_blocks"``.
     """
 
     def __init__(
@@ -98,12 +102,16 @@ class NTKFeaturizer:
         direction_chunk: int | None = None,
         cache_bytes: int = 1 << 30,
         force_probes: int | None = None,
+        probe_design: str = "independent",
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if force_probes is not None and int(force_probes) < 1:
             raise ValueError(f"force_probes must be a positive integer or None, got {force_probes}")
+        if probe_design not in DESIGNS:
+            raise ValueError(f"probe_design must be one of {DESIGNS}, got {probe_design!r}")
         self.force_probes = None if force_probes is None else int(force_probes)
+        self.probe_design = probe_design
         self.seed = int(seed)
         self.model = model
         self.device = torch.device(
@@ -269,7 +277,8 @@ class NTKFeaturizer:
     def _probe_rows(self, batch, chunk, *, with_energy: bool):
         """Energy rows (or None) and probe force rows of one batch, as float64 arrays."""
         energy, forces = probe_rows(self._batch_energy_rows, batch, chunk, self.force_probes,
-                                    self.seed, self.dtype, with_energy=with_energy)
+                                    self.seed, self.dtype, with_energy=with_energy,
+                                    design=self.probe_design)
         def to_numpy(rows):
             return None if rows is None else rows.detach().cpu().numpy().astype(np.float64)
         return to_numpy(energy), to_numpy(forces)

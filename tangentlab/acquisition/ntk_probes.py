@@ -16,9 +16,21 @@ relative), a central one with step 1e-3 Å in float32. Cost: k + 1 (float64) or 
 per-sample passes per batch, whatever the sketch dimension d and the number of atoms,
 against d double-backward passes for the exact rows.
 
-Each structure's probes are drawn from a generator seeded by the sketch seed and a hash of
-its atomic numbers and positions: the same structure gets the same rows in every call and
-batch.
+Probe designs (``design``):
+
+- ``"independent"`` (the default): Rademacher vectors from a generator seeded by the sketch
+  seed and a hash of the structure's atomic numbers and positions: the same structure gets
+  the same rows in every call and batch, and two structures independent probes.
+- ``"shared"``: common random numbers: Rademacher vectors seeded by the sketch seed and the
+  atomic numbers only, so every structure with the same atoms in the same order gets the same
+  probes and the structures being ranked share the probes' noise.
+- ``"atom_blocks"``: shared as well, but each probe displaces only a block of the atoms: the
+  3N coordinates are dealt to the k probes (an atom's three components to three different
+  probes when k >= 3), each with a random sign, scaled by √k so that ``E[u uᵀ] = I`` still
+  holds over the draw of the blocks. With k = 3N it gives the exact rows up to sign.
+
+None of them ranked acac frames like the exact rows with k <= 4
+(docs/benchmarks/force-ntk-cost.md).
 """
 
 from __future__ import annotations
@@ -32,13 +44,16 @@ import numpy as np
 import torch
 from ase import Atoms
 
+#: Probe designs (see the module docstring).
+DESIGNS = ("independent", "shared", "atom_blocks")
+
 #: Finite-difference step (Å) and scheme per dtype.
 STEPS = {torch.float64: (1e-6, "forward"), torch.float32: (1e-3, "central")}
 
 
-def probe_vectors(atoms: Atoms, k: int, seed: int) -> np.ndarray:
+def probe_vectors(atoms: Atoms, k: int, seed: int, design: str = "independent") -> np.ndarray:
     """
-    The k Rademacher probe vectors of one structure.
+    The k probe vectors of one structure.
 
     Parameters
     ----------
@@ -48,16 +63,32 @@ def probe_vectors(atoms: Atoms, k: int, seed: int) -> np.ndarray:
         Number of probes.
     seed
         Seed (the sketch seed).
+    design
+        One of `DESIGNS`.
 
     Returns
     -------
     np.ndarray
-        (k, N, 3) array of ±1.
+        (k, N, 3) array with ``E[Σ_j u_j u_jᵀ] / k = I`` (entries ±1, or 0 and ±√k for
+        ``"atom_blocks"``).
     """
+    if design not in DESIGNS:
+        raise ValueError(f"probe design must be one of {DESIGNS}, got {design!r}")
     key = zlib.crc32(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
-    key = zlib.crc32(np.asarray(atoms.positions, dtype=np.float64).tobytes(), key)
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), key, k]))
-    return rng.integers(0, 2, size=(k, len(atoms), 3)).astype(np.float64) * 2.0 - 1.0
+    if design == "independent":
+        key = zlib.crc32(np.asarray(atoms.positions, dtype=np.float64).tobytes(), key)
+    entropy = [int(seed), key, k] + ([DESIGNS.index(design)] if design != "independent" else [])
+    rng = np.random.default_rng(np.random.SeedSequence(entropy))
+    n = len(atoms)
+    if design != "atom_blocks":
+        return rng.integers(0, 2, size=(k, n, 3)).astype(np.float64) * 2.0 - 1.0
+    order = rng.permutation(n)
+    block = (order[:, None] * 3 + np.arange(3)[None, :]) % k  # atom a, component c -> probe
+    signs = rng.integers(0, 2, size=(n, 3)).astype(np.float64) * 2.0 - 1.0
+    vectors = np.zeros((k, n, 3))
+    atom, component = np.meshgrid(np.arange(n), np.arange(3), indexing="ij")
+    vectors[block, atom, component] = signs * math.sqrt(k)
+    return vectors
 
 
 def _displaced(batch, displacement: torch.Tensor):
@@ -76,6 +107,7 @@ def probe_rows(
     dtype: torch.dtype,
     *,
     with_energy: bool,
+    design: str = "independent",
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """
     Probe force rows (and optionally energy rows) of one batch.
@@ -96,6 +128,8 @@ def probe_rows(
         The model's dtype (chooses step and scheme, see `STEPS`).
     with_energy
         Also return the energy rows at the undisplaced positions.
+    design
+        The probe design (`DESIGNS`).
 
     Returns
     -------
@@ -105,7 +139,7 @@ def probe_rows(
         (B * k, d) rows, structure after structure, ``S ∂(u_j·F)/∂θ / √k``.
     """
     step, scheme = STEPS.get(dtype, STEPS[torch.float32])
-    probes = [probe_vectors(atoms, k, seed) for atoms in atoms_list]
+    probes = [probe_vectors(atoms, k, seed, design) for atoms in atoms_list]
     base = energy_rows(batch) if (with_energy or scheme == "forward") else None
     columns = []
     for j in range(k):
