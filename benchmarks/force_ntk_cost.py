@@ -9,7 +9,13 @@ O, OH and H adsorbates, 40 atoms, periodic) it measures in one process, one torc
   on a machine whose load drifts;
 - **exact**: the force and energy-force NTK rows over all 3N force components
   (``force_probes=None``, d double-backward passes per batch), sketch d;
-- **probes k**: the same signals with k force probes per structure (``force_probes=k``).
+- **probes k**: the same signals with k force probes per structure (``force_probes=k``),
+  for each probe design of ``--probe-designs`` (independent per structure, shared by
+  structures with the same atoms, or shared atom blocks;
+  `tangentlab.acquisition.ntk_probes.DESIGNS`);
+- **subsets** (``--subsets PARAMETERS:D:CHUNK``): exact rows over a parameter subset
+  (``parameters=readouts`` or ``last_layer``) with sketch d, CHUNK directions per vmapped
+  reverse pass (``direction_chunk``), sketch seed 1.
 
 Each cost is seconds per structure divided by the inference's (probe variants: best of two).
 Then the selection quality against the exact rows, for both signals: the labelled set is the
@@ -19,7 +25,10 @@ campaign's (row normalisation on labelled + pool, A on the labelled rows, λ 1e-
 agreement of two exact signals with independent sketches (seeds 0 and 1); the probe signal
 is compared to the exact seed-0 signal with its own seed 1 (independent parameter sketch and
 probes), so the two comparisons have the same form. Reported: the Spearman correlation of σ²
-over the pool and the overlap of the greedy batches (shared picks / batch size).
+over the pool and the overlap of the greedy batches (shared picks / batch size). With
+``--exact-labelled`` each probe variant is also scored with the exact rows of its sketch seed
+for the labelled set (the pool keeps its probe rows): a diagnostic of how much of the probes'
+error comes from the labelled set's A.
 
 Example::
 
@@ -53,6 +62,7 @@ with contextlib.redirect_stdout(sys.stderr):
 
     from benchmarks.model_shapes import build_model
     from tangentlab.acquisition.ntk import NTKFeaturizer
+    from tangentlab.acquisition.ntk_probes import DESIGNS, probe_vectors
     from tangentlab.acquisition.scorer import fit_rows
     from tangentlab.acquisition.select import select_batch
     from tangentlab.mace_model import default_dtype, iter_batches, load_model
@@ -149,6 +159,68 @@ def split_joint(rows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     return rows[keep], counts - 1
 
 
+def _exact_labelled(exact, exact_counts, probes, probe_counts, n_labelled):
+    """The labelled structures' exact rows followed by the pool's probe rows."""
+    exact_split = int(np.sum(exact_counts[:n_labelled]))
+    probe_split = int(np.sum(probe_counts[:n_labelled]))
+    return (np.concatenate([exact[:exact_split], probes[probe_split:]]),
+            np.concatenate([exact_counts[:n_labelled], probe_counts[n_labelled:]]))
+
+
+def synthetic_draws(joint, joint_counts, structures, args) -> dict:
+    """Quality of ``args.draws`` probe draws per design and k, made from the exact rows.
+
+    A structure's probe rows are ``uᵀ R / √k`` for its exact force rows R (what the
+    finite differences compute, tests/test_ntk.py), so many draws of the probes cost no
+    passes: same sketch (seed 0) as the reference, only the probes differ. Each draw is
+    scored with probe rows for the labelled set too, and with its exact rows.
+    """
+    starts = np.concatenate([[0], np.cumsum(joint_counts)])
+    energy = [joint[starts[i] : starts[i] + 1] for i in range(len(structures))]
+    forces = [joint[starts[i] + 1 : starts[i + 1]] for i in range(len(structures))]
+    reference_rows = {("energy_force_ntk", "exact"): joint}
+    reference_counts = {("energy_force_ntk", "exact"): joint_counts}
+    reference_rows[("force_ntk", "exact")], reference_counts[("force_ntk", "exact")] = (
+        split_joint(joint, joint_counts))
+    out = {}
+    for design in args.probe_designs:
+        for k in args.probes:
+            rows, counts = dict(reference_rows), dict(reference_counts)
+            for draw in range(args.draws):
+                pieces = []
+                for atoms, e, f in zip(structures, energy, forces, strict=True):
+                    u = probe_vectors(atoms, k, 1000 + draw, design).reshape(k, -1)
+                    pieces.append((e, u @ f / np.sqrt(k)))
+                force_rows = np.concatenate([f for _, f in pieces])
+                force_counts = np.full(len(structures), k)
+                joint_rows = np.concatenate([np.concatenate([e, f]) for e, f in pieces])
+                for signal, r, c in (("force_ntk", force_rows, force_counts),
+                                     ("energy_force_ntk", joint_rows, force_counts + 1)):
+                    rows[(signal, f"d{draw}")], counts[(signal, f"d{draw}")] = r, c
+                    mixed = _exact_labelled(reference_rows[(signal, "exact")],
+                                            reference_counts[(signal, "exact")], r, c,
+                                            args.labelled)
+                    rows[(signal, f"d{draw}+exact-labelled")] = mixed[0]
+                    counts[(signal, f"d{draw}+exact-labelled")] = mixed[1]
+            scored = quality(rows, counts, structures[args.labelled :], args.labelled,
+                             args.batch)
+            for signal in SIGNALS:
+                reference = scored[(signal, "exact")]
+                for suffix in ("", "+exact-labelled"):
+                    rhos, overlaps = [], []
+                    for draw in range(args.draws):
+                        other = scored[(signal, f"d{draw}{suffix}")]
+                        rhos.append(float(spearmanr(reference["sigma2"],
+                                                    other["sigma2"]).statistic))
+                        overlaps.append(len(set(reference["batch"]) & set(other["batch"]))
+                                        / args.batch)
+                    out[f"{signal}: probes{k}-{design}{suffix} vs exact-seed0"] = {
+                        "draws": args.draws, "spearman_sigma2_mean": float(np.mean(rhos)),
+                        "spearman_sigma2_min": min(rhos), "spearman_sigma2_max": max(rhos),
+                        "greedy_batch_overlap_mean": float(np.mean(overlaps))}
+    return out
+
+
 def measure_system(name, model, structures, args) -> dict:
     """Costs and quality of one system."""
     n = args.labelled + args.pool
@@ -168,13 +240,25 @@ def measure_system(name, model, structures, args) -> dict:
         return t, t_inf, held["value"]
 
     rows, counts, costs = {}, {}, {}
-    variants = [("exact", None, 0), ("exact", None, 1)]
-    variants += [(f"probes{k}", k, 1) for k in args.probes]
-    variants += [(f"probes{k}", k, 0) for k in args.probes]
-    for label, k, seed in variants:
-        featurizer = NTKFeaturizer(model, sketch_dim=args.sketch_dim, seed=seed,
+    # (label, probes k, sketch seed, probe design, parameters, sketch dim, direction chunk)
+    variants = [("exact", None, 0, None, "all", args.sketch_dim, 1),
+                ("exact", None, 1, None, "all", args.sketch_dim, 1)]
+    if args.draws_only:
+        variants = variants[:1]
+    for design in args.probe_designs if not args.draws_only else []:
+        tag = "" if design == "independent" else f"-{design}"
+        for seed in (1, 0):
+            variants += [(f"probes{k}{tag}", k, seed, design, "all", args.sketch_dim, 1)
+                         for k in args.probes]
+    for subset in args.subsets if not args.draws_only else []:  # exact rows over a parameter subset, independent sketch
+        parameters, dim, chunk = subset.split(":")
+        variants.append((f"exact-{parameters}-d{dim}-chunk{chunk}", None, 1, None, parameters,
+                         int(dim), int(chunk)))
+    for label, k, seed, design, parameters, dim, chunk in variants:
+        featurizer = NTKFeaturizer(model, sketch_dim=dim, seed=seed, parameters=parameters,
                                    batch_size=args.batch_size, force_probes=k,
-                                   method="per_sample")
+                                   probe_design=design or "independent",
+                                   direction_chunk=chunk, method="per_sample")
         featurizer.energy_force_rows(structures[:2])  # warm-up
         t_joint, t_inf, (joint, joint_counts) = timed(
             lambda f=featurizer: f.energy_force_rows(structures), 1 if k is None else 2)
@@ -193,7 +277,22 @@ def measure_system(name, model, structures, args) -> dict:
         print(f"[{name}] {key}: {cost}", file=sys.stderr, flush=True)
         rows[("energy_force_ntk", key)], counts[("energy_force_ntk", key)] = joint, joint_counts
         rows[("force_ntk", key)], counts[("force_ntk", key)] = split_joint(joint, joint_counts)
+    if args.exact_labelled:  # diagnostic: exact rows for the labelled set, probes for the pool
+        for signal in SIGNALS:
+            for key in [key for s, key in list(rows) if s == signal and key.startswith("probes")]:
+                exact_key = "exact-" + key.rsplit("-", 1)[1]
+                mixed = _exact_labelled(rows[(signal, exact_key)], counts[(signal, exact_key)],
+                                        rows[(signal, key)], counts[(signal, key)],
+                                        args.labelled)
+                rows[(signal, key + "+exact-labelled")] = mixed[0]
+                counts[(signal, key + "+exact-labelled")] = mixed[1]
     result["cost"] = costs
+    if args.draws:
+        result["synthetic_draws"] = synthetic_draws(
+            rows[("energy_force_ntk", "exact-seed0")], counts[("energy_force_ntk", "exact-seed0")],
+            structures, args)
+    if args.draws_only:
+        return result
     scored = quality(rows, counts, structures[args.labelled :], args.labelled, args.batch)
     comparisons = {}
     for signal in SIGNALS:
@@ -232,6 +331,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8, help="greedy batch size")
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--probe-designs", nargs="+", default=["independent"],
+                        choices=list(DESIGNS),
+                        help="probe designs (tangentlab.acquisition.ntk_probes.DESIGNS)")
+    parser.add_argument("--subsets", nargs="*", default=[],
+                        help="exact rows over a parameter subset, each PARAMETERS:D:CHUNK "
+                             "(e.g. readouts:64:1; CHUNK directions per vmapped reverse pass)")
+    parser.add_argument("--exact-labelled", action="store_true",
+                        help="also score each probe variant with the exact rows of the "
+                             "labelled set (quality only: where the probes' error comes from)")
+    parser.add_argument("--draws", type=int, default=0,
+                        help="also score this many probe draws per design and k made from "
+                             "the exact seed-0 rows (quality only; no extra passes)")
+    parser.add_argument("--draws-only", action="store_true",
+                        help="only the exact seed-0 rows and the --draws (no probe passes)")
     parser.add_argument("--sketch-dim", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8, help="structures per forward")
     parser.add_argument("--threads", type=int, default=1)
