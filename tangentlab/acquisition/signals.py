@@ -149,7 +149,8 @@ _NTK_OPTIONS = {
 #: rows, d double-backward passes). k probes cost k + 1 energy-gradient passes (<= 10x
 #: inference for k <= 2) but ranked σ² far from the exact rows (Spearman 0.1-0.4 against 0.99
 #: between two exact sketches on acac; 0.85-0.92 with 4 probes on a 40-atom slab;
-#: docs/benchmarks/force-ntk-cost.md), so the exact rows stay the default.
+#: docs/benchmarks/force-ntk-cost.md), so the exact rows stay the default. Shared and
+#: atom-block probes (``NTKFeaturizer(probe_design=...)``) did not rank acac better.
 FORCE_PROBES = None
 
 
