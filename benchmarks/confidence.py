@@ -10,8 +10,10 @@ split kept as a campaign keeps it. After every round:
   reserves and the independent sets) are one population. Per seed and round, ``--splits``
   random splits of it into a test set (10, 30 or 100 structures) and an independent set (all
   the rest, at least ``MIN_INDEPENDENT``): the stated interval of the test set (each bootstrap
-  method of :func:`tangentlab.confidence.mae_interval`) against the independent set's MAE, and
-  against the whole population's (:func:`split_coverage`);
+  method of :func:`tangentlab.confidence.mae_interval`, and the prediction-powered intervals of
+  :func:`tangentlab.prediction_powered.ppi_interval` from σ of every structure) against the
+  independent set's MAE, and against the whole population's; a σ-stratified test set on
+  splits of its own (:func:`split_coverage`);
 - **predicted MAE**: the MAE over the unlabelled pool predicted from σ with the validation
   labels (:func:`tangentlab.confidence.predicted_mae`), against the independent set's;
 - **stop decisions**: for a grid of targets around the seed's learning curve,
@@ -47,6 +49,7 @@ from tangentlab.confidence import (
     predicted_mae,
     stratified_pick,
 )
+from tangentlab.prediction_powered import ppi_interval
 from tangentlab.config import Acquisition, Budgets, FineTune, Targets
 
 SIZES = (10, 30, 100)
@@ -182,6 +185,9 @@ def replay(spec, pool, big, seed: int, work: Path, args) -> list[dict]:
             model, train, reference_structures([pool[i] for i in candidates]), settings
         )
         sigma_pool = np.sqrt(scorer.variance(pool))
+        # σ of the independent set too: a prediction-powered interval needs the predicted
+        # error of every structure of the population it estimates the MAE over.
+        sigma_big = np.sqrt(scorer.variance(big))
         pool_errors = structure_errors(model, pool)
         prediction = predicted_mae(
             sigma_pool[valid_ids],
@@ -198,6 +204,9 @@ def replay(spec, pool, big, seed: int, work: Path, args) -> list[dict]:
                 "pool": pool_errors,
                 "big": structure_errors(model, big),
                 "sigma": sigma_pool,
+                "sigma_big": sigma_big,
+                "valid_ids": np.array(valid_ids, dtype=np.int64),
+                "train_ids": np.array(train_ids, dtype=np.int64),
                 "predicted_force": prediction,
                 "finetune_s": finetune_s,
             }
@@ -238,24 +247,118 @@ def exact_coverage(size: int, independent: int, level: float = LEVEL) -> float:
     return 2 * normal.cdf(z / np.sqrt(1 + size / independent)) - 1
 
 
+def predicted_errors(r: dict, reserves: int) -> dict[str, np.ndarray] | None:
+    """Per structure of the population (the reserves, then the independent set), the error
+    predicted from σ with the round's validation labels: ``scale · σ`` with the scale a ratio of
+    sums over the validation structures (as :func:`tangentlab.confidence.predicted_mae`), as a
+    predicted absolute energy error per atom and a predicted sum of absolute force component
+    errors (the predicted component error times the components). None without σ of the
+    independent set or fewer than two validation structures."""
+    if "sigma_big" not in r or len(r.get("valid_ids", ())) < 2:
+        return None
+    valid = np.asarray(r["valid_ids"], dtype=int)
+    sigma = np.concatenate([r["sigma"][:reserves], r["sigma_big"]])
+    counts = np.concatenate([r["pool"]["counts"][:reserves], r["big"]["counts"]])
+    pool = r["pool"]
+    energy_scale = pool["energy"][valid].sum() / r["sigma"][valid].sum()
+    force_scale = pool["force"][valid].sum() / (r["sigma"][valid] * pool["counts"][valid]).sum()
+    return {"energy": energy_scale * sigma, "force": force_scale * sigma * counts, "sigma": sigma}
+
+
+#: Interval methods that use the predicted errors of the independent set (prediction-powered
+#: inference, :func:`tangentlab.prediction_powered.ppi_interval`) on the same random splits.
+#: ``ppi``: bootstrap-t with the σ-scaled variance (the product's ``targets.interval: ppi``,
+#: chosen on acac); ``ppi-t``: Student t with it; ``ppi-sample``: Student t with the test set's
+#: own residual variance (the textbook PPI++ interval).
+PPI_METHODS = {
+    "ppi": {"method": "studentized", "variance": "scaled"},
+    "ppi-t": {"method": "normal", "variance": "scaled"},
+    "ppi-sample": {"method": "normal", "variance": "sample"},
+}
+#: The σ-stratified design: the top ``TOP_FRACTION`` of the population by σ is one stratum,
+#: ``TOP_SHARE`` of the test set is drawn from it, the rest from the others; the stratified
+#: ratio estimator with a Student t interval.
+TOP_FRACTION = 0.1
+TOP_SHARE = 1 / 3
+
+
+def stratified_interval(
+    population: dict[str, np.ndarray], strata_test, strata_rest, quantity: str
+) -> tuple[float, float]:
+    """90 % interval of the MAE over ``strata_rest`` (a list of index arrays, one per
+    stratum) from the test structures ``strata_test`` drawn per stratum: each stratum's ratio
+    weighted by its share of the rest's errors (components for forces), the variance
+    ``Σ W² s²(1/n_h + 1/N_h)`` (delta method per stratum), Student t with n − strata degrees of
+    freedom."""
+    from scipy.stats import t
+
+    sums = population[quantity]
+    weights = population["counts"] if quantity == "force" else np.ones_like(sums)
+    total = sum(weights[rest].sum() for rest in strata_rest)
+    estimate = variance = 0.0
+    for test, rest in zip(strata_test, strata_rest, strict=True):
+        share = weights[rest].sum() / total
+        ratio = sums[test].sum() / weights[test].sum()
+        influence = (sums[test] - ratio * weights[test]) / weights[test].mean()
+        estimate += share * ratio
+        variance += share**2 * influence.var(ddof=1) * (1 / len(test) + 1 / len(rest))
+    size = sum(len(test) for test in strata_test)
+    half = float(t.ppf(0.5 + LEVEL / 2, size - len(strata_test))) * np.sqrt(variance)
+    return max(0.0, estimate - half), estimate + half
+
+
+def stratified_split(sigma: np.ndarray, size: int, rng: np.random.Generator):
+    """A σ-stratified test set of ``size`` (``TOP_SHARE`` of it from the top ``TOP_FRACTION``
+    by σ) and the rest, per stratum."""
+    order = np.argsort(sigma, kind="stable")
+    cut = len(order) - int(round(TOP_FRACTION * len(order)))
+    strata = [order[cut:], order[:cut]]
+    top = max(2, int(round(TOP_SHARE * size)))
+    tests, rests = [], []
+    for stratum, count in zip(strata, (top, size - top), strict=True):
+        picked = rng.permutation(len(stratum))
+        tests.append(np.sort(stratum[picked[:count]]))
+        rests.append(np.sort(stratum[picked[count:]]))
+    return tests, rests
+
+
 def split_coverage(
     rounds: list[dict],
     reserves: int,
     splits: int,
     seed: int,
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = METHODS + tuple(PPI_METHODS) + ("stratified",),
     min_rest: int = MIN_INDEPENDENT,
     resamples: int = 500,
 ) -> dict:
     """Coverage of the stated intervals over random splits of the never-trained-on structures
     (the test reserves, ``pool[:reserves]``, and the independent sets): per round (the starting
     model left out) and test size, ``splits`` test sets, each interval against the MAE of the
-    rest of the population (``independent``) and of the whole population (``population``)."""
+    rest of the population (``independent``) and of the whole population (``population``).
+    The prediction-powered methods (`PPI_METHODS`) see the predicted errors of the rest on the
+    same splits; ``"stratified"`` draws its own σ-stratified splits (another generator, so the
+    random splits stay those of the other methods); both only where the rounds hold σ of the
+    independent set (:func:`predicted_errors`)."""
     rng = np.random.default_rng(seed)
+    strata_rng = np.random.default_rng(seed + 10_000)
     hits: dict = {}
     sizes: dict = {}
+
+    def count(key, size, total, found, truth, whole):
+        for quantity, (low, high) in found.items():
+            full = f"{quantity} n={size} {key}"
+            sizes[full] = (size, total - size)
+            entry = hits.setdefault(
+                full, {"independent": [], "population": [], "above": [], "width": []}
+            )
+            entry["independent"].append(low <= truth[quantity] <= high)
+            entry["population"].append(low <= whole[quantity] <= high)
+            entry["above"].append(truth[quantity] > high)
+            entry["width"].append((high - low) / whole[quantity])
+
     for r in rounds[1:]:
         population = {k: np.concatenate([r["pool"][k][:reserves], r["big"][k]]) for k in r["big"]}
+        predicted = predicted_errors(r, reserves)
         whole = mae(population)
         total = len(population["counts"])
         for size in SIZES:
@@ -263,32 +366,52 @@ def split_coverage(
                 test, rest = split_population(size, total, rng, min_rest)
                 truth = mae({k: v[rest] for k, v in population.items()})
                 for method in methods:
+                    if method in METHODS:
+                        found = {
+                            "energy": mae_interval(
+                                population["energy"][test],
+                                level=LEVEL,
+                                method=method,
+                                resamples=resamples,
+                            ),
+                            "force": mae_interval(
+                                population["force"][test],
+                                population["counts"][test],
+                                level=LEVEL,
+                                method=method,
+                                resamples=resamples,
+                            ),
+                        }
+                    elif method in PPI_METHODS and predicted is not None:
+                        found = {}
+                        for quantity in ("energy", "force"):
+                            weights = (
+                                population["counts"]
+                                if quantity == "force"
+                                else np.ones(total)
+                            )
+                            found[quantity] = ppi_interval(
+                                population[quantity][test],
+                                predicted[quantity][test],
+                                predicted[quantity][rest],
+                                weights[test],
+                                weights[rest],
+                                level=LEVEL,
+                                resamples=resamples,
+                                **PPI_METHODS[method],
+                            )["interval"]
+                    else:
+                        continue
+                    count(method, size, total, found, truth, whole)
+                if "stratified" in methods and predicted is not None:
+                    tests, rests = stratified_split(predicted["sigma"], size, strata_rng)
+                    rest = np.concatenate(rests)
+                    truth = mae({k: v[rest] for k, v in population.items()})
                     found = {
-                        "energy": mae_interval(
-                            population["energy"][test],
-                            level=LEVEL,
-                            method=method,
-                            resamples=resamples,
-                        ),
-                        "force": mae_interval(
-                            population["force"][test],
-                            population["counts"][test],
-                            level=LEVEL,
-                            method=method,
-                            resamples=resamples,
-                        ),
+                        q: stratified_interval(population, tests, rests, q)
+                        for q in ("energy", "force")
                     }
-                    for quantity, (low, high) in found.items():
-                        key = f"{quantity} n={size} {method}"
-                        sizes[key] = (size, total - size)
-                        entry = hits.setdefault(
-                            key,
-                            {"independent": [], "population": [], "above": [], "width": []},
-                        )
-                        entry["independent"].append(low <= truth[quantity] <= high)
-                        entry["population"].append(low <= whole[quantity] <= high)
-                        entry["above"].append(truth[quantity] > high)
-                        entry["width"].append((high - low) / whole[quantity])
+                    count("stratified", size, total, found, truth, whole)
     return {
         key: {
             "covered": int(sum(v["independent"])),
@@ -489,6 +612,8 @@ def _view(r: dict, index: int, reserve: int, big: int) -> dict:
     }
     if "sigma" in r:
         view["sigma"] = r["sigma"][cut]
+    if "sigma_big" in r:
+        view["sigma_big"] = r["sigma_big"][far]
     return view
 
 
@@ -523,6 +648,12 @@ def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
     }
 
 
+#: Per-round arrays besides the errors that --raw keeps: σ of the pool and of the independent
+#: set, and the campaign's validation and training indices into the pool (the calibration of σ
+#: into a predicted error is fitted on the validation structures).
+RAW_ARRAYS = ("sigma", "sigma_big", "valid_ids", "train_ids")
+
+
 def load_raw(path: Path) -> list[dict]:
     """The rounds :func:`save_raw` wrote."""
     raw = np.load(path)
@@ -532,8 +663,9 @@ def load_raw(path: Path) -> list[dict]:
         r = {**extra, "labels": int(raw["labels"][index])}
         for where in ("pool", "big"):
             r[where] = {key: raw[f"{index}_{where}_{key}"] for key in ("energy", "force", "counts")}
-        if f"{index}_sigma" in raw:
-            r["sigma"] = raw[f"{index}_sigma"]
+        for key in RAW_ARRAYS:
+            if f"{index}_{key}" in raw:
+                r[key] = raw[f"{index}_{key}"]
         rounds.append(r)
     return rounds
 
@@ -552,8 +684,9 @@ def save_raw(rounds: list[dict], path: Path) -> None:
         for where in ("pool", "big"):
             for key, values in r[where].items():
                 raw[f"{index}_{where}_{key}"] = values
-        if "sigma" in r:
-            raw[f"{index}_sigma"] = r["sigma"]
+        for key in RAW_ARRAYS:
+            if key in r:
+                raw[f"{index}_{key}"] = r[key]
     np.savez_compressed(path, **raw)
 
 

@@ -295,7 +295,7 @@ def _evaluate(run: Run, where: Where) -> None:
         task_run_name=f"evaluate round {where.number} (model {where.trained_model_id})"
     )(
         run.url, run.campaign_id, where.number, run.cfg.device, run.round_start,
-        run.cfg.targets.force_atoms, level=interval_level(run.cfg),
+        run.cfg.targets.force_atoms, level=interval_level(run.cfg), config=run.cfg,
     )
     run.publish()
 
@@ -310,7 +310,7 @@ def _grow_test_set(run: Run, where: Where) -> None:
         if evaluation_is_stale(run.url, run.campaign_id):
             reevaluate_round.with_options(task_run_name=f"re-evaluate round {where.number}")(
                 run.url, run.campaign_id, where.number, run.cfg.device, run.cfg.targets.force_atoms,
-                level=interval_level(run.cfg),
+                level=interval_level(run.cfg), config=run.cfg,
             )
             run.publish()
         run.checkpoint()

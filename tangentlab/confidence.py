@@ -314,3 +314,4 @@ def stratified_pick(scores: Sequence[float], count: int, seed: int = SEED) -> li
     rng = np.random.default_rng(seed)
     edges = np.linspace(0, order.size, count + 1).round().astype(int)
     return sorted(int(order[rng.integers(lo, hi)]) for lo, hi in zip(edges[:-1], edges[1:]))
+

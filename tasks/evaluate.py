@@ -7,18 +7,70 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from db import RoundStatus, labels, registry, rounds, session_scope
-from tangentlab.confidence import DEFAULT_LEVEL, interval_text
+import numpy as np
+
+from db import RoundStatus, labels, registry, rounds, session_scope, structures
+from tangentlab.acquisition.policy import fit_policy_scorer, reference_structures
+from tangentlab.config import CampaignConfig
+from tangentlab.confidence import DEFAULT_LEVEL, interval_text, rounded
 from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics
+from tangentlab.prediction_powered import predicted_error_intervals
 from tangentlab.structures import free_components
 from tasks._db import engine_for
 
+#: The metrics' interval keys, energy first.
+INTERVAL_KEYS = ("energy_mae_interval_mev_per_atom", "force_mae_interval_mev_per_a")
+
+
+def _per_structure(preds, atoms_list, scored) -> dict[str, np.ndarray]:
+    """Per structure: |energy error| per atom (meV/atom), the sum of the scored |force
+    component errors| (meV/Å) and how many components are scored."""
+    energy = [abs(e - a.info["energy"]) / len(a) for (e, _), a in zip(preds, atoms_list, strict=True)]
+    masks = [np.ones((len(a), 3), dtype=bool) if m is None else m for a, m in zip(atoms_list, scored, strict=True)]
+    force = [np.abs(f - a.arrays["forces"])[m].sum() for (_, f), a, m in zip(preds, atoms_list, masks, strict=True)]
+    return {"energy": 1e3 * np.asarray(energy), "force": 1e3 * np.asarray(force),
+            "counts": np.array([m.sum() for m in masks], dtype=np.float64)}
+
+
+def _prediction_powered(url: str, campaign_id: int, config: CampaignConfig, model, test: list, preds,
+                        level: float) -> dict | None:
+    """``targets.interval: ppi``: the intervals of the MAE over the unlabelled pool from the
+    calibrated σ of the evaluated model's scorer (fitted as acquisition fits it) and the test
+    labels (:func:`tangentlab.prediction_powered.predicted_error_intervals`); None where there
+    is nothing to predict from (fewer than two validation labels, an empty pool)."""
+    with session_scope(engine_for(url)) as session:
+        failed = labels.failed_structure_ids(session, campaign_id)
+        pool = [s for s in structures.campaign_structures(session, campaign_id, split="pool")
+                if s.id not in failed]
+        reference = [structures.structure_atoms(s) for s in reference_structures(pool)]
+        pool_atoms = [structures.structure_atoms(s) for s in pool]
+        train = labels.labelled_atoms(session, campaign_id, ["train"])
+        valid = [a for a in labels.labelled_atoms(session, campaign_id, ["valid"])
+                 if a.arrays.get("forces") is not None]
+    if len(valid) < 2 or not pool_atoms or not train:
+        return None
+    free = config.targets.force_atoms == "free"
+
+    def scored(atoms_list):
+        return [free_components(a) if free else None for a in atoms_list]
+
+    scorer = fit_policy_scorer(model, train, reference, config.acquisition, config.device)
+    sets = {"test": _per_structure(preds, test, scored(test)),
+            "valid": _per_structure(predict(model, valid), valid, scored(valid)),
+            "target": {"counts": np.array([m.sum() if m is not None else 3.0 * len(a)
+                                           for a, m in zip(pool_atoms, scored(pool_atoms))], np.float64)}}
+    for name, atoms_list in (("test", test), ("valid", valid), ("target", pool_atoms)):
+        sets[name]["sigma"] = np.sqrt(scorer.variance(atoms_list))
+    return predicted_error_intervals(sets["test"], sets["valid"], sets["target"], level=level)
+
 
 def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str, force_atoms: str,
-                 level: float = DEFAULT_LEVEL) -> dict:
+                 level: float = DEFAULT_LEVEL, config: CampaignConfig | None = None) -> dict:
     """Energy and force errors of a model on the campaign's labelled test set, with their
-    bootstrap intervals at ``level``."""
+    intervals at ``level``: bootstrap intervals, or with ``config.targets.interval`` 'ppi'
+    prediction-powered ones where the round has what they need (``interval_method`` says which;
+    the bootstrap intervals are then kept under ``bootstrap_intervals``)."""
     if force_atoms not in ("free", "all"):
         raise ValueError(f"force_atoms must be 'free' or 'all', got {force_atoms!r}")
     with session_scope(engine_for(url)) as session:
@@ -26,12 +78,25 @@ def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str,
         path = registry.verified_model_path(session, model_version_id)
     if not test:
         raise RuntimeError("the campaign has no labelled test structures to evaluate on")
-    preds = predict(load_model(path, device=device), test)
+    model = load_model(path, device=device)
+    preds = predict(model, test)
     refs = [(a.info["energy"], a.arrays["forces"]) for a in test]
     masks = [free_components(a) for a in test]
     scored = masks if force_atoms == "free" else None
     metrics = error_metrics(preds, refs, [len(a) for a in test], scored, level=level)
     metrics["n_fixed_atoms"] = int(sum((~mask.any(axis=1)).sum() for mask in masks))
+    metrics["interval_method"] = "bootstrap"
+    found = None
+    if config is not None and config.targets.interval == "ppi":
+        found = _prediction_powered(url, campaign_id, config, model, test, preds, level)
+    if found is not None and found["energy"] is not None and found["force"] is not None:
+        metrics["bootstrap_intervals"] = {key: metrics[key] for key in INTERVAL_KEYS}
+        for key, quantity in zip(INTERVAL_KEYS, ("energy", "force"), strict=True):
+            metrics[key] = rounded(found[quantity]["interval"], 2)
+        metrics["interval_method"] = "ppi"
+        metrics["ppi"] = {quantity: {"mae": round(found[quantity]["mae"], 2),
+                                     "lambda": round(found[quantity]["lambda"], 3)}
+                          for quantity in ("energy", "force")} | {"n_target": found["force"]["n_target"]}
     get_run_logger().info(
         "model %d on %d test structures: energy MAE %.1f %s meV/atom, force MAE %.1f %s meV/Å "
         "(%.0f %% intervals)", model_version_id, len(test), metrics["energy_mae_mev_per_atom"],
@@ -59,7 +124,8 @@ def evaluate_model(url: str, campaign_id: int, model_version_id: int, device: st
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_round(url: str, campaign_id: int, number: int, device: str, round_start: float,
-                   force_atoms: str = "free", level: float = DEFAULT_LEVEL) -> dict:
+                   force_atoms: str = "free", level: float = DEFAULT_LEVEL,
+                   config: CampaignConfig | None = None) -> dict:
     """Evaluate round ``number``'s trained model and move the round ``trained -> evaluated``.
 
     The model's test errors (as :func:`evaluate_model`), the round's metrics and its wall time
@@ -68,7 +134,7 @@ def evaluate_round(url: str, campaign_id: int, number: int, device: str, round_s
     """
     with session_scope(engine_for(url)) as session:
         trained_id = rounds.get_round(session, campaign_id, number).trained_model_id
-    metrics = _test_errors(url, campaign_id, trained_id, device, force_atoms, level)
+    metrics = _test_errors(url, campaign_id, trained_id, device, force_atoms, level, config)
     with session_scope(engine_for(url)) as session:
         registry.set_model_metrics(session, trained_id, "test", metrics)
         current = rounds.get_round(session, campaign_id, number)
@@ -82,13 +148,13 @@ def evaluate_round(url: str, campaign_id: int, number: int, device: str, round_s
 
 @task(name="re-evaluate", cache_policy=NO_CACHE)
 def reevaluate_round(url: str, campaign_id: int, number: int, device: str, force_atoms: str = "free",
-                     level: float = DEFAULT_LEVEL) -> dict:
+                     level: float = DEFAULT_LEVEL, config: CampaignConfig | None = None) -> dict:
     """Measure evaluated round ``number``'s model again on the test set as it is now (it grew:
     :mod:`tasks.testset`), replacing the round's and the model's test errors; the round stays
     ``evaluated``."""
     with session_scope(engine_for(url)) as session:
         trained_id = rounds.get_round(session, campaign_id, number).trained_model_id
-    metrics = _test_errors(url, campaign_id, trained_id, device, force_atoms, level)
+    metrics = _test_errors(url, campaign_id, trained_id, device, force_atoms, level, config)
     with session_scope(engine_for(url)) as session:
         registry.set_model_metrics(session, trained_id, "test", metrics)
         current = rounds.get_round(session, campaign_id, number)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tangentlab.confidence import METHODS, interval_text, mae_interval, predicted_mae
+from tangentlab.prediction_powered import ppi_interval
 from tangentlab.metrics import error_metrics
 
 
@@ -122,3 +123,76 @@ def test_bca_moves_the_percentile_interval_toward_the_long_tail():
     assert mae_interval(flat, method="bca") == pytest.approx(
         mae_interval(flat, method="percentile"), rel=0.01
     )
+
+
+def _tailed_population(seed: int, size: int = 2000):
+    """Force errors of a population whose 2 % far-off structures carry about a fifth of the
+    error, with a predicted error per component that foresees them (as a calibrated σ can):
+    per structure the sum of absolute component errors, its components and the predicted sum."""
+    rng = np.random.default_rng(seed)
+    far = rng.random(size) < 0.02
+    predicted = np.where(far, 10.0, 1.0) * rng.lognormal(0, 0.3, size)
+    actual = predicted * rng.lognormal(0, 0.4, size)
+    counts = rng.integers(2, 7, size) * 3.0
+    return actual * counts, counts, predicted * counts
+
+
+def test_ppi_with_a_perfect_prediction_is_the_targets_mae():
+    sums, counts, _ = _tailed_population(0)
+    test, target = np.arange(20), np.arange(20, 2000)
+    found = ppi_interval(sums[test], sums[test], sums[target], counts[test], counts[target])
+    truth = sums[target].sum() / counts[target].sum()
+    assert found["lambda"] == pytest.approx(1.0)
+    assert found["mae"] == pytest.approx(truth)
+    low, high = found["interval"]
+    assert low == pytest.approx(truth) and high == pytest.approx(truth)
+
+
+def test_ppi_without_a_usable_prediction_is_the_test_mae():
+    # a predicted error that is the same for every structure (per component) says nothing:
+    # λ = 0 and the estimate is the test set's own MAE
+    sums, counts, _ = _tailed_population(1)
+    test, target = np.arange(30), np.arange(30, 2000)
+    found = ppi_interval(sums[test], 5 * counts[test], 5 * counts[target], counts[test], counts[target])
+    assert found["lambda"] == 0.0
+    assert found["mae"] == pytest.approx(sums[test].sum() / counts[test].sum())
+    assert found["n"] == 30 and found["n_target"] == 1970
+    assert ppi_interval([1.0], [1.0], [1.0, 2.0]) is None
+    with pytest.raises(ValueError, match="equally long"):
+        ppi_interval([1.0, 2.0], [1.0], [1.0])
+    with pytest.raises(ValueError, match="unknown method"):
+        ppi_interval([1.0, 2.0], [1.0, 2.0], [1.0], method="bca")
+
+
+def test_ppi_covers_the_far_off_structures_a_small_test_set_lacks():
+    # 150 test sets of 20 from the tailed population, each interval against the MAE of all the
+    # other structures: most test sets hold none of the 2 % far off, and the bootstrap over the
+    # test set cannot see them (it covers about 2 in 3). The prediction-powered interval sees
+    # them through their predicted errors: with the σ-scaled variance it covers far more often
+    # (bootstrap-t, the default) or about as often as it states (Student t); with the test
+    # set's own residual variance (the textbook PPI) less
+    sums, counts, predicted = _tailed_population(2)
+    rng = np.random.default_rng(3)
+    variants = {
+        "ppi": {"resamples": 400},
+        "ppi-t": {"method": "normal"},
+        "ppi-sample": {"method": "normal", "variance": "sample"},
+    }
+    hits = dict.fromkeys(["bootstrap", *variants], 0)
+    for trial in range(150):
+        order = rng.permutation(sums.size)
+        test, target = order[:20], order[20:]
+        truth = sums[target].sum() / counts[target].sum()
+        found = {"bootstrap": mae_interval(sums[test], counts[test], resamples=400, seed=trial)}
+        for name, options in variants.items():
+            found[name] = ppi_interval(
+                sums[test], predicted[test], predicted[target], counts[test], counts[target],
+                seed=trial, **options,
+            )["interval"]
+        for name, (low, high) in found.items():
+            hits[name] += low <= truth <= high
+    coverage = {name: count / 150 for name, count in hits.items()}
+    assert coverage["bootstrap"] <= 0.7
+    assert coverage["ppi"] >= coverage["bootstrap"] + 0.15
+    assert coverage["ppi-t"] >= 0.87
+    assert coverage["ppi-sample"] < coverage["ppi"] <= coverage["ppi-t"]

@@ -254,3 +254,26 @@ def test_a_stored_configuration_with_a_key_without_effect_still_loads():
     assert (config.acquisition.rule, config.test_step) == ("greedy", 5)
     with pytest.raises(ConfigError, match="rule has no effect here"):  # only inside the read
         make_config(stored)
+
+
+@pytest.mark.parametrize("schedule", ["sync", "async"])
+def test_the_two_worker_quick_start_files_differ_from_the_quick_start_only_where_documented(schedule):
+    """docs/benchmarks/async-schedule.md compares these two files as the quick start with 2
+    PySCF workers, one thread per job and 2 rounds, on the one schedule or the other."""
+    from pathlib import Path
+
+    from tangentlab.config import QUICKSTART_POOL, shipped_file
+
+    root = Path(__file__).resolve().parents[1]
+    config = config_json(load_config(root / "examples" / f"quickstart-2workers-{schedule}.yaml"))
+    quickstart = config_json(make_config({"pool": [shipped_file(QUICKSTART_POOL)]}))
+    assert Path(config.pop("pool")[0]).resolve() == Path(quickstart.pop("pool")[0]).resolve()
+    differ = {key for key in quickstart if config[key] != quickstart[key]}
+    async_keys = {"schedule", "streaming"} if schedule == "async" else set()
+    assert differ == {"name", "budgets", "qm"} | async_keys
+    assert config["budgets"] == {**quickstart["budgets"], "max_rounds": 2}
+    assert config["qm"] == {**quickstart["qm"], "max_parallel": 2, "num_threads": 1}
+    assert config["schedule"] == schedule
+    if schedule == "async":  # the streaming defaults
+        defaults = make_config({"pool": [shipped_file(QUICKSTART_POOL)], "schedule": "async"})
+        assert config["streaming"] == config_json(defaults)["streaming"]

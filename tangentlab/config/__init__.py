@@ -174,6 +174,13 @@ class CampaignConfig(Section):
         if self.test_file:
             refuse_if_set(self, ["test_size"], "the test set is test_file's structures, not a draw "
                           "from the pool")
+        if self.targets.interval == "ppi":
+            if self.test_file:
+                raise ValueError("targets.interval 'ppi' estimates the MAE over the pool a test set was "
+                                 "drawn from: leave out test_file (or use 'bootstrap')")
+            if self.acquisition.signal in FEATURELESS_METHODS:
+                raise ValueError(f"targets.interval 'ppi' needs σ from a feature signal; signal "
+                                 f"{self.acquisition.signal!r} has none (use 'bootstrap')")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
         if self.acquisition.signal in FEATURELESS_METHODS and self.exploration is None:
