@@ -27,10 +27,20 @@ def _per_structure(preds, atoms_list, scored) -> dict[str, np.ndarray]:
     """Per structure: |energy error| per atom (meV/atom), the sum of the scored |force
     component errors| (meV/Å) and how many components are scored."""
     energy = [abs(e - a.info["energy"]) / len(a) for (e, _), a in zip(preds, atoms_list, strict=True)]
-    masks = [np.ones((len(a), 3), dtype=bool) if m is None else m for a, m in zip(atoms_list, scored, strict=True)]
+    masks = _masks(atoms_list, scored)
     force = [np.abs(f - a.arrays["forces"])[m].sum() for (_, f), a, m in zip(preds, atoms_list, masks, strict=True)]
     return {"energy": 1e3 * np.asarray(energy), "force": 1e3 * np.asarray(force),
-            "counts": np.array([m.sum() for m in masks], dtype=np.float64)}
+            "counts": _counts(masks)}
+
+
+def _masks(atoms_list, scored) -> list[np.ndarray]:
+    """The scored force components of each structure (None in ``scored``: all of them)."""
+    return [np.ones((len(a), 3), dtype=bool) if m is None else m for a, m in zip(atoms_list, scored, strict=True)]
+
+
+def _counts(masks) -> np.ndarray:
+    """How many force components each structure has scored."""
+    return np.array([m.sum() for m in masks], dtype=np.float64)
 
 
 def _prediction_powered(url: str, campaign_id: int, config: CampaignConfig, model, test: list, preds,
@@ -58,8 +68,7 @@ def _prediction_powered(url: str, campaign_id: int, config: CampaignConfig, mode
     scorer = fit_policy_scorer(model, train, reference, config.acquisition, config.device)
     sets = {"test": _per_structure(preds, test, scored(test)),
             "valid": _per_structure(predict(model, valid), valid, scored(valid)),
-            "target": {"counts": np.array([m.sum() if m is not None else 3.0 * len(a)
-                                           for a, m in zip(pool_atoms, scored(pool_atoms))], np.float64)}}
+            "target": {"counts": _counts(_masks(pool_atoms, scored(pool_atoms)))}}
     for name, atoms_list in (("test", test), ("valid", valid), ("target", pool_atoms)):
         sets[name]["sigma"] = np.sqrt(scorer.variance(atoms_list))
     return predicted_error_intervals(sets["test"], sets["valid"], sets["target"], level=level)
