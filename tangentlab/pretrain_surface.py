@@ -13,6 +13,8 @@ The same seed gives the same structures.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from ase import Atoms, units
 from ase.build import add_adsorbate, fcc111, molecule
@@ -22,9 +24,14 @@ ELEMENTS = ("H", "O", "Cu")
 ADSORBATES = ("O", "H", "OH")
 SITES = ("fcc", "hcp", "bridge", "ontop")
 HEIGHTS = {"O": 1.3, "H": 1.0, "OH": 1.45}  # Å above the top layer on a hollow site, before MD
+#: EMT MD runs that may fail (an OH bond constraint that does not converge in a hot run) before
+#: generate_surface_structures gives up; a failed run's frames are dropped and the next run drawn.
+MAX_SKIPPED_RUNS = 10
 TOP_EXTRA = {"ontop": 0.5, "bridge": 0.2}  # Å added on sites with fewer metal neighbours
 MAX_HEIGHT = 2.6  # Å above the top layer: adsorbates are pulled back beyond it during MD
 SLAB_SIZE = (3, 3, 3)
+
+logger = logging.getLogger(__name__)
 VACUUM = 6.0
 
 
@@ -149,6 +156,10 @@ def generate_surface_structures(n_structures: int, *, seed: int = 0,
     max_adsorbates
         Most adsorbates on one slab.
 
+    A run whose OH bond constraint does not converge (hot runs; ASE raises) is dropped whole
+    and the next run drawn, so the frames of the runs before it are the same as without it;
+    more than ``MAX_SKIPPED_RUNS`` such runs raise.
+
     Returns
     -------
     list[Atoms]
@@ -157,14 +168,22 @@ def generate_surface_structures(n_structures: int, *, seed: int = 0,
     """
     rng = np.random.default_rng(seed)
     out: list[Atoms] = []
-    run = 0
+    run = skipped = 0
     while len(out) < n_structures:
         adsorbates = random_adsorbates(rng, max_adsorbates)
         slab = adsorbate_slab(adsorbates, rng)
         slab.info["adsorbates"] = " ".join(f"{s}@{site}" for s, site in adsorbates) or "clean"
         temperature = temperatures_K[run % len(temperatures_K)]
         n = min(frames_per_run, n_structures - len(out))
-        out.extend(md_frames(slab, temperature, n, sample_every=sample_every,
-                             seed=int(rng.integers(2**31))))
+        run_seed = int(rng.integers(2**31))
         run += 1
+        try:
+            out.extend(md_frames(slab, temperature, n, sample_every=sample_every, seed=run_seed))
+        except RuntimeError as error:  # ASE's FixBondLength: "Did not converge" on a hot OH
+            skipped += 1
+            if skipped > MAX_SKIPPED_RUNS:
+                raise RuntimeError(
+                    f"{skipped} of {run} EMT MD runs failed ({error}); last at {temperature} K"
+                ) from error
+            logger.warning("EMT MD run %d at %s K skipped: %s", run, temperature, error)
     return out

@@ -531,6 +531,22 @@ def test_surface_recipe_gives_constrained_adsorbate_slabs_reproducibly():
     assert {f.info["temperature_K"] for f in frames} == {300.0, 600.0}
 
 
+def test_surface_recipe_skips_an_md_run_whose_bond_constraint_fails(caplog):
+    """The benchmark's 600 K test frames (seed 220600): the third EMT MD run's OH bond
+    constraint does not converge. That run is dropped and the next one drawn; the runs before
+    it give the frames they gave alone."""
+    from tangentlab.pretrain_surface import generate_surface_structures
+
+    recipe = dict(seed=220600, temperatures_K=(600,), frames_per_run=10, sample_every=5)
+    with caplog.at_level("WARNING", logger="tangentlab.pretrain_surface"):
+        frames = generate_surface_structures(22, **recipe)
+    assert len(frames) == 22
+    assert "EMT MD run 3 at 600 K skipped" in caplog.text
+    first_two_runs = generate_surface_structures(20, **recipe)
+    for frame, same in zip(frames[:20], first_two_runs, strict=True):
+        np.testing.assert_array_equal(frame.positions, same.positions)
+
+
 
 def test_shipped_periodic_model_matches_its_card_and_knows_cu_o_h(tmp_path):
     import hashlib
