@@ -21,10 +21,15 @@ split kept as a campaign keeps it. After every round:
   and on an adaptive one that starts at ``--start`` and adds ``--step`` structures (stratified
   by σ, :func:`tangentlab.confidence.stratified_pick`, from the fixed 100's structures, so that
   the two differ only by the labels the adaptive set did not take) only when the interval is
-  too wide to decide and growing can decide (:func:`tangentlab.confidence.planned_test_size`).
+  too wide to decide and growing can decide (:func:`tangentlab.confidence.planned_test_size`);
+- **noise floor and accuracy of the decisions**: the same on a second fixed 100-structure test
+  set drawn from the independent set (:func:`second_test_set`), how often each rule agrees
+  with it, and each rule's decision judged against the MAE of the rest of the independent set
+  (:func:`verdict`). ``--decisions-only`` skips the coverage splits.
 
     python -m benchmarks.confidence h2combustion --seeds 0 1 2 3 4 --out result.json
     python -m benchmarks.confidence acac --from-raw raw/acac-c0.npz raw/acac-c1.npz --out ...
+    python -m benchmarks.confidence acac --from-raw raw/acac-c*.npz --decisions-only --out ...
 """
 
 from __future__ import annotations
@@ -59,6 +64,16 @@ MIN_INDEPENDENT = 500
 #: Fixed test sets the adaptive one is compared with (the first of them is the reference).
 FIXED = (100, 50, 30)
 TARGET_FACTORS = (0.9, 1.0, 1.1, 1.25)
+#: The second fixed test set (the noise floor of the decisions): this many structures of the
+#: draw's independent set, drawn with a generator fixed per draw; the rest of the independent
+#: set is the truth the decisions are judged against.
+SECOND = 100
+#: What a rule's decision is, judged against the truth (see :func:`verdict`).
+VERDICTS = ("met_on_time", "met_late", "met_wrong", "missed", "right_no_met")
+#: The rules judged: the reference, the second fixed set, its prefixes and the adaptive set;
+#: ``fixed100c``: the first 100 of the next draw's reserve (a second 100 from the reserves'
+#: population rather than the independent set's).
+RULES = ("fixed100", "fixed100b", "fixed100c", "fixed50", "fixed30", "adaptive")
 
 
 def draw(frames: list[list], pool_size: int, big_size: int, seed: int):
@@ -507,9 +522,57 @@ def _same_outcome(a: dict, b: dict) -> bool:
     return (a["status"], a["budget"]) == (b["status"], b["budget"])
 
 
-def decision_rows(rounds: list[dict], reserve_order: np.ndarray, spec, args) -> list[dict]:
+def second_test_set(big: int, seed: int, size: int = SECOND) -> tuple[np.ndarray, np.ndarray]:
+    """The second fixed test set (``size`` of the draw's ``big`` independent structures, the
+    same for every campaign analysed with draw ``seed``) and the rest of the independent set."""
+    order = np.random.default_rng(seed + 20_000).permutation(big)
+    return np.sort(order[:size]), np.sort(order[size:])
+
+
+def truth_met(rounds: list[dict], targets: Targets, which=None) -> dict:
+    """Per round, whether the independent set's MAE (of ``which`` of its structures; None: all)
+    of that round's model is at or below both targets."""
+    met = {}
+    for r in rounds[1:]:
+        found = mae(r["big"], which)
+        met[r["round"]] = bool(
+            found["energy"] <= targets.energy_mae_mev_per_atom
+            and found["force"] <= targets.force_mae_mev_per_a
+        )
+    return met
+
+
+def verdict(decision: dict, met: dict) -> str:
+    """A replayed decision against the truth ``met`` (:func:`truth_met`; rounds in order):
+
+    - ``met_wrong``: "met" at a round whose truth is above a target;
+    - ``met_on_time``: "met" at the first round the truth meets both targets;
+    - ``met_late``: "met" at a later round whose truth meets them;
+    - ``missed``: no "met" (a budget, out of reach, or still running) though the truth meets
+      the targets at some round within the budget;
+    - ``right_no_met``: no "met", and the truth meets them at no round.
+    """
+    first = next((number for number, ok in met.items() if ok), None)
+    if decision["status"] == "targets_met":
+        if not met[decision["round"]]:
+            return "met_wrong"
+        return "met_on_time" if decision["round"] == first else "met_late"
+    return "right_no_met" if first is None else "missed"
+
+
+def decision_rows(
+    rounds: list[dict], reserve_order: np.ndarray, spec, args, second=None, neighbour=None
+) -> list[dict]:
+    """Per target, the stop decisions of the fixed test sets and the adaptive one. With
+    ``second`` (:func:`second_test_set`), also a second fixed 100 from the independent set
+    (``fixed100b``), the agreements with it, and each decision's :func:`verdict` against the
+    rest of the independent set (``verdicts``) and against all of it (``verdicts_whole``).
+    With ``neighbour`` (the rounds as another draw sees them, and that draw's fixed 100), also
+    its decision (``fixed100c``), the reference's agreement with it, and its verdicts."""
     rows = []
     budgets = Budgets(max_labels=spec.budget, max_rounds=spec.rounds)
+    # decide reads the rounds after the first (the starting model's) only
+    far = None if second is None else rounds[:1] + [{**r, "pool": r["big"]} for r in rounds[1:]]
     for anchor in rounds[1:]:
         truth = mae(anchor["big"])
         for factor in TARGET_FACTORS:
@@ -532,22 +595,89 @@ def decision_rows(rounds: list[dict], reserve_order: np.ndarray, spec, args) -> 
                 grow_from=reserve_order[: args.max_test],
             )
             reference = fixed[FIXED[0]]
-            rows.append(
-                {
-                    "anchor_round": anchor["round"],
-                    "factor": factor,
-                    "targets": [targets.energy_mae_mev_per_atom, targets.force_mae_mev_per_a],
-                    **{f"fixed{size}": found for size, found in fixed.items()},
-                    "adaptive": adaptive,
-                    "adaptive_same_as_fixed100": _same(adaptive, reference),
-                    "adaptive_same_outcome_as_fixed100": _same_outcome(adaptive, reference),
-                    **{
-                        f"fixed{size}_same_as_fixed100": _same(fixed[size], reference)
-                        for size in FIXED[1:]
-                    },
-                }
-            )
+            row = {
+                "anchor_round": anchor["round"],
+                "factor": factor,
+                "targets": [targets.energy_mae_mev_per_atom, targets.force_mae_mev_per_a],
+                **{f"fixed{size}": found for size, found in fixed.items()},
+                "adaptive": adaptive,
+                "adaptive_same_as_fixed100": _same(adaptive, reference),
+                "adaptive_same_outcome_as_fixed100": _same_outcome(adaptive, reference),
+                **{
+                    f"fixed{size}_same_as_fixed100": _same(fixed[size], reference)
+                    for size in FIXED[1:]
+                },
+            }
+            if second is not None:
+                test, rest = second
+                other = decide(far, targets, budgets, test, False, args)
+                row["fixed100b"] = other
+                if neighbour is not None:
+                    row["fixed100c"] = decide(
+                        neighbour[0], targets, budgets, neighbour[1], False, args
+                    )
+                    row["fixed100c_same_as_fixed100"] = _same(row["fixed100c"], reference)
+                    row["fixed100c_same_outcome_as_fixed100"] = _same_outcome(
+                        row["fixed100c"], reference
+                    )
+                for rule in ("fixed100", "fixed50", "fixed30", "adaptive"):
+                    row[f"{rule}_same_as_fixed100b"] = _same(row[rule], other)
+                    row[f"{rule}_same_outcome_as_fixed100b"] = _same_outcome(row[rule], other)
+                for key, which in (("verdicts", rest), ("verdicts_whole", None)):
+                    met = truth_met(rounds, targets, which)
+                    row[key] = {rule: verdict(row[rule], met) for rule in RULES if rule in row}
+                row["truth_met_rounds"] = [
+                    n for n, ok in truth_met(rounds, targets, rest).items() if ok
+                ]
+            rows.append(row)
     return rows
+
+
+def floor_summary(decisions: list[dict]) -> dict | None:
+    """Agreement with the second fixed 100 and each rule's verdicts (:func:`verdict`) over
+    ``decisions`` (rows of :func:`decision_rows` with a second set); None without them."""
+    rows = [d for d in decisions if "fixed100b" in d]
+    if not rows:
+        return None
+    rules = ("fixed100", "fixed50", "fixed30", "adaptive")
+    judged = {}
+    for key in ("verdicts", "verdicts_whole"):
+        judged[key] = {
+            rule: {
+                **{v: sum(d[key][rule] == v for d in rows) for v in VERDICTS},
+                "met": sum(d[key][rule].startswith("met_") for d in rows),
+            }
+            for rule in RULES
+            if all(rule in d[key] for d in rows)
+        }
+    neighbours = [d for d in rows if "fixed100c" in d]
+    return {
+        "count": len(rows),
+        **(
+            {
+                "fixed100c_same_as_fixed100": sum(
+                    d["fixed100c_same_as_fixed100"] for d in neighbours
+                ),
+                "fixed100c_same_outcome_as_fixed100": sum(
+                    d["fixed100c_same_outcome_as_fixed100"] for d in neighbours
+                ),
+                "fixed100c_count": len(neighbours),
+            }
+            if neighbours
+            else {}
+        ),
+        **{f"{rule}_same_as_fixed100b": sum(d[f"{rule}_same_as_fixed100b"] for d in rows)
+           for rule in rules},
+        **{
+            f"{rule}_same_outcome_as_fixed100b": sum(
+                d[f"{rule}_same_outcome_as_fixed100b"] for d in rows
+            )
+            for rule in rules
+        },
+        "truth_met_at_some_round": sum(bool(d["truth_met_rounds"]) for d in rows),
+        "against_rest_of_independent_set": judged["verdicts"],
+        "against_whole_independent_set": judged["verdicts_whole"],
+    }
 
 
 def summarise(seeds: list[dict]) -> dict:
@@ -597,6 +727,7 @@ def summarise(seeds: list[dict]) -> dict:
             ),
             "adaptive_test_labels_max": int(max(d["adaptive"]["test_labels"] for d in decisions)),
         },
+        **({"decision_floor": floor} if (floor := floor_summary(decisions)) else {}),
     }
 
 
@@ -622,6 +753,14 @@ def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
     independent set."""
     views = [_view(r, index, args.reserve, args.big) for r in rounds]
     reserve_order = np.random.default_rng(seed + 7).permutation(args.reserve)
+    neighbour = None
+    if len(args.seeds) > 1:
+        # the next draw's reference 100: another draw of the reserves' population
+        other = (index + 1) % len(args.seeds)
+        neighbour = (
+            [_view(r, other, args.reserve, args.big) for r in rounds],
+            np.random.default_rng(args.seeds[other] + 7).permutation(args.reserve)[: FIXED[0]],
+        )
     predicted = []
     for r in views[1:]:
         p, truth = r["predicted_force"], mae(r["big"])["force"]
@@ -642,9 +781,18 @@ def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
         "curve": [
             {"round": r["round"], "labels": r["labels"], "mae_big": mae(r["big"])} for r in views
         ],
-        "coverage": split_coverage(rounds, len(args.seeds) * args.reserve, args.splits, seed),
+        "coverage": {}
+        if args.decisions_only
+        else split_coverage(rounds, len(args.seeds) * args.reserve, args.splits, seed),
         "predicted": predicted,
-        "decisions": decision_rows(views, reserve_order, spec, args),
+        "decisions": decision_rows(
+            views,
+            reserve_order,
+            spec,
+            args,
+            second=second_test_set(len(views[1]["big"]["counts"]), seed),
+            neighbour=neighbour,
+        ),
     }
 
 
@@ -746,6 +894,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--raw", type=Path, help="folder for each seed's per-structure errors (.npz)"
+    )
+    parser.add_argument(
+        "--decisions-only",
+        action="store_true",
+        help="skip the coverage splits (the slow part): predicted MAE and stop decisions only",
     )
     args = parser.parse_args(argv)
     import torch

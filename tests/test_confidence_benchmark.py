@@ -100,3 +100,93 @@ def test_adaptive_test_set_grows_from_within_the_fixed_100():
     assert nested["test_labels"] == anywhere["test_labels"] == 100
     assert force_mae(nested) == force_mae(fixed) and nested["status"] == fixed["status"]
     assert force_mae(anywhere) != force_mae(fixed) and anywhere["status"] != fixed["status"]
+
+
+def test_verdict_judges_a_decision_against_the_rounds_the_truth_meets_the_targets():
+    from benchmarks.confidence import verdict
+
+    met = {"start": None, 0: False, 1: True, 2: False, 3: True}
+    met.pop("start")
+
+    def stop(round_, status="targets_met"):
+        return {"round": round_, "status": status, "budget": None}
+
+    assert verdict(stop(1), met) == "met_on_time"
+    assert verdict(stop(3), met) == "met_late"
+    assert verdict(stop(0), met) == "met_wrong"
+    assert verdict(stop(2), met) == "met_wrong"
+    assert verdict(stop(3, "budget_exhausted"), met) == "missed"
+    assert verdict(stop(None, "running"), met) == "missed"
+    never = dict.fromkeys(met, False)
+    assert verdict(stop(1, "budget_exhausted"), never) == "right_no_met"
+    with pytest.raises(KeyError):
+        verdict(stop(4), met)
+
+
+def test_second_fixed_100_is_judged_against_the_rest_of_the_independent_set():
+    # Two rounds. The reserve (and so every test set drawn from it) and the rest of the
+    # independent set have small errors; the second fixed 100 (drawn from the independent set)
+    # holds large ones. Every target (factors of the whole independent set's MAE, which the
+    # second 100 pulls up) is met at round 0 by the reserve's sets and by the truth (the rest):
+    # they are right and on time, the second 100 never says "met" (missed), and no rule agrees
+    # with it. Against the whole independent set (second 100 included), the lowest target is
+    # not met: there the same "met" counts as wrong.
+    import argparse
+    from types import SimpleNamespace
+
+    from benchmarks.confidence import (
+        RULES,
+        TARGET_FACTORS,
+        decision_rows,
+        floor_summary,
+        second_test_set,
+    )
+
+    rng = np.random.default_rng(5)
+    second = second_test_set(300, seed=2)
+    assert len(second[0]) == 100 and len(second[1]) == 200
+    assert not set(second[0]) & set(second[1])
+    assert np.array_equal(second_test_set(300, seed=2)[0], second[0])
+
+    def errors(energy, force, size):
+        spread = rng.uniform(0.98, 1.02, size)
+        return {
+            "energy": energy * spread,
+            "force": 3 * force * spread,
+            "counts": np.full(size, 3.0),
+        }
+
+    rounds = [{"round": "start"}]
+    for number, labels in ((0, 20), (1, 35)):
+        big = errors(0.5, 10.0, 300)
+        high = errors(1.5, 30.0, 100)
+        for key in big:
+            big[key][second[0]] = high[key]
+        rounds.append(
+            {"round": number, "labels": labels, "pool": errors(0.5, 10.0, 120), "big": big}
+        )
+    order = rng.permutation(120)
+    args = argparse.Namespace(reserve=120, max_test=100, step=10, start=10)
+    spec = SimpleNamespace(budget=35, rounds=1)
+    rows = decision_rows(
+        rounds, order, spec, args, second=second, neighbour=(rounds, order[:100])
+    )
+    assert len(rows) == 2 * len(TARGET_FACTORS)
+    for row in rows:
+        assert row["fixed100"]["status"] == "targets_met" and row["fixed100"]["round"] == 0
+        assert row["fixed100b"]["status"] == "budget_exhausted"
+        assert row["truth_met_rounds"] == [0, 1]
+    found = floor_summary(rows)
+    assert found["count"] == 8 and found["truth_met_at_some_round"] == 8
+    for rule in ("fixed100", "fixed50", "fixed30", "adaptive"):
+        assert found[f"{rule}_same_as_fixed100b"] == 0
+    assert found["fixed100c_same_as_fixed100"] == 8
+    rest = found["against_rest_of_independent_set"]
+    assert set(rest) == set(RULES)
+    for rule in ("fixed100", "fixed100c", "fixed50", "fixed30", "adaptive"):
+        assert rest[rule]["met_on_time"] == rest[rule]["met"] == 8
+    assert rest["fixed100b"]["missed"] == 8 and rest["fixed100b"]["met"] == 0
+    # the whole set's MAE is above the 0.9 target (both anchors): those "met" are wrong there
+    whole = found["against_whole_independent_set"]
+    assert whole["fixed100"]["met_wrong"] == 2
+    assert floor_summary([{k: v for k, v in row.items() if k != "fixed100b"} for row in rows]) is None
