@@ -278,6 +278,26 @@ def replay_campaign_config(tmp_path: Path, name: str, pool_size: int, *, seed: i
     return _campaign_config(tmp_path, name, pool, {"name": "replay"}, overrides)
 
 
+# `python -m cli ARGS` once the file GO exists, after the imports the command makes anyway
+# (`python -c CLI_ON_SIGNAL GO STEM ARGS`): a process started ahead of its turn imports while
+# others work, and touches GO.ready-STEM when it is ready. Not released within an hour (its
+# test failed), it exits 1.
+CLI_ON_SIGNAL = """
+import runpy, sys, time
+from pathlib import Path
+
+go, stem = Path(sys.argv.pop(1)), sys.argv.pop(1)
+import cli, cli.commands, flows.campaign  # noqa: E401,F401
+Path(f"{go}.ready-{stem}").touch()
+deadline = time.time() + 3600
+while not go.exists():
+    if time.time() > deadline:
+        sys.exit(1)
+    time.sleep(0.01)
+runpy.run_module("cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def stop_process_group(process, timeout: float = 30) -> None:
     """SIGTERM a child started with ``start_new_session=True`` and its group; SIGKILL it if it
     has not ended after ``timeout`` seconds."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ase.build import molecule
-from conftest import replay_campaign_config
+from conftest import CLI_ON_SIGNAL, replay_campaign_config
 from sqlalchemy import select
 
 from db import (
@@ -100,8 +100,8 @@ def test_the_queue_is_claimed_by_rank_and_reranking_leaves_claimed_picks(databas
 
 
 def _config(tmp_path: Path) -> dict:
-    # Replayed labels that take up to 4 s (the quick start's PySCF times, median 6 s, cut at
-    # 8 s, on a clock twice as fast), two workers and a queue that holds every pick of the
+    # Replayed labels that take up to 2 s (the quick start's PySCF times, median 6 s, cut at
+    # 8 s, on a clock four times as fast), two workers and a queue that holds every pick of the
     # budget (so that picks are still queued when a fine-tune ends), a fine-tune every six new
     # labels.
     return replay_campaign_config(
@@ -111,7 +111,7 @@ def _config(tmp_path: Path) -> dict:
         seed=3,
         schedule="async",
         streaming={"jobs_per_worker": 8, "train_every": 6},
-        oracle={"name": "replay", "latency": {"max_s": 8, "scale": 0.5}},
+        oracle={"name": "replay", "latency": {"max_s": 8, "scale": 0.25}},
         qm={"timeout_s": 120, "max_parallel": 2, "max_attempts": 1},
         acquisition={"batch_size": 4},
         budgets={"max_rounds": 20, "max_labels": 22},
@@ -121,11 +121,17 @@ def _config(tmp_path: Path) -> dict:
     )
 
 
-def _cli(args: list[str], api_url: str, cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1"}
+def _cli(
+    args: list[str], api_url: str, cwd: Path, log: Path, go: Path | None = None
+) -> subprocess.Popen:
+    """`python -m cli ARGS`; with ``go``, imported ahead and run once ``go`` exists
+    (``CLI_ON_SIGNAL``)."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it dies)
+    ahead = ["-m", "cli"] if go is None else ["-c", CLI_ON_SIGNAL, str(go), log.stem]
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, *ahead, *args],
         cwd=cwd,
         env=env,
         stdout=out,
@@ -179,18 +185,34 @@ def test_kill_during_a_fine_tune_with_labels_in_flight_loses_and_repeats_nothing
     prefect_server, tmp_path
 ):
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
+    # Both runs are started ahead of their turn: the start imports while the configuration is
+    # written, the resume while the start works (its labels mostly wait); each runs its
+    # command when its file ``go-*`` is written.
     first = _cli(
         ["--db", url, "start", str(tmp_path / "c.yaml")],
         prefect_server,
         tmp_path,
         tmp_path / "first.log",
+        tmp_path / "go-first",
     )
-    _kill_when_fine_tuning(first, url, tmp_path / "first.log")
-    before = _done(url)
-
-    second = _cli(["--db", url, "resume", NAME], prefect_server, tmp_path, tmp_path / "second.log")
-    assert second.wait(timeout=900) == 3, (tmp_path / "second.log").read_text()[-5000:]
+    second = _cli(
+        ["--db", url, "resume", NAME],
+        prefect_server,
+        tmp_path,
+        tmp_path / "second.log",
+        tmp_path / "go-second",
+    )
+    try:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
+        (tmp_path / "go-first").touch()
+        _kill_when_fine_tuning(first, url, tmp_path / "first.log")
+        before = _done(url)
+        (tmp_path / "go-second").touch()
+        assert second.wait(timeout=900) == 3, (tmp_path / "second.log").read_text()[-5000:]
+    finally:
+        for process in (first, second):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
     jobs, after = _jobs(tmp_path), _done(url)
     assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
     assert set(jobs) == after, "labels and finished QM jobs disagree"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import xtb_campaign_config
+from conftest import CLI_ON_SIGNAL, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, leases, make_engine, session_scope
@@ -36,12 +36,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class Terminal:
-    """A `tangentlab` process on a pseudo-terminal of its own (its controlling terminal)."""
+    """A `tangentlab` process on a pseudo-terminal of its own (its controlling terminal); with
+    ``go``, imported ahead and run once the file ``go`` exists (``CLI_ON_SIGNAL``)."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], cwd: Path, env: dict[str, str], go: Path | None = None
+    ) -> None:
         self.master, slave = pty.openpty()
+        ahead = ["-m", "cli"] if go is None else ["-c", CLI_ON_SIGNAL, str(go), go.name]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", *args], cwd=cwd, env=env, stdin=slave, stdout=slave,
+            [sys.executable, *ahead, *args], cwd=cwd, env=env, stdin=slave, stdout=slave,
             stderr=slave, start_new_session=True,
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         os.close(slave)
@@ -143,6 +147,13 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     a start stopped by Ctrl-C while its first QM job starts, a resume stopped by two Ctrl-Cs
     while it labels, a resume stopped by SIGTERM during its first fine-tune."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",
+               PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
+    # Each run is started ahead of its turn: it imports while the test or the run before it
+    # works, and runs its command (as `tangentlab` does) when its file ``go-*`` is written.
+    first = Terminal(["--db", url, "start", "c.yaml"], tmp_path, env, go=tmp_path / "go-first")
+    second = Terminal(["--db", url, "resume", NAME], tmp_path, env, go=tmp_path / "go-second")
     config = xtb_campaign_config(
         tmp_path, NAME, 20, seed=4, acquisition={"method": "activation", "batch_size": 4},
         budgets={"max_rounds": 1, "max_labels": 30},
@@ -151,13 +162,10 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
         # a few seconds: building the model to train takes longer than SIGTERM takes to land
         finetune={"max_epochs": 2, "patience": 2, "min_steps_per_epoch": 4})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1",
-               PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
 
     # 1. One Ctrl-C while the first QM job starts (its label claimed, the fork server importing
     # PySCF and quacc): the job finishes and is stored, then the run stops and says how to go on.
-    first = Terminal(["--db", url, "start", "c.yaml"], tmp_path, env)
+    (tmp_path / "go-first").touch()
     deadline = time.time() + 600
     while (fork_server := _fork_server(first.process.pid)) is None:
         assert first.process.poll() is None and time.time() < deadline, first.text()[-3000:]
@@ -186,7 +194,8 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     assert not Path(f"/proc/{fork_server}").exists()
 
     # 2. Two Ctrl-Cs: the second exits at once.
-    second = Terminal(["--db", url, "resume", NAME], tmp_path, env)
+    (tmp_path / "go-second").touch()
+    third = Terminal(["--db", url, "resume", NAME], tmp_path, env, go=tmp_path / "go-third")
     _wait_for_jobs(second, tmp_path, len(_jobs(tmp_path)))
     servers = _temporary_servers(tmp_path / "prefect")
     second.ctrl_c()
@@ -210,7 +219,7 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     # sends) during its first fine-tune, after it labelled the rest of the initial and test
     # sets: the fine-tune finishes and is registered, the message names it, the command prints
     # how to resume and exits 143, without a traceback.
-    third = Terminal(["--db", url, "resume", NAME], tmp_path, env)
+    (tmp_path / "go-third").touch()
     deadline = time.time() + 900
     while "round 0: fine-tuning model" not in third.text():
         assert third.process.poll() is None and time.time() < deadline, third.text()[-5000:]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import stop_process_group, xtb_campaign_config
+from conftest import CLI_ON_SIGNAL, stop_process_group, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, campaigns, make_engine, reports, session_scope
@@ -45,20 +45,6 @@ def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subpr
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
     return subprocess.Popen([sys.executable, "-m", "cli", "--db", url, *args], cwd=cwd, env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-# `python -m cli ARGS` once the file GO exists, after the imports the command makes anyway.
-CLI_ON_SIGNAL = """
-import runpy, sys, time
-from pathlib import Path
-
-go, stem = Path(sys.argv.pop(1)), sys.argv.pop(1)
-import cli, cli.commands, flows.campaign  # noqa: E401,F401
-Path(f"{go}.ready-{stem}").touch()
-while not go.exists():
-    time.sleep(0.01)
-runpy.run_module("cli", run_name="__main__", alter_sys=True)
-"""
 
 
 def _cli_on_signal(go: Path, args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
@@ -149,12 +135,13 @@ def _campaign_runs(since, prefix: str | None = None) -> list[str]:
 def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     url = database_url
     started = datetime.now(timezone.utc)
-    _one_round_campaign(tmp_path, NAME, seed=3)
 
-    # 1. Two starts at the same instant, on a database neither has seen: one runs.
+    # 1. Two starts at the same instant, on a database neither has seen: one runs. (They
+    # import while the campaign's configuration is written.)
     names = ["start0", "start1"]
     starts = [_cli_on_signal(tmp_path / "go-start", ["start", "c.yaml"], prefect_server, url, tmp_path,
                              tmp_path / f"{stem}.log") for stem in names]
+    _one_round_campaign(tmp_path, NAME, seed=3)
     _released(tmp_path / "go-start", dict(zip(names, starts)))
     # The resumes, the late start and the waiter import meanwhile.
     later = {stem: _cli_on_signal(tmp_path / go, args, prefect_server, url, tmp_path, tmp_path / f"{stem}.log")
@@ -245,9 +232,6 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
 
     name = "nightly-overlap"
     database_url = f"sqlite:///{tmp_path / 'c.db'}"
-    # rounds 0 and 1: the CLI run must outlast the nightly run's start (a served flow run starts
-    # in a new process); one round was over before it on an idle machine
-    _one_round_campaign(tmp_path, name, seed=4, max_labels=30)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "TANGENTLAB_DATABASE_URL": database_url,
            "PREFECT_RUNNER_POLL_FREQUENCY": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root),
@@ -257,6 +241,10 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
                                   "--no-zombie-automation"], cwd=root, env=env, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        # rounds 0 and 1: the CLI run must outlast the nightly run's start (a served flow run
+        # starts in a new process); one round was over before it on an idle machine. Written
+        # while the served process starts.
+        _one_round_campaign(tmp_path, name, seed=4, max_labels=30)
         cli = _cli(["start", "c.yaml"], prefect_server, database_url, tmp_path, tmp_path / "cli.log")
         engine = make_engine(database_url)
         deadline = time.time() + 600
