@@ -313,6 +313,12 @@ def model_source(path: str | Path) -> dict:
     return json.loads(_read_payload(Path(path)).get("source") or "{}")
 
 
+# sha256 of the weights-only starting models this process has rebuilt once: the same bytes are
+# not rebuilt again only to be checked (a campaign's set-up asks several times, and building a
+# MACE model takes a good part of a second).
+_CHECKED_WEIGHTS: set[str] = set()
+
+
 def starting_weights(source: str | Path, models_dir: str | Path) -> tuple[Path, dict]:
     """
     The user's starting model as a weights-only file.
@@ -350,7 +356,9 @@ def starting_weights(source: str | Path, models_dir: str | Path) -> tuple[Path, 
     data = source.read_bytes()
     record = {"source_path": str(source), "source_sha256": hashlib.sha256(data).hexdigest()}
     try:
-        read_weights(source, file=io.BytesIO(data), script=False)  # a check only
+        if record["source_sha256"] not in _CHECKED_WEIGHTS:
+            read_weights(source, file=io.BytesIO(data), script=False)  # a check only
+            _CHECKED_WEIGHTS.add(record["source_sha256"])
         return source, {**record, "pickled": False}
     except ModelFileError:
         pass

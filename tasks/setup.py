@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +62,27 @@ def starting_model(config: CampaignConfig) -> tuple[Path, dict]:
     return starting_weights(config.model, campaign_dir(config.work_dir, config.name, "models"))
 
 
+# sha256 of a weights-only file this process built a model from -> that model's elements
+_ELEMENTS: dict[str, list[int]] = {}
+
+
+def _file_elements(path: Path) -> list[int]:
+    """``model_elements(load_model(path))``, the model built once per process for the same
+    bytes (building a MACE model takes a good part of a second, and a campaign's set-up asks
+    several times)."""
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:  # load_model says what is wrong
+        return model_elements(load_model(path))
+    if digest not in _ELEMENTS:
+        _ELEMENTS[digest] = model_elements(load_model(path))
+    return list(_ELEMENTS[digest])
+
+
 def starting_model_elements(config: CampaignConfig) -> list[str]:
     """The elements of the campaign's starting model; :class:`ConfigError` if it is unusable."""
     try:
-        return model_elements(load_model(starting_model(config)[0]))
+        return _file_elements(starting_model(config)[0])
     except (ValueError, OSError) as exc:
         raise ConfigError(f"model: {exc}") from None
 
@@ -80,7 +98,7 @@ def campaign_model_elements(session, campaign) -> list[str]:
         config = read_stored_config(campaign.config, source=f"of campaign {campaign.name!r}")
         return starting_model_elements(config)
     try:
-        return model_elements(load_model(registry.verified_model_path(session, versions[0].id)))
+        return _file_elements(registry.verified_model_path(session, versions[0].id))
     except (ValueError, OSError) as exc:
         raise ConfigError(f"model: {exc}") from None
 

@@ -231,6 +231,21 @@ def test_weights_only_starting_model_is_used_as_it_is(tiny_model_file, tmp_path)
     assert not (tmp_path / "models").exists()
 
 
+def test_a_starting_model_checked_once_is_checked_again_once_its_bytes_change(
+        tiny_model_file, tmp_path):
+    """The check of a weights-only starting model is not repeated for the same bytes in one
+    process, and is for other bytes at the same path."""
+    path = tmp_path / "start.pt"
+    path.write_bytes(tiny_model_file.read_bytes())
+    assert starting_weights(path, tmp_path / "models")[0] == path.resolve()
+    assert starting_weights(path, tmp_path / "models")[0] == path.resolve()
+    payload = torch.load(tiny_model_file, weights_only=True)
+    payload["state_dict"] = {}  # still a weights-only file, no longer a model
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match=r"start\.pt"):
+        starting_weights(path, tmp_path / "models")
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
