@@ -15,7 +15,9 @@ O, OH and H adsorbates, 40 atoms, periodic) it measures in one process, one torc
   `tangentlab.acquisition.ntk_probes.DESIGNS`);
 - **subsets** (``--subsets PARAMETERS:D:CHUNK``): exact rows over a parameter subset
   (``parameters=readouts`` or ``last_layer``) with sketch d, CHUNK directions per vmapped
-  reverse pass (``direction_chunk``), sketch seed 1.
+  reverse pass (``direction_chunk``), for each sketch seed of ``--subset-seeds`` (default 1;
+  ``PARAMETERS:D:CHUNK:SEEDS`` with comma-separated seeds overrides it for one subset), each
+  timed ``--cost-repeats`` times (an inference timed just before each timing).
 
 Each cost is seconds per structure divided by the inference's (probe variants: best of two).
 Then the selection quality against the exact rows, for both signals: the labelled set is the
@@ -29,6 +31,14 @@ over the pool and the overlap of the greedy batches (shared picks / batch size).
 ``--exact-labelled`` each probe variant is also scored with the exact rows of its sketch seed
 for the labelled set (the pool keeps its probe rows): a diagnostic of how much of the probes'
 error comes from the labelled set's A.
+
+Each comparison carries a 95 % interval of its Spearman correlation: Fisher's (z = atanh ρ,
+standard error √(1.06 / (n - 3)), Fieller et al. 1957) and a bootstrap over the pool's
+structures (``--bootstrap`` resamples). ``subset_summary`` gathers each subset and d over its
+sketch seeds: the seeds' Spearman and batch overlap (mean, min, max), the cost as a multiple of
+inference over all timings (median, min, max), and a paired bootstrap interval of the seeds'
+mean Spearman minus the exact seed-1 signal's (the sketch's own error): an interval that holds
+0 means the subset is within the sketch's own error on this pool.
 
 Example::
 
@@ -44,6 +54,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import platform
 import subprocess
 import sys
@@ -58,7 +69,7 @@ with contextlib.redirect_stdout(sys.stderr):
     import torch
     from ase.build import add_adsorbate, fcc111
     from ase.io import read
-    from scipy.stats import spearmanr
+    from scipy.stats import rankdata, spearmanr
 
     from benchmarks.model_shapes import build_model
     from tangentlab.acquisition.ntk import NTKFeaturizer
@@ -159,6 +170,104 @@ def split_joint(rows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     return rows[keep], counts - 1
 
 
+def parse_subset(text: str, default_seeds: Sequence[int]) -> tuple[str, int, int, list[int]]:
+    """``PARAMETERS:D:CHUNK[:SEEDS]`` (SEEDS comma-separated) as (parameters, d, chunk, seeds)."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise ValueError(f"subset {text!r} is not PARAMETERS:D:CHUNK[:SEEDS]")
+    try:
+        dim, chunk = int(parts[1]), int(parts[2])
+        seeds = [int(s) for s in parts[3].split(",")] if len(parts) == 4 else list(default_seeds)
+    except ValueError:
+        raise ValueError(f"subset {text!r}: D, CHUNK and SEEDS must be integers") from None
+    if dim < 1 or chunk < 1 or not seeds:
+        raise ValueError(f"subset {text!r}: D and CHUNK must be positive, SEEDS not empty")
+    return parts[0], dim, chunk, seeds
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row of ``a`` with the same row of ``b`` (ties averaged;
+    NaN for a constant row)."""
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    norm = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, (ra * rb).sum(axis=1) / np.where(norm > 0, norm, 1), np.nan)
+
+
+def fisher_interval(rho: float, n: int, z: float = 1.959964) -> list[float]:
+    """95 % interval of a Spearman correlation over n pairs: tanh(atanh ρ ± z √(1.06/(n-3)))."""
+    centre = np.arctanh(np.clip(rho, -0.999999, 0.999999))
+    half = z * np.sqrt(1.06 / (n - 3))
+    return [float(np.tanh(centre - half)), float(np.tanh(centre + half))]
+
+
+def bootstrap_spearman(reference: np.ndarray, variants: Sequence[np.ndarray], draws: int,
+                       seed: int = 0, baseline: np.ndarray | None = None) -> dict:
+    """95 % bootstrap intervals (over the pool's structures) of the mean Spearman of
+    ``variants`` with ``reference`` and, with ``baseline``, of that mean minus the Spearman of
+    ``baseline`` with ``reference`` (paired: the same resampled structures for both)."""
+    reference = np.asarray(reference)
+    idx = np.random.default_rng(seed).integers(0, len(reference), size=(draws, len(reference)))
+    ref = reference[idx]
+    mean = np.mean([spearman_rows(ref, np.asarray(v)[idx]) for v in variants], axis=0)
+    out = {"spearman_bootstrap_95": [float(x) for x in np.nanpercentile(mean, [2.5, 97.5])]}
+    if baseline is not None:
+        difference = mean - spearman_rows(ref, np.asarray(baseline)[idx])
+        out["minus_exact_seed1_bootstrap_95"] = [
+            float(x) for x in np.nanpercentile(difference, [2.5, 97.5])]
+    return out
+
+
+_SUBSET_KEY = re.compile(r"^exact-(?P<parameters>.+)-d(?P<dim>\d+)-chunk(?P<chunk>\d+)"
+                         r"-seed(?P<seed>\d+)$")
+
+
+def subset_summary(scored: dict, costs: dict, batch: int, draws: int, sketch_dim: int) -> dict:
+    """Each subset and d over its sketch seeds, next to the exact seed-1 signal (the sketch's
+    own error), against the exact seed-0 signal: Spearman and overlap (mean, min, max), a
+    paired bootstrap interval of the seeds' mean Spearman minus the seed-1 signal's, and the
+    cost as a multiple of inference over all timings (median, min, max)."""
+    out = {}
+    keys = sorted({key for _, key in scored})
+    groups: dict = {}
+    for key in keys:
+        match = _SUBSET_KEY.match(key)
+        if match:
+            name = f"{match['parameters']}-d{match['dim']}-chunk{match['chunk']}"
+            groups.setdefault(name, []).append(key)
+    for signal in SIGNALS:
+        reference = scored[(signal, "exact-seed0")]
+        baseline = scored.get((signal, "exact-seed1"))
+        rows = {}
+        for name, group in [(f"exact-all-d{sketch_dim}-seed1", ["exact-seed1"])] + sorted(groups.items()):
+            if (signal, group[0]) not in scored:
+                continue
+            others = [scored[(signal, key)] for key in group]
+            rhos = [float(spearmanr(reference["sigma2"], o["sigma2"]).statistic) for o in others]
+            overlaps = [len(set(reference["batch"]) & set(o["batch"])) / batch for o in others]
+            entry = {"seeds": [int(key.rsplit("seed", 1)[1]) for key in group],
+                     "spearman_sigma2": rhos, "spearman_sigma2_mean": float(np.mean(rhos)),
+                     "spearman_sigma2_min": min(rhos), "spearman_sigma2_max": max(rhos),
+                     "greedy_batch_overlap": overlaps,
+                     "greedy_batch_overlap_mean": float(np.mean(overlaps))}
+            if draws:
+                entry.update(bootstrap_spearman(
+                    reference["sigma2"], [o["sigma2"] for o in others], draws,
+                    baseline=None if name.startswith("exact-all") or baseline is None
+                    else baseline["sigma2"]))
+            ratios = [x for key in group
+                      for x in costs[key].get("energy_force_ntk_x_inference_repeats",
+                                              [costs[key]["energy_force_ntk_x_inference"]])]
+            entry.update(cost_x_inference_median=float(np.median(ratios)),
+                         cost_x_inference_min=min(ratios), cost_x_inference_max=max(ratios),
+                         cost_timings=len(ratios))
+            rows[name] = entry
+        out[signal] = rows
+    return out
+
+
 def _exact_labelled(exact, exact_counts, probes, probe_counts, n_labelled):
     """The labelled structures' exact rows followed by the pool's probe rows."""
     exact_split = int(np.sum(exact_counts[:n_labelled]))
@@ -250,10 +359,10 @@ def measure_system(name, model, structures, args) -> dict:
         for seed in (1, 0):
             variants += [(f"probes{k}{tag}", k, seed, design, "all", args.sketch_dim, 1)
                          for k in args.probes]
-    for subset in args.subsets if not args.draws_only else []:  # exact rows over a parameter subset, independent sketch
-        parameters, dim, chunk = subset.split(":")
-        variants.append((f"exact-{parameters}-d{dim}-chunk{chunk}", None, 1, None, parameters,
-                         int(dim), int(chunk)))
+    for subset in args.subsets if not args.draws_only else []:  # exact rows over a parameter subset, independent sketches
+        parameters, dim, chunk, seeds = parse_subset(subset, args.subset_seeds)
+        variants += [(f"exact-{parameters}-d{dim}-chunk{chunk}", None, seed, None, parameters,
+                      dim, chunk) for seed in seeds]
     for label, k, seed, design, parameters, dim, chunk in variants:
         featurizer = NTKFeaturizer(model, sketch_dim=dim, seed=seed, parameters=parameters,
                                    batch_size=args.batch_size, force_probes=k,
@@ -266,6 +375,13 @@ def measure_system(name, model, structures, args) -> dict:
         cost = {"inference_s_per_structure": t_inf,
                 "energy_force_ntk_s_per_structure": t_joint,
                 "energy_force_ntk_x_inference": t_joint / t_inf}
+        if parameters != "all" and args.cost_repeats > 1:  # more timings, each with its inference
+            pairs = [(t_joint, t_inf)] + [
+                timed(lambda f=featurizer: f.energy_force_rows(structures))[:2]
+                for _ in range(args.cost_repeats - 1)]
+            cost.update(inference_s_per_structure_repeats=[p[1] for p in pairs],
+                        energy_force_ntk_s_per_structure_repeats=[p[0] for p in pairs],
+                        energy_force_ntk_x_inference_repeats=[p[0] / p[1] for p in pairs])
         if k is not None and seed == 1:  # the force signal alone: k + 1 passes as well
             t_force, t_inf_force, _ = timed(lambda f=featurizer: f.force_rows(structures), 2)
             cost.update(force_ntk_s_per_structure=t_force,
@@ -302,8 +418,15 @@ def measure_system(name, model, structures, args) -> dict:
             rho = float(spearmanr(reference["sigma2"], other["sigma2"]).statistic)
             overlap = len(set(reference["batch"]) & set(other["batch"])) / args.batch
             comparisons[f"{signal}: {key} vs exact-seed0"] = {
-                "spearman_sigma2": rho, "greedy_batch_overlap": overlap}
+                "spearman_sigma2": rho, "greedy_batch_overlap": overlap,
+                "spearman_fisher_95": fisher_interval(rho, args.pool)}
+            if args.bootstrap:
+                comparisons[f"{signal}: {key} vs exact-seed0"].update(bootstrap_spearman(
+                    reference["sigma2"], [other["sigma2"]], args.bootstrap))
     result["quality"] = comparisons
+    if args.subsets:
+        result["subset_summary"] = subset_summary(scored, costs, args.batch, args.bootstrap,
+                                                   args.sketch_dim)
     return result
 
 
@@ -337,6 +460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subsets", nargs="*", default=[],
                         help="exact rows over a parameter subset, each PARAMETERS:D:CHUNK "
                              "(e.g. readouts:64:1; CHUNK directions per vmapped reverse pass)")
+    parser.add_argument("--subset-seeds", type=int, nargs="+", default=[1],
+                        help="sketch seeds of each --subsets variant (0 is the reference's)")
+    parser.add_argument("--cost-repeats", type=int, default=1,
+                        help="timings of each --subsets variant (each after its own inference)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples of the pool for the Spearman intervals (0: none)")
     parser.add_argument("--exact-labelled", action="store_true",
                         help="also score each probe variant with the exact rows of the "
                              "labelled set (quality only: where the probes' error comes from)")
@@ -353,6 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the shipped model is converted (default: a temporary folder)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    for subset in args.subsets:
+        try:
+            parse_subset(subset, args.subset_seeds)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.cost_repeats < 1 or args.bootstrap < 0 or args.pool < 4:
+        parser.error("--cost-repeats must be >= 1, --bootstrap >= 0 and --pool >= 4")
     torch.set_num_threads(args.threads)
     import tempfile
 
