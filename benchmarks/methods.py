@@ -6,8 +6,9 @@ variance, the rule every signal used before the batch rules existed, so older re
 their meaning), or ``signal:rule`` with optional outlier guards ``:q<σ² quantile>`` and
 ``:f<largest predicted force, eV/Å>``, for the force signals an optional ``:p<k>`` (k random
 force probes per structure, ``signal_options: {force_probes: k}``, instead of the exact force
-rows) and, for the transductive rule, an optional target ``:pool`` (when none is given) or
-``:test``, e.g. ``activation:transductive``, ``ntk:transductive:test``, ``ntk:greedy:q0.9`` or
+rows), for the NTK signals an optional ``:r<d>`` (rows over the readout parameters only,
+sketched to d: ``signal_options: {parameters: readouts, sketch_dim: d}``) and, for the
+transductive rule, an optional target ``:pool`` (when none is given) or ``:test``, e.g. ``activation:transductive``, ``ntk:transductive:test``, ``ntk:greedy:q0.9`` or
 ``force_ntk:transductive:test:p4``.
 """
 
@@ -46,6 +47,9 @@ SIGNAL_LABELS = {
 GUARDS = {"q": "sigma_quantile", "f": "max_force"}
 #: Letter of the force-probe part (``p<k>``: ``signal_options.force_probes = k``).
 PROBES = "p"
+#: Letter of the readout-rows part (``r<d>``: the NTK rows over the readout parameters only,
+#: sketched to d, ``signal_options: {parameters: readouts, sketch_dim: d}``).
+READOUTS = "r"
 
 
 def method_acquisition(method: str) -> dict[str, Any]:
@@ -72,6 +76,13 @@ def method_acquisition(method: str) -> dict[str, Any]:
     for extra in parts[2:]:
         if extra in TARGET_KEYWORDS:
             section["target"] = extra
+            continue
+        if extra[:1] == READOUTS:
+            if not extra[1:].isdigit() or int(extra[1:]) < 1:
+                raise ValueError(f"method {method!r}: {extra!r} is not {READOUTS}<sketch dimension>")
+            section.setdefault("signal_options", {}).update(
+                parameters="readouts", sketch_dim=int(extra[1:])
+            )
             continue
         if extra[:1] == PROBES:
             if not extra[1:].isdigit() or int(extra[1:]) < 1:
@@ -107,6 +118,8 @@ def describe(acquisition: Acquisition) -> str:
     probes = acquisition.signal_options.get("force_probes")
     if probes is not None:
         label = f"{label} ({probes} force probes)"
+    if acquisition.signal_options.get("parameters") == "readouts":
+        label = f"{label} (readouts, d = {acquisition.signal_options.get('sketch_dim')})"
     return f"{label}, {acquisition.rule_description()}"
 
 

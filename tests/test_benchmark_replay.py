@@ -443,6 +443,16 @@ def test_method_names_map_to_acquisition_sections():
     }
     assert method_label("energy_force_ntk:transductive:test:p4") == (
         "joint energy-force NTK (4 force probes), transductive over test")
+    # exact rows over the readouts only, sketched to d
+    assert method_acquisition("force_ntk:transductive:test:r12") == {
+        "signal": "force_ntk", "rule": "transductive", "target": "test",
+        "signal_options": {"parameters": "readouts", "sketch_dim": 12},
+    }
+    assert method_label("force_ntk:transductive:test:r12") == (
+        "force NTK (readouts, d = 12), transductive over test")
+    for bad in ("force_ntk:greedy:r0", "force_ntk:greedy:rx"):
+        with pytest.raises(ValueError):
+            method_acquisition(bad)
     for bad in ("soap", "activation:best", "random:greedy", "ntk:greedy:x1", "ntk:transductive:tests",
                 "ntk:greedy:pool", "activation:transductive:p4", "force_ntk:greedy:p0",
                 "force_ntk:greedy:px"):
