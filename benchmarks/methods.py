@@ -8,8 +8,9 @@ their meaning), or ``signal:rule`` with optional outlier guards ``:q<σ² quanti
 force probes per structure, ``signal_options: {force_probes: k}``, instead of the exact force
 rows), for the NTK signals an optional ``:r<d>`` (rows over the readout parameters only,
 sketched to d: ``signal_options: {parameters: readouts, sketch_dim: d}``) and, for the
-transductive rule, an optional target ``:pool`` (when none is given) or ``:test``, e.g. ``activation:transductive``, ``ntk:transductive:test``, ``ntk:greedy:q0.9`` or
-``force_ntk:transductive:test:p4``.
+transductive rule, an optional target ``:pool`` (when none is given) or ``:test``, e.g.
+``activation:transductive``, ``ntk:transductive:test``, ``ntk:greedy:q0.9``,
+``force_ntk:transductive:test:p4`` or ``force_ntk:transductive:test:r12``.
 """
 
 from __future__ import annotations
