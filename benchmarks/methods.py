@@ -80,7 +80,9 @@ def method_acquisition(method: str) -> dict[str, Any]:
             continue
         if extra[:1] == READOUTS:
             if not extra[1:].isdigit() or int(extra[1:]) < 1:
-                raise ValueError(f"method {method!r}: {extra!r} is not {READOUTS}<sketch dimension>")
+                raise ValueError(
+                    f"method {method!r}: {extra!r} is not {READOUTS}<sketch dimension>"
+                )
             section.setdefault("signal_options", {}).update(
                 parameters="readouts", sketch_dim=int(extra[1:])
             )
