@@ -16,6 +16,7 @@ imports of the later ones run while the earlier ones work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,13 +39,30 @@ pytestmark = pytest.mark.slow
 
 NAME = "leased"
 
+# Every tangentlab process a test here starts; the ones still alive when the test ends (it
+# failed, or left processes waiting for their signal file) are SIGKILLed with their groups.
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+
 
 def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
            "PREFECT_LOGGING_LEVEL": "INFO", "TANGENTLAB_LEASE_HEARTBEAT_S": "1"}
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
-    return subprocess.Popen([sys.executable, "-m", "cli", "--db", url, *args], cwd=cwd, env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-m", "cli", "--db", url, *args], cwd=cwd, env=env,
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _STARTED.append(process)
+    return process
 
 
 def _cli_on_signal(go: Path, args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
@@ -53,8 +71,11 @@ def _cli_on_signal(go: Path, args: list[str], api_url: str, url: str, cwd: Path,
            "PREFECT_LOGGING_LEVEL": "INFO", "TANGENTLAB_LEASE_HEARTBEAT_S": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
-    return subprocess.Popen([sys.executable, "-c", CLI_ON_SIGNAL, str(go), log.stem, "--db", url, *args],
-                            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", CLI_ON_SIGNAL, str(go), log.stem, "--db", url, *args],
+        cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _STARTED.append(process)
+    return process
 
 
 def _released(go: Path, processes: dict[str, subprocess.Popen], timeout: float = 600) -> None:
