@@ -7,6 +7,7 @@ server (a free port), pytest temporary directories and, on PostgreSQL, its own d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -296,6 +297,25 @@ while not go.exists():
     time.sleep(0.01)
 runpy.run_module("cli", run_name="__main__", alter_sys=True)
 """
+
+
+# Processes a test started (process tests append theirs): the ones still alive when the test
+# ends (it failed, or left runs waiting for their CLI_ON_SIGNAL file) are SIGKILLed with their
+# groups, so that none outlives its test.
+STARTED_PROCESSES: list = []
+
+
+@pytest.fixture(autouse=True)
+def _no_started_process_outlives_its_test():
+    yield
+    while STARTED_PROCESSES:
+        process = STARTED_PROCESSES.pop()
+        if process.poll() is None:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
 
 
 def stop_process_group(process, timeout: float = 30) -> None:

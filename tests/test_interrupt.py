@@ -10,7 +10,6 @@ during a fine-tune stops like Ctrl-C after that fine-tune, naming it. No QM job 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CLI_ON_SIGNAL, xtb_campaign_config
+from conftest import CLI_ON_SIGNAL, STARTED_PROCESSES, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, leases, make_engine, session_scope
@@ -34,22 +33,6 @@ pytestmark = pytest.mark.slow
 
 NAME = "interrupted"
 REPO = Path(__file__).resolve().parents[1]
-
-
-# Every Terminal's process; the ones still alive when the test ends (it failed, or left
-# processes waiting for their signal file) are SIGKILLed with their groups.
-_STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_process_outlives_its_test():
-    yield
-    while _STARTED:
-        process = _STARTED.pop()
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=60)
 
 
 class Terminal:
@@ -65,7 +48,7 @@ class Terminal:
             [sys.executable, *ahead, *args], cwd=cwd, env=env, stdin=slave, stdout=slave,
             stderr=slave, start_new_session=True,
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-        _STARTED.append(self.process)
+        STARTED_PROCESSES.append(self.process)
         os.close(slave)
         self.output = bytearray()
         threading.Thread(target=self._read, daemon=True).start()

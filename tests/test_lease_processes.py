@@ -16,7 +16,6 @@ imports of the later ones run while the earlier ones work.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CLI_ON_SIGNAL, stop_process_group, xtb_campaign_config
+from conftest import CLI_ON_SIGNAL, STARTED_PROCESSES, stop_process_group, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, campaigns, make_engine, reports, session_scope
@@ -39,21 +38,6 @@ pytestmark = pytest.mark.slow
 
 NAME = "leased"
 
-# Every tangentlab process a test here starts; the ones still alive when the test ends (it
-# failed, or left processes waiting for their signal file) are SIGKILLed with their groups.
-_STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_process_outlives_its_test():
-    yield
-    while _STARTED:
-        process = _STARTED.pop()
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=60)
-
 
 def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
@@ -61,7 +45,7 @@ def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subpr
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
     process = subprocess.Popen([sys.executable, "-m", "cli", "--db", url, *args], cwd=cwd, env=env,
                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    _STARTED.append(process)
+    STARTED_PROCESSES.append(process)
     return process
 
 
@@ -74,7 +58,7 @@ def _cli_on_signal(go: Path, args: list[str], api_url: str, url: str, cwd: Path,
     process = subprocess.Popen(
         [sys.executable, "-c", CLI_ON_SIGNAL, str(go), log.stem, "--db", url, *args],
         cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    _STARTED.append(process)
+    STARTED_PROCESSES.append(process)
     return process
 
 
