@@ -299,6 +299,13 @@ runpy.run_module("cli", run_name="__main__", alter_sys=True)
 """
 
 
+def cli_argv(go: Path | None, stem: str) -> list[str]:
+    """The interpreter's arguments before the CLI's own: ``-m cli``, or with ``go`` the
+    process imported ahead that runs the command once ``go`` exists (``CLI_ON_SIGNAL``; it
+    touches ``GO.ready-STEM`` when ready)."""
+    return ["-m", "cli"] if go is None else ["-c", CLI_ON_SIGNAL, str(go), stem]
+
+
 # Processes a test started (process tests append theirs): the ones still alive when the test
 # ends (it failed, or left runs waiting for their CLI_ON_SIGNAL file) are SIGKILLed with their
 # groups, so that none outlives its test.

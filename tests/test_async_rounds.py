@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ase.build import molecule
-from conftest import CLI_ON_SIGNAL, replay_campaign_config
+from conftest import STARTED_PROCESSES, cli_argv, replay_campaign_config
 from sqlalchemy import select
 
 from db import (
@@ -129,15 +129,16 @@ def _cli(
     env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it dies)
-    ahead = ["-m", "cli"] if go is None else ["-c", CLI_ON_SIGNAL, str(go), log.stem]
-    return subprocess.Popen(
-        [sys.executable, *ahead, *args],
+    process = subprocess.Popen(
+        [sys.executable, *cli_argv(go, log.stem), *args],
         cwd=cwd,
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    STARTED_PROCESSES.append(process)  # SIGKILLed with its group if alive when the test ends
+    return process
 
 
 def _fine_tuning_with_labels_in_flight(url: str) -> bool:
@@ -202,17 +203,12 @@ def test_kill_during_a_fine_tune_with_labels_in_flight_loses_and_repeats_nothing
         tmp_path / "second.log",
         tmp_path / "go-second",
     )
-    try:
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
-        (tmp_path / "go-first").touch()
-        _kill_when_fine_tuning(first, url, tmp_path / "first.log")
-        before = _done(url)
-        (tmp_path / "go-second").touch()
-        assert second.wait(timeout=900) == 3, (tmp_path / "second.log").read_text()[-5000:]
-    finally:
-        for process in (first, second):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
+    (tmp_path / "go-first").touch()
+    _kill_when_fine_tuning(first, url, tmp_path / "first.log")
+    before = _done(url)
+    (tmp_path / "go-second").touch()
+    assert second.wait(timeout=900) == 3, (tmp_path / "second.log").read_text()[-5000:]
     jobs, after = _jobs(tmp_path), _done(url)
     assert len(jobs) == len(set(jobs)), "a finished QM job ran again"
     assert set(jobs) == after, "labels and finished QM jobs disagree"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CLI_ON_SIGNAL, STARTED_PROCESSES, xtb_campaign_config
+from conftest import STARTED_PROCESSES, cli_argv, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, leases, make_engine, session_scope
@@ -43,10 +43,9 @@ class Terminal:
         self, args: list[str], cwd: Path, env: dict[str, str], go: Path | None = None
     ) -> None:
         self.master, slave = pty.openpty()
-        ahead = ["-m", "cli"] if go is None else ["-c", CLI_ON_SIGNAL, str(go), go.name]
         self.process = subprocess.Popen(
-            [sys.executable, *ahead, *args], cwd=cwd, env=env, stdin=slave, stdout=slave,
-            stderr=slave, start_new_session=True,
+            [sys.executable, *cli_argv(go, "" if go is None else go.name), *args], cwd=cwd,
+            env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         STARTED_PROCESSES.append(self.process)
         os.close(slave)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CLI_ON_SIGNAL, STARTED_PROCESSES, stop_process_group, xtb_campaign_config
+from conftest import STARTED_PROCESSES, cli_argv, stop_process_group, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, campaigns, make_engine, reports, session_scope
@@ -39,25 +39,17 @@ pytestmark = pytest.mark.slow
 NAME = "leased"
 
 
-def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
-           "PREFECT_LOGGING_LEVEL": "INFO", "TANGENTLAB_LEASE_HEARTBEAT_S": "1"}
-    out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
-    process = subprocess.Popen([sys.executable, "-m", "cli", "--db", url, *args], cwd=cwd, env=env,
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    STARTED_PROCESSES.append(process)
-    return process
-
-
-def _cli_on_signal(go: Path, args: list[str], api_url: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
-    """``_cli``, imported ahead: the command runs when ``go`` exists (see ``_released``)."""
+def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path,
+         go: Path | None = None) -> subprocess.Popen:
+    """`tangentlab --db URL ARGS`; with ``go``, imported ahead and run once ``go`` exists
+    (see ``_released``)."""
     env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
            "PREFECT_LOGGING_LEVEL": "INFO", "TANGENTLAB_LEASE_HEARTBEAT_S": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
-    process = subprocess.Popen(
-        [sys.executable, "-c", CLI_ON_SIGNAL, str(go), log.stem, "--db", url, *args],
-        cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen([sys.executable, *cli_argv(go, log.stem), "--db", url, *args],
+                               cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     STARTED_PROCESSES.append(process)
     return process
 
@@ -144,12 +136,12 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     # 1. Two starts at the same instant, on a database neither has seen: one runs. (They
     # import while the campaign's configuration is written.)
     names = ["start0", "start1"]
-    starts = [_cli_on_signal(tmp_path / "go-start", ["start", "c.yaml"], prefect_server, url, tmp_path,
-                             tmp_path / f"{stem}.log") for stem in names]
+    starts = [_cli(["start", "c.yaml"], prefect_server, url, tmp_path, tmp_path / f"{stem}.log",
+                   tmp_path / "go-start") for stem in names]
     _one_round_campaign(tmp_path, NAME, seed=3)
     _released(tmp_path / "go-start", dict(zip(names, starts)))
     # The resumes, the late start and the waiter import meanwhile.
-    later = {stem: _cli_on_signal(tmp_path / go, args, prefect_server, url, tmp_path, tmp_path / f"{stem}.log")
+    later = {stem: _cli(args, prefect_server, url, tmp_path, tmp_path / f"{stem}.log", tmp_path / go)
              for stem, go, args in [("resume0", "go-resume", ["resume", NAME]),
                                     ("resume1", "go-resume", ["resume", NAME]),
                                     ("late-start", "go-late", ["start", "c.yaml"]),
