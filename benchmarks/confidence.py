@@ -522,6 +522,11 @@ def _same_outcome(a: dict, b: dict) -> bool:
     return (a["status"], a["budget"]) == (b["status"], b["budget"])
 
 
+def _reserve_order(seed: int, reserve: int) -> np.ndarray:
+    """The order in which draw ``seed`` takes its reserve's structures into its test sets."""
+    return np.random.default_rng(seed + 7).permutation(reserve)
+
+
 def second_test_set(big: int, seed: int, size: int = SECOND) -> tuple[np.ndarray, np.ndarray]:
     """The second fixed test set (``size`` of the draw's ``big`` independent structures, the
     same for every campaign analysed with draw ``seed``) and the rest of the independent set."""
@@ -623,12 +628,13 @@ def decision_rows(
                 for rule in ("fixed100", "fixed50", "fixed30", "adaptive"):
                     row[f"{rule}_same_as_fixed100b"] = _same(row[rule], other)
                     row[f"{rule}_same_outcome_as_fixed100b"] = _same_outcome(row[rule], other)
-                for key, which in (("verdicts", rest), ("verdicts_whole", None)):
-                    met = truth_met(rounds, targets, which)
-                    row[key] = {rule: verdict(row[rule], met) for rule in RULES if rule in row}
-                row["truth_met_rounds"] = [
-                    n for n, ok in truth_met(rounds, targets, rest).items() if ok
-                ]
+                met = {"verdicts": truth_met(rounds, targets, rest),
+                       "verdicts_whole": truth_met(rounds, targets)}
+                for key, truth_of_rounds in met.items():
+                    row[key] = {
+                        rule: verdict(row[rule], truth_of_rounds) for rule in RULES if rule in row
+                    }
+                row["truth_met_rounds"] = [n for n, ok in met["verdicts"].items() if ok]
             rows.append(row)
     return rows
 
@@ -752,14 +758,14 @@ def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
     """Coverage, predicted MAE and stop decisions for one draw of the test reserve and the
     independent set."""
     views = [_view(r, index, args.reserve, args.big) for r in rounds]
-    reserve_order = np.random.default_rng(seed + 7).permutation(args.reserve)
+    reserve_order = _reserve_order(seed, args.reserve)
     neighbour = None
     if len(args.seeds) > 1:
         # the next draw's reference 100: another draw of the reserves' population
         other = (index + 1) % len(args.seeds)
         neighbour = (
             [_view(r, other, args.reserve, args.big) for r in rounds],
-            np.random.default_rng(args.seeds[other] + 7).permutation(args.reserve)[: FIXED[0]],
+            _reserve_order(args.seeds[other], args.reserve)[: FIXED[0]],
         )
     predicted = []
     for r in views[1:]:
