@@ -17,6 +17,11 @@ import numpy as np
 
 from tangentlab.confidence import DEFAULT_LEVEL, MIN_STRUCTURES, RESAMPLES, SEED
 
+#: ``targets.interval`` values that are prediction-powered, and the :func:`ppi_interval` method
+#: each uses: ``ppi`` the bootstrap-t, ``ppi-t`` a Student t interval (both with the σ-scaled
+#: variance; docs/confidence.md).
+PPI_METHODS = {"ppi": "studentized", "ppi-t": "normal"}
+
 
 def _ppi_parts(sums, weights, predicted, target_mae, target_square, scaled_variance=True):
     """Along the last axis: the prediction-powered estimate of the MAE of a target set, its
@@ -154,6 +159,7 @@ def predicted_error_intervals(
     target: dict[str, np.ndarray],
     *,
     level: float = DEFAULT_LEVEL,
+    method: str = "studentized",
 ) -> dict[str, dict] | None:
     """
     Prediction-powered intervals of the energy and force MAE over target structures.
@@ -174,6 +180,8 @@ def predicted_error_intervals(
         ``sigma`` and ``counts`` of the structures whose MAE is estimated.
     level
         Coverage of the intervals.
+    method
+        :func:`ppi_interval`'s ``method`` (a value of `PPI_METHODS`).
 
     Returns
     -------
@@ -190,11 +198,11 @@ def predicted_error_intervals(
     return {
         "energy": ppi_interval(
             test["energy"], energy_scale * test["sigma"], energy_scale * target["sigma"],
-            level=level,
+            level=level, method=method,
         ),
         "force": ppi_interval(
             test["force"], force_scale * test["sigma"] * test["counts"],
             force_scale * target["sigma"] * target["counts"], test["counts"], target["counts"],
-            level=level,
+            level=level, method=method,
         ),
     }

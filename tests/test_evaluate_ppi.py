@@ -1,4 +1,4 @@
-"""``targets.interval: ppi``: the evaluated model's test errors get prediction-powered intervals
+"""``targets.interval: ppi`` (and ``ppi-t``): the evaluated model's test errors get prediction-powered intervals
 over the unlabelled pool, from its scorer's σ calibrated on the validation labels.
 
 A real SQLite campaign database and the tiny real MACE model; no Prefect server.
@@ -79,6 +79,35 @@ def test_ppi_intervals_cover_the_pool_from_its_predicted_errors(lab):
 
     assert errors_text(found).endswith(" meV/Å (90% prediction-powered intervals)")
     assert errors_text(plain).endswith(" meV/Å (90% intervals)")
+
+
+def test_ppi_t_is_the_same_estimate_with_a_student_t_interval(lab):
+    from tangentlab.config.sections import Targets
+    from tangentlab.prediction_powered import PPI_METHODS
+    from tasks.evaluate import _test_errors
+
+    # every prediction-powered value of targets.interval has its method, and only those
+    assert set(PPI_METHODS) == set(Targets.model_fields["interval"].annotation.__args__) - {"bootstrap"}
+    url, campaign_id, model_id = lab(valid=3)
+    found = {
+        name: _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9, make_config(
+            {"name": "ppi", "acquisition": {"method": "activation"}, "targets": {"interval": name}}))
+        for name in ("ppi", "ppi-t")
+    }
+    assert found["ppi-t"]["interval_method"] == "ppi-t"
+    assert found["ppi-t"]["ppi"] == found["ppi"]["ppi"]  # the estimate and λ do not depend on the interval
+    symmetric = 0
+    for quantity, key in (("energy", "energy_mae_interval_mev_per_atom"), ("force", "force_mae_interval_mev_per_a")):
+        low, high = found["ppi-t"][key]
+        estimate = found["ppi-t"]["ppi"][quantity]["mae"]
+        assert found["ppi-t"][key] != found["ppi"][key]
+        if low > 0:  # a t interval is symmetric about the estimate (unless cut at zero)
+            assert abs((high - estimate) - (estimate - low)) < 0.02
+            symmetric += 1
+    assert symmetric
+    from flows.rendering import errors_text
+
+    assert errors_text(found["ppi-t"]).endswith(" meV/Å (90% prediction-powered intervals)")
 
 
 def test_ppi_falls_back_to_the_bootstrap_without_two_validation_labels(lab):

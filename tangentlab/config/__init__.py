@@ -174,12 +174,12 @@ class CampaignConfig(Section):
         if self.test_file:
             refuse_if_set(self, ["test_size"], "the test set is test_file's structures, not a draw "
                           "from the pool")
-        if self.targets.interval == "ppi":
+        if (interval := self.targets.interval) != "bootstrap":  # prediction-powered
             if self.test_file:
-                raise ValueError("targets.interval 'ppi' estimates the MAE over the pool a test set was "
-                                 "drawn from: leave out test_file (or use 'bootstrap')")
+                raise ValueError(f"targets.interval {interval!r} estimates the MAE over the pool a test set "
+                                 "was drawn from: leave out test_file (or use 'bootstrap')")
             if self.acquisition.signal in FEATURELESS_METHODS:
-                raise ValueError(f"targets.interval 'ppi' needs σ from a feature signal; signal "
+                raise ValueError(f"targets.interval {interval!r} needs σ from a feature signal; signal "
                                  f"{self.acquisition.signal!r} has none (use 'bootstrap')")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
