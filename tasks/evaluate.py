@@ -11,7 +11,7 @@ import numpy as np
 
 from db import RoundStatus, labels, registry, rounds, session_scope, structures
 from tangentlab.acquisition.policy import fit_policy_scorer, reference_structures
-from tangentlab.config import CampaignConfig
+from tangentlab.config import CampaignConfig, interval_method
 from tangentlab.confidence import DEFAULT_LEVEL, interval_text, rounded
 from tangentlab.mace_model import load_model, predict
 from tangentlab.metrics import error_metrics
@@ -72,14 +72,14 @@ def _prediction_powered(url: str, campaign_id: int, config: CampaignConfig, mode
     for name, atoms_list in (("test", test), ("valid", valid), ("target", pool_atoms)):
         sets[name]["sigma"] = np.sqrt(scorer.variance(atoms_list))
     return predicted_error_intervals(sets["test"], sets["valid"], sets["target"], level=level,
-                                     method=PPI_METHODS[config.targets.interval])
+                                     method=PPI_METHODS[interval_method(config)])
 
 
 def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str, force_atoms: str,
                  level: float = DEFAULT_LEVEL, config: CampaignConfig | None = None) -> dict:
     """Energy and force errors of a model on the campaign's labelled test set, with their
-    intervals at ``level``: bootstrap intervals, or with ``config.targets.interval`` 'ppi' or
-    'ppi-t' prediction-powered ones where the round has what they need (``interval_method`` says which;
+    intervals at ``level``: bootstrap intervals, or where ``config.targets.interval`` is (or 'auto'
+    resolves to) 'ppi' or 'ppi-t' prediction-powered ones where the round has what they need (``interval_method`` says which;
     the bootstrap intervals are then kept under ``bootstrap_intervals``)."""
     if force_atoms not in ("free", "all"):
         raise ValueError(f"force_atoms must be 'free' or 'all', got {force_atoms!r}")
@@ -97,13 +97,13 @@ def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str,
     metrics["n_fixed_atoms"] = int(sum((~mask.any(axis=1)).sum() for mask in masks))
     metrics["interval_method"] = "bootstrap"
     found = None
-    if config is not None and config.targets.interval in PPI_METHODS:
+    if config is not None and interval_method(config) in PPI_METHODS:
         found = _prediction_powered(url, campaign_id, config, model, test, preds, level)
     if found is not None and found["energy"] is not None and found["force"] is not None:
         metrics["bootstrap_intervals"] = {key: metrics[key] for key in INTERVAL_KEYS}
         for key, quantity in zip(INTERVAL_KEYS, ("energy", "force"), strict=True):
             metrics[key] = rounded(found[quantity]["interval"], 2)
-        metrics["interval_method"] = config.targets.interval
+        metrics["interval_method"] = interval_method(config)
         metrics["ppi"] = {quantity: {"mae": round(found[quantity]["mae"], 2),
                                      "lambda": round(found[quantity]["lambda"], 3)}
                           for quantity in ("energy", "force")} | {"n_target": found["force"]["n_target"]}

@@ -87,7 +87,7 @@ def test_ppi_t_is_the_same_estimate_with_a_student_t_interval(lab):
     from tasks.evaluate import _test_errors
 
     # every prediction-powered value of targets.interval has its method, and only those
-    assert set(PPI_METHODS) == set(Targets.model_fields["interval"].annotation.__args__) - {"bootstrap"}
+    assert set(PPI_METHODS) == set(Targets.model_fields["interval"].annotation.__args__) - {"auto", "bootstrap"}
     url, campaign_id, model_id = lab(valid=3)
     found = {
         name: _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9, make_config(
@@ -128,6 +128,28 @@ def test_ppi_needs_a_feature_signal_and_a_test_set_from_the_pool(tmp_path):
         make_config({"name": "x", "test_file": str(test_file), "targets": {"interval": "ppi"}})
     with pytest.raises(ConfigError, match="interval"):
         make_config({"name": "x", "targets": {"interval": "bca"}})
+
+
+def test_auto_is_ppi_where_the_campaign_can_have_it(lab, tmp_path):
+    from tangentlab.config import interval_method
+    from tasks.evaluate import _test_errors
+
+    test_file = tmp_path / "test.extxyz"
+    test_file.write_text("")
+    assert make_config({"name": "x"}).targets.interval == "auto"
+    assert interval_method(make_config({"name": "x", "acquisition": {"method": "activation"}})) == "ppi"
+    assert interval_method(make_config({"name": "x", "acquisition": {"method": "random"}})) == "bootstrap"
+    assert interval_method(make_config({"name": "x", "test_file": str(test_file)})) == "bootstrap"
+    assert interval_method(make_config({"name": "x", "targets": {"interval": "ppi-t"}})) == "ppi-t"
+    assert interval_method(make_config({"name": "x", "targets": {"interval": "bootstrap"}})) == "bootstrap"
+    url, campaign_id, model_id = lab(valid=3)
+    found = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9, make_config({"name": "ppi"}))
+    chosen = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9,
+                          make_config({"name": "ppi", "targets": {"interval": "ppi"}}))
+    assert found["interval_method"] == "ppi" and found == chosen
+    plain = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9,
+                         make_config({"name": "ppi", "acquisition": {"method": "random"}}))
+    assert plain["interval_method"] == "bootstrap" and "bootstrap_intervals" not in plain
 
 
 @pytest.mark.slow

@@ -53,6 +53,7 @@ __all__ = [
     "Targets",
     "config_json",
     "interval_level",
+    "interval_method",
     "load_config",
     "make_config",
     "read_stored_config",
@@ -174,7 +175,7 @@ class CampaignConfig(Section):
         if self.test_file:
             refuse_if_set(self, ["test_size"], "the test set is test_file's structures, not a draw "
                           "from the pool")
-        if (interval := self.targets.interval) != "bootstrap":  # prediction-powered
+        if (interval := self.targets.interval) not in ("auto", "bootstrap"):  # prediction-powered
             if self.test_file:
                 raise ValueError(f"targets.interval {interval!r} estimates the MAE over the pool a test set "
                                  "was drawn from: leave out test_file (or use 'bootstrap')")
@@ -341,6 +342,17 @@ def interval_level(config: CampaignConfig) -> float:
     from tangentlab.confidence import DEFAULT_LEVEL
 
     return DEFAULT_LEVEL if config.targets.confidence is None else config.targets.confidence
+
+
+def interval_method(config: CampaignConfig) -> str:
+    """How the campaign's test-error intervals are computed: ``targets.interval``, with
+    'auto' resolved to 'ppi' where the campaign has what it needs (a feature signal, a test
+    set drawn from the pool) and to 'bootstrap' elsewhere."""
+    chosen = config.targets.interval
+    if chosen != "auto":
+        return chosen
+    featureless = config.acquisition.signal in FEATURELESS_METHODS
+    return "bootstrap" if config.test_file or featureless else "ppi"
 
 
 def config_json(config: CampaignConfig) -> dict[str, Any]:
