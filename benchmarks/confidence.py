@@ -25,7 +25,10 @@ split kept as a campaign keeps it. After every round:
 - **noise floor and accuracy of the decisions**: the same on a second fixed 100-structure test
   set drawn from the independent set (:func:`second_test_set`), how often each rule agrees
   with it, and each rule's decision judged against the MAE of the rest of the independent set
-  (:func:`verdict`). ``--decisions-only`` skips the coverage splits.
+  (:func:`verdict`). ``--decisions-only`` skips the coverage splits. The decisions read the
+  studentized bootstrap interval, or with ``--interval ppi`` (``ppi-t``) the product's
+  prediction-powered one with the draw's independent set as its target
+  (:func:`decision_intervals`).
 
     python -m benchmarks.confidence h2combustion --seeds 0 1 2 3 4 --out result.json
     python -m benchmarks.confidence acac --from-raw raw/acac-c0.npz raw/acac-c1.npz --out ...
@@ -54,7 +57,8 @@ from tangentlab.confidence import (
     predicted_mae,
     stratified_pick,
 )
-from tangentlab.prediction_powered import ppi_interval
+from tangentlab.prediction_powered import PPI_METHODS as PRODUCT_PPI
+from tangentlab.prediction_powered import ppi_interval, predicted_error_intervals
 from tangentlab.config import Acquisition, Budgets, FineTune, Targets
 
 SIZES = (10, 30, 100)
@@ -442,6 +446,39 @@ def split_coverage(
     }
 
 
+def decision_intervals(r: dict, which, args) -> dict[str, list | None]:
+    """The intervals a replayed stop decision reads for test structures ``which`` of round
+    ``r``'s (viewed) pool: the studentized bootstrap, or with ``args.interval`` 'ppi'/'ppi-t'
+    the product's prediction-powered interval
+    (:func:`tangentlab.prediction_powered.predicted_error_intervals`; σ calibrated on the
+    round's validation labels, the target the draw's independent set), falling back to the
+    bootstrap where the product does (fewer than two validation labels)."""
+    interval = getattr(args, "interval", "bootstrap")
+    found = None
+    if interval != "bootstrap" and r.get("valid_set") is not None:
+        pool, which = r["pool"], np.asarray(which)
+        test = {k: pool[k][which] for k in ("energy", "force", "counts")} | {
+            "sigma": r["sigma"][which]
+        }
+        target = {"sigma": r["sigma_big"], "counts": r["big"]["counts"]}
+        found = predicted_error_intervals(
+            test, r["valid_set"], target, level=LEVEL, method=PRODUCT_PPI[interval]
+        )
+    if found is None or found["energy"] is None or found["force"] is None:
+        return intervals(r["pool"], which)
+    return {quantity: list(found[quantity]["interval"]) for quantity in ("energy", "force")}
+
+
+def with_valid_set(r: dict) -> dict:
+    """Round ``r`` with its validation structures' errors and σ (``valid_set``, None with fewer
+    than two or without σ), taken from the whole pool before a draw's view slices it."""
+    ids = np.asarray(r.get("valid_ids", ()), dtype=int)
+    if "sigma" not in r or "sigma_big" not in r or ids.size < 2:
+        return {**r, "valid_set": None}
+    valid = {k: r["pool"][k][ids] for k in ("energy", "force", "counts")}
+    return {**r, "valid_set": valid | {"sigma": r["sigma"][ids]}}
+
+
 def decide(
     rounds: list[dict],
     targets: Targets,
@@ -462,7 +499,7 @@ def decide(
     for r in rounds[1:]:
         while True:
             which = np.asarray(test)
-            found = intervals(r["pool"], which)
+            found = decision_intervals(r, which, args)
             point = mae(r["pool"], which)
             planned = (
                 len(test)
@@ -577,7 +614,11 @@ def decision_rows(
     rows = []
     budgets = Budgets(max_labels=spec.budget, max_rounds=spec.rounds)
     # decide reads the rounds after the first (the starting model's) only
-    far = None if second is None else rounds[:1] + [{**r, "pool": r["big"]} for r in rounds[1:]]
+    far = (
+        None
+        if second is None
+        else rounds[:1] + [{**r, "pool": r["big"], "sigma": r.get("sigma_big")} for r in rounds[1:]]
+    )
     for anchor in rounds[1:]:
         truth = mae(anchor["big"])
         for factor in TARGET_FACTORS:
@@ -757,6 +798,7 @@ def _view(r: dict, index: int, reserve: int, big: int) -> dict:
 def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
     """Coverage, predicted MAE and stop decisions for one draw of the test reserve and the
     independent set."""
+    rounds = [with_valid_set(r) for r in rounds]
     views = [_view(r, index, args.reserve, args.big) for r in rounds]
     reserve_order = _reserve_order(seed, args.reserve)
     neighbour = None
@@ -878,6 +920,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--step", type=int, default=10, help="adaptive test set: structures added at a time"
     )
     parser.add_argument("--max-test", type=int, default=100, help="adaptive test set: largest size")
+    parser.add_argument(
+        "--interval",
+        choices=("bootstrap", *PRODUCT_PPI),
+        default="bootstrap",
+        help="the interval the replayed stop decisions read (targets.interval; 'auto' is 'ppi' here)",
+    )
     parser.add_argument("--max-epochs", type=int, help="instead of the preset's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)

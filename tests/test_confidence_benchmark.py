@@ -190,3 +190,44 @@ def test_second_fixed_100_is_judged_against_the_rest_of_the_independent_set():
     whole = found["against_whole_independent_set"]
     assert whole["fixed100"]["met_wrong"] == 2
     assert floor_summary([{k: v for k, v in row.items() if k != "fixed100b"} for row in rows]) is None
+
+
+def test_decisions_read_the_products_prediction_powered_interval():
+    # A round whose test structures (the reserve) are near ones and whose independent set holds
+    # a tail of far-off structures that σ sees: with --interval ppi the decision reads the
+    # product's interval of the independent set's MAE (calibrated on the validation structures,
+    # picked from the whole pool before the draw's view), which reaches above the bootstrap's;
+    # with fewer than two validation structures it falls back to the bootstrap, as the product.
+    import argparse
+
+    from benchmarks.confidence import decision_intervals, intervals, with_valid_set
+    from tangentlab.prediction_powered import predicted_error_intervals
+
+    rng = np.random.default_rng(7)
+    sigma = rng.uniform(0.5, 1.5, 160)  # 120 reserve structures, then 40 candidates
+    counts = np.full(160, 9.0)
+    pool = {"energy": 2 * sigma * rng.uniform(0.8, 1.2, 160), "counts": counts}
+    pool["force"] = 30 * sigma * counts * rng.uniform(0.8, 1.2, 160)
+    sigma_big = np.concatenate([rng.uniform(0.5, 1.5, 450), rng.uniform(8, 12, 50)])
+    big = {"energy": 2 * sigma_big, "force": 30 * sigma_big * 9, "counts": np.full(500, 9.0)}
+    r = {"round": 0, "labels": 20, "pool": pool, "sigma": sigma, "sigma_big": sigma_big,
+         "big": big, "valid_ids": [150, 151, 152, 153]}
+    which = np.arange(30)
+    ppi = argparse.Namespace(interval="ppi")
+    found = decision_intervals(with_valid_set(r), which, ppi)
+    boot = intervals(pool, which)
+    truth = big["force"].sum() / big["counts"].sum()  # the tail the test set lacks
+    assert boot["force"][1] < truth and found["force"][0] <= truth <= found["force"][1]
+    valid = {k: pool[k][r["valid_ids"]] for k in ("energy", "force", "counts")}
+    direct = predicted_error_intervals(
+        {k: pool[k][which] for k in ("energy", "force", "counts")} | {"sigma": sigma[which]},
+        valid | {"sigma": sigma[r["valid_ids"]]},
+        {"sigma": sigma_big, "counts": big["counts"]},
+        level=0.9,
+    )
+    assert found["force"] == list(direct["force"]["interval"])
+    assert decision_intervals(with_valid_set(r), which, argparse.Namespace(interval="bootstrap")) == boot
+    few = {**r, "valid_ids": [150]}
+    assert decision_intervals(with_valid_set(few), which, ppi) == boot
+    t = decision_intervals(with_valid_set(r), which, argparse.Namespace(interval="ppi-t"))
+    assert t["force"] != found["force"]
