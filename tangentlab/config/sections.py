@@ -20,7 +20,7 @@ class Targets(Section):
         "free", description="Atoms the test-set force MAE is taken over: 'free' (those no FixAtoms or "
         "FixCartesian holds, e.g. a slab's bottom layers; every atom when nothing is fixed) or 'all'.")
     confidence: float | None = Field(
-        0.9, ge=0.5, lt=1, description="Level of the test errors' bootstrap intervals: targets are "
+        0.9, ge=0.5, lt=1, description="Level of the test errors' intervals (targets.interval): targets are "
         "met only when the upper end is at or below them, and a target whose lower end stays above "
         "it while the learning curve has flattened stops the campaign as out of reach "
         "(docs/confidence.md). None: the point estimates decide, as without intervals.")
