@@ -538,6 +538,7 @@ def decide(
                 "status": decision.status,
                 "budget": decision.budget,
                 "test_labels": len(test),
+                "training_labels": r["labels"],
                 "reason": decision.reason,
             }
     return {
@@ -545,6 +546,7 @@ def decide(
         "status": "running",
         "budget": None,
         "test_labels": len(test),
+        "training_labels": rounds[-1]["labels"],
         "reason": "",
     }
 
@@ -727,6 +729,20 @@ def floor_summary(decisions: list[dict]) -> dict | None:
     }
 
 
+def labels_at_stop(decisions: list[dict]) -> dict:
+    """Per rule, the mean labels a campaign has spent when it stops on that rule's decision:
+    its training labels at the stopping round (the last round's when it runs to the end) and
+    the test labels the decision was read from."""
+    found = {}
+    for rule in RULES:
+        rows = [d[rule] for d in decisions if rule in d and "training_labels" in d[rule]]
+        if rows and len(rows) == len(decisions):
+            training = float(np.mean([x["training_labels"] for x in rows]))
+            test = float(np.mean([x["test_labels"] for x in rows]))
+            found[rule] = {"training": training, "test": test, "total": training + test}
+    return found
+
+
 def summarise(seeds: list[dict]) -> dict:
     coverage: dict = {}
     for s in seeds:
@@ -773,6 +789,7 @@ def summarise(seeds: list[dict]) -> dict:
                 np.mean([d["adaptive"]["test_labels"] for d in decisions])
             ),
             "adaptive_test_labels_max": int(max(d["adaptive"]["test_labels"] for d in decisions)),
+            "labels_at_stop": labels_at_stop(decisions),
         },
         **({"decision_floor": floor} if (floor := floor_summary(decisions)) else {}),
     }

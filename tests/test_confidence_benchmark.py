@@ -98,6 +98,7 @@ def test_adaptive_test_set_grows_from_within_the_fixed_100():
     nested = decide(rounds, targets, budgets, order[:10], True, args, grow_from=order[:100])
     anywhere = decide(rounds, targets, budgets, order[:10], True, args)
     assert nested["test_labels"] == anywhere["test_labels"] == 100
+    assert nested["training_labels"] == fixed["training_labels"] == 20  # the round it stopped at
     assert force_mae(nested) == force_mae(fixed) and nested["status"] == fixed["status"]
     assert force_mae(anywhere) != force_mae(fixed) and anywhere["status"] != fixed["status"]
 
@@ -231,3 +232,18 @@ def test_decisions_read_the_products_prediction_powered_interval():
     assert decision_intervals(with_valid_set(few), which, ppi) == boot
     t = decision_intervals(with_valid_set(r), which, argparse.Namespace(interval="ppi-t"))
     assert t["force"] != found["force"]
+
+
+def test_labels_at_stop_add_the_stopping_rounds_training_labels_to_the_test_labels():
+    from benchmarks.confidence import labels_at_stop
+
+    def stop(training, test):
+        return {"round": 0, "status": "targets_met", "budget": None, "training_labels": training,
+                "test_labels": test}
+
+    rows = [{"fixed100": stop(20, 100), "adaptive": stop(35, 10)},
+            {"fixed100": stop(35, 100), "adaptive": stop(50, 30)}]
+    found = labels_at_stop(rows)
+    assert set(found) == {"fixed100", "adaptive"}  # rules missing from the rows are left out
+    assert found["fixed100"] == {"training": 27.5, "test": 100.0, "total": 127.5}
+    assert found["adaptive"] == {"training": 42.5, "test": 20.0, "total": 62.5}
