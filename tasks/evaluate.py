@@ -109,9 +109,10 @@ def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str,
                           for quantity in ("energy", "force")} | {"n_target": found["force"]["n_target"]}
     get_run_logger().info(
         "model %d on %d test structures: energy MAE %.1f %s meV/atom, force MAE %.1f %s meV/Å "
-        "(%.0f %% intervals)", model_version_id, len(test), metrics["energy_mae_mev_per_atom"],
+        "(%.0f %%%s intervals)", model_version_id, len(test), metrics["energy_mae_mev_per_atom"],
         interval_text(metrics["energy_mae_interval_mev_per_atom"]), metrics["force_mae_mev_per_a"],
-        interval_text(metrics["force_mae_interval_mev_per_a"]), 100 * level)
+        interval_text(metrics["force_mae_interval_mev_per_a"]), 100 * level,
+        "" if metrics["interval_method"] == "bootstrap" else " prediction-powered")
     return metrics
 
 

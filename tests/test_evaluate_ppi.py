@@ -130,7 +130,7 @@ def test_ppi_needs_a_feature_signal_and_a_test_set_from_the_pool(tmp_path):
         make_config({"name": "x", "targets": {"interval": "bca"}})
 
 
-def test_auto_is_ppi_where_the_campaign_can_have_it(lab, tmp_path):
+def test_auto_is_ppi_where_the_campaign_can_have_it(lab, tmp_path, caplog):
     from tangentlab.config import interval_method
     from tasks.evaluate import _test_errors
 
@@ -143,7 +143,9 @@ def test_auto_is_ppi_where_the_campaign_can_have_it(lab, tmp_path):
     assert interval_method(make_config({"name": "x", "targets": {"interval": "ppi-t"}})) == "ppi-t"
     assert interval_method(make_config({"name": "x", "targets": {"interval": "bootstrap"}})) == "bootstrap"
     url, campaign_id, model_id = lab(valid=3)
-    found = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9, make_config({"name": "ppi"}))
+    with caplog.at_level(logging.INFO, logger="tangentlab.test"):
+        found = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9, make_config({"name": "ppi"}))
+    assert "meV/Å (90 % prediction-powered intervals)" in caplog.text  # the log says which
     chosen = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9,
                           make_config({"name": "ppi", "targets": {"interval": "ppi"}}))
     assert found["interval_method"] == "ppi" and found == chosen
