@@ -256,6 +256,21 @@ def test_a_stored_configuration_with_a_key_without_effect_still_loads():
         make_config(stored)
 
 
+def test_a_campaign_stored_before_the_interval_keys_keeps_its_stop_rule():
+    from tangentlab.config import read_stored_config
+
+    stored = config_json(make_config({}))
+    assert stored["targets"]["interval"] == "auto" and stored["targets"]["confidence"] == 0.9
+    assert read_stored_config(stored).targets.interval == "auto"  # stored with the key: kept
+    older = {**stored, "targets": {k: v for k, v in stored["targets"].items() if k != "interval"}}
+    assert read_stored_config(older).targets.interval == "bootstrap"
+    assert read_stored_config(older).targets.confidence == 0.9
+    oldest = {**stored, "targets": {k: v for k, v in stored["targets"].items()
+                                    if k not in ("interval", "confidence")}}
+    assert (read_stored_config(oldest).targets.interval, read_stored_config(oldest).targets.confidence) == (
+        "bootstrap", None)
+
+
 @pytest.mark.parametrize("schedule", ["sync", "async"])
 def test_the_two_worker_quick_start_files_differ_from_the_quick_start_only_where_documented(schedule):
     """docs/benchmarks/async-schedule.md compares these two files as the quick start with 2

@@ -274,11 +274,13 @@ def read_stored_config(data: dict[str, Any], *, source: str = "") -> CampaignCon
     """A configuration as the database stored it with a campaign.
 
     A campaign stored before ``targets.confidence`` existed keeps deciding on point estimates
-    (its ``confidence`` is None), so that resuming it does not change its stop rule.
+    (its ``confidence`` is None), and one stored before ``targets.interval`` existed keeps the
+    bootstrap interval (the only one then), so that resuming it does not change its stop rule.
     """
     targets = data.get("targets") if isinstance(data, dict) else None
-    if isinstance(targets, dict) and "confidence" not in targets:
-        data = {**data, "targets": {**targets, "confidence": None}}
+    if isinstance(targets, dict):
+        earlier = {"confidence": None, "interval": "bootstrap"}  # what a campaign without the key had
+        data = {**data, "targets": {**{k: v for k, v in earlier.items() if k not in targets}, **targets}}
     with stored_configuration():  # keys an earlier version stored without effect still load
         return make_config(data, source=source)
 
