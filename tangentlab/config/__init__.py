@@ -175,13 +175,9 @@ class CampaignConfig(Section):
         if self.test_file:
             refuse_if_set(self, ["test_size"], "the test set is test_file's structures, not a draw "
                           "from the pool")
-        if (interval := self.targets.interval) not in ("auto", "bootstrap"):  # prediction-powered
-            if self.test_file:
-                raise ValueError(f"targets.interval {interval!r} estimates the MAE over the pool a test set "
-                                 "was drawn from: leave out test_file (or use 'bootstrap')")
-            if self.acquisition.signal in FEATURELESS_METHODS:
-                raise ValueError(f"targets.interval {interval!r} needs σ from a feature signal; signal "
-                                 f"{self.acquisition.signal!r} has none (use 'bootstrap')")
+        interval = self.targets.interval
+        if interval not in ("auto", "bootstrap") and (why := self.no_ppi_because()):
+            raise ValueError(f"targets.interval {interval!r} {why} (or use 'bootstrap')")
         if self.acquisition.target == "explored" and self.exploration is None:
             raise ValueError("acquisition.target 'explored' needs an exploration section")
         if self.acquisition.signal in FEATURELESS_METHODS and self.exploration is None:
@@ -190,6 +186,15 @@ class CampaignConfig(Section):
                           f"signal {self.acquisition.signal!r} has no feature posterior and there is "
                           "no exploration section", prefix="acquisition.")
         return self
+
+    def no_ppi_because(self) -> str | None:
+        """Why this campaign cannot have prediction-powered intervals (None: it can): they
+        estimate the MAE over the pool a test set was drawn from, from σ of a feature signal."""
+        if self.test_file:
+            return "estimates the MAE over the pool a test set was drawn from: leave out test_file"
+        if self.acquisition.signal in FEATURELESS_METHODS:
+            return f"needs σ from a feature signal; signal {self.acquisition.signal!r} has none"
+        return None
 
     @model_validator(mode="after")
     def _streaming_needs_async(self) -> CampaignConfig:
@@ -353,8 +358,7 @@ def interval_method(config: CampaignConfig) -> str:
     chosen = config.targets.interval
     if chosen != "auto":
         return chosen
-    featureless = config.acquisition.signal in FEATURELESS_METHODS
-    return "bootstrap" if config.test_file or featureless else "ppi"
+    return "bootstrap" if config.no_ppi_because() else "ppi"
 
 
 def config_json(config: CampaignConfig) -> dict[str, Any]:
