@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tangentlab.confidence import interval_text
+from tangentlab.prediction_powered import PPI_METHODS
 from tangentlab.stopping import StopDecision, stored_budget
 
 # Artifact data is stored by the Prefect server; beyond this the image is only linked.
@@ -127,7 +128,7 @@ def duration_text(seconds: float | None) -> str:
 def errors_text(test: dict[str, Any]) -> str:
     """``12.3 [10.1, 14.9] meV/atom, force MAE 426.0 [381.2, 470.9] meV/Å (90 % intervals)``."""
     level = test.get("interval_level")
-    kind = " prediction-powered" if str(test.get("interval_method", "")).startswith("ppi") else ""
+    kind = " prediction-powered" if test.get("interval_method") in PPI_METHODS else ""
     note = f" ({level:.0%}{kind} intervals)" if level and test.get("force_mae_interval_mev_per_a") else ""
     return (f"{with_interval(test['energy_mae_mev_per_atom'], test.get('energy_mae_interval_mev_per_atom'))} "
             f"meV/atom, force MAE {with_interval(test['force_mae_mev_per_a'], test.get('force_mae_interval_mev_per_a'))}"

@@ -44,9 +44,9 @@ def _counts(masks) -> np.ndarray:
 
 
 def _prediction_powered(url: str, campaign_id: int, config: CampaignConfig, model, test: list, preds,
-                        level: float) -> dict | None:
-    """``targets.interval: ppi`` or ``ppi-t``: the intervals of the MAE over the unlabelled pool from the
-    calibrated σ of the evaluated model's scorer (fitted as acquisition fits it) and the test
+                        level: float, method: str) -> dict | None:
+    """``targets.interval: ppi`` or ``ppi-t`` (``method``, a value of `PPI_METHODS`): the
+    intervals of the MAE over the unlabelled pool from the calibrated σ of the evaluated model's scorer (fitted as acquisition fits it) and the test
     labels (:func:`tangentlab.prediction_powered.predicted_error_intervals`); None where there
     is nothing to predict from (fewer than two validation labels, an empty pool)."""
     with session_scope(engine_for(url)) as session:
@@ -72,15 +72,16 @@ def _prediction_powered(url: str, campaign_id: int, config: CampaignConfig, mode
     for name, atoms_list in (("test", test), ("valid", valid), ("target", pool_atoms)):
         sets[name]["sigma"] = np.sqrt(scorer.variance(atoms_list))
     return predicted_error_intervals(sets["test"], sets["valid"], sets["target"], level=level,
-                                     method=PPI_METHODS[interval_method(config)])
+                                     method=method)
 
 
 def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str, force_atoms: str,
                  level: float = DEFAULT_LEVEL, config: CampaignConfig | None = None) -> dict:
     """Energy and force errors of a model on the campaign's labelled test set, with their
-    intervals at ``level``: bootstrap intervals, or where ``config.targets.interval`` is (or 'auto'
-    resolves to) 'ppi' or 'ppi-t' prediction-powered ones where the round has what they need (``interval_method`` says which;
-    the bootstrap intervals are then kept under ``bootstrap_intervals``)."""
+    intervals at ``level``: bootstrap intervals, or where ``config.targets.interval`` is (or
+    'auto' resolves to) 'ppi' or 'ppi-t' prediction-powered ones where the round has what they
+    need (``interval_method`` says which; the bootstrap intervals are then kept under
+    ``bootstrap_intervals``)."""
     if force_atoms not in ("free", "all"):
         raise ValueError(f"force_atoms must be 'free' or 'all', got {force_atoms!r}")
     with session_scope(engine_for(url)) as session:
@@ -97,13 +98,15 @@ def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str,
     metrics["n_fixed_atoms"] = int(sum((~mask.any(axis=1)).sum() for mask in masks))
     metrics["interval_method"] = "bootstrap"
     found = None
-    if config is not None and interval_method(config) in PPI_METHODS:
-        found = _prediction_powered(url, campaign_id, config, model, test, preds, level)
+    chosen = "bootstrap" if config is None else interval_method(config)
+    if chosen in PPI_METHODS:
+        found = _prediction_powered(url, campaign_id, config, model, test, preds, level,
+                                    PPI_METHODS[chosen])
     if found is not None and found["energy"] is not None and found["force"] is not None:
         metrics["bootstrap_intervals"] = {key: metrics[key] for key in INTERVAL_KEYS}
         for key, quantity in zip(INTERVAL_KEYS, ("energy", "force"), strict=True):
             metrics[key] = rounded(found[quantity]["interval"], 2)
-        metrics["interval_method"] = interval_method(config)
+        metrics["interval_method"] = chosen
         metrics["ppi"] = {quantity: {"mae": round(found[quantity]["mae"], 2),
                                      "lambda": round(found[quantity]["lambda"], 3)}
                           for quantity in ("energy", "force")} | {"n_target": found["force"]["n_target"]}
@@ -112,7 +115,7 @@ def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str,
         "(%.0f %%%s intervals)", model_version_id, len(test), metrics["energy_mae_mev_per_atom"],
         interval_text(metrics["energy_mae_interval_mev_per_atom"]), metrics["force_mae_mev_per_a"],
         interval_text(metrics["force_mae_interval_mev_per_a"]), 100 * level,
-        "" if metrics["interval_method"] == "bootstrap" else " prediction-powered")
+        " prediction-powered" if metrics["interval_method"] in PPI_METHODS else "")
     return metrics
 
 
