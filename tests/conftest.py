@@ -282,13 +282,41 @@ def replay_campaign_config(tmp_path: Path, name: str, pool_size: int, *, seed: i
 # `python -m cli ARGS` once the file GO exists, after the imports the command makes anyway
 # (`python -c CLI_ON_SIGNAL GO STEM ARGS`): a process started ahead of its turn imports while
 # others work, and touches GO.ready-STEM when it is ready. Not released within an hour (its
-# test failed), it exits 1.
+# test failed), it exits 1. With TANGENTLAB_TEST_HOLD_QM_JOBS_AFTER=N in its environment it
+# runs N QM jobs of its campaign's oracle and then holds in the next one until the file named
+# by TANGENTLAB_TEST_RELEASE_QM_JOBS exists (without it, for good): a test then kills or
+# overlaps it "while it labels" at a known point, instead of racing xTB jobs that take 0.06 s
+# each.
+HOLD_QM_JOBS_AFTER = "TANGENTLAB_TEST_HOLD_QM_JOBS_AFTER"
+RELEASE_QM_JOBS = "TANGENTLAB_TEST_RELEASE_QM_JOBS"
 CLI_ON_SIGNAL = """
-import runpy, sys, time
+import os, runpy, sys, time
 from pathlib import Path
 
 go, stem = Path(sys.argv.pop(1)), sys.argv.pop(1)
 import cli, cli.commands, flows.campaign  # noqa: E401,F401
+hold = os.environ.pop("TANGENTLAB_TEST_HOLD_QM_JOBS_AFTER", None)
+release = os.environ.pop("TANGENTLAB_TEST_RELEASE_QM_JOBS", None)
+if hold is not None:
+    import tasks.label
+
+    class Held:
+        jobs = 0
+
+        def __init__(self, oracle):
+            self.oracle = oracle
+
+        def __getattr__(self, name):
+            return getattr(self.oracle, name)
+
+        def __call__(self, *args, **kwargs):
+            Held.jobs += 1
+            while Held.jobs > int(hold) and not (release and Path(release).exists()):
+                time.sleep(0.2)
+            return self.oracle(*args, **kwargs)
+
+    oracle_for = tasks.label.oracle_for
+    tasks.label.oracle_for = lambda config: Held(oracle_for(config))
 Path(f"{go}.ready-{stem}").touch()
 deadline = time.time() + 3600
 while not go.exists():

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import STARTED_PROCESSES, cli_argv, stop_process_group, xtb_campaign_config
+from conftest import (
+    HOLD_QM_JOBS_AFTER,
+    RELEASE_QM_JOBS,
+    STARTED_PROCESSES,
+    cli_argv,
+    stop_process_group,
+    xtb_campaign_config,
+)
 from sqlalchemy import select
 
 from db import Label, ModelVersion, campaigns, make_engine, reports, session_scope
@@ -40,12 +47,12 @@ NAME = "leased"
 
 
 def _cli(args: list[str], api_url: str, url: str, cwd: Path, log: Path,
-         go: Path | None = None) -> subprocess.Popen:
+         go: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`tangentlab --db URL ARGS`; with ``go``, imported ahead and run once ``go`` exists
-    (see ``_released``)."""
+    (see ``_released``); ``env`` adds to its environment."""
     env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1",
            "PREFECT_LOGGING_LEVEL": "INFO", "TANGENTLAB_LEASE_HEARTBEAT_S": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})}
     out = open(log, "w")  # noqa: SIM115  (the child writes to it until it ends)
     process = subprocess.Popen([sys.executable, *cli_argv(go, log.stem), "--db", url, *args],
                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -134,10 +141,11 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     started = datetime.now(timezone.utc)
 
     # 1. Two starts at the same instant, on a database neither has seen: one runs. (They
-    # import while the campaign's configuration is written.)
+    # import while the campaign's configuration is written.) The one that runs holds in its
+    # third QM job (conftest.CLI_ON_SIGNAL).
     names = ["start0", "start1"]
     starts = [_cli(["start", "c.yaml"], prefect_server, url, tmp_path, tmp_path / f"{stem}.log",
-                   tmp_path / "go-start") for stem in names]
+                   tmp_path / "go-start", env={HOLD_QM_JOBS_AFTER: "2"}) for stem in names]
     _one_round_campaign(tmp_path, NAME, seed=3)
     _released(tmp_path / "go-start", dict(zip(names, starts)))
     # The resumes, the late start and the waiter import meanwhile.
@@ -152,11 +160,12 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     assert loser.returncode == 2, loser_log.read_text()[-5000:]
     _check_refused(loser_log, winner.pid)
 
-    # 2. The runner is SIGKILLed while it labels, early (1-3 QM jobs finished): the resume that
-    # takes over then has most of the labelling and a fine-tune left, long enough for the
-    # `resume --wait` of step 4 to find it running (the campaign ends after round 0).
+    # 2. The runner is SIGKILLed while it labels, early (2 QM jobs finished, the third one
+    # running): the resume that takes over then has most of the labelling and a fine-tune
+    # left, long enough for the `resume --wait` of step 4 to find it running (the campaign
+    # ends after round 0).
     deadline = time.time() + 600
-    while winner.poll() is None and time.time() < deadline and not 1 <= len(_jobs(tmp_path)) < 4:
+    while winner.poll() is None and time.time() < deadline and len(_jobs(tmp_path)) < 2:
         time.sleep(0.05)
     winner_log = tmp_path / f"start{starts.index(winner)}.log"
     assert winner.poll() is None, winner_log.read_text()[-5000:]
@@ -165,7 +174,7 @@ def test_one_live_run_per_campaign(prefect_server, database_url, tmp_path):
     # It marked nothing Crashed: the refused start beside it was alive.
     assert "Crashed" not in winner_log.read_text()
     done_before = _done(url)
-    assert set(_jobs(tmp_path)) == done_before
+    assert set(_jobs(tmp_path)) == done_before and len(done_before) == 2
 
     # 3. Two resumes at the same instant: one takes the dead run's lease, the other is refused.
     resumes = [later["resume0"], later["resume1"]]
@@ -238,11 +247,15 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
                                   "--no-zombie-automation"], cwd=root, env=env, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # rounds 0 and 1: the CLI run must outlast the nightly run's start (a served flow run
-        # starts in a new process); one round was over before it on an idle machine. Written
-        # while the served process starts.
+        # The CLI run must outlast the nightly run's start (a served flow run starts in a new
+        # process): it holds in its third QM job until the nightly run has given up
+        # (conftest.CLI_ON_SIGNAL), then runs rounds 0 and 1. Written while the served process
+        # starts.
         _one_round_campaign(tmp_path, name, seed=4, max_labels=30)
-        cli = _cli(["start", "c.yaml"], prefect_server, database_url, tmp_path, tmp_path / "cli.log")
+        cli = _cli(["start", "c.yaml"], prefect_server, database_url, tmp_path, tmp_path / "cli.log",
+                   tmp_path / "go-cli", env={HOLD_QM_JOBS_AFTER: "2",
+                                             RELEASE_QM_JOBS: str(tmp_path / "release")})
+        _released(tmp_path / "go-cli", {"cli": cli})
         engine = make_engine(database_url)
         deadline = time.time() + 600
         while True:  # the CLI run holds the campaign and the nightly deployment is served
@@ -272,6 +285,7 @@ def test_a_scheduled_nightly_run_overlapping_a_cli_run_is_refused(prefect_server
         assert re.search(rf"campaign '{name}' is being run by pid {cli.pid} on {re.escape(socket.gethostname())}",
                          state.message), state.message
         assert cli.poll() is None  # the CLI run was still running when the nightly one gave up
+        (tmp_path / "release").touch()
         assert cli.wait(timeout=900) == 3, (tmp_path / "cli.log").read_text()[-5000:]  # the label budget
     finally:
         stop_process_group(serve)
