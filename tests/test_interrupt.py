@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import STARTED_PROCESSES, cli_argv, xtb_campaign_config
+from conftest import HOLD_QM_JOBS_AFTER, STARTED_PROCESSES, cli_argv, xtb_campaign_config
 from sqlalchemy import select
 
 from db import Label, ModelVersion, leases, make_engine, session_scope
@@ -153,7 +153,10 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     # Each run is started ahead of its turn: it imports while the test or the run before it
     # works, and runs its command (as `tangentlab` does) when its file ``go-*`` is written.
     first = Terminal(["--db", url, "start", "c.yaml"], tmp_path, env, go=tmp_path / "go-first")
-    second = Terminal(["--db", url, "resume", NAME], tmp_path, env, go=tmp_path / "go-second")
+    # The second holds in its second QM job (conftest.CLI_ON_SIGNAL): both Ctrl-Cs land while
+    # a job runs, however fast the xTB jobs are.
+    second = Terminal(["--db", url, "resume", NAME], tmp_path, {**env, HOLD_QM_JOBS_AFTER: "1"},
+                      go=tmp_path / "go-second")
     config = xtb_campaign_config(
         tmp_path, NAME, 20, seed=4, acquisition={"method": "activation", "batch_size": 4},
         budgets={"max_rounds": 1, "max_labels": 30},
@@ -199,8 +202,8 @@ def test_ctrl_c_stops_cleanly_and_twice_at_once(tmp_path):
     _wait_for_jobs(second, tmp_path, len(_jobs(tmp_path)))
     servers = _temporary_servers(tmp_path / "prefect")
     second.ctrl_c()
-    # The second Ctrl-C as soon as the first is handled (its message shown), while the running
-    # job still runs: a fixed pause could outlast a fast job and the clean stop after it.
+    # The second Ctrl-C once the first is handled (its message shown), while the held job
+    # still runs.
     deadline = time.time() + 60
     while "stopping after the QM jobs running now" not in second.text():
         assert second.process.poll() is None and time.time() < deadline, second.text()[-5000:]
