@@ -287,11 +287,13 @@ def predicted_errors(r: dict, reserves: int) -> dict[str, np.ndarray] | None:
 #: Interval methods that use the predicted errors of the independent set (prediction-powered
 #: inference, :func:`tangentlab.prediction_powered.ppi_interval`) on the same random splits.
 #: ``ppi``: bootstrap-t with the σ-scaled variance (the product's ``targets.interval: ppi``,
-#: chosen on acac); ``ppi-t``: Student t with it; ``ppi-sample``: Student t with the test set's
-#: own residual variance (the textbook PPI++ interval).
+#: chosen on acac); ``ppi-t``: Student t with it; ``ppi-pool``: bootstrap-t of test sets drawn
+#: from the targets, with it; ``ppi-sample``: Student t with the test set's own residual
+#: variance (the textbook PPI++ interval).
 PPI_METHODS = {
     "ppi": {"method": "studentized", "variance": "scaled"},
     "ppi-t": {"method": "normal", "variance": "scaled"},
+    "ppi-pool": {"method": "pool", "variance": "scaled"},
     "ppi-sample": {"method": "normal", "variance": "sample"},
 }
 #: The σ-stratified design: the top ``TOP_FRACTION`` of the population by σ is one stratum,
@@ -848,7 +850,9 @@ def test_draw(rounds: list[dict], spec, index: int, seed: int, args) -> dict:
         ],
         "coverage": {}
         if args.decisions_only
-        else split_coverage(rounds, len(args.seeds) * args.reserve, args.splits, seed),
+        else split_coverage(
+            rounds, len(args.seeds) * args.reserve, args.splits, seed, tuple(args.coverage_methods)
+        ),
         "predicted": predicted,
         "decisions": decision_rows(
             views,
@@ -962,6 +966,13 @@ def main(argv: list[str] | None = None) -> dict:
         type=int,
         default=80,
         help="coverage: random splits per seed, round and test size",
+    )
+    parser.add_argument(
+        "--coverage-methods",
+        nargs="+",
+        choices=(*METHODS, *PPI_METHODS, "stratified"),
+        default=[*METHODS, *PPI_METHODS, "stratified"],
+        help="the intervals whose coverage the splits measure (default: all)",
     )
     parser.add_argument(
         "--raw", type=Path, help="folder for each seed's per-structure errors (.npz)"

@@ -18,9 +18,10 @@ import numpy as np
 from tangentlab.confidence import DEFAULT_LEVEL, MIN_STRUCTURES, RESAMPLES, SEED
 
 #: ``targets.interval`` values that are prediction-powered, and the :func:`ppi_interval` method
-#: each uses: ``ppi`` the bootstrap-t, ``ppi-t`` a Student t interval (both with the σ-scaled
-#: variance; docs/confidence.md).
-PPI_METHODS = {"ppi": "studentized", "ppi-t": "normal"}
+#: each uses: ``ppi`` the bootstrap-t, ``ppi-t`` a Student t interval, ``ppi-pool`` the
+#: bootstrap-t of test sets drawn from the targets (all with the σ-scaled variance;
+#: docs/confidence.md).
+PPI_METHODS = {"ppi": "studentized", "ppi-t": "normal", "ppi-pool": "pool"}
 
 
 def _ppi_parts(sums, weights, predicted, target_mae, target_square, scaled_variance=True):
@@ -46,6 +47,31 @@ def _ppi_parts(sums, weights, predicted, target_mae, target_square, scaled_varia
         per_square = np.sum(residual**2, axis=-1) / np.sum(scaled, axis=-1)
         modelled = np.where(np.isfinite(per_square), per_square, 0.0) * target_square * n / (n - 1)
     return estimate, lam, np.maximum(plain, modelled) if scaled_variance else plain
+
+
+def _pool_pivots(sums, guess, target, target_weights, target_square, scaled, resamples, rng):
+    """Bootstrap-t pivots of test sets drawn from the targets (``method="pool"``).
+
+    The test set's measured-to-predicted ratios ``sums / guess`` are taken as independent of
+    the predicted error (the σ-scaled variance assumes the same). In a synthetic world each
+    target's measured sum is its predicted sum times a ratio drawn from them, so its MAE is
+    the mean ratio times the targets' predicted MAE. Each resample draws a test set of the same
+    size from the targets (their predicted sums and counts) and its ratios, and studentizes the
+    estimate against that MAE. Empty where no test structure has a positive predicted error.
+    """
+    usable = guess > 0
+    ratios = sums[usable] / guess[usable]
+    n = sums.size
+    if ratios.size == 0:
+        return ratios
+    picks = rng.integers(0, target.size, size=(resamples, n))
+    predicted, weights = target[picks], target_weights[picks]
+    measured = predicted * ratios[rng.integers(0, ratios.size, size=(resamples, n))]
+    target_mae = float(target.sum() / target_weights.sum())
+    truth = float(ratios.mean()) * target_mae
+    again, _, spreads = _ppi_parts(measured, weights, predicted, target_mae, target_square, scaled)
+    keep = (spreads > 0) & (weights.sum(axis=-1) > 0)
+    return (again[keep] - truth) / np.sqrt(spreads[keep] / n)
 
 
 def ppi_interval(
@@ -91,8 +117,11 @@ def ppi_interval(
         As in :func:`tangentlab.confidence.mae_interval`.
     method
         ``"studentized"`` (bootstrap-t over test structures, λ tuned anew in each resample;
-        the default, chosen on acac: docs/benchmarks/confidence.md) or ``"normal"`` (Student t
-        with n − 1 degrees of freedom).
+        the default, chosen on acac: docs/benchmarks/confidence.md), ``"normal"`` (Student t
+        with n − 1 degrees of freedom) or ``"pool"`` (bootstrap-t whose resampled test sets
+        are drawn from the *targets*: each drawn target's measured sum is its predicted sum
+        times the measured-to-predicted ratio of a random test structure, so that the pivots
+        see the targets' far-off structures that the test set lacks; :func:`_pool_pivots`).
     variance
         ``"scaled"`` or ``"sample"`` (above).
 
@@ -113,7 +142,7 @@ def ppi_interval(
         raise ValueError("need equally long 1-D sums, predictions and counts for the test set")
     if target.shape != target_weights.shape:
         raise ValueError("need as many target counts as target predictions")
-    if method not in ("normal", "studentized") or variance not in ("scaled", "sample"):
+    if method not in ("normal", "studentized", "pool") or variance not in ("scaled", "sample"):
         raise ValueError(f"unknown method {method!r} or variance {variance!r}")
     if not 0 < level < 1:
         raise ValueError(f"level must lie between 0 and 1, got {level}")
@@ -136,12 +165,22 @@ def ppi_interval(
         half = float(t.ppf(1 - tail, n - 1)) * se
         low, high = float(estimate) - half, float(estimate) + half
     else:
-        picks = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-        again, _, spreads = _ppi_parts(
-            sums[picks], weights[picks], guess[picks], target_mae, target_square, scaled
-        )
-        usable = spreads > 0
-        pivots = (again[usable] - estimate) / np.sqrt(spreads[usable] / n)
+        rng = np.random.default_rng(seed)
+        if method == "pool":
+            pivots = _pool_pivots(
+                sums, guess, target, target_weights, target_square, scaled, resamples, rng
+            )
+        else:
+            picks = rng.integers(0, n, size=(resamples, n))
+            again, _, spreads = _ppi_parts(
+                sums[picks], weights[picks], guess[picks], target_mae, target_square, scaled
+            )
+            usable = spreads > 0
+            pivots = (again[usable] - estimate) / np.sqrt(spreads[usable] / n)
+        if pivots.size == 0:  # no test structure with a predicted error: the Student t
+            from scipy.stats import t
+
+            pivots = np.array([-1.0, 1.0]) * float(t.ppf(1 - tail, n - 1))
         upper_pivot, lower_pivot = np.quantile(pivots, [1 - tail, tail])
         low, high = float(estimate - upper_pivot * se), float(estimate - lower_pivot * se)
     return {

@@ -81,7 +81,7 @@ def test_ppi_intervals_cover_the_pool_from_its_predicted_errors(lab):
     assert errors_text(plain).endswith(" meV/Å (90% intervals)")
 
 
-def test_ppi_t_is_the_same_estimate_with_a_student_t_interval(lab):
+def test_ppi_t_and_ppi_pool_are_the_same_estimate_with_other_intervals(lab):
     from tangentlab.config.sections import Targets
     from tangentlab.prediction_powered import PPI_METHODS
     from tasks.evaluate import _test_errors
@@ -92,10 +92,14 @@ def test_ppi_t_is_the_same_estimate_with_a_student_t_interval(lab):
     found = {
         name: _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9, make_config(
             {"name": "ppi", "acquisition": {"method": "activation"}, "targets": {"interval": name}}))
-        for name in ("ppi", "ppi-t")
+        for name in ("ppi", "ppi-t", "ppi-pool")
     }
-    assert found["ppi-t"]["interval_method"] == "ppi-t"
-    assert found["ppi-t"]["ppi"] == found["ppi"]["ppi"]  # the estimate and λ do not depend on the interval
+    for name in ("ppi-t", "ppi-pool"):
+        assert found[name]["interval_method"] == name
+        assert found[name]["ppi"] == found["ppi"]["ppi"]  # the estimate and λ do not depend on the interval
+        for key in ("energy_mae_interval_mev_per_atom", "force_mae_interval_mev_per_a"):
+            low, high = found[name][key]
+            assert found[name][key] != found["ppi"][key] and low < high
     symmetric = 0
     for quantity, key in (("energy", "energy_mae_interval_mev_per_atom"), ("force", "force_mae_interval_mev_per_a")):
         low, high = found["ppi-t"][key]

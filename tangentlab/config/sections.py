@@ -24,15 +24,16 @@ class Targets(Section):
         "met only when the upper end is at or below them, and a target whose lower end stays above "
         "it while the learning curve has flattened stops the campaign as out of reach "
         "(docs/confidence.md). None: the point estimates decide, as without intervals.")
-    interval: Literal["auto", "bootstrap", "ppi", "ppi-t"] = Field(
+    interval: Literal["auto", "bootstrap", "ppi", "ppi-t", "ppi-pool"] = Field(
         "auto", description="How the test errors' intervals are computed: 'bootstrap' "
         "(studentized bootstrap over the test structures), 'ppi' (prediction-powered: the MAE "
         "over the unlabelled pool from the calibrated σ of every pool structure, corrected on the "
         "test labels; it sees far-off structures the test set lacks, as far as σ ranks them; a "
-        "bootstrap-t interval), 'ppi-t' (the same estimate with a Student t interval) or 'auto' "
-        "('ppi' where the campaign has a feature signal and a test set drawn from the pool, else "
+        "bootstrap-t interval), 'ppi-t' (the same estimate with a Student t interval), 'ppi-pool' "
+        "(the same estimate with a bootstrap-t of test sets drawn from the pool's predicted "
+        "errors) or 'auto' ('ppi' where the campaign has a feature signal and a test set drawn from the pool, else "
         "'bootstrap'; chosen on the h2-validation split, docs/benchmarks/confidence.md). "
-        "'ppi' and 'ppi-t' need both; a round with fewer than two validation labels gets the "
+        "The prediction-powered intervals need both; a round with fewer than two validation labels gets the "
         "bootstrap interval (docs/confidence.md).")
 
 
