@@ -756,6 +756,8 @@ def summarise(seeds: list[dict]) -> dict:
                     "of": 0,
                     "population_covered": 0.0,
                     "per_seed": [],
+                    "misses_above": 0,
+                    "widths": [],
                     "exact_interval_would_cover": found["exact_interval_would_cover"],
                     "independent_size": found["independent_size"],
                 },
@@ -764,8 +766,12 @@ def summarise(seeds: list[dict]) -> dict:
             entry["of"] += found["of"]
             entry["population_covered"] += found["fraction_population"] * found["of"]
             entry["per_seed"].append(round(found["fraction"], 3))
+            entry["misses_above"] += found.get("misses_above", 0)
+            entry["widths"].append(found.get("width_relative_median", np.nan))
     for entry in coverage.values():
         entry["fraction"] = entry["covered"] / entry["of"]
+        # the median over the draws of each draw's median width (relative to the population MAE)
+        entry["width_relative_median"] = float(np.median(entry.pop("widths")))
         entry["fraction_population"] = entry.pop("population_covered") / entry["of"]
     predicted = [r for s in seeds for r in s["predicted"] if r["interval"] is not None]
     decisions = [d for s in seeds for d in s["decisions"]]
