@@ -79,7 +79,7 @@ def _test_errors(url: str, campaign_id: int, model_version_id: int, device: str,
                  level: float = DEFAULT_LEVEL, config: CampaignConfig | None = None) -> dict:
     """Energy and force errors of a model on the campaign's labelled test set, with their
     intervals at ``level``: bootstrap intervals, or where ``config.targets.interval`` is (or
-    'auto' resolves to) 'ppi' or 'ppi-t' prediction-powered ones where the round has what they
+    'auto' resolves to) a prediction-powered one (`PPI_METHODS`) where the round has what they
     need (``interval_method`` says which; the bootstrap intervals are then kept under
     ``bootstrap_intervals``)."""
     if force_atoms not in ("free", "all"):

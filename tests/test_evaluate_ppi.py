@@ -134,14 +134,15 @@ def test_ppi_needs_a_feature_signal_and_a_test_set_from_the_pool(tmp_path):
         make_config({"name": "x", "targets": {"interval": "bca"}})
 
 
-def test_auto_is_ppi_where_the_campaign_can_have_it(lab, tmp_path, caplog):
-    from tangentlab.config import interval_method
+def test_auto_is_ppi_pool_where_the_campaign_can_have_it(lab, tmp_path, caplog):
+    from tangentlab.config import AUTO_PPI, interval_method
     from tasks.evaluate import _test_errors
 
     test_file = tmp_path / "test.extxyz"
     test_file.write_text("")
     assert make_config({"name": "x"}).targets.interval == "auto"
-    assert interval_method(make_config({"name": "x", "acquisition": {"method": "activation"}})) == "ppi"
+    assert AUTO_PPI == "ppi-pool"
+    assert interval_method(make_config({"name": "x", "acquisition": {"method": "activation"}})) == "ppi-pool"
     assert interval_method(make_config({"name": "x", "acquisition": {"method": "random"}})) == "bootstrap"
     assert interval_method(make_config({"name": "x", "test_file": str(test_file)})) == "bootstrap"
     assert interval_method(make_config({"name": "x", "targets": {"interval": "ppi-t"}})) == "ppi-t"
@@ -151,8 +152,8 @@ def test_auto_is_ppi_where_the_campaign_can_have_it(lab, tmp_path, caplog):
         found = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9, make_config({"name": "ppi"}))
     assert "meV/Å (90 % prediction-powered intervals)" in caplog.text  # the log says which
     chosen = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9,
-                          make_config({"name": "ppi", "targets": {"interval": "ppi"}}))
-    assert found["interval_method"] == "ppi" and found == chosen
+                          make_config({"name": "ppi", "targets": {"interval": "ppi-pool"}}))
+    assert found["interval_method"] == "ppi-pool" and found == chosen
     plain = _test_errors(url, campaign_id, model_id, "cpu", "free", 0.9,
                          make_config({"name": "ppi", "acquisition": {"method": "random"}}))
     assert plain["interval_method"] == "bootstrap" and "bootstrap_intervals" not in plain

@@ -351,14 +351,20 @@ def interval_level(config: CampaignConfig) -> float:
     return DEFAULT_LEVEL if config.targets.confidence is None else config.targets.confidence
 
 
+#: The prediction-powered interval ``targets.interval: auto`` resolves to where the campaign
+#: can have one (chosen on the h2-validation split and acac, docs/benchmarks/confidence.md).
+#: A campaign stored with 'auto' gets the current choice when it is resumed.
+AUTO_PPI = "ppi-pool"
+
+
 def interval_method(config: CampaignConfig) -> str:
     """How the campaign's test-error intervals are computed: ``targets.interval``, with
-    'auto' resolved to 'ppi' where the campaign has what it needs (a feature signal, a test
-    set drawn from the pool) and to 'bootstrap' elsewhere."""
+    'auto' resolved to `AUTO_PPI` where the campaign has what it needs (a feature signal, a
+    test set drawn from the pool) and to 'bootstrap' elsewhere."""
     chosen = config.targets.interval
     if chosen != "auto":
         return chosen
-    return "bootstrap" if config.no_ppi_because() else "ppi"
+    return "bootstrap" if config.no_ppi_because() else AUTO_PPI
 
 
 def config_json(config: CampaignConfig) -> dict[str, Any]:

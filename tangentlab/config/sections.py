@@ -31,7 +31,7 @@ class Targets(Section):
         "test labels; it sees far-off structures the test set lacks, as far as σ ranks them; a "
         "bootstrap-t interval), 'ppi-t' (the same estimate with a Student t interval), 'ppi-pool' "
         "(the same estimate with a bootstrap-t of test sets drawn from the pool's predicted "
-        "errors) or 'auto' ('ppi' where the campaign has a feature signal and a test set drawn from the pool, else "
+        "errors) or 'auto' ('ppi-pool' where the campaign has a feature signal and a test set drawn from the pool, else "
         "'bootstrap'; chosen on the h2-validation split, docs/benchmarks/confidence.md). "
         "The prediction-powered intervals need both; a round with fewer than two validation labels gets the "
         "bootstrap interval (docs/confidence.md).")
