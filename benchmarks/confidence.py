@@ -26,8 +26,8 @@ split kept as a campaign keeps it. After every round:
   set drawn from the independent set (:func:`second_test_set`), how often each rule agrees
   with it, and each rule's decision judged against the MAE of the rest of the independent set
   (:func:`verdict`). ``--decisions-only`` skips the coverage splits. The decisions read the
-  studentized bootstrap interval, or with ``--interval ppi`` (``ppi-t``) the product's
-  prediction-powered one with the draw's independent set as its target
+  studentized bootstrap interval, or with ``--interval ppi`` (``ppi-t``, ``ppi-pool``) the
+  product's prediction-powered one with the draw's independent set as its target
   (:func:`decision_intervals`).
 
     python -m benchmarks.confidence h2combustion --seeds 0 1 2 3 4 --out result.json
