@@ -177,11 +177,13 @@ def ppi_interval(
             )
             usable = spreads > 0
             pivots = (again[usable] - estimate) / np.sqrt(spreads[usable] / n)
-        if pivots.size == 0:  # no test structure with a predicted error: the Student t
+        if pivots.size:
+            upper_pivot, lower_pivot = np.quantile(pivots, [1 - tail, tail])
+        else:  # no resample to studentize (no test structure with a predicted error): Student t
             from scipy.stats import t
 
-            pivots = np.array([-1.0, 1.0]) * float(t.ppf(1 - tail, n - 1))
-        upper_pivot, lower_pivot = np.quantile(pivots, [1 - tail, tail])
+            upper_pivot = float(t.ppf(1 - tail, n - 1))
+            lower_pivot = -upper_pivot
         low, high = float(estimate - upper_pivot * se), float(estimate - lower_pivot * se)
     return {
         "mae": float(estimate),

@@ -157,6 +157,11 @@ def test_ppi_without_a_usable_prediction_is_the_test_mae():
     assert found["lambda"] == 0.0
     assert found["mae"] == pytest.approx(sums[test].sum() / counts[test].sum())
     assert found["n"] == 30 and found["n_target"] == 1970
+    # no predicted error at all: the pool bootstrap has no ratio to draw, and falls back to the
+    # Student t interval of the test MAE
+    blind = {method: ppi_interval(sums[test], 0 * counts[test], 0 * counts[target], counts[test],
+                                  counts[target], method=method) for method in ("pool", "normal")}
+    assert blind["pool"] == blind["normal"] and blind["pool"]["lambda"] == 0.0
     assert ppi_interval([1.0], [1.0], [1.0, 2.0]) is None
     with pytest.raises(ValueError, match="equally long"):
         ppi_interval([1.0, 2.0], [1.0], [1.0])
