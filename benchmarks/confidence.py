@@ -301,6 +301,8 @@ PPI_METHODS = {
 #: ratio estimator with a Student t interval.
 TOP_FRACTION = 0.1
 TOP_SHARE = 1 / 3
+#: Every interval whose coverage :func:`split_coverage` can measure (``--coverage-methods``).
+COVERAGE_METHODS = (*METHODS, *PPI_METHODS, "stratified")
 
 
 def stratified_interval(
@@ -348,7 +350,7 @@ def split_coverage(
     reserves: int,
     splits: int,
     seed: int,
-    methods: tuple[str, ...] = METHODS + tuple(PPI_METHODS) + ("stratified",),
+    methods: tuple[str, ...] = COVERAGE_METHODS,
     min_rest: int = MIN_INDEPENDENT,
     resamples: int = 500,
 ) -> dict:
@@ -766,8 +768,8 @@ def summarise(seeds: list[dict]) -> dict:
             entry["of"] += found["of"]
             entry["population_covered"] += found["fraction_population"] * found["of"]
             entry["per_seed"].append(round(found["fraction"], 3))
-            entry["misses_above"] += found.get("misses_above", 0)
-            entry["widths"].append(found.get("width_relative_median", np.nan))
+            entry["misses_above"] += found["misses_above"]
+            entry["widths"].append(found["width_relative_median"])
     for entry in coverage.values():
         entry["fraction"] = entry["covered"] / entry["of"]
         # the median over the draws of each draw's median width (relative to the population MAE)
@@ -976,8 +978,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--coverage-methods",
         nargs="+",
-        choices=(*METHODS, *PPI_METHODS, "stratified"),
-        default=[*METHODS, *PPI_METHODS, "stratified"],
+        choices=COVERAGE_METHODS,
+        default=list(COVERAGE_METHODS),
         help="the intervals whose coverage the splits measure (default: all)",
     )
     parser.add_argument(

@@ -49,7 +49,8 @@ def _ppi_parts(sums, weights, predicted, target_mae, target_square, scaled_varia
     return estimate, lam, np.maximum(plain, modelled) if scaled_variance else plain
 
 
-def _pool_pivots(sums, guess, target, target_weights, target_square, scaled, resamples, rng):
+def _pool_pivots(sums, guess, target, target_weights, target_mae, target_square, scaled, resamples,
+                 rng):
     """Bootstrap-t pivots of test sets drawn from the targets (``method="pool"``).
 
     The test set's measured-to-predicted ratios ``sums / guess`` are taken as independent of
@@ -67,7 +68,6 @@ def _pool_pivots(sums, guess, target, target_weights, target_square, scaled, res
     picks = rng.integers(0, target.size, size=(resamples, n))
     predicted, weights = target[picks], target_weights[picks]
     measured = predicted * ratios[rng.integers(0, ratios.size, size=(resamples, n))]
-    target_mae = float(target.sum() / target_weights.sum())
     truth = float(ratios.mean()) * target_mae
     again, _, spreads = _ppi_parts(measured, weights, predicted, target_mae, target_square, scaled)
     keep = (spreads > 0) & (weights.sum(axis=-1) > 0)
@@ -168,7 +168,8 @@ def ppi_interval(
         rng = np.random.default_rng(seed)
         if method == "pool":
             pivots = _pool_pivots(
-                sums, guess, target, target_weights, target_square, scaled, resamples, rng
+                sums, guess, target, target_weights, target_mae, target_square, scaled, resamples,
+                rng,
             )
         else:
             picks = rng.integers(0, n, size=(resamples, n))

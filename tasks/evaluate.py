@@ -45,7 +45,7 @@ def _counts(masks) -> np.ndarray:
 
 def _prediction_powered(url: str, campaign_id: int, config: CampaignConfig, model, test: list, preds,
                         level: float, method: str) -> dict | None:
-    """``targets.interval: ppi`` or ``ppi-t`` (``method``, a value of `PPI_METHODS`): the
+    """A prediction-powered ``targets.interval`` (``method``, a value of `PPI_METHODS`): the
     intervals of the MAE over the unlabelled pool from the calibrated σ of the evaluated model's scorer (fitted as acquisition fits it) and the test
     labels (:func:`tangentlab.prediction_powered.predicted_error_intervals`); None where there
     is nothing to predict from (fewer than two validation labels, an empty pool)."""
